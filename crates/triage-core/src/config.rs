@@ -1,0 +1,217 @@
+//! Layered configuration: embedded defaults, then an optional TOML file, then `TRIAGE_*`
+//! environment variables (nested keys joined by `__`, e.g. `TRIAGE_SERVER__LISTEN=0.0.0.0:50051`
+//! or `TRIAGE_ENCODER__QUEUE_CAPACITY=128`). Each layer overrides the one before it; a file's
+//! `[[models]]` list replaces the default catalog as a whole.
+//!
+//! Relative paths are resolved against the process's working directory.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use serde::{Deserialize, Serialize};
+
+use crate::catalog::{Catalog, CatalogError, ModelSpec};
+use crate::request::RequestLimits;
+
+/// The embedded defaults: the twelve-model catalog at list prices, and local paths.
+pub const DEFAULT_CONFIG: &str = include_str!("../default.toml");
+
+/// Server transport settings.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSettings {
+    /// Address the gRPC server listens on.
+    pub listen: SocketAddr,
+    /// Largest accepted gRPC message, bytes.
+    pub max_message_bytes: usize,
+    /// Most messages in one conversation.
+    pub max_messages: usize,
+    /// Most bytes of message text per request.
+    pub max_text_bytes: usize,
+}
+
+impl ServerSettings {
+    /// The request size limits.
+    pub fn limits(&self) -> RequestLimits {
+        RequestLimits { max_messages: self.max_messages, max_text_bytes: self.max_text_bytes }
+    }
+}
+
+/// Where the encoder's parts are and how it runs.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EncoderSettings {
+    /// The ONNX model file.
+    pub model: PathBuf,
+    /// The Hugging Face `tokenizer.json`.
+    pub tokenizer: PathBuf,
+    /// The ONNX Runtime shared library; `ORT_DYLIB_PATH` is used when this is unset.
+    #[serde(default)]
+    pub onnxruntime: Option<PathBuf>,
+    /// Inference threads, each with its own session (requests are spread over them).
+    pub workers: usize,
+    /// ONNX Runtime intra-op threads per worker.
+    pub intra_op_threads: usize,
+    /// Requests that may wait for a worker; beyond that `Route` answers RESOURCE_EXHAUSTED.
+    pub queue_capacity: usize,
+    /// Most requests one worker embeds in a single batch.
+    pub max_batch: usize,
+    /// Tokens the encoder sees, special tokens included (see the truncation rule in `features`).
+    pub max_tokens: usize,
+    /// Run on the CUDA execution provider (needs the `cuda` build feature and a CUDA runtime).
+    #[serde(default)]
+    pub cuda: bool,
+}
+
+/// Which policy file to serve.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicySettings {
+    /// Path of the policy JSON file.
+    pub path: PathBuf,
+}
+
+/// Everything the service is configured with.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// Transport.
+    pub server: ServerSettings,
+    /// Encoder.
+    pub encoder: EncoderSettings,
+    /// Policy.
+    pub policy: PolicySettings,
+    /// The catalog.
+    pub models: Vec<ModelSpec>,
+}
+
+/// Why configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The given file does not exist.
+    #[error("config file {0} does not exist")]
+    Missing(PathBuf),
+    /// A layer could not be parsed or has a wrong or unknown key.
+    #[error("invalid configuration: {0}")]
+    Invalid(Box<figment::Error>),
+    /// The catalog is malformed.
+    #[error("invalid model catalog: {0}")]
+    Catalog(#[from] CatalogError),
+    /// A setting is out of range.
+    #[error("invalid setting `{key}`: {problem}")]
+    OutOfRange {
+        /// Dotted key.
+        key: &'static str,
+        /// Why.
+        problem: String,
+    },
+}
+
+impl Settings {
+    /// Loads defaults ← `file` ← environment.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::load_with_env(file, Env::prefixed("TRIAGE_").split("__"))
+    }
+
+    fn load_with_env(file: Option<&Path>, env: Env) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Toml::string(DEFAULT_CONFIG));
+        if let Some(path) = file {
+            if !path.is_file() {
+                return Err(ConfigError::Missing(path.to_path_buf()));
+            }
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        let settings: Settings =
+            figment.merge(env).extract().map_err(|e| ConfigError::Invalid(Box::new(e)))?;
+        settings.check()?;
+        Ok(settings)
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        let positive = [
+            ("server.max_message_bytes", self.server.max_message_bytes),
+            ("server.max_messages", self.server.max_messages),
+            ("server.max_text_bytes", self.server.max_text_bytes),
+            ("encoder.workers", self.encoder.workers),
+            ("encoder.intra_op_threads", self.encoder.intra_op_threads),
+            ("encoder.queue_capacity", self.encoder.queue_capacity),
+            ("encoder.max_batch", self.encoder.max_batch),
+        ];
+        for (key, value) in positive {
+            if value == 0 {
+                return Err(ConfigError::OutOfRange { key, problem: "must be at least 1".into() });
+            }
+        }
+        if !(8..=512).contains(&self.encoder.max_tokens) {
+            return Err(ConfigError::OutOfRange {
+                key: "encoder.max_tokens",
+                problem: format!(
+                    "{} is outside 8..=512 (the encoder's position embeddings stop at 512)",
+                    self.encoder.max_tokens
+                ),
+            });
+        }
+        self.catalog().map(|_| ())
+    }
+
+    /// The validated catalog.
+    pub fn catalog(&self) -> Result<Catalog, ConfigError> {
+        Ok(Catalog::new(self.models.clone())?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env() -> Env {
+        Env::prefixed("TRIAGE_TEST_UNSET_PREFIX_")
+    }
+
+    #[test]
+    fn embedded_defaults_hold_the_twelve_model_catalog() {
+        let s = Settings::load_with_env(None, no_env()).expect("defaults load");
+        let catalog = s.catalog().expect("valid catalog");
+        assert_eq!(catalog.models().len(), 12);
+        let sonnet = catalog.get("claude-3-5-sonnet-20241022").expect("sonnet listed");
+        assert_eq!((sonnet.input_usd_per_1m, sonnet.output_usd_per_1m), (3.0, 15.0));
+    }
+
+    #[test]
+    fn file_and_environment_override_defaults() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("t.toml");
+        std::fs::write(&path, "[server]\nlisten = \"127.0.0.1:6000\"\n[encoder]\nworkers = 3\n")
+            .expect("write");
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("TRIAGE_ENCODER__QUEUE_CAPACITY", "7");
+            let s = Settings::load(Some(&path)).map_err(|e| e.to_string())?;
+            assert_eq!(s.server.listen.port(), 6000);
+            assert_eq!(s.encoder.workers, 3);
+            assert_eq!(s.encoder.queue_capacity, 7);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn clear_errors_for_missing_file_unknown_key_and_bad_catalog() {
+        let missing = Settings::load_with_env(Some(Path::new("/nonexistent/x.toml")), no_env());
+        assert!(matches!(missing, Err(ConfigError::Missing(_))));
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let typo = dir.path().join("typo.toml");
+        std::fs::write(&typo, "[server]\nlisen = \"127.0.0.1:1\"\n").expect("write");
+        let err = Settings::load_with_env(Some(&typo), no_env()).err().map(|e| e.to_string());
+        assert!(err.unwrap_or_default().contains("lisen"));
+
+        let dup = dir.path().join("dup.toml");
+        let model = "[[models]]\nname = \"a\"\nprovider = \"p\"\ninput_usd_per_1m = 1.0\n\
+                     output_usd_per_1m = 1.0\ncontext_window = 10\n\
+                     latency = { first_token_ms = 1.0, output_tokens_per_s = 1.0 }\n";
+        std::fs::write(&dup, format!("{model}{model}")).expect("write");
+        let err = Settings::load_with_env(Some(&dup), no_env()).err().map(|e| e.to_string());
+        assert!(err.unwrap_or_default().contains("listed twice"));
+    }
+}

@@ -1,0 +1,278 @@
+//! The routing decision: constraints, then the quality/cost trade-off.
+
+use std::cmp::Ordering;
+use std::collections::HashMap;
+use std::fmt;
+
+use triage_core::catalog::{Capability, Catalog};
+use triage_core::request::{Mode, Preferences};
+
+use crate::file::{DecisionParams, Prediction};
+
+/// Why a model cannot serve this request. Checked in this order; the first that applies is
+/// reported.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Exclusion {
+    /// `enabled = false` in the catalog.
+    Disabled,
+    /// The loaded policy has no predictions for this model.
+    NotInPolicy,
+    /// Not in the request's `allowed_models`.
+    NotAllowed,
+    /// Lacks a required capability.
+    MissingCapability(Capability),
+    /// Context window smaller than the conversation or `min_context_tokens`.
+    ContextTooSmall {
+        /// Tokens needed.
+        needed: u32,
+        /// The model's window.
+        window: u32,
+    },
+    /// Predicted cost above `max_cost_usd`.
+    OverBudget {
+        /// Predicted cost, USD.
+        cost_usd: f64,
+        /// The budget, USD.
+        max_cost_usd: f64,
+    },
+    /// Predicted latency above `max_latency_ms`.
+    TooSlow {
+        /// Predicted latency, ms.
+        latency_ms: f64,
+        /// The limit, ms.
+        max_latency_ms: u32,
+    },
+}
+
+impl fmt::Display for Exclusion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Exclusion::Disabled => write!(f, "disabled in the catalog"),
+            Exclusion::NotInPolicy => write!(f, "not covered by the loaded policy"),
+            Exclusion::NotAllowed => write!(f, "not in allowed_models"),
+            Exclusion::MissingCapability(c) => write!(f, "lacks capability {}", c.as_str()),
+            Exclusion::ContextTooSmall { needed, window } => {
+                write!(f, "context too small: needs {needed} tokens, has {window}")
+            }
+            Exclusion::OverBudget { cost_usd, max_cost_usd } => {
+                write!(f, "over budget: predicted ${cost_usd:.6} > max_cost_usd ${max_cost_usd:.6}")
+            }
+            Exclusion::TooSlow { latency_ms, max_latency_ms } => {
+                write!(f, "too slow: predicted {latency_ms:.0} ms > max_latency_ms {max_latency_ms}")
+            }
+        }
+    }
+}
+
+/// One model's line in the answer.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Candidate {
+    /// Catalog name.
+    pub model: String,
+    /// Predicted probability of a good answer (0 when the policy does not cover the model).
+    pub quality: f64,
+    /// Predicted cost of this request, USD.
+    pub cost_usd: f64,
+    /// Predicted (or caller-given) output tokens.
+    pub output_tokens: f64,
+    /// Predicted latency, ms.
+    pub latency_ms: f64,
+    /// `None` when eligible.
+    pub exclusion: Option<Exclusion>,
+}
+
+/// How the winner was picked.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Rule {
+    /// A built-in mode.
+    Mode(Mode),
+    /// A caller-given cost weight λ.
+    CostWeight(f64),
+}
+
+/// A routing decision: the winner is `candidates[0]`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Decision {
+    /// Eligible models ranked best first, then excluded ones (by predicted quality).
+    pub candidates: Vec<Candidate>,
+    /// The rule applied.
+    pub rule: Rule,
+    /// One sentence on why the winner won.
+    pub explanation: String,
+}
+
+impl Decision {
+    /// The chosen model.
+    pub fn chosen(&self) -> &Candidate {
+        &self.candidates[0]
+    }
+}
+
+/// No model passes the hard constraints.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+#[error("no model satisfies the request's constraints: {summary}")]
+pub struct DecisionError {
+    /// Every model with its exclusion reason.
+    pub exclusions: Vec<(String, Exclusion)>,
+    /// Readable summary naming each constraint and what it excluded.
+    pub summary: String,
+}
+
+/// Scores every catalog model and picks one.
+///
+/// `predictions` maps model name to the policy's prediction; `input_tokens` is the conversation's
+/// estimated size.
+pub fn decide(
+    catalog: &Catalog,
+    predictions: &HashMap<&str, Prediction>,
+    params: &DecisionParams,
+    prefs: &Preferences,
+    input_tokens: u32,
+) -> Result<Decision, DecisionError> {
+    let mut eligible = Vec::new();
+    let mut excluded = Vec::new();
+    for spec in catalog.models() {
+        let prediction = predictions.get(spec.name.as_str());
+        let output_tokens = match (prefs.expected_output_tokens, prediction) {
+            (Some(t), _) => f64::from(t),
+            (None, Some(p)) => p.output_tokens,
+            (None, None) => 0.0,
+        };
+        let cost_usd = spec.cost_usd(f64::from(input_tokens), output_tokens);
+        let latency_ms = spec.latency_ms(output_tokens);
+        let needed = prefs.min_context_tokens.unwrap_or(0).max(input_tokens);
+        let exclusion = if !spec.enabled {
+            Some(Exclusion::Disabled)
+        } else if prediction.is_none() {
+            Some(Exclusion::NotInPolicy)
+        } else if !prefs.allowed_models.is_empty() && !prefs.allowed_models.contains(&spec.name) {
+            Some(Exclusion::NotAllowed)
+        } else if let Some(c) = prefs.required_capabilities.iter().find(|c| !spec.has(**c)) {
+            Some(Exclusion::MissingCapability(*c))
+        } else if spec.context_window < needed {
+            Some(Exclusion::ContextTooSmall { needed, window: spec.context_window })
+        } else if let Some(max) = prefs.max_cost_usd.filter(|max| cost_usd > *max) {
+            Some(Exclusion::OverBudget { cost_usd, max_cost_usd: max })
+        } else if let Some(max) = prefs.max_latency_ms.filter(|max| latency_ms > f64::from(*max)) {
+            Some(Exclusion::TooSlow { latency_ms, max_latency_ms: max })
+        } else {
+            None
+        };
+        let candidate = Candidate {
+            model: spec.name.clone(),
+            quality: prediction.map_or(0.0, |p| p.quality),
+            cost_usd,
+            output_tokens,
+            latency_ms,
+            exclusion,
+        };
+        if candidate.exclusion.is_some() {
+            excluded.push(candidate);
+        } else {
+            eligible.push(candidate);
+        }
+    }
+
+    if eligible.is_empty() {
+        return Err(no_eligible(excluded));
+    }
+
+    let rule = match prefs.cost_weight {
+        Some(lambda) => Rule::CostWeight(lambda),
+        None => Rule::Mode(prefs.mode),
+    };
+    let explanation = rank(&mut eligible, &rule, params);
+    excluded.sort_by(|a, b| by_quality_then_cost(a, b));
+    eligible.extend(excluded);
+    Ok(Decision { candidates: eligible, rule, explanation })
+}
+
+fn by_quality_then_cost(a: &Candidate, b: &Candidate) -> Ordering {
+    b.quality
+        .total_cmp(&a.quality)
+        .then(a.cost_usd.total_cmp(&b.cost_usd))
+        .then_with(|| a.model.cmp(&b.model))
+}
+
+fn by_cost_then_quality(a: &Candidate, b: &Candidate) -> Ordering {
+    a.cost_usd
+        .total_cmp(&b.cost_usd)
+        .then(b.quality.total_cmp(&a.quality))
+        .then_with(|| a.model.cmp(&b.model))
+}
+
+/// Sorts eligible candidates best first and explains the winner.
+fn rank(eligible: &mut [Candidate], rule: &Rule, params: &DecisionParams) -> String {
+    let best_quality = eligible.iter().map(|c| c.quality).fold(f64::NEG_INFINITY, f64::max);
+    let margin = match rule {
+        Rule::Mode(Mode::Quality) => {
+            eligible.sort_by(by_quality_then_cost);
+            return format!("quality: highest predicted quality ({best_quality:.3})");
+        }
+        Rule::CostWeight(lambda) => {
+            let lambda = *lambda;
+            let utility = |c: &Candidate| c.quality - lambda * c.cost_usd;
+            eligible.sort_by(|a, b| {
+                utility(b).total_cmp(&utility(a)).then_with(|| by_cost_then_quality(a, b))
+            });
+            let top = utility(&eligible[0]);
+            return format!(
+                "cost weight {lambda}: maximises quality - {lambda} x cost_usd ({top:.4})"
+            );
+        }
+        Rule::Mode(Mode::Balanced) => params.balanced_margin,
+        Rule::Mode(Mode::Cost) => params.cost_margin,
+    };
+    // The margin comparison tolerates float noise so "exactly at the margin" counts as inside.
+    let floor = best_quality - margin - 1e-12;
+    eligible.sort_by(|a, b| {
+        let (a_in, b_in) = (a.quality >= floor, b.quality >= floor);
+        b_in.cmp(&a_in).then_with(|| {
+            if a_in { by_cost_then_quality(a, b) } else { by_quality_then_cost(a, b) }
+        })
+    });
+    let name = if matches!(rule, Rule::Mode(Mode::Balanced)) { "balanced" } else { "cost" };
+    format!(
+        "{name}: cheapest model within {margin:.3} of the best predicted quality ({best_quality:.3})"
+    )
+}
+
+fn no_eligible(excluded: Vec<Candidate>) -> DecisionError {
+    let mut groups: Vec<(String, Vec<&str>)> = Vec::new();
+    for c in &excluded {
+        let Some(reason) = &c.exclusion else { continue };
+        let key = match reason {
+            Exclusion::Disabled => "disabled in the catalog".to_owned(),
+            Exclusion::NotInPolicy => "not covered by the policy".to_owned(),
+            Exclusion::NotAllowed => "excluded by allowed_models".to_owned(),
+            Exclusion::MissingCapability(cap) => {
+                format!("excluded by required_capabilities ({} missing)", cap.as_str())
+            }
+            Exclusion::ContextTooSmall { needed, .. } => {
+                format!("context window below {needed} tokens")
+            }
+            Exclusion::OverBudget { max_cost_usd, .. } => {
+                format!("over max_cost_usd ${max_cost_usd}")
+            }
+            Exclusion::TooSlow { max_latency_ms, .. } => {
+                format!("slower than max_latency_ms {max_latency_ms}")
+            }
+        };
+        match groups.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, models)) => models.push(&c.model),
+            None => groups.push((key, vec![&c.model])),
+        }
+    }
+    let summary = groups
+        .iter()
+        .map(|(key, models)| format!("{key}: {}", models.join(", ")))
+        .collect::<Vec<_>>()
+        .join("; ");
+    DecisionError {
+        summary: format!("{summary}. Relax these constraints or enable more models."),
+        exclusions: excluded
+            .into_iter()
+            .filter_map(|c| c.exclusion.map(|e| (c.model, e)))
+            .collect(),
+    }
+}

@@ -1,0 +1,19 @@
+//! Routing policies: the file format, the per-model predictions, and the decision rule.
+//!
+//! A policy file ([`PolicyFile`], JSON, versioned) holds, per model, a logistic model of the
+//! probability of a good answer and a log-linear model of the answer length, both over the
+//! standardised feature vector of `triage_core::features`. [`Policy`] is a validated, loaded file.
+//!
+//! [`decide`] turns predictions plus the catalog and the caller's preferences into a ranked
+//! candidate list: hard constraints first (each exclusion with its reason), then the trade-off
+//! (QUALITY, BALANCED, COST margins, or a continuous cost weight λ). Ties are broken by lower
+//! cost, then by name, so the same inputs always give the same answer.
+
+mod decide;
+mod file;
+
+pub use decide::{Candidate, Decision, DecisionError, Exclusion, Rule, decide};
+pub use file::{
+    DecisionParams, LengthHead, LinearHead, ModelHead, POLICY_FORMAT, POLICY_FORMAT_VERSION,
+    Policy, PolicyError, PolicyFile, Prediction, Standardizer,
+};
