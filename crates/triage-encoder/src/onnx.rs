@@ -235,3 +235,16 @@ impl Embedder for OnnxEmbedder {
         Ok(result)
     }
 }
+
+impl OnnxOptions {
+    /// Options from the `[encoder]` settings, with relative paths resolved against `base`.
+    pub fn from_settings(settings: &triage_core::config::EncoderSettings, base: &Path) -> Self {
+        Self {
+            model: base.join(&settings.model),
+            tokenizer: base.join(&settings.tokenizer),
+            max_tokens: settings.max_tokens,
+            intra_op_threads: settings.intra_op_threads,
+            cuda: settings.cuda,
+        }
+    }
+}
