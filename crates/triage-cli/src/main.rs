@@ -1,1 +1,110 @@
-fn main() {}
+//! `triage`: the command-line entry point (server, one-off routing, catalog, training).
+
+mod commands;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Triage: a learned LLM model router.
+#[derive(Parser)]
+#[command(name = "triage", version, about)]
+struct Cli {
+    /// Configuration file (TOML) layered over the embedded defaults; TRIAGE_* variables override both.
+    #[arg(long, global = true, env = "TRIAGE_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ModeArg {
+    Quality,
+    Balanced,
+    Cost,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gRPC server.
+    Serve {
+        /// Listen address, e.g. 127.0.0.1:50051 (overrides server.listen).
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+    },
+    /// Route one prompt in-process and print the decision.
+    Route {
+        /// The user prompt.
+        prompt: String,
+        /// Trade-off.
+        #[arg(long, value_enum, default_value = "balanced")]
+        mode: ModeArg,
+        /// Cost weight λ (quality per USD); replaces --mode.
+        #[arg(long)]
+        cost_weight: Option<f64>,
+        /// Budget per request, USD.
+        #[arg(long)]
+        max_cost_usd: Option<f64>,
+    },
+    /// Print the model catalog.
+    Models,
+    /// Train a policy from an outcome table.
+    #[cfg(feature = "train")]
+    Train {
+        /// Outcome table (.parquet, .csv or .jsonl).
+        #[arg(long)]
+        data: PathBuf,
+        /// Only these models (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        models: Option<Vec<String>>,
+        /// Where to write the policy.
+        #[arg(long, default_value = "models/policy.json")]
+        out: PathBuf,
+        /// Embedding cache directory.
+        #[arg(long, default_value = ".cache/embeddings")]
+        cache_dir: PathBuf,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let settings = triage_core::Settings::load(cli.config.as_deref())?;
+    match cli.command {
+        Command::Serve { listen } => commands::serve(settings, listen),
+        Command::Route {
+            prompt,
+            mode,
+            cost_weight,
+            max_cost_usd,
+        } => {
+            let mode = match mode {
+                ModeArg::Quality => triage_core::Mode::Quality,
+                ModeArg::Balanced => triage_core::Mode::Balanced,
+                ModeArg::Cost => triage_core::Mode::Cost,
+            };
+            let prefs = triage_core::Preferences {
+                mode,
+                cost_weight,
+                max_cost_usd,
+                ..Default::default()
+            };
+            commands::route(settings, &prompt, prefs)
+        }
+        Command::Models => commands::models(&settings),
+        #[cfg(feature = "train")]
+        Command::Train {
+            data,
+            models,
+            out,
+            cache_dir,
+        } => commands::train(settings, data, models, out, cache_dir),
+    }
+}

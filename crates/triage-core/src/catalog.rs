@@ -182,7 +182,10 @@ mod tests {
             context_window: 1000,
             capabilities: vec![Capability::Tools],
             enabled: true,
-            latency: LatencyProfile { first_token_ms: 100.0, output_tokens_per_s: 50.0 },
+            latency: LatencyProfile {
+                first_token_ms: 100.0,
+                output_tokens_per_s: 50.0,
+            },
         }
     }
 
@@ -200,10 +203,16 @@ mod tests {
             Catalog::new(vec![spec("a"), spec("a")]),
             Err(CatalogError::Duplicate("a".into()))
         );
-        assert_eq!(Catalog::new(vec![spec(" ")]), Err(CatalogError::EmptyName { index: 0 }));
+        assert_eq!(
+            Catalog::new(vec![spec(" ")]),
+            Err(CatalogError::EmptyName { index: 0 })
+        );
         let mut nan = spec("n");
         nan.input_usd_per_1m = f64::NAN;
-        let err = Catalog::new(vec![nan]).err().map(|e| e.to_string()).unwrap_or_default();
+        let err = Catalog::new(vec![nan])
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(err.contains("input_usd_per_1m"), "{err}");
         let mut slow = spec("s");
         slow.latency.output_tokens_per_s = 0.0;

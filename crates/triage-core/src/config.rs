@@ -35,7 +35,10 @@ pub struct ServerSettings {
 impl ServerSettings {
     /// The request size limits.
     pub fn limits(&self) -> RequestLimits {
-        RequestLimits { max_messages: self.max_messages, max_text_bytes: self.max_text_bytes }
+        RequestLimits {
+            max_messages: self.max_messages,
+            max_text_bytes: self.max_text_bytes,
+        }
     }
 }
 
@@ -123,8 +126,10 @@ impl Settings {
             }
             figment = figment.merge(Toml::file_exact(path));
         }
-        let settings: Settings =
-            figment.merge(env).extract().map_err(|e| ConfigError::Invalid(Box::new(e)))?;
+        let settings: Settings = figment
+            .merge(env)
+            .extract()
+            .map_err(|e| ConfigError::Invalid(Box::new(e)))?;
         settings.check()?;
         Ok(settings)
     }
@@ -141,7 +146,10 @@ impl Settings {
         ];
         for (key, value) in positive {
             if value == 0 {
-                return Err(ConfigError::OutOfRange { key, problem: "must be at least 1".into() });
+                return Err(ConfigError::OutOfRange {
+                    key,
+                    problem: "must be at least 1".into(),
+                });
             }
         }
         if !(8..=512).contains(&self.encoder.max_tokens) {
@@ -175,16 +183,24 @@ mod tests {
         let s = Settings::load_with_env(None, no_env()).expect("defaults load");
         let catalog = s.catalog().expect("valid catalog");
         assert_eq!(catalog.models().len(), 12);
-        let sonnet = catalog.get("claude-3-5-sonnet-20241022").expect("sonnet listed");
-        assert_eq!((sonnet.input_usd_per_1m, sonnet.output_usd_per_1m), (3.0, 15.0));
+        let sonnet = catalog
+            .get("claude-3-5-sonnet-20241022")
+            .expect("sonnet listed");
+        assert_eq!(
+            (sonnet.input_usd_per_1m, sonnet.output_usd_per_1m),
+            (3.0, 15.0)
+        );
     }
 
     #[test]
     fn file_and_environment_override_defaults() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("t.toml");
-        std::fs::write(&path, "[server]\nlisten = \"127.0.0.1:6000\"\n[encoder]\nworkers = 3\n")
-            .expect("write");
+        std::fs::write(
+            &path,
+            "[server]\nlisten = \"127.0.0.1:6000\"\n[encoder]\nworkers = 3\n",
+        )
+        .expect("write");
         figment::Jail::expect_with(|jail| {
             jail.set_env("TRIAGE_ENCODER__QUEUE_CAPACITY", "7");
             let s = Settings::load(Some(&path)).map_err(|e| e.to_string())?;
@@ -203,7 +219,9 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let typo = dir.path().join("typo.toml");
         std::fs::write(&typo, "[server]\nlisen = \"127.0.0.1:1\"\n").expect("write");
-        let err = Settings::load_with_env(Some(&typo), no_env()).err().map(|e| e.to_string());
+        let err = Settings::load_with_env(Some(&typo), no_env())
+            .err()
+            .map(|e| e.to_string());
         assert!(err.unwrap_or_default().contains("lisen"));
 
         let dup = dir.path().join("dup.toml");
@@ -211,7 +229,9 @@ mod tests {
                      output_usd_per_1m = 1.0\ncontext_window = 10\n\
                      latency = { first_token_ms = 1.0, output_tokens_per_s = 1.0 }\n";
         std::fs::write(&dup, format!("{model}{model}")).expect("write");
-        let err = Settings::load_with_env(Some(&dup), no_env()).err().map(|e| e.to_string());
+        let err = Settings::load_with_env(Some(&dup), no_env())
+            .err()
+            .map(|e| e.to_string());
         assert!(err.unwrap_or_default().contains("listed twice"));
     }
 }

@@ -47,7 +47,10 @@ impl EncoderInput {
     pub fn from_conversation(conversation: &Conversation) -> Self {
         let last = conversation.last_user_index();
         let messages = conversation.messages();
-        let primary = messages.get(last).map(|m| m.content.clone()).unwrap_or_default();
+        let primary = messages
+            .get(last)
+            .map(|m| m.content.clone())
+            .unwrap_or_default();
         let context = messages
             .iter()
             .enumerate()
@@ -100,8 +103,20 @@ const CODE_MARKERS: [&str; 14] = [
     "==", "for (", "while ",
 ];
 const MULTISTEP_MARKERS: [&str; 14] = [
-    "prove", "show that", "step", "derive", "calculate", "compute", "how many", "how much",
-    "total", "each", "then", "explain", "evaluate", "determine",
+    "prove",
+    "show that",
+    "step",
+    "derive",
+    "calculate",
+    "compute",
+    "how many",
+    "how much",
+    "total",
+    "each",
+    "then",
+    "explain",
+    "evaluate",
+    "determine",
 ];
 
 impl PromptStats {
@@ -128,10 +143,16 @@ impl PromptStats {
         for m in messages {
             let text = m.content.as_str();
             let lower = text.to_lowercase();
-            code += CODE_MARKERS.iter().map(|k| text.matches(k).count()).sum::<usize>();
+            code += CODE_MARKERS
+                .iter()
+                .map(|k| text.matches(k).count())
+                .sum::<usize>();
             fences += text.matches("```").count();
             latex += text.matches('\\').count() + text.matches('$').count();
-            multistep += MULTISTEP_MARKERS.iter().map(|k| lower.matches(k).count()).sum::<usize>();
+            multistep += MULTISTEP_MARKERS
+                .iter()
+                .map(|k| lower.matches(k).count())
+                .sum::<usize>();
             questions += text.matches('?').count();
             lines += text.lines().count();
             numbers += count_numbers(text);
@@ -151,7 +172,11 @@ impl PromptStats {
             f32::from(u8::from(has_system)),
             ln(code),
             f32::from(u8::from(fences > 0)),
-            if chars == 0 { 0.0 } else { math_symbols as f32 / chars as f32 },
+            if chars == 0 {
+                0.0
+            } else {
+                math_symbols as f32 / chars as f32
+            },
             ln(latex),
             ln(numbers),
             ln(multistep),
@@ -215,10 +240,22 @@ mod tests {
     #[test]
     fn encoder_input_puts_last_user_turn_first_then_newest_context() {
         let conv = Conversation::new(vec![
-            Message { role: Role::System, content: "sys".into() },
-            Message { role: Role::User, content: "first".into() },
-            Message { role: Role::Assistant, content: "answer".into() },
-            Message { role: Role::User, content: "second".into() },
+            Message {
+                role: Role::System,
+                content: "sys".into(),
+            },
+            Message {
+                role: Role::User,
+                content: "first".into(),
+            },
+            Message {
+                role: Role::Assistant,
+                content: "answer".into(),
+            },
+            Message {
+                role: Role::User,
+                content: "second".into(),
+            },
         ])
         .expect("valid");
         let input = EncoderInput::from_conversation(&conv);
@@ -236,9 +273,22 @@ mod tests {
         let p = PromptStats::new(&plain, 8);
         let m = PromptStats::new(&mathy, 40);
         assert_eq!(p.input_tokens, 12);
-        let idx = |name| HAND_FEATURE_NAMES.iter().position(|n| *n == name).unwrap_or(usize::MAX);
-        for name in ["ln_latex_markers", "ln_multistep_markers", "math_symbol_share", "ln_numbers"] {
-            assert!(m.hand_features()[idx(name)] > p.hand_features()[idx(name)], "{name}");
+        let idx = |name| {
+            HAND_FEATURE_NAMES
+                .iter()
+                .position(|n| *n == name)
+                .unwrap_or(usize::MAX)
+        };
+        for name in [
+            "ln_latex_markers",
+            "ln_multistep_markers",
+            "math_symbol_share",
+            "ln_numbers",
+        ] {
+            assert!(
+                m.hand_features()[idx(name)] > p.hand_features()[idx(name)],
+                "{name}"
+            );
         }
         let f = features(&m, &[0.5; 4]);
         assert_eq!(f.len(), feature_dim(4));

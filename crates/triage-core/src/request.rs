@@ -55,7 +55,10 @@ pub struct InvalidRequest {
 impl InvalidRequest {
     /// An error about `field`.
     pub fn new(field: impl Into<String>, problem: impl Into<String>) -> Self {
-        Self { field: field.into(), problem: problem.into() }
+        Self {
+            field: field.into(),
+            problem: problem.into(),
+        }
     }
 }
 
@@ -108,7 +111,10 @@ impl Conversation {
                 )
             })?;
             total_bytes = total_bytes.saturating_add(content.len());
-            out.push(Message { role, content: content.to_owned() });
+            out.push(Message {
+                role,
+                content: content.to_owned(),
+            });
         }
         if total_bytes > limits.max_text_bytes {
             return Err(InvalidRequest::new(
@@ -131,7 +137,10 @@ impl Conversation {
                 "the conversation is empty; send at least one message with role \"user\"",
             ));
         }
-        if !messages.iter().any(|m| m.role == Role::User && !m.content.trim().is_empty()) {
+        if !messages
+            .iter()
+            .any(|m| m.role == Role::User && !m.content.trim().is_empty())
+        {
             return Err(InvalidRequest::new(
                 "messages",
                 "the conversation has no non-empty message with role \"user\"; the router needs \
@@ -143,7 +152,10 @@ impl Conversation {
 
     /// A conversation of one user turn.
     pub fn single_user(prompt: &str) -> Result<Self, InvalidRequest> {
-        Self::new(vec![Message { role: Role::User, content: prompt.to_owned() }])
+        Self::new(vec![Message {
+            role: Role::User,
+            content: prompt.to_owned(),
+        }])
     }
 
     /// The turns, oldest first.
@@ -249,7 +261,10 @@ impl Preferences {
 mod tests {
     use super::*;
 
-    const LIMITS: RequestLimits = RequestLimits { max_messages: 4, max_text_bytes: 100 };
+    const LIMITS: RequestLimits = RequestLimits {
+        max_messages: 4,
+        max_text_bytes: 100,
+    };
 
     fn wire(pairs: &[(&'static str, &'static str)]) -> Result<Conversation, InvalidRequest> {
         Conversation::from_wire(pairs.iter().copied(), LIMITS)
@@ -257,8 +272,13 @@ mod tests {
 
     #[test]
     fn accepts_a_normal_conversation_and_finds_the_last_user_turn() {
-        let c = wire(&[("system", "be brief"), ("user", "hi"), ("assistant", "hello"), ("user", "q")])
-            .expect("valid");
+        let c = wire(&[
+            ("system", "be brief"),
+            ("user", "hi"),
+            ("assistant", "hello"),
+            ("user", "q"),
+        ])
+        .expect("valid");
         assert_eq!(c.last_user_index(), 3);
     }
 
@@ -266,14 +286,19 @@ mod tests {
     fn names_the_field_for_each_invalid_shape() {
         assert_eq!(wire(&[]).err().map(|e| e.field), Some("messages".into()));
         assert_eq!(
-            wire(&[("user", "a"), ("robot", "b")]).err().map(|e| e.field),
+            wire(&[("user", "a"), ("robot", "b")])
+                .err()
+                .map(|e| e.field),
             Some("messages[1].role".into())
         );
         assert!(wire(&[("system", "only instructions")]).is_err());
         assert!(wire(&[("user", "   ")]).is_err());
         assert!(wire(&[("user", "a"); 5]).is_err());
         let long: &'static str = Box::leak("x".repeat(101).into_boxed_str());
-        let err = wire(&[("user", long)]).err().map(|e| e.problem).unwrap_or_default();
+        let err = wire(&[("user", long)])
+            .err()
+            .map(|e| e.problem)
+            .unwrap_or_default();
         assert!(err.contains("limit of 100"), "{err}");
     }
 }

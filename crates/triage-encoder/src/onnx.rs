@@ -35,7 +35,9 @@ static LOADING: Mutex<()> = Mutex::new(());
 /// Loads the ONNX Runtime shared library (once per process). With `None`, `ORT_DYLIB_PATH` or
 /// the system's `libonnxruntime.so` is used.
 pub fn init_onnxruntime(library: Option<&Path>) -> Result<(), EncoderError> {
-    let _loading = LOADING.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let _loading = LOADING
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     if ENVIRONMENT.get().is_some() {
         return Ok(());
     }
@@ -111,7 +113,9 @@ impl OnnxEmbedder {
         let names: Vec<&str> = session.inputs().iter().map(|i| i.name()).collect();
         for required in ["input_ids", "attention_mask"] {
             if !names.contains(&required) {
-                return Err(model_error(format!("model has no `{required}` input (inputs: {names:?})")));
+                return Err(model_error(format!(
+                    "model has no `{required}` input (inputs: {names:?})"
+                )));
             }
         }
         let wants_token_type_ids = names.contains(&"token_type_ids");
@@ -126,8 +130,13 @@ impl OnnxEmbedder {
             wants_token_type_ids,
         };
         // One probe run tells the embedding width and proves the model runs at all.
-        let probe = EncoderInput { primary: "probe".into(), context: String::new() };
-        let out = embedder.embed_batch(&[&probe]).map_err(|e| model_error(e.to_string()))?;
+        let probe = EncoderInput {
+            primary: "probe".into(),
+            context: String::new(),
+        };
+        let out = embedder
+            .embed_batch(&[&probe])
+            .map_err(|e| model_error(e.to_string()))?;
         embedder.dim = out.first().map_or(0, |e| e.vector.len());
         if embedder.dim == 0 {
             return Err(model_error("model produced an empty embedding".into()));
@@ -154,7 +163,8 @@ fn build_session(environment: &Environment, options: &OnnxOptions) -> ort::Resul
         .with_intra_op_spinning(false)?;
     #[cfg(feature = "cuda")]
     if options.cuda {
-        builder = builder.with_execution_providers([ort::ep::CUDA::default().build().error_on_failure()])?;
+        builder = builder
+            .with_execution_providers([ort::ep::CUDA::default().build().error_on_failure()])?;
     }
     builder.commit_from_file(&options.model)
 }
@@ -195,20 +205,27 @@ impl Embedder for OnnxEmbedder {
         let ids_t = Tensor::from_array((shape, ids)).map_err(inference)?;
         let mask_t = Tensor::from_array((shape, mask.clone())).map_err(inference)?;
         let outputs = if self.wants_token_type_ids {
-            let types_t = Tensor::from_array((shape, vec![0i64; batch * width])).map_err(inference)?;
+            let types_t =
+                Tensor::from_array((shape, vec![0i64; batch * width])).map_err(inference)?;
             self.session.run(ort::inputs![
                 "input_ids" => ids_t,
                 "attention_mask" => mask_t,
                 "token_type_ids" => types_t,
             ])
         } else {
-            self.session.run(ort::inputs!["input_ids" => ids_t, "attention_mask" => mask_t])
+            self.session
+                .run(ort::inputs!["input_ids" => ids_t, "attention_mask" => mask_t])
         }
         .map_err(inference)?;
         let (out_shape, hidden) = outputs[0].try_extract_tensor::<f32>().map_err(inference)?;
-        let dims: Vec<usize> = out_shape.iter().map(|&d| usize::try_from(d).unwrap_or(0)).collect();
+        let dims: Vec<usize> = out_shape
+            .iter()
+            .map(|&d| usize::try_from(d).unwrap_or(0))
+            .collect();
         let [b, t, dim] = dims[..] else {
-            return Err(EncoderError::Inference(format!("unexpected output shape {dims:?}")));
+            return Err(EncoderError::Inference(format!(
+                "unexpected output shape {dims:?}"
+            )));
         };
         if b != batch || t != width || dim == 0 {
             return Err(EncoderError::Inference(format!(

@@ -72,9 +72,16 @@ impl EncoderPool {
             thread::Builder::new()
                 .name(format!("triage-encoder-{index}"))
                 .spawn(move || worker_loop(embedder, receiver, queued, max_batch))
-                .map_err(|e| EncoderError::Inference(format!("cannot spawn encoder thread: {e}")))?;
+                .map_err(|e| {
+                    EncoderError::Inference(format!("cannot spawn encoder thread: {e}"))
+                })?;
         }
-        Ok(Self { sender, queued, capacity: options.queue_capacity.max(1), dim })
+        Ok(Self {
+            sender,
+            queued,
+            capacity: options.queue_capacity.max(1),
+            dim,
+        })
     }
 
     /// Embedding dimension.
@@ -96,7 +103,9 @@ impl EncoderPool {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
                 self.queued.fetch_sub(1, Ordering::Relaxed);
-                return Err(EncodeError::QueueFull { capacity: self.capacity });
+                return Err(EncodeError::QueueFull {
+                    capacity: self.capacity,
+                });
             }
             Err(TrySendError::Disconnected(_)) => {
                 self.queued.fetch_sub(1, Ordering::Relaxed);

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use triage_core::{EncoderInput, Settings};
 use triage_encoder::{
-    EncodeError, Embedder, EncoderPool, OnnxEmbedder, OnnxOptions, PoolOptions, init_onnxruntime,
+    Embedder, EncodeError, EncoderPool, OnnxEmbedder, OnnxOptions, PoolOptions, init_onnxruntime,
 };
 
 fn root() -> PathBuf {
@@ -14,7 +14,13 @@ fn root() -> PathBuf {
 
 fn embedder(max_batch_threads: usize) -> OnnxEmbedder {
     let settings = Settings::load(None).expect("default settings");
-    let lib = root().join(settings.encoder.onnxruntime.clone().expect("library path in defaults"));
+    let lib = root().join(
+        settings
+            .encoder
+            .onnxruntime
+            .clone()
+            .expect("library path in defaults"),
+    );
     init_onnxruntime(Some(&lib)).expect("ONNX Runtime loads (run scripts/setup.sh first)");
     let mut options = OnnxOptions::from_settings(&settings.encoder, &root());
     options.intra_op_threads = max_batch_threads;
@@ -31,7 +37,8 @@ struct Case {
 fn reference() -> Vec<Case> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/reference_embeddings.json");
     let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(path).expect("reference file")).expect("json");
+        serde_json::from_str(&std::fs::read_to_string(path).expect("reference file"))
+            .expect("json");
     let cases = json["cases"].as_array().expect("cases");
     cases
         .iter()
@@ -68,9 +75,21 @@ fn embeddings_match_the_python_reference() {
     for case in &cases {
         let got = e.embed_batch(&[&case.input]).expect("embeds").remove(0);
         let cos = cosine(&got.vector, &case.embedding);
-        assert!(cos >= 0.999, "cosine {cos} < 0.999 for {:?}", case.input.primary);
-        assert_eq!(got.encoded_tokens, case.encoded_tokens, "{:?}", case.input.primary);
-        assert_eq!(got.text_tokens, case.text_tokens, "{:?}", case.input.primary);
+        assert!(
+            cos >= 0.999,
+            "cosine {cos} < 0.999 for {:?}",
+            case.input.primary
+        );
+        assert_eq!(
+            got.encoded_tokens, case.encoded_tokens,
+            "{:?}",
+            case.input.primary
+        );
+        assert_eq!(
+            got.text_tokens, case.text_tokens,
+            "{:?}",
+            case.input.primary
+        );
         let norm: f32 = got.vector.iter().map(|x| x * x).sum::<f32>().sqrt();
         assert!((norm - 1.0).abs() < 1e-4);
     }
@@ -90,11 +109,18 @@ fn batching_with_padding_gives_the_same_vectors_as_one_by_one() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn pool_refuses_work_beyond_its_queue_instead_of_queueing() {
     let pool = EncoderPool::start(
-        PoolOptions { workers: 1, queue_capacity: 2, max_batch: 1 },
+        PoolOptions {
+            workers: 1,
+            queue_capacity: 2,
+            max_batch: 1,
+        },
         |_| Ok(embedder(1)),
     )
     .expect("pool");
-    let long = EncoderInput { primary: "word ".repeat(400), context: String::new() };
+    let long = EncoderInput {
+        primary: "word ".repeat(400),
+        context: String::new(),
+    };
     let tasks: Vec<_> = (0..24)
         .map(|_| {
             let pool = pool.clone();

@@ -54,11 +54,23 @@ impl fmt::Display for Exclusion {
             Exclusion::ContextTooSmall { needed, window } => {
                 write!(f, "context too small: needs {needed} tokens, has {window}")
             }
-            Exclusion::OverBudget { cost_usd, max_cost_usd } => {
-                write!(f, "over budget: predicted ${cost_usd:.6} > max_cost_usd ${max_cost_usd:.6}")
+            Exclusion::OverBudget {
+                cost_usd,
+                max_cost_usd,
+            } => {
+                write!(
+                    f,
+                    "over budget: predicted ${cost_usd:.6} > max_cost_usd ${max_cost_usd:.6}"
+                )
             }
-            Exclusion::TooSlow { latency_ms, max_latency_ms } => {
-                write!(f, "too slow: predicted {latency_ms:.0} ms > max_latency_ms {max_latency_ms}")
+            Exclusion::TooSlow {
+                latency_ms,
+                max_latency_ms,
+            } => {
+                write!(
+                    f,
+                    "too slow: predicted {latency_ms:.0} ms > max_latency_ms {max_latency_ms}"
+                )
             }
         }
     }
@@ -150,11 +162,23 @@ pub fn decide(
         } else if let Some(c) = prefs.required_capabilities.iter().find(|c| !spec.has(**c)) {
             Some(Exclusion::MissingCapability(*c))
         } else if spec.context_window < needed {
-            Some(Exclusion::ContextTooSmall { needed, window: spec.context_window })
+            Some(Exclusion::ContextTooSmall {
+                needed,
+                window: spec.context_window,
+            })
         } else if let Some(max) = prefs.max_cost_usd.filter(|max| cost_usd > *max) {
-            Some(Exclusion::OverBudget { cost_usd, max_cost_usd: max })
-        } else if let Some(max) = prefs.max_latency_ms.filter(|max| latency_ms > f64::from(*max)) {
-            Some(Exclusion::TooSlow { latency_ms, max_latency_ms: max })
+            Some(Exclusion::OverBudget {
+                cost_usd,
+                max_cost_usd: max,
+            })
+        } else if let Some(max) = prefs
+            .max_latency_ms
+            .filter(|max| latency_ms > f64::from(*max))
+        {
+            Some(Exclusion::TooSlow {
+                latency_ms,
+                max_latency_ms: max,
+            })
         } else {
             None
         };
@@ -184,7 +208,11 @@ pub fn decide(
     let explanation = rank(&mut eligible, &rule, params);
     excluded.sort_by(|a, b| by_quality_then_cost(a, b));
     eligible.extend(excluded);
-    Ok(Decision { candidates: eligible, rule, explanation })
+    Ok(Decision {
+        candidates: eligible,
+        rule,
+        explanation,
+    })
 }
 
 fn by_quality_then_cost(a: &Candidate, b: &Candidate) -> Ordering {
@@ -203,7 +231,10 @@ fn by_cost_then_quality(a: &Candidate, b: &Candidate) -> Ordering {
 
 /// Sorts eligible candidates best first and explains the winner.
 fn rank(eligible: &mut [Candidate], rule: &Rule, params: &DecisionParams) -> String {
-    let best_quality = eligible.iter().map(|c| c.quality).fold(f64::NEG_INFINITY, f64::max);
+    let best_quality = eligible
+        .iter()
+        .map(|c| c.quality)
+        .fold(f64::NEG_INFINITY, f64::max);
     let margin = match rule {
         Rule::Mode(Mode::Quality) => {
             eligible.sort_by(by_quality_then_cost);
@@ -213,7 +244,9 @@ fn rank(eligible: &mut [Candidate], rule: &Rule, params: &DecisionParams) -> Str
             let lambda = *lambda;
             let utility = |c: &Candidate| c.quality - lambda * c.cost_usd;
             eligible.sort_by(|a, b| {
-                utility(b).total_cmp(&utility(a)).then_with(|| by_cost_then_quality(a, b))
+                utility(b)
+                    .total_cmp(&utility(a))
+                    .then_with(|| by_cost_then_quality(a, b))
             });
             let top = utility(&eligible[0]);
             return format!(
@@ -228,10 +261,18 @@ fn rank(eligible: &mut [Candidate], rule: &Rule, params: &DecisionParams) -> Str
     eligible.sort_by(|a, b| {
         let (a_in, b_in) = (a.quality >= floor, b.quality >= floor);
         b_in.cmp(&a_in).then_with(|| {
-            if a_in { by_cost_then_quality(a, b) } else { by_quality_then_cost(a, b) }
+            if a_in {
+                by_cost_then_quality(a, b)
+            } else {
+                by_quality_then_cost(a, b)
+            }
         })
     });
-    let name = if matches!(rule, Rule::Mode(Mode::Balanced)) { "balanced" } else { "cost" };
+    let name = if matches!(rule, Rule::Mode(Mode::Balanced)) {
+        "balanced"
+    } else {
+        "cost"
+    };
     format!(
         "{name}: cheapest model within {margin:.3} of the best predicted quality ({best_quality:.3})"
     )
@@ -246,7 +287,10 @@ fn no_eligible(excluded: Vec<Candidate>) -> DecisionError {
             Exclusion::NotInPolicy => "not covered by the policy".to_owned(),
             Exclusion::NotAllowed => "excluded by allowed_models".to_owned(),
             Exclusion::MissingCapability(cap) => {
-                format!("excluded by required_capabilities ({} missing)", cap.as_str())
+                format!(
+                    "excluded by required_capabilities ({} missing)",
+                    cap.as_str()
+                )
             }
             Exclusion::ContextTooSmall { needed, .. } => {
                 format!("context window below {needed} tokens")

@@ -30,7 +30,8 @@ pub struct LinearHead {
     pub bias: f32,
 }
 
-/// `exp(weights · x + bias) - 1` output tokens, clamped to `[min_tokens, max_tokens]`.
+/// `exp(weights · x + bias)` expected output tokens (a log-link GLM), clamped to
+/// `[min_tokens, max_tokens]`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LengthHead {
@@ -139,18 +140,28 @@ impl Policy {
     /// Reads and validates a policy file.
     pub fn load(path: &Path) -> Result<Self, PolicyError> {
         let display = path.display().to_string();
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| PolicyError::Io { path: display.clone(), source })?;
-        let file: PolicyFile = serde_json::from_str(&text)
-            .map_err(|e| PolicyError::Parse { path: display, message: e.to_string() })?;
+        let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Io {
+            path: display.clone(),
+            source,
+        })?;
+        let file: PolicyFile = serde_json::from_str(&text).map_err(|e| PolicyError::Parse {
+            path: display,
+            message: e.to_string(),
+        })?;
         Self::new(file)
     }
 
     /// Validates an in-memory policy.
     pub fn new(file: PolicyFile) -> Result<Self, PolicyError> {
-        let invalid = |problem: String| PolicyError::Invalid { version: file.version.clone(), problem };
+        let invalid = |problem: String| PolicyError::Invalid {
+            version: file.version.clone(),
+            problem,
+        };
         if file.format != POLICY_FORMAT {
-            return Err(invalid(format!("format is {:?}, expected {POLICY_FORMAT:?}", file.format)));
+            return Err(invalid(format!(
+                "format is {:?}, expected {POLICY_FORMAT:?}",
+                file.format
+            )));
         }
         if file.format_version != POLICY_FORMAT_VERSION {
             return Err(invalid(format!(
@@ -169,17 +180,25 @@ impl Policy {
         let dim = feature_dim(file.embedding_dim);
         let s = &file.standardize;
         if s.mean.len() != dim || s.scale.len() != dim {
-            return Err(invalid(format!("standardize vectors must have {dim} entries")));
+            return Err(invalid(format!(
+                "standardize vectors must have {dim} entries"
+            )));
         }
-        if !s.mean.iter().chain(&s.scale).all(|x| x.is_finite()) || s.scale.iter().any(|x| *x <= 0.0) {
-            return Err(invalid("standardize holds a non-finite or non-positive scale".into()));
+        if !s.mean.iter().chain(&s.scale).all(|x| x.is_finite())
+            || s.scale.iter().any(|x| *x <= 0.0)
+        {
+            return Err(invalid(
+                "standardize holds a non-finite or non-positive scale".into(),
+            ));
         }
         let d = &file.decision;
         if !(d.balanced_margin.is_finite() && d.cost_margin.is_finite())
             || d.balanced_margin < 0.0
             || d.cost_margin < d.balanced_margin
         {
-            return Err(invalid("decision margins must be finite with 0 <= balanced <= cost".into()));
+            return Err(invalid(
+                "decision margins must be finite with 0 <= balanced <= cost".into(),
+            ));
         }
         if file.models.is_empty() {
             return Err(invalid("it has no models".into()));
@@ -192,12 +211,20 @@ impl Policy {
             let q = &m.quality;
             let l = &m.output_tokens;
             if q.weights.len() != dim || l.weights.len() != dim {
-                return Err(invalid(format!("model {:?}: heads must have {dim} weights", m.name)));
+                return Err(invalid(format!(
+                    "model {:?}: heads must have {dim} weights",
+                    m.name
+                )));
             }
             let finite = q.weights.iter().chain(&l.weights).all(|x| x.is_finite())
-                && [q.bias, l.bias, l.min_tokens, l.max_tokens].iter().all(|x| x.is_finite());
+                && [q.bias, l.bias, l.min_tokens, l.max_tokens]
+                    .iter()
+                    .all(|x| x.is_finite());
             if !finite || l.min_tokens < 0.0 || l.max_tokens < l.min_tokens {
-                return Err(invalid(format!("model {:?}: non-finite weights or bad clamps", m.name)));
+                return Err(invalid(format!(
+                    "model {:?}: non-finite weights or bad clamps",
+                    m.name
+                )));
             }
         }
         Ok(Self { file })
@@ -255,9 +282,15 @@ impl Policy {
                 let logit = dot(&m.quality.weights) + f64::from(m.quality.bias);
                 let quality = 1.0 / (1.0 + (-logit).exp());
                 let l = &m.output_tokens;
-                let tokens = (dot(&l.weights) + f64::from(l.bias)).exp_m1();
+                let tokens = (dot(&l.weights) + f64::from(l.bias)).exp();
                 let output_tokens = tokens.clamp(f64::from(l.min_tokens), f64::from(l.max_tokens));
-                (m.name.as_str(), Prediction { quality, output_tokens })
+                (
+                    m.name.as_str(),
+                    Prediction {
+                        quality,
+                        output_tokens,
+                    },
+                )
             })
             .collect())
     }

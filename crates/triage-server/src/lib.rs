@@ -1,1 +1,22 @@
-//! placeholder
+//! The serving path: gRPC `triage.v1.Router` on tonic, with standard health and reflection.
+//!
+//! Layers, outermost first:
+//! - [`serve`] wires the tonic server: message size limits, `grpc.health.v1`, server reflection
+//!   (both `v1` and `v1alpha`, so every generic client finds the schema), graceful shutdown.
+//! - `service` holds the RPC handlers. They only convert wire types to domain types
+//!   (`convert`) and back, and map errors through the one exhaustive [`RouteError`] → `Status`
+//!   conversion.
+//! - [`RoutingEngine`] does the work, independent of gRPC (the CLI's `triage route` calls it
+//!   in-process): prompt → encoder pool (off the async runtime, bounded) → features → policy →
+//!   decision.
+
+mod convert;
+mod engine;
+mod error;
+mod serve;
+mod service;
+
+pub use engine::{RouteOutcome, RoutingEngine, RoutingRequest};
+pub use error::{RouteError, StartupError};
+pub use serve::{ServerHandle, serve, start};
+pub use service::RouterService;

@@ -1,1 +1,43 @@
-//! placeholder
+//! Offline learning: outcome tables in, a policy file out.
+//!
+//! `triage train` reads an outcome table with polars ([`table`]), embeds every distinct prompt
+//! once through the serving encoder and the shared `triage_core::features` (cached on disk,
+//! [`embed`]), fits per-model heads with linfa ([`fit`]), chooses the BALANCED/COST margins on
+//! the dev split by replaying decisions through the serving decision rule ([`simulate`]), and
+//! writes the policy atomically (temporary file, fsync, rename).
+
+pub mod embed;
+pub mod fit;
+pub mod simulate;
+pub mod table;
+mod train;
+
+pub use train::{TrainOptions, TrainReport, train, write_policy_atomically};
+
+/// Why training or evaluation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    /// Bad command-line use.
+    #[error("{0}")]
+    Usage(String),
+    /// The outcome table is missing, malformed or inconsistent.
+    #[error("invalid outcome data: {0}")]
+    Data(String),
+    /// The embedding cache could not be read or written.
+    #[error("embedding cache: {0}")]
+    Cache(String),
+    /// The encoder failed.
+    #[error("encoder: {0}")]
+    Encoder(String),
+    /// A model fit failed.
+    #[error("fitting: {0}")]
+    Fit(String),
+    /// Writing the policy failed.
+    #[error("writing policy {path}: {message}")]
+    Write {
+        /// Destination.
+        path: String,
+        /// Cause.
+        message: String,
+    },
+}

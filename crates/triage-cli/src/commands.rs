@@ -1,0 +1,162 @@
+//! Implementations of the subcommands.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use triage_core::{Conversation, Preferences, Settings};
+use triage_server::{RoutingEngine, RoutingRequest};
+
+fn base_dir() -> anyhow::Result<PathBuf> {
+    std::env::current_dir().context("cannot read the working directory")
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start tokio")
+}
+
+pub fn serve(mut settings: Settings, listen: Option<SocketAddr>) -> anyhow::Result<()> {
+    if let Some(addr) = listen {
+        settings.server.listen = addr;
+    }
+    let engine = RoutingEngine::from_settings(&settings, &base_dir()?)?;
+    runtime()?.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(settings.server.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", settings.server.listen))?;
+        let addr = listener.local_addr()?;
+        // A plain line on stdout so scripts can find the port when listening on port 0.
+        println!("listening on {addr}");
+        tracing::info!(
+            %addr,
+            policy = engine.policy().version(),
+            models = engine.catalog().models().len(),
+            "triage serving gRPC (triage.v1.Router, grpc.health.v1, reflection)"
+        );
+        triage_server::serve(engine, &settings, listener, shutdown_signal()).await?;
+        tracing::info!("stopped");
+        Ok(())
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    tracing::info!("shutdown requested: draining in-flight requests");
+}
+
+pub fn route(settings: Settings, prompt: &str, preferences: Preferences) -> anyhow::Result<()> {
+    let engine = RoutingEngine::from_settings(&settings, &base_dir()?)?;
+    preferences.validate(engine.catalog(), "")?;
+    let request = RoutingRequest {
+        conversation: Conversation::single_user(prompt)?,
+        preferences,
+        session_id: String::new(),
+        metadata: Default::default(),
+    };
+    let outcome = runtime()?.block_on(engine.route(&request))?;
+    let d = &outcome.decision;
+    println!("model:    {}", d.chosen().model);
+    println!("why:      {}", d.explanation);
+    println!("policy:   {}", outcome.policy_version);
+    println!("tokens:   ~{} input", outcome.input_tokens);
+    println!(
+        "time:     encoder {} us, policy {} us",
+        outcome.encoder_us, outcome.policy_us
+    );
+    println!();
+    println!(
+        "{:<4} {:<30} {:>8} {:>12} {:>8}  status",
+        "rank", "model", "quality", "cost USD", "out tok"
+    );
+    for (i, c) in d.candidates.iter().enumerate() {
+        let status = c
+            .exclusion
+            .as_ref()
+            .map_or("eligible".to_owned(), |e| e.to_string());
+        println!(
+            "{:<4} {:<30} {:>8.3} {:>12.6} {:>8.0}  {status}",
+            i + 1,
+            c.model,
+            c.quality,
+            c.cost_usd,
+            c.output_tokens
+        );
+    }
+    Ok(())
+}
+
+pub fn models(settings: &Settings) -> anyhow::Result<()> {
+    let catalog = settings.catalog()?;
+    println!(
+        "{:<30} {:<10} {:>9} {:>9} {:>9}  {:<7} capabilities",
+        "model", "provider", "in $/1M", "out $/1M", "context", "enabled"
+    );
+    for m in catalog.models() {
+        let caps: Vec<&str> = m.capabilities.iter().map(|c| c.as_str()).collect();
+        println!(
+            "{:<30} {:<10} {:>9.3} {:>9.3} {:>9}  {:<7} {}",
+            m.name,
+            m.provider,
+            m.input_usd_per_1m,
+            m.output_usd_per_1m,
+            m.context_window,
+            m.enabled,
+            caps.join(",")
+        );
+    }
+    Ok(())
+}
+
+#[cfg(feature = "train")]
+pub fn train(
+    settings: Settings,
+    data: PathBuf,
+    models: Option<Vec<String>>,
+    out: PathBuf,
+    cache_dir: PathBuf,
+) -> anyhow::Result<()> {
+    let options = triage_train::TrainOptions {
+        data,
+        models,
+        out: out.clone(),
+        settings,
+        base: base_dir()?,
+        cache_dir,
+        progress: true,
+    };
+    let report = triage_train::train(&options)?;
+    let p = &report.policy;
+    println!("wrote {} (version {})", out.display(), p.version);
+    println!(
+        "prompts: {} train, {} dev, {} test; models: {}",
+        report.prompts.0,
+        report.prompts.1,
+        report.prompts.2,
+        p.models.len()
+    );
+    println!(
+        "margins chosen on dev: balanced {:.3}, cost {:.3}",
+        p.decision.balanced_margin, p.decision.cost_margin
+    );
+    Ok(())
+}

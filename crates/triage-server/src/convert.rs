@@ -1,0 +1,140 @@
+//! Wire types ↔ domain types. Every check on caller input lives in `triage_core`; this module
+//! only translates, naming fields by their wire paths.
+
+use triage_core::catalog::Capability;
+use triage_core::request::RequestLimits;
+use triage_core::{Catalog, Conversation, InvalidRequest, Mode, Preferences};
+use triage_policy::{Candidate, Exclusion};
+use triage_proto::v1;
+
+use crate::engine::{RouteOutcome, RoutingRequest};
+
+/// Validates a wire request into a domain request.
+pub fn routing_request(
+    request: v1::RouteRequest,
+    catalog: &Catalog,
+    limits: RequestLimits,
+) -> Result<RoutingRequest, InvalidRequest> {
+    let conversation = Conversation::from_wire(
+        request
+            .messages
+            .iter()
+            .map(|m| (m.role.as_str(), m.content.as_str())),
+        limits,
+    )?;
+    let preferences = match request.preferences {
+        Some(p) => preferences(p)?,
+        None => Preferences::default(),
+    };
+    preferences.validate(catalog, "preferences.")?;
+    Ok(RoutingRequest {
+        conversation,
+        preferences,
+        session_id: request.session_id,
+        metadata: request.metadata.into_iter().collect(),
+    })
+}
+
+fn preferences(p: v1::Preferences) -> Result<Preferences, InvalidRequest> {
+    let mode = match v1::Mode::try_from(p.mode) {
+        Ok(v1::Mode::Unspecified | v1::Mode::Balanced) => Mode::Balanced,
+        Ok(v1::Mode::Quality) => Mode::Quality,
+        Ok(v1::Mode::Cost) => Mode::Cost,
+        Err(_) => {
+            return Err(InvalidRequest::new(
+                "preferences.mode",
+                format!(
+                    "unknown mode {}; use MODE_QUALITY, MODE_BALANCED or MODE_COST",
+                    p.mode
+                ),
+            ));
+        }
+    };
+    let mut required_capabilities = Vec::with_capacity(p.required_capabilities.len());
+    for (i, raw) in p.required_capabilities.iter().enumerate() {
+        let capability = match v1::Capability::try_from(*raw) {
+            Ok(v1::Capability::Vision) => Capability::Vision,
+            Ok(v1::Capability::Tools) => Capability::Tools,
+            Ok(v1::Capability::JsonOutput) => Capability::JsonOutput,
+            Ok(v1::Capability::Unspecified) | Err(_) => {
+                return Err(InvalidRequest::new(
+                    format!("preferences.required_capabilities[{i}]"),
+                    format!(
+                        "unknown capability {raw}; use CAPABILITY_VISION, CAPABILITY_TOOLS or \
+                         CAPABILITY_JSON_OUTPUT"
+                    ),
+                ));
+            }
+        };
+        required_capabilities.push(capability);
+    }
+    Ok(Preferences {
+        mode,
+        cost_weight: p.cost_weight,
+        max_cost_usd: p.max_cost_usd,
+        max_latency_ms: p.max_latency_ms,
+        allowed_models: p.allowed_models,
+        required_capabilities,
+        min_context_tokens: p.min_context_tokens,
+        expected_output_tokens: p.expected_output_tokens,
+    })
+}
+
+/// The wire response for a decision.
+pub fn route_response(
+    request_id: String,
+    outcome: RouteOutcome,
+    total_us: u64,
+) -> v1::RouteResponse {
+    let decision = outcome.decision;
+    v1::RouteResponse {
+        request_id,
+        model: decision.chosen().model.clone(),
+        candidates: decision.candidates.into_iter().map(candidate).collect(),
+        policy_version: outcome.policy_version,
+        explanation: decision.explanation,
+        input_tokens: outcome.input_tokens,
+        timings: Some(v1::Timings {
+            encoder_us: outcome.encoder_us,
+            policy_us: outcome.policy_us,
+            total_us,
+        }),
+    }
+}
+
+fn candidate(c: Candidate) -> v1::Candidate {
+    let exclusion = match &c.exclusion {
+        None => v1::ExclusionReason::Unspecified,
+        Some(Exclusion::Disabled) => v1::ExclusionReason::Disabled,
+        Some(Exclusion::NotInPolicy) => v1::ExclusionReason::NotInPolicy,
+        Some(Exclusion::NotAllowed) => v1::ExclusionReason::NotAllowed,
+        Some(Exclusion::MissingCapability(_)) => v1::ExclusionReason::MissingCapability,
+        Some(Exclusion::ContextTooSmall { .. }) => v1::ExclusionReason::ContextTooSmall,
+        Some(Exclusion::OverBudget { .. }) => v1::ExclusionReason::OverBudget,
+        Some(Exclusion::TooSlow { .. }) => v1::ExclusionReason::TooSlow,
+    };
+    v1::Candidate {
+        model: c.model,
+        predicted_quality: c.quality,
+        predicted_cost_usd: c.cost_usd,
+        eligible: c.exclusion.is_none(),
+        reason: c.exclusion.map(|e| e.to_string()).unwrap_or_default(),
+        exclusion: exclusion as i32,
+        predicted_output_tokens: saturating_u32(c.output_tokens),
+        predicted_latency_ms: saturating_u32(c.latency_ms),
+    }
+}
+
+fn saturating_u32(x: f64) -> u32 {
+    // `as` saturates and maps NaN to 0, which is what a display field wants.
+    x.round() as u32
+}
+
+/// The wire form of a catalog capability.
+pub fn capability(c: Capability) -> v1::Capability {
+    match c {
+        Capability::Vision => v1::Capability::Vision,
+        Capability::Tools => v1::Capability::Tools,
+        Capability::JsonOutput => v1::Capability::JsonOutput,
+    }
+}

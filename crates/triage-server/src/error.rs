@@ -1,0 +1,76 @@
+//! Domain errors of the serving path and their one mapping to gRPC status codes.
+
+use tonic::{Code, Status};
+use triage_core::InvalidRequest;
+use triage_encoder::{EncodeError, EncoderError};
+use triage_policy::{DecisionError, PolicyError};
+
+/// Why a `Route` call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RouteError {
+    /// The request is malformed; the message names the field and the fix.
+    #[error("invalid request: {0}")]
+    Invalid(#[from] InvalidRequest),
+    /// The encoder queue is full: shed load.
+    #[error("{0}")]
+    Encode(#[from] EncodeError),
+    /// Constraints leave no model.
+    #[error(transparent)]
+    NoEligibleModel(#[from] DecisionError),
+    /// The loaded policy cannot score this request (encoder/policy mismatch).
+    #[error("policy error: {0}")]
+    Policy(#[from] PolicyError),
+}
+
+impl From<RouteError> for Status {
+    fn from(error: RouteError) -> Self {
+        let code = match &error {
+            RouteError::Invalid(_) => Code::InvalidArgument,
+            RouteError::Encode(EncodeError::QueueFull { .. }) => Code::ResourceExhausted,
+            RouteError::Encode(EncodeError::Stopped) => Code::Unavailable,
+            RouteError::Encode(EncodeError::Failed(e)) => match e {
+                EncoderError::Tokenize(_) => Code::InvalidArgument,
+                EncoderError::Inference(_)
+                | EncoderError::Runtime { .. }
+                | EncoderError::Model { .. }
+                | EncoderError::Tokenizer { .. }
+                | EncoderError::CudaNotBuilt => Code::Internal,
+            },
+            RouteError::NoEligibleModel(_) => Code::FailedPrecondition,
+            RouteError::Policy(e) => match e {
+                PolicyError::Io { .. }
+                | PolicyError::Parse { .. }
+                | PolicyError::Invalid { .. } => Code::Internal,
+            },
+        };
+        if code == Code::Internal {
+            tracing::error!(%error, "route failed");
+        }
+        Status::new(code, error.to_string())
+    }
+}
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    /// Configuration or catalog problem.
+    #[error(transparent)]
+    Config(#[from] triage_core::ConfigError),
+    /// Encoder could not be loaded.
+    #[error(transparent)]
+    Encoder(#[from] EncoderError),
+    /// Policy could not be loaded.
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    /// The policy and the encoder disagree on the embedding width.
+    #[error("policy expects {policy}-wide embeddings but the encoder produces {encoder}")]
+    DimensionMismatch {
+        /// From the policy.
+        policy: usize,
+        /// From the encoder.
+        encoder: usize,
+    },
+    /// Binding or serving failed.
+    #[error("transport: {0}")]
+    Transport(String),
+}

@@ -1,0 +1,56 @@
+//! A real server on a loopback port, with the real encoder and the bundled policy.
+
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+
+use tonic::transport::Channel;
+use triage_core::Settings;
+use triage_proto::v1::router_client::RouterClient;
+use triage_proto::v1::{Message, Preferences, RouteRequest};
+use triage_server::{RoutingEngine, ServerHandle};
+
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+pub fn settings() -> Settings {
+    Settings::load(None).expect("default settings")
+}
+
+pub async fn start_with(settings: Settings) -> (ServerHandle, RouterClient<Channel>) {
+    let engine = RoutingEngine::from_settings(&settings, &root())
+        .expect("engine starts (run scripts/setup.sh first)");
+    let handle = triage_server::start(engine, &settings, "127.0.0.1:0".parse().unwrap())
+        .await
+        .expect("server starts");
+    let client = RouterClient::connect(format!("http://{}", handle.addr))
+        .await
+        .expect("connects");
+    (handle, client)
+}
+
+pub async fn start() -> (ServerHandle, RouterClient<Channel>) {
+    start_with(settings()).await
+}
+
+pub fn user(text: &str) -> Message {
+    Message {
+        role: "user".into(),
+        content: text.into(),
+    }
+}
+
+pub fn request(text: &str, preferences: Preferences) -> RouteRequest {
+    RouteRequest {
+        messages: vec![user(text)],
+        preferences: Some(preferences),
+        ..Default::default()
+    }
+}
+
+pub const FRANCE: &str = "What is the capital of France?";
+pub const PROOF: &str = "Let $a, b, c$ be positive reals with $abc = 1$. Prove that \
+    $\\frac{1}{a^3(b+c)} + \\frac{1}{b^3(c+a)} + \\frac{1}{c^3(a+b)} \\ge \\frac{3}{2}$. \
+    Give a complete, rigorous proof, justifying every step and stating which inequalities \
+    (AM-GM, Cauchy-Schwarz, Muirhead) you use and why their conditions hold.";

@@ -1,0 +1,208 @@
+//! Replays routing decisions over an outcome table: what a router would have chosen for each
+//! prompt, and the realised cost and quality of that choice.
+//!
+//! Decisions go through `triage_policy::decide`, the very function the server calls, over a
+//! catalog built from the table's prices, so what `triage eval` reports is what `Route` does.
+
+use std::collections::HashMap;
+
+use triage_core::catalog::{Capability, LatencyProfile, ModelSpec};
+use triage_core::{Catalog, Mode, Preferences};
+use triage_policy::{Policy, Prediction, decide};
+
+use crate::TrainError;
+use crate::table::Outcomes;
+
+/// A decision knob: a built-in mode or a cost weight λ.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Knob {
+    /// MODE_QUALITY / MODE_BALANCED / MODE_COST.
+    Mode(Mode),
+    /// λ in quality points per USD.
+    CostWeight(f64),
+}
+
+impl Knob {
+    /// The preferences that express this knob.
+    pub fn preferences(self, allowed: Vec<String>) -> Preferences {
+        match self {
+            Knob::Mode(mode) => Preferences {
+                mode,
+                allowed_models: allowed,
+                ..Default::default()
+            },
+            Knob::CostWeight(w) => Preferences {
+                cost_weight: Some(w),
+                allowed_models: allowed,
+                ..Default::default()
+            },
+        }
+    }
+
+    /// Label used in reports and exported choices.
+    pub fn label(self) -> String {
+        match self {
+            Knob::Mode(m) => format!("mode={m}"),
+            Knob::CostWeight(w) => format!("lambda={w}"),
+        }
+    }
+}
+
+/// A catalog holding exactly the priced models of `outcomes` that `policy` scores, with no
+/// capability or context limits (tables carry neither).
+pub fn replay_catalog(outcomes: &Outcomes, policy: &Policy) -> Result<Catalog, TrainError> {
+    let mut specs = Vec::new();
+    for name in policy.model_names() {
+        let Some(&(input, output)) = outcomes.prices.get(name) else {
+            continue;
+        };
+        specs.push(ModelSpec {
+            name: name.to_owned(),
+            provider: "replay".into(),
+            input_usd_per_1m: input,
+            output_usd_per_1m: output,
+            context_window: u32::MAX,
+            capabilities: vec![
+                Capability::Vision,
+                Capability::Tools,
+                Capability::JsonOutput,
+            ],
+            enabled: true,
+            latency: LatencyProfile {
+                first_token_ms: 0.0,
+                output_tokens_per_s: 1.0,
+            },
+        });
+    }
+    Catalog::new(specs).map_err(|e| {
+        TrainError::Data(format!(
+            "no model of the policy has a price in this table: {e}"
+        ))
+    })
+}
+
+/// Predictions of one policy on a set of prompts, ready to replay under many knobs.
+pub struct Replay<'a> {
+    outcomes: &'a Outcomes,
+    catalog: Catalog,
+    params: triage_policy::DecisionParams,
+    prompts: Vec<usize>,
+    predictions: Vec<HashMap<String, Prediction>>,
+    input_tokens: Vec<u32>,
+}
+
+/// Mean realised cost and quality of a set of decisions.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Point {
+    /// Mean USD per prompt.
+    pub cost: f64,
+    /// Mean quality.
+    pub quality: f64,
+}
+
+impl<'a> Replay<'a> {
+    /// Scores `prompts` (indices into `outcomes`) with `policy`; `features[i]` and
+    /// `input_tokens[i]` belong to prompt `i` of the table.
+    pub fn new(
+        outcomes: &'a Outcomes,
+        policy: &Policy,
+        features: &[Vec<f32>],
+        input_tokens: &[u32],
+        prompts: Vec<usize>,
+    ) -> Result<Self, TrainError> {
+        let catalog = replay_catalog(outcomes, policy)?;
+        let mut predictions = Vec::with_capacity(prompts.len());
+        for &p in &prompts {
+            let scored = policy
+                .predict(&features[p])
+                .map_err(|e| TrainError::Fit(e.to_string()))?;
+            predictions.push(
+                scored
+                    .into_iter()
+                    .map(|(m, pr)| (m.to_owned(), pr))
+                    .collect(),
+            );
+        }
+        let input_tokens = prompts.iter().map(|&p| input_tokens[p]).collect();
+        Ok(Self {
+            outcomes,
+            catalog,
+            params: policy.decision().clone(),
+            prompts,
+            predictions,
+            input_tokens,
+        })
+    }
+
+    /// The prompts replayed.
+    pub fn prompts(&self) -> &[usize] {
+        &self.prompts
+    }
+
+    /// The model chosen for each prompt under `knob` (None when no model with an outcome was
+    /// eligible).
+    pub fn choices(&self, knob: Knob) -> Vec<Option<String>> {
+        self.prompts
+            .iter()
+            .enumerate()
+            .map(|(k, &p)| {
+                let allowed: Vec<String> = self
+                    .catalog
+                    .models()
+                    .iter()
+                    .filter(|m| {
+                        self.outcomes
+                            .model_index(&m.name)
+                            .is_some_and(|i| self.outcomes.cells[p][i].is_some())
+                    })
+                    .map(|m| m.name.clone())
+                    .collect();
+                let preds: HashMap<&str, Prediction> = self.predictions[k]
+                    .iter()
+                    .map(|(m, pr)| (m.as_str(), pr.clone()))
+                    .collect();
+                decide(
+                    &self.catalog,
+                    &preds,
+                    &self.params,
+                    &knob.preferences(allowed),
+                    self.input_tokens[k],
+                )
+                .ok()
+                .map(|d| d.chosen().model.clone())
+            })
+            .collect()
+    }
+
+    /// Mean realised cost and quality under `knob`.
+    pub fn point(&self, knob: Knob) -> Point {
+        let choices = self.choices(knob);
+        realised(self.outcomes, &self.prompts, &choices)
+    }
+
+    /// Sets the margins used by later replays.
+    pub fn set_params(&mut self, params: triage_policy::DecisionParams) {
+        self.params = params;
+    }
+}
+
+/// Mean realised cost and quality of per-prompt choices (prompts without a choice count as
+/// quality 0 and cost 0).
+pub fn realised(outcomes: &Outcomes, prompts: &[usize], choices: &[Option<String>]) -> Point {
+    let n = prompts.len().max(1) as f64;
+    let (mut cost, mut quality) = (0.0, 0.0);
+    for (&p, choice) in prompts.iter().zip(choices) {
+        let cell = choice
+            .as_deref()
+            .and_then(|m| outcomes.model_index(m))
+            .and_then(|i| outcomes.cells[p][i]);
+        if let Some(o) = cell {
+            cost += o.cost_usd;
+            quality += o.quality;
+        }
+    }
+    Point {
+        cost: cost / n,
+        quality: quality / n,
+    }
+}

@@ -1,0 +1,348 @@
+//! Outcome tables: one row per (prompt, model) with a quality score and a cost.
+//!
+//! Read with polars from Parquet, CSV or JSON lines (chosen by file extension), validated, and
+//! pivoted into a prompt × model matrix. The schema is documented in `training-data/README.md`.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::Path;
+
+use polars::prelude::*;
+use triage_core::Catalog;
+
+use crate::TrainError;
+
+/// Which part of the data a prompt belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Split {
+    /// Fit.
+    Train,
+    /// Choose hyper-parameters.
+    Dev,
+    /// Final report only.
+    Test,
+}
+
+impl Split {
+    fn parse(s: &str) -> Option<Split> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "train" => Some(Split::Train),
+            "dev" | "val" | "valid" | "validation" => Some(Split::Dev),
+            "test" => Some(Split::Test),
+            _ => None,
+        }
+    }
+
+    /// The name used on the command line and in reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Split::Train => "train",
+            Split::Dev => "dev",
+            Split::Test => "test",
+        }
+    }
+
+    /// Parses a command-line split name.
+    pub fn from_arg(s: &str) -> Result<Split, TrainError> {
+        Split::parse(s).ok_or_else(|| {
+            TrainError::Usage(format!("unknown split {s:?}; use train, dev or test"))
+        })
+    }
+}
+
+/// One prompt of the table.
+#[derive(Clone, Debug)]
+pub struct Prompt {
+    /// `prompt_id`.
+    pub id: String,
+    /// `prompt`.
+    pub text: String,
+    /// `split` (carved deterministically from train when the table has no dev rows).
+    pub split: Split,
+    /// `task`, when given.
+    pub task: Option<String>,
+}
+
+/// One (prompt, model) outcome.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Outcome {
+    /// 0..1.
+    pub quality: f64,
+    /// Realised cost, USD.
+    pub cost_usd: f64,
+    /// Answer length, when the table has it.
+    pub output_tokens: Option<f64>,
+}
+
+/// The table as a prompt × model matrix.
+#[derive(Clone, Debug)]
+pub struct Outcomes {
+    /// Distinct prompts, in first-seen order.
+    pub prompts: Vec<Prompt>,
+    /// Distinct models, sorted by name.
+    pub models: Vec<String>,
+    /// `cells[p][m]`: outcome of model `m` on prompt `p`, if the table has one.
+    pub cells: Vec<Vec<Option<Outcome>>>,
+    /// Price per model (input, output USD per 1M tokens), from the table or the catalog.
+    pub prices: HashMap<String, (f64, f64)>,
+    /// sha256 of the file, for the policy's training metadata.
+    pub data_sha256: String,
+    /// Rows read.
+    pub rows: usize,
+}
+
+fn read_frame(path: &Path) -> Result<DataFrame, TrainError> {
+    let ext = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let data_err = |e: PolarsError| TrainError::Data(format!("{}: {e}", path.display()));
+    let file =
+        File::open(path).map_err(|e| TrainError::Data(format!("{}: {e}", path.display())))?;
+    match ext.as_str() {
+        "parquet" => ParquetReader::new(file).finish().map_err(data_err),
+        "csv" => CsvReadOptions::default()
+            .with_has_header(true)
+            .into_reader_with_file_handle(file)
+            .finish()
+            .map_err(data_err),
+        "jsonl" | "ndjson" | "json" => JsonReader::new(file)
+            .with_json_format(if ext == "json" {
+                JsonFormat::Json
+            } else {
+                JsonFormat::JsonLines
+            })
+            .finish()
+            .map_err(data_err),
+        _ => Err(TrainError::Data(format!(
+            "{}: unknown file type {ext:?}; use .parquet, .csv or .jsonl",
+            path.display()
+        ))),
+    }
+}
+
+fn strings(df: &DataFrame, name: &str) -> Result<Vec<Option<String>>, TrainError> {
+    let col = df.column(name).map_err(|_| missing(name))?;
+    let col = col
+        .cast(&DataType::String)
+        .map_err(|e| mistyped(name, "text", e))?;
+    let ca = col.str().map_err(|e| mistyped(name, "text", e))?;
+    Ok(ca.iter().map(|v| v.map(str::to_owned)).collect())
+}
+
+fn numbers(df: &DataFrame, name: &str) -> Result<Option<Vec<Option<f64>>>, TrainError> {
+    let Ok(col) = df.column(name) else {
+        return Ok(None);
+    };
+    if !col.dtype().is_primitive_numeric() && !col.dtype().is_bool() && !col.dtype().is_null() {
+        return Err(TrainError::Data(format!(
+            "column `{name}` has type {}, expected numbers",
+            col.dtype()
+        )));
+    }
+    let col = col
+        .cast(&DataType::Float64)
+        .map_err(|e| mistyped(name, "numbers", e))?;
+    let ca = col.f64().map_err(|e| mistyped(name, "numbers", e))?;
+    Ok(Some(ca.iter().collect()))
+}
+
+fn missing(name: &str) -> TrainError {
+    TrainError::Data(format!(
+        "required column `{name}` is missing (see training-data/README.md)"
+    ))
+}
+
+fn mistyped(name: &str, expected: &str, e: PolarsError) -> TrainError {
+    TrainError::Data(format!("column `{name}` cannot be read as {expected}: {e}"))
+}
+
+fn sha256_file(path: &Path) -> Result<String, TrainError> {
+    use sha2::Digest;
+    let bytes =
+        std::fs::read(path).map_err(|e| TrainError::Data(format!("{}: {e}", path.display())))?;
+    Ok(hex::encode(sha2::Sha256::digest(&bytes)))
+}
+
+impl Outcomes {
+    /// Reads and validates an outcome table. `catalog` prices rows that carry token counts but
+    /// neither `cost_usd` nor per-row prices. Only `models` are kept when given.
+    pub fn load(
+        path: &Path,
+        catalog: &Catalog,
+        models: Option<&[String]>,
+    ) -> Result<Self, TrainError> {
+        let df = read_frame(path)?;
+        if df.height() == 0 {
+            return Err(TrainError::Data(format!(
+                "{}: the table has no rows",
+                path.display()
+            )));
+        }
+        let ids = strings(&df, "prompt_id")?;
+        let texts = strings(&df, "prompt")?;
+        let model_col = strings(&df, "model")?;
+        let quality = numbers(&df, "quality")?.ok_or_else(|| missing("quality"))?;
+        let cost = numbers(&df, "cost_usd")?;
+        let input_tokens = numbers(&df, "input_tokens")?;
+        let output_tokens = numbers(&df, "output_tokens")?;
+        let in_price = numbers(&df, "input_usd_per_1m")?;
+        let out_price = numbers(&df, "output_usd_per_1m")?;
+        let split = if df.column("split").is_ok() {
+            Some(strings(&df, "split")?)
+        } else {
+            None
+        };
+        let task = if df.column("task").is_ok() {
+            Some(strings(&df, "task")?)
+        } else {
+            None
+        };
+        if cost.is_none() && (input_tokens.is_none() || output_tokens.is_none()) {
+            return Err(TrainError::Data(
+                "the table has neither `cost_usd` nor both `input_tokens` and `output_tokens`: \
+                 costs cannot be known"
+                    .into(),
+            ));
+        }
+
+        let keep = |m: &str| models.is_none_or(|list| list.iter().any(|x| x == m));
+        let mut prompt_index: HashMap<String, usize> = HashMap::new();
+        let mut prompts: Vec<Prompt> = Vec::new();
+        let mut rows_kept = Vec::new();
+        let mut prices: HashMap<String, (f64, f64)> = HashMap::new();
+        for row in 0..df.height() {
+            let at = |what: &str| TrainError::Data(format!("row {row}: `{what}` is empty"));
+            let model = model_col[row].clone().ok_or_else(|| at("model"))?;
+            if !keep(&model) {
+                continue;
+            }
+            let id = ids[row].clone().ok_or_else(|| at("prompt_id"))?;
+            let q = quality[row].ok_or_else(|| at("quality"))?;
+            if !(0.0..=1.0).contains(&q) {
+                return Err(TrainError::Data(format!(
+                    "row {row}: quality {q} is outside 0..1 (rescale scores to 0..1)"
+                )));
+            }
+            let row_price = match (&in_price, &out_price) {
+                (Some(i), Some(o)) => i[row].zip(o[row]),
+                _ => None,
+            };
+            let price = row_price.or_else(|| {
+                catalog
+                    .get(&model)
+                    .map(|m| (m.input_usd_per_1m, m.output_usd_per_1m))
+            });
+            if let Some(p) = price {
+                prices.entry(model.clone()).or_insert(p);
+            }
+            let out_tok = output_tokens.as_ref().and_then(|o| o[row]);
+            let cost_usd = match (cost.as_ref().and_then(|c| c[row]), price) {
+                (Some(c), _) => c,
+                (None, Some((pi, po))) => {
+                    let inp = input_tokens
+                        .as_ref()
+                        .and_then(|t| t[row])
+                        .ok_or_else(|| at("input_tokens"))?;
+                    let out = out_tok.ok_or_else(|| at("output_tokens"))?;
+                    (inp * pi + out * po) / 1e6
+                }
+                (None, None) => {
+                    return Err(TrainError::Data(format!(
+                        "row {row}: model {model:?} has no cost_usd and no price; add it to the \
+                         catalog or give input_usd_per_1m/output_usd_per_1m columns"
+                    )));
+                }
+            };
+            if !cost_usd.is_finite() || cost_usd < 0.0 {
+                return Err(TrainError::Data(format!(
+                    "row {row}: cost {cost_usd} is not a finite number >= 0"
+                )));
+            }
+            let p = match prompt_index.get(&id) {
+                Some(&p) => p,
+                None => {
+                    let text = texts[row].clone().ok_or_else(|| at("prompt"))?;
+                    let s = match split.as_ref().and_then(|s| s[row].as_deref()) {
+                        Some(name) => Split::parse(name).ok_or_else(|| {
+                            TrainError::Data(format!(
+                                "row {row}: unknown split {name:?}; use train, dev or test"
+                            ))
+                        })?,
+                        None => Split::Train,
+                    };
+                    let task = task.as_ref().and_then(|t| t[row].clone());
+                    prompts.push(Prompt {
+                        id: id.clone(),
+                        text,
+                        split: s,
+                        task,
+                    });
+                    prompt_index.insert(id, prompts.len() - 1);
+                    prompts.len() - 1
+                }
+            };
+            rows_kept.push((
+                p,
+                model,
+                Outcome {
+                    quality: q,
+                    cost_usd,
+                    output_tokens: out_tok,
+                },
+            ));
+        }
+        if rows_kept.is_empty() {
+            return Err(TrainError::Data(
+                "no rows left after selecting models".into(),
+            ));
+        }
+        let mut names: Vec<String> = rows_kept.iter().map(|(_, m, _)| m.clone()).collect();
+        names.sort();
+        names.dedup();
+        let model_index: HashMap<&str, usize> = names
+            .iter()
+            .enumerate()
+            .map(|(i, m)| (m.as_str(), i))
+            .collect();
+        let mut cells = vec![vec![None; names.len()]; prompts.len()];
+        for (p, m, o) in &rows_kept {
+            cells[*p][model_index[m.as_str()]] = Some(*o);
+        }
+        if !prompts.iter().any(|p| p.split == Split::Dev) {
+            carve_dev(&mut prompts);
+        }
+        Ok(Self {
+            prompts,
+            models: names,
+            cells,
+            prices,
+            data_sha256: sha256_file(path)?,
+            rows: rows_kept.len(),
+        })
+    }
+
+    /// Indices of prompts in `split`.
+    pub fn indices(&self, split: Split) -> Vec<usize> {
+        (0..self.prompts.len())
+            .filter(|&i| self.prompts[i].split == split)
+            .collect()
+    }
+
+    /// Index of `model`.
+    pub fn model_index(&self, model: &str) -> Option<usize> {
+        self.models.iter().position(|m| m == model)
+    }
+}
+
+/// Moves ~15% of train prompts to dev, chosen by a hash of the prompt id (stable across runs).
+fn carve_dev(prompts: &mut [Prompt]) {
+    use sha2::Digest;
+    for p in prompts.iter_mut().filter(|p| p.split == Split::Train) {
+        let h = sha2::Sha256::digest(p.id.as_bytes());
+        if u16::from_be_bytes([h[0], h[1]]) % 100 < 15 {
+            p.split = Split::Dev;
+        }
+    }
+}

@@ -1,0 +1,273 @@
+//! The `triage train` pipeline.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+use triage_core::features::FEATURE_SCHEMA;
+use triage_core::{Mode, Settings};
+use triage_encoder::{Embedder, OnnxEmbedder, OnnxOptions, init_onnxruntime};
+use triage_policy::{
+    DecisionParams, ModelHead, POLICY_FORMAT, POLICY_FORMAT_VERSION, Policy, PolicyFile,
+};
+
+use crate::TrainError;
+use crate::embed::{EmbeddingCache, PromptFeatures, prompt_features};
+use crate::fit::{design, length_head, quality_head, standardizer};
+use crate::simulate::{Knob, Replay};
+use crate::table::{Outcomes, Split};
+
+/// What to train on and where to write.
+#[derive(Clone, Debug)]
+pub struct TrainOptions {
+    /// Outcome table.
+    pub data: PathBuf,
+    /// Restrict to these models.
+    pub models: Option<Vec<String>>,
+    /// Policy destination.
+    pub out: PathBuf,
+    /// Encoder and catalog settings.
+    pub settings: Settings,
+    /// Base for relative paths in `settings`.
+    pub base: PathBuf,
+    /// Embedding cache directory.
+    pub cache_dir: PathBuf,
+    /// Show a progress bar.
+    pub progress: bool,
+}
+
+/// What training produced.
+#[derive(Clone, Debug)]
+pub struct TrainReport {
+    /// The policy written.
+    pub policy: PolicyFile,
+    /// Prompts per split (train, dev, test).
+    pub prompts: (usize, usize, usize),
+}
+
+/// Loaded table plus its features: the shared start of `train` and `eval`.
+pub struct Prepared {
+    /// The table.
+    pub outcomes: Outcomes,
+    /// Features and token estimates per prompt of the table.
+    pub features: PromptFeatures,
+}
+
+/// Loads the table and embeds its prompts.
+pub fn prepare(options: &TrainOptions) -> Result<Prepared, TrainError> {
+    let catalog = options
+        .settings
+        .catalog()
+        .map_err(|e| TrainError::Data(e.to_string()))?;
+    let outcomes = Outcomes::load(&options.data, &catalog, options.models.as_deref())?;
+    let enc = &options.settings.encoder;
+    let library = enc.onnxruntime.as_ref().map(|p| options.base.join(p));
+    init_onnxruntime(library.as_deref()).map_err(|e| TrainError::Encoder(e.to_string()))?;
+    let mut onnx = OnnxOptions::from_settings(enc, &options.base);
+    onnx.intra_op_threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let mut embedder = OnnxEmbedder::load(&onnx).map_err(|e| TrainError::Encoder(e.to_string()))?;
+    let mut cache = EmbeddingCache::open(
+        &options.cache_dir,
+        &onnx.model,
+        onnx.max_tokens,
+        embedder.dim(),
+    )?;
+    let texts: Vec<&str> = outcomes.prompts.iter().map(|p| p.text.as_str()).collect();
+    let features = prompt_features(&texts, &mut embedder, &mut cache, options.progress)?;
+    Ok(Prepared { outcomes, features })
+}
+
+/// Trains a policy and writes it to `options.out`.
+pub fn train(options: &TrainOptions) -> Result<TrainReport, TrainError> {
+    let prepared = prepare(options)?;
+    let policy = fit_policy(&prepared, Some(&options.settings))?;
+    write_policy_atomically(&policy, &options.out)?;
+    let o = &prepared.outcomes;
+    Ok(TrainReport {
+        policy,
+        prompts: (
+            o.indices(Split::Train).len(),
+            o.indices(Split::Dev).len(),
+            o.indices(Split::Test).len(),
+        ),
+    })
+}
+
+/// Fits heads on train, margins on dev.
+pub fn fit_policy(
+    prepared: &Prepared,
+    _settings: Option<&Settings>,
+) -> Result<PolicyFile, TrainError> {
+    let o = &prepared.outcomes;
+    let feats = &prepared.features.features;
+    let train_idx = o.indices(Split::Train);
+    let dev_idx = o.indices(Split::Dev);
+    if train_idx.is_empty() {
+        return Err(TrainError::Data("the table has no train prompts".into()));
+    }
+    let embedding_dim = feats[0].len() - triage_core::features::HAND_FEATURE_NAMES.len();
+    let train_rows: Vec<&[f32]> = train_idx.iter().map(|&i| feats[i].as_slice()).collect();
+    let standardize = standardizer(&train_rows);
+
+    let mut heads = Vec::new();
+    let mut metrics = serde_json::Map::new();
+    for (m, name) in o.models.iter().enumerate() {
+        let pick = |idx: &[usize]| -> (Vec<usize>, Vec<bool>, Vec<Option<f64>>) {
+            let mut rows = Vec::new();
+            let mut good = Vec::new();
+            let mut tokens = Vec::new();
+            for &p in idx {
+                if let Some(c) = o.cells[p][m] {
+                    rows.push(p);
+                    good.push(c.quality >= 0.5);
+                    tokens.push(c.output_tokens);
+                }
+            }
+            (rows, good, tokens)
+        };
+        let (tr_rows, tr_y, tr_tokens) = pick(&train_idx);
+        if tr_rows.is_empty() {
+            tracing::warn!(model = %name, "no train outcomes: model left out of the policy");
+            continue;
+        }
+        let (dv_rows, dv_y, _) = pick(&dev_idx);
+        let as_rows =
+            |rows: &[usize]| -> Vec<&[f32]> { rows.iter().map(|&p| feats[p].as_slice()).collect() };
+        let tr_x = design(&as_rows(&tr_rows), &standardize);
+        let dv_x = design(&as_rows(&dv_rows), &standardize);
+        let started = std::time::Instant::now();
+        let q = quality_head(&tr_x, &tr_y, &dv_x, &dv_y)?;
+        let length = length_head(&tr_x, &tr_tokens)?;
+        tracing::info!(
+            model = %name,
+            alpha = ?q.alpha,
+            dev_log_loss = format!("{:.4}", q.dev_log_loss),
+            seconds = format!("{:.1}", started.elapsed().as_secs_f64()),
+            "fitted"
+        );
+        metrics.insert(
+            name.clone(),
+            serde_json::json!({"alpha": q.alpha, "dev_log_loss": q.dev_log_loss, "train_rows": tr_rows.len()}),
+        );
+        heads.push(ModelHead {
+            name: name.clone(),
+            quality: q.head,
+            output_tokens: length,
+        });
+    }
+
+    let mut file = PolicyFile {
+        format: POLICY_FORMAT.into(),
+        format_version: POLICY_FORMAT_VERSION,
+        version: String::new(),
+        feature_schema: FEATURE_SCHEMA.into(),
+        embedding_dim,
+        standardize,
+        decision: DecisionParams {
+            balanced_margin: 0.02,
+            cost_margin: 0.1,
+        },
+        models: heads,
+        training: serde_json::Value::Null,
+    };
+    let margins = choose_margins(prepared, &file, &dev_idx)?;
+    file.decision = margins.clone();
+    file.version = format!("{}-{}", data_label(o), &content_hash(&file)[..10]);
+    file.training = serde_json::json!({
+        "data_sha256": o.data_sha256,
+        "rows": o.rows,
+        "prompts": {"train": train_idx.len(), "dev": dev_idx.len(), "test": o.indices(Split::Test).len()},
+        "models": o.models,
+        "margins_rule": "balanced: widest margin keeping dev quality within 0.01 of QUALITY mode; \
+                         cost: widest within 0.05",
+        "per_model": metrics,
+    });
+    Ok(file)
+}
+
+fn data_label(o: &Outcomes) -> String {
+    format!("m{}-{}", o.models.len(), &o.data_sha256[..8])
+}
+
+fn content_hash(file: &PolicyFile) -> String {
+    let bytes =
+        serde_json::to_vec(&(&file.models, &file.standardize, &file.decision)).unwrap_or_default();
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// Margin grid searched on dev.
+const MARGINS: [f64; 13] = [
+    0.0, 0.005, 0.01, 0.015, 0.02, 0.03, 0.04, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3,
+];
+
+fn choose_margins(
+    prepared: &Prepared,
+    file: &PolicyFile,
+    dev: &[usize],
+) -> Result<DecisionParams, TrainError> {
+    if dev.is_empty() {
+        return Ok(file.decision.clone());
+    }
+    let policy = Policy::new(file.clone()).map_err(|e| TrainError::Fit(e.to_string()))?;
+    let f = &prepared.features;
+    let mut replay = Replay::new(
+        &prepared.outcomes,
+        &policy,
+        &f.features,
+        &f.input_tokens,
+        dev.to_vec(),
+    )?;
+    let top = replay.point(Knob::Mode(Mode::Quality)).quality;
+    let mut balanced = 0.0;
+    let mut cost = 0.0;
+    for m in MARGINS {
+        replay.set_params(DecisionParams {
+            balanced_margin: m,
+            cost_margin: m,
+        });
+        let q = replay.point(Knob::Mode(Mode::Balanced)).quality;
+        if q >= top - 0.01 {
+            balanced = m;
+        }
+        if q >= top - 0.05 {
+            cost = m;
+        }
+    }
+    Ok(DecisionParams {
+        balanced_margin: balanced,
+        cost_margin: cost.max(balanced),
+    })
+}
+
+/// Writes `policy` to a temporary file beside `out`, fsyncs it and renames it into place, so a
+/// reader never sees a half-written policy. The file is validated before it is written.
+pub fn write_policy_atomically(policy: &PolicyFile, out: &Path) -> Result<(), TrainError> {
+    let err = |message: String| TrainError::Write {
+        path: out.display().to_string(),
+        message,
+    };
+    Policy::new(policy.clone()).map_err(|e| err(e.to_string()))?;
+    let json = serde_json::to_vec_pretty(policy).map_err(|e| err(e.to_string()))?;
+    let dir = out
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        out.file_name().and_then(|n| n.to_str()).unwrap_or("policy"),
+        std::process::id()
+    ));
+    let write = || -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&json)?;
+        f.write_all(b"\n")?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, out)?;
+        std::fs::File::open(dir)?.sync_all()
+    };
+    write().map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        err(e.to_string())
+    })
+}

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Sets up everything (idempotent), then runs the whole test suite: formatting, clippy, the Rust
+# tests (real ONNX encoder, real gRPC server on loopback port 0) and the Python client tests.
+# The cargo target directory defaults to one outside the clone so that fresh clones on the same
+# machine reuse compiled dependencies (polars takes long to build the first time).
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/triage/target}
+export CARGO_TERM_COLOR=never
+
+bash scripts/setup.sh
+bash scripts/setup-python.sh
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --locked --workspace --all-targets -- -D warnings
+echo "== cargo test"
+cargo test --locked --workspace --all-targets
+echo "== python client tests"
+cargo build --locked -p triage-cli --no-default-features
+TRIAGE_BIN="$CARGO_TARGET_DIR/debug/triage" .cache/pyvenv/bin/python -m pytest -q tests/python
