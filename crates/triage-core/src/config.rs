@@ -193,6 +193,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail fixes the closure's error type
     fn file_and_environment_override_defaults() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("t.toml");

@@ -219,27 +219,27 @@ impl Preferences {
     /// Checks numbers and model names; `field_prefix` is prepended to field paths in errors.
     pub fn validate(&self, catalog: &Catalog, field_prefix: &str) -> Result<(), InvalidRequest> {
         let field = |name: &str| format!("{field_prefix}{name}");
-        if let Some(w) = self.cost_weight {
-            if !w.is_finite() || w < 0.0 {
-                return Err(InvalidRequest::new(
-                    field("cost_weight"),
-                    format!(
-                        "{w} is not a valid cost weight; give a finite number >= 0 \
+        if let Some(w) = self.cost_weight
+            && (!w.is_finite() || w < 0.0)
+        {
+            return Err(InvalidRequest::new(
+                field("cost_weight"),
+                format!(
+                    "{w} is not a valid cost weight; give a finite number >= 0 \
                          (quality points traded per USD), or leave it unset to use `mode`"
-                    ),
-                ));
-            }
+                ),
+            ));
         }
-        if let Some(b) = self.max_cost_usd {
-            if !b.is_finite() || b < 0.0 {
-                return Err(InvalidRequest::new(
-                    field("max_cost_usd"),
-                    format!(
-                        "{b} is not a valid budget; give a finite number of USD >= 0, \
+        if let Some(b) = self.max_cost_usd
+            && (!b.is_finite() || b < 0.0)
+        {
+            return Err(InvalidRequest::new(
+                field("max_cost_usd"),
+                format!(
+                    "{b} is not a valid budget; give a finite number of USD >= 0, \
                          or leave it unset for no budget"
-                    ),
-                ));
-            }
+                ),
+            ));
         }
         for (i, name) in self.allowed_models.iter().enumerate() {
             if catalog.get(name).is_none() {

@@ -4,7 +4,7 @@ use std::cmp::Ordering;
 use std::collections::HashMap;
 use std::fmt;
 
-use triage_core::catalog::{Capability, Catalog};
+use triage_core::catalog::{Capability, Catalog, ModelSpec};
 use triage_core::request::{Mode, Preferences};
 
 use crate::file::{DecisionParams, Prediction};
@@ -152,36 +152,14 @@ pub fn decide(
         };
         let cost_usd = spec.cost_usd(f64::from(input_tokens), output_tokens);
         let latency_ms = spec.latency_ms(output_tokens);
-        let needed = prefs.min_context_tokens.unwrap_or(0).max(input_tokens);
-        let exclusion = if !spec.enabled {
-            Some(Exclusion::Disabled)
-        } else if prediction.is_none() {
-            Some(Exclusion::NotInPolicy)
-        } else if !prefs.allowed_models.is_empty() && !prefs.allowed_models.contains(&spec.name) {
-            Some(Exclusion::NotAllowed)
-        } else if let Some(c) = prefs.required_capabilities.iter().find(|c| !spec.has(**c)) {
-            Some(Exclusion::MissingCapability(*c))
-        } else if spec.context_window < needed {
-            Some(Exclusion::ContextTooSmall {
-                needed,
-                window: spec.context_window,
-            })
-        } else if let Some(max) = prefs.max_cost_usd.filter(|max| cost_usd > *max) {
-            Some(Exclusion::OverBudget {
-                cost_usd,
-                max_cost_usd: max,
-            })
-        } else if let Some(max) = prefs
-            .max_latency_ms
-            .filter(|max| latency_ms > f64::from(*max))
-        {
-            Some(Exclusion::TooSlow {
-                latency_ms,
-                max_latency_ms: max,
-            })
-        } else {
-            None
-        };
+        let exclusion = exclusion(
+            spec,
+            prediction.is_some(),
+            prefs,
+            input_tokens,
+            cost_usd,
+            latency_ms,
+        );
         let candidate = Candidate {
             model: spec.name.clone(),
             quality: prediction.map_or(0.0, |p| p.quality),
@@ -206,13 +184,56 @@ pub fn decide(
         None => Rule::Mode(prefs.mode),
     };
     let explanation = rank(&mut eligible, &rule, params);
-    excluded.sort_by(|a, b| by_quality_then_cost(a, b));
+    excluded.sort_by(by_quality_then_cost);
     eligible.extend(excluded);
     Ok(Decision {
         candidates: eligible,
         rule,
         explanation,
     })
+}
+
+/// The first hard constraint `spec` fails, in the order documented on [`Exclusion`].
+fn exclusion(
+    spec: &ModelSpec,
+    scored: bool,
+    prefs: &Preferences,
+    input_tokens: u32,
+    cost_usd: f64,
+    latency_ms: f64,
+) -> Option<Exclusion> {
+    if !spec.enabled {
+        return Some(Exclusion::Disabled);
+    }
+    if !scored {
+        return Some(Exclusion::NotInPolicy);
+    }
+    if !prefs.allowed_models.is_empty() && !prefs.allowed_models.contains(&spec.name) {
+        return Some(Exclusion::NotAllowed);
+    }
+    if let Some(c) = prefs.required_capabilities.iter().find(|c| !spec.has(**c)) {
+        return Some(Exclusion::MissingCapability(*c));
+    }
+    let needed = prefs.min_context_tokens.unwrap_or(0).max(input_tokens);
+    if spec.context_window < needed {
+        return Some(Exclusion::ContextTooSmall {
+            needed,
+            window: spec.context_window,
+        });
+    }
+    if let Some(max_cost_usd) = prefs.max_cost_usd.filter(|max| cost_usd > *max) {
+        return Some(Exclusion::OverBudget {
+            cost_usd,
+            max_cost_usd,
+        });
+    }
+    prefs
+        .max_latency_ms
+        .filter(|max| latency_ms > f64::from(*max))
+        .map(|max_latency_ms| Exclusion::TooSlow {
+            latency_ms,
+            max_latency_ms,
+        })
 }
 
 fn by_quality_then_cost(a: &Candidate, b: &Candidate) -> Ordering {
