@@ -20,4 +20,4 @@ echo "== cargo test"
 cargo test --locked --workspace --all-targets
 echo "== python client tests"
 cargo build --locked -p triage-cli --no-default-features
-TRIAGE_BIN="$CARGO_TARGET_DIR/debug/triage" .cache/pyvenv/bin/python -m pytest -q tests/python
+TRIAGE_TEST_BIN="$CARGO_TARGET_DIR/debug/triage" .cache/pyvenv/bin/python -m pytest -q tests/python

@@ -11,9 +11,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="session")
 def server_addr():
-    binary = os.environ.get("TRIAGE_BIN")
+    binary = os.environ.get("TRIAGE_TEST_BIN")
     if not binary:
-        pytest.fail("set TRIAGE_BIN to the triage binary (scripts/test.sh does)")
+        pytest.fail("set TRIAGE_TEST_BIN to the triage binary (scripts/test.sh does)")
     proc = subprocess.Popen(
         [binary, "serve", "--listen", "127.0.0.1:0"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=sys.stderr, text=True,

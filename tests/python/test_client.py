@@ -96,7 +96,7 @@ def test_reflection_only_client_and_health(server_addr):
 
 def test_cli_route_prints_a_decision():
     out = subprocess.run(
-        [os.environ["TRIAGE_BIN"], "route", FRANCE, "--mode", "quality"],
+        [os.environ["TRIAGE_TEST_BIN"], "route", FRANCE, "--mode", "quality"],
         cwd=ROOT, capture_output=True, text=True, timeout=120,
     )
     assert out.returncode == 0, out.stderr

@@ -115,7 +115,10 @@ pub enum ConfigError {
 impl Settings {
     /// Loads defaults ← `file` ← environment.
     pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
-        Self::load_with_env(file, Env::prefixed("TRIAGE_").split("__"))
+        // Only nested keys (`SECTION__KEY`) are settings: TRIAGE_CONFIG and other TRIAGE_*
+        // variables of scripts must not be mistaken for unknown settings.
+        let env = Env::prefixed("TRIAGE_").filter(|key| key.as_str().contains("__")).split("__");
+        Self::load_with_env(file, env)
     }
 
     fn load_with_env(file: Option<&Path>, env: Env) -> Result<Self, ConfigError> {
@@ -204,6 +207,7 @@ mod tests {
         .expect("write");
         figment::Jail::expect_with(|jail| {
             jail.set_env("TRIAGE_ENCODER__QUEUE_CAPACITY", "7");
+            jail.set_env("TRIAGE_CONFIG", "ignored-here");
             let s = Settings::load(Some(&path)).map_err(|e| e.to_string())?;
             assert_eq!(s.server.listen.port(), 6000);
             assert_eq!(s.encoder.workers, 3);
