@@ -160,3 +160,62 @@ pub fn train(
     );
     Ok(())
 }
+
+#[cfg(feature = "train")]
+pub struct EvalFiles {
+    pub plot: Option<PathBuf>,
+    pub json: Option<PathBuf>,
+    pub export_choices: Option<PathBuf>,
+}
+
+#[cfg(feature = "train")]
+pub fn eval(
+    settings: Settings,
+    data: PathBuf,
+    policy_path: PathBuf,
+    split: &str,
+    pair: Option<(String, String)>,
+    files: EvalFiles,
+    cache_dir: PathBuf,
+) -> anyhow::Result<()> {
+    use triage_train::eval::{EvalOptions, evaluate, export_choices, plot, render_table};
+    let split = triage_train::table::Split::from_arg(split)?;
+    let policy = triage_policy::Policy::load(&policy_path)?;
+    let options = triage_train::TrainOptions {
+        data,
+        models: Some(policy.model_names().map(str::to_owned).collect()),
+        out: PathBuf::new(),
+        settings,
+        base: base_dir()?,
+        cache_dir,
+        progress: true,
+    };
+    let prepared = triage_train::prepare(&options)?;
+    let report = evaluate(&prepared, &policy, &EvalOptions { split, pair })?;
+    print!("{}", render_table(&report));
+    if let Some(path) = files.json {
+        std::fs::write(&path, serde_json::to_vec_pretty(&report)?)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        println!("wrote {}", path.display());
+    }
+    if let Some(path) = files.plot {
+        let mut series = Vec::new();
+        for r in &report.routers {
+            series.push(plot::Series {
+                name: &r.name,
+                points: &r.hull,
+            });
+        }
+        let title = format!(
+            "cost vs quality, {} split ({} prompts)",
+            report.split, report.prompts
+        );
+        plot::write_svg(&path, &title, &series, &report.singles)?;
+        println!("wrote {}", path.display());
+    }
+    if let Some(path) = files.export_choices {
+        export_choices(&report, &path)?;
+        println!("wrote {}", path.display());
+    }
+    Ok(())
+}

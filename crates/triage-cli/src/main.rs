@@ -65,6 +65,34 @@ enum Command {
         #[arg(long, default_value = ".cache/embeddings")]
         cache_dir: PathBuf,
     },
+    /// Evaluate a policy against baselines on one split of an outcome table.
+    #[cfg(feature = "train")]
+    Eval {
+        /// Outcome table (.parquet, .csv or .jsonl).
+        #[arg(long)]
+        data: PathBuf,
+        /// Policy to evaluate.
+        #[arg(long, default_value = "models/policy.json")]
+        policy: PathBuf,
+        /// Split reported on.
+        #[arg(long, default_value = "test")]
+        split: String,
+        /// Strong,weak pair for APGR and CPT.
+        #[arg(long, value_delimiter = ',', num_args = 1)]
+        pair: Option<Vec<String>>,
+        /// Write a cost–quality plot (SVG).
+        #[arg(long)]
+        plot: Option<PathBuf>,
+        /// Write the report as JSON.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Write Triage's per-prompt choices (CSV, or Parquet by extension).
+        #[arg(long)]
+        export_choices: Option<PathBuf>,
+        /// Embedding cache directory.
+        #[arg(long, default_value = ".cache/embeddings")]
+        cache_dir: PathBuf,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -106,5 +134,28 @@ fn main() -> anyhow::Result<()> {
             out,
             cache_dir,
         } => commands::train(settings, data, models, out, cache_dir),
+        #[cfg(feature = "train")]
+        Command::Eval {
+            data,
+            policy,
+            split,
+            pair,
+            plot,
+            json,
+            export_choices,
+            cache_dir,
+        } => {
+            let pair = match pair.as_deref() {
+                None => None,
+                Some([strong, weak]) => Some((strong.clone(), weak.clone())),
+                Some(_) => anyhow::bail!("--pair takes exactly two models: STRONG,WEAK"),
+            };
+            let outputs = commands::EvalFiles {
+                plot,
+                json,
+                export_choices,
+            };
+            commands::eval(settings, data, policy, &split, pair, outputs, cache_dir)
+        }
     }
 }

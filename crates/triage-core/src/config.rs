@@ -117,7 +117,9 @@ impl Settings {
     pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
         // Only nested keys (`SECTION__KEY`) are settings: TRIAGE_CONFIG and other TRIAGE_*
         // variables of scripts must not be mistaken for unknown settings.
-        let env = Env::prefixed("TRIAGE_").filter(|key| key.as_str().contains("__")).split("__");
+        let env = Env::prefixed("TRIAGE_")
+            .filter(|key| key.as_str().contains("__"))
+            .split("__");
         Self::load_with_env(file, env)
     }
 

@@ -7,12 +7,15 @@
 //! writes the policy atomically (temporary file, fsync, rename).
 
 pub mod embed;
+pub mod eval;
 pub mod fit;
 pub mod simulate;
 pub mod table;
 mod train;
 
-pub use train::{TrainOptions, TrainReport, train, write_policy_atomically};
+pub use train::{
+    Prepared, TrainOptions, TrainReport, fit_policy, prepare, train, write_policy_atomically,
+};
 
 /// Why training or evaluation failed.
 #[derive(Debug, thiserror::Error)]

@@ -91,14 +91,7 @@ pub struct Replay<'a> {
     input_tokens: Vec<u32>,
 }
 
-/// Mean realised cost and quality of a set of decisions.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Point {
-    /// Mean USD per prompt.
-    pub cost: f64,
-    /// Mean quality.
-    pub quality: f64,
-}
+pub use crate::eval::curve::Point;
 
 impl<'a> Replay<'a> {
     /// Scores `prompts` (indices into `outcomes`) with `policy`; `features[i]` and
@@ -142,6 +135,11 @@ impl<'a> Replay<'a> {
     /// The model chosen for each prompt under `knob` (None when no model with an outcome was
     /// eligible).
     pub fn choices(&self, knob: Knob) -> Vec<Option<String>> {
+        self.choices_with(knob, &[])
+    }
+
+    /// Like [`Self::choices`], restricted to `only` models when non-empty.
+    pub fn choices_with(&self, knob: Knob, only: &[String]) -> Vec<Option<String>> {
         self.prompts
             .iter()
             .enumerate()
@@ -150,6 +148,7 @@ impl<'a> Replay<'a> {
                     .catalog
                     .models()
                     .iter()
+                    .filter(|m| only.is_empty() || only.contains(&m.name))
                     .filter(|m| {
                         self.outcomes
                             .model_index(&m.name)

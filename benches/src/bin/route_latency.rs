@@ -1,0 +1,74 @@
+//! `Route` latency seen by a client: starts the real server on a loopback port (or uses
+//! `--addr HOST:PORT` of a running one) and times sequential calls with ~16, 64 and 256-token
+//! prompts. Prints median and p99 per size.
+//!
+//!     cargo run --release -p triage-benches --bin route_latency -- [--calls N] [--addr HOST:PORT]
+
+use std::time::Instant;
+
+use anyhow::Context;
+use triage_core::Settings;
+use triage_proto::v1::router_client::RouterClient;
+use triage_proto::v1::{Message, RouteRequest};
+use triage_server::RoutingEngine;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let value = |flag: &str| {
+        args.iter()
+            .position(|a| a == flag)
+            .and_then(|i| args.get(i + 1))
+    };
+    let calls: usize = value("--calls")
+        .map(|v| v.parse())
+        .transpose()?
+        .unwrap_or(200);
+    let root = triage_benches::root();
+    let settings = Settings::load(None)?;
+    let (addr, _server) = match value("--addr") {
+        Some(a) => (a.clone(), None),
+        None => {
+            let engine = RoutingEngine::from_settings(&settings, &root)?;
+            let server = triage_server::start(engine, &settings, "127.0.0.1:0".parse()?).await?;
+            (server.addr.to_string(), Some(server))
+        }
+    };
+    let mut client = RouterClient::connect(format!("http://{addr}"))
+        .await
+        .context("connect")?;
+    println!(
+        "{:>8} {:>10} {:>10} {:>12} {:>8}",
+        "tokens", "median_us", "p99_us", "encoder_us", "calls"
+    );
+    for tokens in [16, 64, 256] {
+        let request = RouteRequest {
+            messages: vec![Message {
+                role: "user".into(),
+                content: triage_benches::prompt_of(tokens),
+            }],
+            ..Default::default()
+        };
+        for _ in 0..10 {
+            client.route(request.clone()).await?;
+        }
+        let mut total = Vec::with_capacity(calls);
+        let mut encoder = Vec::with_capacity(calls);
+        for _ in 0..calls {
+            let started = Instant::now();
+            let reply = client.route(request.clone()).await?.into_inner();
+            total.push(started.elapsed().as_micros() as u64);
+            encoder.push(reply.timings.map_or(0, |t| t.encoder_us));
+        }
+        total.sort_unstable();
+        encoder.sort_unstable();
+        let pct = |v: &[u64], p: f64| v[((v.len() as f64 - 1.0) * p).round() as usize];
+        println!(
+            "{tokens:>8} {:>10} {:>10} {:>12} {calls:>8}",
+            pct(&total, 0.5),
+            pct(&total, 0.99),
+            pct(&encoder, 0.5)
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,22 @@
+//! Shared fixtures for Triage's benchmarks: prompts of known token lengths and an engine on the
+//! real encoder and the bundled policy.
+
+use std::path::{Path, PathBuf};
+
+/// The workspace root (benchmarks run from anywhere).
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// A prompt of roughly `tokens` encoder tokens (plain English words are one token each).
+pub fn prompt_of(tokens: usize) -> String {
+    const WORDS: [&str; 16] = [
+        "please", "explain", "how", "the", "tax", "on", "a", "small", "business", "is", "computed",
+        "when", "income", "comes", "from", "abroad",
+    ];
+    let mut out = Vec::with_capacity(tokens);
+    for i in 0..tokens.saturating_sub(1) {
+        out.push(WORDS[i % WORDS.len()]);
+    }
+    out.join(" ") + "?"
+}

@@ -1,0 +1,159 @@
+//! Reference routers evaluated beside Triage on the same split: single models, the zero router
+//! (their hull), a uniform random mix, kNN on the same embeddings, and the oracle.
+
+use crate::eval::curve::Point;
+use crate::table::Outcomes;
+
+/// The cost-weight grid every λ-swept router is evaluated on (quality points per USD).
+pub fn lambda_grid() -> Vec<f64> {
+    let mut grid = vec![0.0];
+    grid.extend((0..=84).map(|i| 10f64.powf(-1.0 + f64::from(i) / 12.0)));
+    grid
+}
+
+/// (model, point) for every model with an outcome on every prompt of `prompts`.
+pub fn single_models(o: &Outcomes, prompts: &[usize]) -> Vec<(String, Point)> {
+    let mut out = Vec::new();
+    for (m, name) in o.models.iter().enumerate() {
+        let cells: Vec<_> = prompts.iter().filter_map(|&p| o.cells[p][m]).collect();
+        if cells.len() != prompts.len() || cells.is_empty() {
+            continue;
+        }
+        let n = cells.len() as f64;
+        out.push((
+            name.clone(),
+            Point {
+                cost: cells.iter().map(|c| c.cost_usd).sum::<f64>() / n,
+                quality: cells.iter().map(|c| c.quality).sum::<f64>() / n,
+            },
+        ));
+    }
+    out
+}
+
+/// Expected point of choosing uniformly at random among `singles`.
+pub fn random_mix(singles: &[(String, Point)]) -> Point {
+    let n = singles.len().max(1) as f64;
+    Point {
+        cost: singles.iter().map(|(_, p)| p.cost).sum::<f64>() / n,
+        quality: singles.iter().map(|(_, p)| p.quality).sum::<f64>() / n,
+    }
+}
+
+/// Per-prompt choice by maximising `q - λ c` over `models` (ties: cheaper, then first).
+fn argmax_utility(q: &[f64], c: &[f64], models: &[usize], lambda: f64) -> Option<usize> {
+    models.iter().copied().max_by(|&a, &b| {
+        let ua = q[a] - lambda * c[a];
+        let ub = q[b] - lambda * c[b];
+        ua.total_cmp(&ub)
+            .then(c[b].total_cmp(&c[a]))
+            .then(b.cmp(&a))
+    })
+}
+
+/// Sweeps λ with per-prompt estimates `(q̂, ĉ)` (indexed by model) and realised outcomes.
+pub fn sweep(
+    o: &Outcomes,
+    prompts: &[usize],
+    estimates: &[(Vec<f64>, Vec<f64>)],
+    models: &[usize],
+    lambdas: &[f64],
+) -> Vec<Point> {
+    lambdas
+        .iter()
+        .map(|&lambda| {
+            let (mut cost, mut quality) = (0.0, 0.0);
+            for (k, &p) in prompts.iter().enumerate() {
+                let (q, c) = &estimates[k];
+                let available: Vec<usize> = models
+                    .iter()
+                    .copied()
+                    .filter(|&m| o.cells[p][m].is_some())
+                    .collect();
+                if let Some(cell) =
+                    argmax_utility(q, c, &available, lambda).and_then(|m| o.cells[p][m])
+                {
+                    cost += cell.cost_usd;
+                    quality += cell.quality;
+                }
+            }
+            let n = prompts.len().max(1) as f64;
+            Point {
+                cost: cost / n,
+                quality: quality / n,
+            }
+        })
+        .collect()
+}
+
+/// The oracle: true per-prompt quality and cost.
+pub fn oracle_estimates(o: &Outcomes, prompts: &[usize]) -> Vec<(Vec<f64>, Vec<f64>)> {
+    prompts
+        .iter()
+        .map(|&p| {
+            let q = o.cells[p]
+                .iter()
+                .map(|c| c.map_or(0.0, |c| c.quality))
+                .collect();
+            let c = o.cells[p]
+                .iter()
+                .map(|c| c.map_or(f64::MAX, |c| c.cost_usd))
+                .collect();
+            (q, c)
+        })
+        .collect()
+}
+
+/// kNN estimates: mean quality and cost of each model over the `k` most similar `train` prompts
+/// (cosine similarity of the unit-length embeddings, the first `dim` features).
+pub fn knn_estimates(
+    o: &Outcomes,
+    features: &[Vec<f32>],
+    dim: usize,
+    train: &[usize],
+    prompts: &[usize],
+    k: usize,
+) -> Vec<(Vec<f64>, Vec<f64>)> {
+    let models = o.models.len();
+    prompts
+        .iter()
+        .map(|&p| {
+            let query = &features[p][..dim];
+            let mut sims: Vec<(f32, usize)> = train
+                .iter()
+                .map(|&t| {
+                    (
+                        features[t][..dim]
+                            .iter()
+                            .zip(query)
+                            .map(|(a, b)| a * b)
+                            .sum::<f32>(),
+                        t,
+                    )
+                })
+                .collect();
+            let k = k.min(sims.len());
+            if k > 0 && k < sims.len() {
+                sims.select_nth_unstable_by(k - 1, |a, b| b.0.total_cmp(&a.0));
+            }
+            let mut q = vec![0.0; models];
+            let mut c = vec![0.0; models];
+            let mut n = vec![0usize; models];
+            for &(_, t) in &sims[..k] {
+                for m in 0..models {
+                    if let Some(cell) = o.cells[t][m] {
+                        q[m] += cell.quality;
+                        c[m] += cell.cost_usd;
+                        n[m] += 1;
+                    }
+                }
+            }
+            for m in 0..models {
+                let d = n[m].max(1) as f64;
+                q[m] /= d;
+                c[m] = if n[m] == 0 { f64::MAX } else { c[m] / d };
+            }
+            (q, c)
+        })
+        .collect()
+}

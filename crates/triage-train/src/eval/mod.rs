@@ -1,0 +1,284 @@
+//! `triage eval`: Triage against baselines on one split of an outcome table.
+//!
+//! Every router is swept over its cost knob on the evaluated split; the metrics come from
+//! [`curve`]. Baselines are fitted on the same train split and tuned on dev ([`baselines`]).
+
+pub mod baselines;
+pub mod curve;
+pub mod plot;
+mod report;
+
+pub use report::{EvalReport, RouterResult, export_choices, render_table};
+
+use std::path::PathBuf;
+
+use triage_core::Mode;
+use triage_policy::Policy;
+
+use crate::TrainError;
+use crate::simulate::{Knob, Replay};
+use crate::table::Split;
+use crate::train::Prepared;
+use baselines::{knn_estimates, lambda_grid, oracle_estimates, random_mix, single_models, sweep};
+use curve::{Point, aiq, hull, pair_metrics};
+
+/// What to evaluate.
+#[derive(Clone, Debug)]
+pub struct EvalOptions {
+    /// The split reported on.
+    pub split: Split,
+    /// Strong and weak model for APGR / CPT.
+    pub pair: Option<(String, String)>,
+}
+
+/// kNN neighbourhood sizes tried on dev.
+const KNN_KS: [usize; 6] = [5, 10, 20, 40, 80, 160];
+
+/// Evaluates `policy` and the baselines on `options.split` of a prepared table.
+pub fn evaluate(
+    prepared: &Prepared,
+    policy: &Policy,
+    options: &EvalOptions,
+) -> Result<EvalReport, TrainError> {
+    let o = &prepared.outcomes;
+    let feats = &prepared.features;
+    let prompts = o.indices(options.split);
+    if prompts.is_empty() {
+        return Err(TrainError::Data(format!(
+            "the table has no {} prompts",
+            options.split.as_str()
+        )));
+    }
+    let train = o.indices(Split::Train);
+    let dev = o.indices(Split::Dev);
+    let models: Vec<usize> = policy
+        .model_names()
+        .filter_map(|m| o.model_index(m))
+        .collect();
+    if models.is_empty() {
+        return Err(TrainError::Data(
+            "none of the policy's models appear in the table".into(),
+        ));
+    }
+    let singles: Vec<(String, Point)> = single_models(o, &prompts)
+        .into_iter()
+        .filter(|(m, _)| models.iter().any(|&i| o.models[i] == *m))
+        .collect();
+    if singles.is_empty() {
+        return Err(TrainError::Data(
+            "no policy model has an outcome on every evaluated prompt".into(),
+        ));
+    }
+    let lo = singles.iter().map(|(_, p)| p.cost).fold(f64::MAX, f64::min);
+    let hi = singles.iter().map(|(_, p)| p.cost).fold(f64::MIN, f64::max);
+    let lambdas = lambda_grid();
+
+    let replay = Replay::new(
+        o,
+        policy,
+        &feats.features,
+        &feats.input_tokens,
+        prompts.clone(),
+    )?;
+    let mut choices = Vec::new();
+    let mut triage_points = Vec::new();
+    let knobs: Vec<Knob> = [Mode::Quality, Mode::Balanced, Mode::Cost]
+        .into_iter()
+        .map(Knob::Mode)
+        .chain(lambdas.iter().map(|&l| Knob::CostWeight(l)))
+        .collect();
+    let mut mode_points = Vec::new();
+    for knob in &knobs {
+        let chosen = replay.choices(*knob);
+        let point = crate::simulate::realised(o, &prompts, &chosen);
+        if let Knob::Mode(m) = knob {
+            mode_points.push((m.to_string(), point));
+        }
+        triage_points.push(point);
+        choices.push((knob.label(), chosen));
+    }
+
+    let dim = policy.file().embedding_dim;
+    let best_k = tune_knn(prepared, &train, &dev, &models, dim, &lambdas);
+    let knn_points = sweep(
+        o,
+        &prompts,
+        &knn_estimates(o, &feats.features, dim, &train, &prompts, best_k),
+        &models,
+        &lambdas,
+    );
+    let oracle_points = sweep(
+        o,
+        &prompts,
+        &oracle_estimates(o, &prompts),
+        &models,
+        &lambdas,
+    );
+    let single_points: Vec<Point> = singles.iter().map(|(_, p)| *p).collect();
+
+    let best = singles
+        .iter()
+        .max_by(|a, b| {
+            a.1.quality
+                .total_cmp(&b.1.quality)
+                .then(b.1.cost.total_cmp(&a.1.cost))
+        })
+        .cloned()
+        .ok_or_else(|| TrainError::Data("no single models".into()))?;
+    let cheapest = singles
+        .iter()
+        .min_by(|a, b| a.1.cost.total_cmp(&b.1.cost))
+        .cloned()
+        .ok_or_else(|| TrainError::Data("no single models".into()))?;
+    let result = |name: &str, points: Vec<Point>| RouterResult::new(name, points, lo, hi, best.1);
+    let routers = vec![
+        result("triage", triage_points),
+        result("zero router (single-model hull)", single_points),
+        result("random mix", vec![random_mix(&singles)]),
+        result(&format!("kNN (k={best_k}, tuned on dev)"), knn_points),
+        result("oracle (upper bound)", oracle_points),
+    ];
+
+    let pair = match &options.pair {
+        Some((strong, weak)) => Some(pair_report(
+            prepared, policy, &prompts, strong, weak, best_k, &lambdas,
+        )?),
+        None => None,
+    };
+    Ok(EvalReport {
+        split: options.split.as_str().into(),
+        prompts: prompts.len(),
+        policy_version: policy.version().into(),
+        best_single: (best.0.clone(), best.1),
+        cheapest_single: (cheapest.0.clone(), cheapest.1),
+        singles,
+        modes: mode_points,
+        routers,
+        pair,
+        choices: choices
+            .into_iter()
+            .map(|(label, chosen)| {
+                let ids = prompts.iter().map(|&p| o.prompts[p].id.clone()).collect();
+                (label, ids, chosen)
+            })
+            .collect(),
+    })
+}
+
+fn tune_knn(
+    prepared: &Prepared,
+    train: &[usize],
+    dev: &[usize],
+    models: &[usize],
+    dim: usize,
+    lambdas: &[f64],
+) -> usize {
+    let o = &prepared.outcomes;
+    let singles = single_models(o, dev);
+    let lo = singles.iter().map(|(_, p)| p.cost).fold(f64::MAX, f64::min);
+    let hi = singles.iter().map(|(_, p)| p.cost).fold(f64::MIN, f64::max);
+    let mut best = (KNN_KS[0], f64::MIN);
+    for k in KNN_KS {
+        let est = knn_estimates(o, &prepared.features.features, dim, train, dev, k);
+        let score = aiq(&hull(&sweep(o, dev, &est, models, lambdas)), lo, hi);
+        if score > best.1 {
+            best = (k, score);
+        }
+    }
+    best.0
+}
+
+fn pair_report(
+    prepared: &Prepared,
+    policy: &Policy,
+    prompts: &[usize],
+    strong: &str,
+    weak: &str,
+    k: usize,
+    lambdas: &[f64],
+) -> Result<report::PairReport, TrainError> {
+    let o = &prepared.outcomes;
+    let (Some(si), Some(wi)) = (o.model_index(strong), o.model_index(weak)) else {
+        return Err(TrainError::Usage(format!(
+            "--pair {strong},{weak}: both models must be in the table"
+        )));
+    };
+    let singles = single_models(o, prompts);
+    let quality_of = |m: &str| singles.iter().find(|(n, _)| n == m).map(|(_, p)| p.quality);
+    let (Some(sq), Some(wq)) = (quality_of(strong), quality_of(weak)) else {
+        return Err(TrainError::Data(
+            "the pair needs outcomes on every evaluated prompt".into(),
+        ));
+    };
+    let share = |chosen: &[Option<usize>]| -> Point {
+        let n = prompts.len().max(1) as f64;
+        let strong_calls = chosen.iter().filter(|c| **c == Some(si)).count() as f64;
+        let quality: f64 = prompts
+            .iter()
+            .zip(chosen)
+            .filter_map(|(&p, c)| c.and_then(|m| o.cells[p][m]).map(|cell| cell.quality))
+            .sum();
+        Point {
+            cost: strong_calls / n,
+            quality: quality / n,
+        }
+    };
+    let replay = Replay::new(
+        o,
+        policy,
+        &prepared.features.features,
+        &prepared.features.input_tokens,
+        prompts.to_vec(),
+    )?;
+    let allowed = vec![strong.to_owned(), weak.to_owned()];
+    let triage: Vec<Point> = lambdas
+        .iter()
+        .map(|&l| {
+            let chosen: Vec<Option<usize>> = replay
+                .choices_with(Knob::CostWeight(l), &allowed)
+                .iter()
+                .map(|c| c.as_deref().and_then(|m| o.model_index(m)))
+                .collect();
+            share(&chosen)
+        })
+        .collect();
+    let dim = policy.file().embedding_dim;
+    let train = o.indices(Split::Train);
+    let est = knn_estimates(o, &prepared.features.features, dim, &train, prompts, k);
+    let knn: Vec<Point> = lambdas
+        .iter()
+        .map(|&l| {
+            let chosen: Vec<Option<usize>> = est
+                .iter()
+                .map(|(q, c)| {
+                    Some(if q[si] - l * c[si] > q[wi] - l * c[wi] {
+                        si
+                    } else {
+                        wi
+                    })
+                })
+                .collect();
+            share(&chosen)
+        })
+        .collect();
+    Ok(report::PairReport {
+        strong: strong.into(),
+        weak: weak.into(),
+        strong_quality: sq,
+        weak_quality: wq,
+        triage: pair_metrics(&triage, wq, sq),
+        knn: pair_metrics(&knn, wq, sq),
+        random: pair_metrics(&[], wq, sq),
+    })
+}
+
+/// Output files requested on the command line.
+#[derive(Clone, Debug, Default)]
+pub struct EvalOutputs {
+    /// JSON report.
+    pub json: Option<PathBuf>,
+    /// SVG plot.
+    pub plot: Option<PathBuf>,
+    /// Per-prompt choices (CSV or Parquet by extension).
+    pub export_choices: Option<PathBuf>,
+}

@@ -1,0 +1,242 @@
+//! Training and evaluation end to end on a slice of real outcome data, the train → serve
+//! agreement, and the refusal of malformed tables.
+//!
+//! The real data lives in `../shared/data/` (or `$TRIAGE_SHARED_DATA`); tests that need it skip,
+//! saying so, where it is absent.
+
+use std::path::{Path, PathBuf};
+
+use polars::prelude::*;
+use triage_core::Settings;
+use triage_policy::Policy;
+use triage_train::eval::{EvalOptions, evaluate};
+use triage_train::table::Split;
+use triage_train::{TrainOptions, prepare, train};
+
+const MODELS: [&str; 3] = [
+    "claude-3-5-sonnet-20241022",
+    "gpt-4o-mini-2024-07-18",
+    "gemini-1.5-flash",
+];
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn shared_table() -> Option<PathBuf> {
+    let dir = std::env::var_os("TRIAGE_SHARED_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("../shared/data"));
+    let path = dir.join("zeroeval.parquet");
+    if path.is_file() {
+        Some(path)
+    } else {
+        eprintln!(
+            "SKIPPED: {} not found (set TRIAGE_SHARED_DATA to the shared data directory)",
+            path.display()
+        );
+        None
+    }
+}
+
+/// Every 4th prompt of the real table, three models, written as CSV (exercises the CSV reader).
+fn slice(dir: &Path) -> Option<PathBuf> {
+    let source = shared_table()?;
+    let file = std::fs::File::open(&source).expect("open table");
+    let df = ParquetReader::new(file).finish().expect("read parquet");
+    let model = df
+        .column("model")
+        .expect("model")
+        .str()
+        .expect("str")
+        .clone();
+    let ids = df
+        .column("prompt_id")
+        .expect("prompt_id")
+        .str()
+        .expect("str")
+        .clone();
+    let keep: Vec<bool> = model
+        .iter()
+        .zip(ids.iter())
+        .map(|(m, id)| {
+            let m = m.unwrap_or_default();
+            let h = id
+                .unwrap_or_default()
+                .bytes()
+                .fold(7u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
+            MODELS.contains(&m) && h % 4 == 0
+        })
+        .collect();
+    let mask = BooleanChunked::from_slice("keep".into(), &keep);
+    let mut small = df
+        .filter(&mask)
+        .expect("filter")
+        .select([
+            "prompt_id",
+            "prompt",
+            "model",
+            "quality",
+            "cost_usd",
+            "output_tokens",
+            "input_tokens",
+            "split",
+        ])
+        .expect("select");
+    let out = dir.join("slice.csv");
+    CsvWriter::new(std::fs::File::create(&out).expect("create"))
+        .finish(&mut small)
+        .expect("write csv");
+    Some(out)
+}
+
+fn options(data: PathBuf, out: PathBuf) -> TrainOptions {
+    TrainOptions {
+        data,
+        models: None,
+        out,
+        settings: Settings::load(None).expect("settings"),
+        base: root(),
+        cache_dir: root().join(".cache/embeddings"),
+        progress: false,
+    }
+}
+
+#[test]
+fn trains_on_a_slice_beats_the_cheapest_model_and_serving_agrees_with_eval() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(data) = slice(dir.path()) else {
+        return;
+    };
+    let policy_path = dir.path().join("policy.json");
+    let opts = options(data, policy_path.clone());
+    let report = train(&opts).expect("training succeeds");
+    assert_eq!(report.policy.models.len(), 3);
+    let policy = Policy::load(&policy_path).expect("written policy loads");
+
+    let prepared = prepare(&opts).expect("prepare");
+    let eval = evaluate(
+        &prepared,
+        &policy,
+        &EvalOptions {
+            split: Split::Test,
+            pair: None,
+        },
+    )
+    .expect("eval");
+    let (cheap_name, cheap) = &eval.cheapest_single;
+    let balanced = eval
+        .modes
+        .iter()
+        .find(|(m, _)| m == "balanced")
+        .map(|(_, p)| *p)
+        .expect("balanced");
+    assert!(
+        balanced.quality > cheap.quality,
+        "balanced quality {:.3} should beat the cheapest model {cheap_name} ({:.3})",
+        balanced.quality,
+        cheap.quality
+    );
+    let triage = &eval.routers[0];
+    assert!(triage.max_quality >= eval.best_single.1.quality - 0.02);
+
+    // Train → serve: the real server with this policy picks what eval replayed.
+    let (_, prompt_ids, chosen) = eval
+        .choices
+        .iter()
+        .find(|(k, _, _)| k == "mode=balanced")
+        .expect("balanced choices");
+    let mut settings = Settings::load(None).expect("settings");
+    settings.policy.path = policy_path;
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        let engine =
+            triage_server::RoutingEngine::from_settings(&settings, &root()).expect("engine");
+        let server = triage_server::start(engine, &settings, "127.0.0.1:0".parse().expect("addr"))
+            .await
+            .expect("server");
+        let mut client = triage_proto::v1::router_client::RouterClient::connect(format!(
+            "http://{}",
+            server.addr
+        ))
+        .await
+        .expect("connect");
+        let text_of = |id: &str| {
+            prepared
+                .outcomes
+                .prompts
+                .iter()
+                .find(|p| p.id == id)
+                .map(|p| p.text.clone())
+                .expect("prompt")
+        };
+        for (id, expected) in prompt_ids.iter().zip(chosen).take(25) {
+            let request = triage_proto::v1::RouteRequest {
+                messages: vec![triage_proto::v1::Message {
+                    role: "user".into(),
+                    content: text_of(id),
+                }],
+                preferences: Some(triage_proto::v1::Preferences {
+                    mode: triage_proto::v1::Mode::Balanced as i32,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            let reply = client.route(request).await.expect("route").into_inner();
+            assert_eq!(Some(&reply.model), expected.as_ref(), "prompt {id}");
+        }
+        server.shutdown().await.expect("shutdown");
+    });
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).expect("write");
+    p
+}
+
+#[test]
+fn malformed_tables_are_refused_and_no_policy_is_written() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("policy.json");
+    let cases = [
+        (
+            "no_quality.csv",
+            "prompt_id,prompt,model,cost_usd\np1,hi,gpt-4o-2024-08-06,0.1\n",
+            "`quality` is missing",
+        ),
+        (
+            "bad_quality.csv",
+            "prompt_id,prompt,model,quality,cost_usd\np1,hi,gpt-4o-2024-08-06,1.5,0.1\n",
+            "outside 0..1",
+        ),
+        (
+            "no_cost.csv",
+            "prompt_id,prompt,model,quality\np1,hi,gpt-4o-2024-08-06,1\n",
+            "neither `cost_usd`",
+        ),
+        (
+            "text_quality.csv",
+            "prompt_id,prompt,model,quality,cost_usd\np1,hi,m,good,0.1\n",
+            "`quality`",
+        ),
+        (
+            "empty.csv",
+            "prompt_id,prompt,model,quality,cost_usd\n",
+            "no rows",
+        ),
+        ("table.xlsx", "whatever", "unknown file type"),
+    ];
+    for (name, text, expected) in cases {
+        let data = write(dir.path(), name, text);
+        let err = train(&options(data, out.clone()))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            err.contains(expected),
+            "{name}: {err:?} should mention {expected:?}"
+        );
+        assert!(!out.exists(), "{name}: no policy may be written");
+    }
+}
