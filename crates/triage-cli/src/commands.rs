@@ -166,6 +166,7 @@ pub struct EvalFiles {
     pub plot: Option<PathBuf>,
     pub json: Option<PathBuf>,
     pub export_choices: Option<PathBuf>,
+    pub folds: Option<usize>,
 }
 
 #[cfg(feature = "train")]
@@ -193,8 +194,27 @@ pub fn eval(
     let prepared = triage_train::prepare(&options)?;
     let report = evaluate(&prepared, &policy, &EvalOptions { split, pair })?;
     print!("{}", render_table(&report));
+    let mut fold_summary = None;
+    if let Some(k) = files.folds {
+        use triage_train::eval::folds::{cross_validate, mean_sd};
+        let (_, summary) = cross_validate(&prepared, k)?;
+        println!("\n{k}-fold cross-validation (policy refitted per fold; mean ± sd):");
+        println!("{:<36} {:>18} {:>22}", "router", "AIQ", "cost@parity");
+        for s in &summary {
+            let reached: Vec<f64> = s.cost_at_parity_pct.iter().flatten().copied().collect();
+            println!(
+                "{:<36} {:>18} {:>15} ({}/{k} reached)",
+                s.name,
+                mean_sd(&s.aiq),
+                mean_sd(&reached),
+                reached.len()
+            );
+        }
+        fold_summary = Some(summary);
+    }
     if let Some(path) = files.json {
-        std::fs::write(&path, serde_json::to_vec_pretty(&report)?)
+        let json = serde_json::json!({ "report": report, "folds": fold_summary });
+        std::fs::write(&path, serde_json::to_vec_pretty(&json)?)
             .with_context(|| format!("cannot write {}", path.display()))?;
         println!("wrote {}", path.display());
     }

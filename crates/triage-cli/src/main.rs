@@ -89,6 +89,9 @@ enum Command {
         /// Write Triage's per-prompt choices (CSV, or Parquet by extension).
         #[arg(long)]
         export_choices: Option<PathBuf>,
+        /// Also refit and evaluate over K prompt-disjoint folds and report mean ± spread.
+        #[arg(long)]
+        folds: Option<usize>,
         /// Embedding cache directory.
         #[arg(long, default_value = ".cache/embeddings")]
         cache_dir: PathBuf,
@@ -143,6 +146,7 @@ fn main() -> anyhow::Result<()> {
             plot,
             json,
             export_choices,
+            folds,
             cache_dir,
         } => {
             let pair = match pair.as_deref() {
@@ -154,6 +158,7 @@ fn main() -> anyhow::Result<()> {
                 plot,
                 json,
                 export_choices,
+                folds,
             };
             commands::eval(settings, data, policy, &split, pair, outputs, cache_dir)
         }

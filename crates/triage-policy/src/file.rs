@@ -5,10 +5,12 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use triage_core::features::{FEATURE_SCHEMA, feature_dim};
 
+use crate::neighbours::{NeighbourSet, Neighbours};
+
 /// Value of the `format` field.
 pub const POLICY_FORMAT: &str = "triage-policy";
 /// The format version this build reads and writes.
-pub const POLICY_FORMAT_VERSION: u32 = 1;
+pub const POLICY_FORMAT_VERSION: u32 = 2;
 
 /// Per-feature affine standardisation applied before every head: `(x - mean) / scale`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -87,6 +89,9 @@ pub struct PolicyFile {
     pub decision: DecisionParams,
     /// Per-model heads.
     pub models: Vec<ModelHead>,
+    /// Neighbourhood evidence blended into the quality heads, if any.
+    #[serde(default)]
+    pub neighbours: Option<NeighbourSet>,
     /// Free-form training metadata (data hash, rows, metrics).
     #[serde(default)]
     pub training: serde_json::Value,
@@ -134,6 +139,7 @@ pub struct Prediction {
 #[derive(Clone, Debug)]
 pub struct Policy {
     file: PolicyFile,
+    neighbours: Option<Neighbours>,
 }
 
 impl Policy {
@@ -227,7 +233,14 @@ impl Policy {
                 )));
             }
         }
-        Ok(Self { file })
+        let neighbours = match &file.neighbours {
+            Some(set) => Some(
+                set.decode(file.embedding_dim, file.models.len())
+                    .map_err(invalid)?,
+            ),
+            None => None,
+        };
+        Ok(Self { file, neighbours })
     }
 
     /// The version string responses report.
@@ -274,15 +287,26 @@ impl Policy {
             .map(|(v, (m, sd))| (v - m) / sd)
             .collect();
         let dot = |w: &[f32]| -> f64 { w.iter().zip(&x).map(|(a, b)| f64::from(a * b)).sum() };
+        let local = self.neighbours.as_ref().map(|n| n.estimate(features));
+        let (weight, length_weight) = self
+            .neighbours
+            .as_ref()
+            .map_or((0.0, 0.0), |n| (n.weight(), n.length_weight()));
+        let blend =
+            |own: f64, near: Option<f64>, w: f64| near.map_or(own, |v| (1.0 - w) * own + w * v);
         Ok(self
             .file
             .models
             .iter()
-            .map(|m| {
+            .enumerate()
+            .map(|(i, m)| {
+                let near = local.as_ref().map(|estimates| estimates[i]);
                 let logit = dot(&m.quality.weights) + f64::from(m.quality.bias);
-                let quality = 1.0 / (1.0 + (-logit).exp());
+                let head = 1.0 / (1.0 + (-logit).exp());
+                let quality = blend(head, near.and_then(|l| l.quality), weight);
                 let l = &m.output_tokens;
                 let tokens = (dot(&l.weights) + f64::from(l.bias)).exp();
+                let tokens = blend(tokens, near.and_then(|l| l.output_tokens), length_weight);
                 let output_tokens = tokens.clamp(f64::from(l.min_tokens), f64::from(l.max_tokens));
                 (
                     m.name.as_str(),

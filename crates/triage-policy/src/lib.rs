@@ -2,7 +2,8 @@
 //!
 //! A policy file ([`PolicyFile`], JSON, versioned) holds, per model, a logistic model of the
 //! probability of a good answer and a log-linear model of the answer length, both over the
-//! standardised feature vector of `triage_core::features`. [`Policy`] is a validated, loaded file.
+//! standardised feature vector of `triage_core::features`, optionally blended with the outcomes
+//! of the most similar training prompts ([`NeighbourSet`]). [`Policy`] is a validated, loaded file.
 //!
 //! [`decide`] turns predictions plus the catalog and the caller's preferences into a ranked
 //! candidate list: hard constraints first (each exclusion with its reason), then the trade-off
@@ -11,9 +12,11 @@
 
 mod decide;
 mod file;
+mod neighbours;
 
 pub use decide::{Candidate, Decision, DecisionError, Exclusion, Rule, decide};
 pub use file::{
     DecisionParams, LengthHead, LinearHead, ModelHead, POLICY_FORMAT, POLICY_FORMAT_VERSION,
     Policy, PolicyError, PolicyFile, Prediction, Standardizer,
 };
+pub use neighbours::{Local, NeighbourSet, Neighbours};

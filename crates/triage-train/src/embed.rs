@@ -109,6 +109,7 @@ impl EmbeddingCache {
 
 /// Feature vectors and input-token estimates for `texts`, computed exactly as the server does
 /// for a one-turn conversation.
+#[derive(Clone, Debug)]
 pub struct PromptFeatures {
     /// One feature vector per prompt.
     pub features: Vec<Vec<f32>>,

@@ -1,7 +1,8 @@
 //! Fitting the per-model heads of a policy.
 //!
 //! Quality: one L2-regularised logistic regression per model (linfa-logistic) of
-//! `quality >= 0.5`, with the regularisation strength chosen per model by dev log-loss.
+//! `quality >= 0.5`, with the regularisation strength chosen per model by dev log-loss, then
+//! Platt-scaled on dev (the decision compares probabilities across models).
 //! Length: one ridge regression per model of the answer's log length (linfa-linear), corrected
 //! to a mean, so `exp(w·x + b)` is the expected length that cost depends on.
 
@@ -15,7 +16,7 @@ use triage_policy::{LengthHead, LinearHead, Standardizer};
 use crate::TrainError;
 
 /// L2 strengths tried for each quality head, chosen by dev log-loss.
-pub const QUALITY_ALPHAS: [f64; 5] = [3.0, 10.0, 30.0, 100.0, 300.0];
+pub const QUALITY_ALPHAS: [f64; 5] = [30.0, 100.0, 300.0, 1000.0, 3000.0];
 /// L2 strength of the length heads (in units of squared standardised features).
 pub const LENGTH_ALPHA: f64 = 50.0;
 /// Answers longer than this are clipped when fitting lengths (runaway generations).
@@ -148,7 +149,41 @@ pub fn quality_head(
             });
         }
     }
-    best.ok_or_else(|| TrainError::Fit("no regularisation strength tried".into()))
+    let mut best =
+        best.ok_or_else(|| TrainError::Fit("no regularisation strength tried".into()))?;
+    if let Some(calibrated) = platt(&best.head, dev_x, dev_y)? {
+        best.dev_log_loss = log_loss(&calibrated, dev_x, dev_y);
+        best.head = calibrated;
+    }
+    Ok(best)
+}
+
+/// Platt scaling on dev: refits `sigmoid(a·z + b)` over the head's logits `z` and folds `a`, `b`
+/// into the head, so probabilities are comparable across models (the decision compares them).
+/// `None` when dev has a single class.
+fn platt(head: &LinearHead, x: &Array2<f64>, y: &[bool]) -> Result<Option<LinearHead>, TrainError> {
+    if y.iter().all(|g| *g) || y.iter().all(|g| !*g) {
+        return Ok(None);
+    }
+    let logits = Array2::from_shape_fn((y.len(), 1), |(i, _)| {
+        x.row(i)
+            .iter()
+            .zip(&head.weights)
+            .map(|(a, w)| a * f64::from(*w))
+            .sum::<f64>()
+            + f64::from(head.bias)
+    });
+    let scaler = logistic(&logits, y, 1e-3)?;
+    let a = f64::from(scaler.weights[0]);
+    let b = f64::from(scaler.bias);
+    Ok(Some(LinearHead {
+        weights: head
+            .weights
+            .iter()
+            .map(|w| (a * f64::from(*w)) as f32)
+            .collect(),
+        bias: (a * f64::from(head.bias) + b) as f32,
+    }))
 }
 
 /// Fits a length head: ridge regression of `ln(1 + tokens)` (least squares on data augmented

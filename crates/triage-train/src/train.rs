@@ -8,14 +8,17 @@ use triage_core::features::FEATURE_SCHEMA;
 use triage_core::{Mode, Settings};
 use triage_encoder::{Embedder, OnnxEmbedder, OnnxOptions, init_onnxruntime};
 use triage_policy::{
-    DecisionParams, ModelHead, POLICY_FORMAT, POLICY_FORMAT_VERSION, Policy, PolicyFile,
+    DecisionParams, ModelHead, NeighbourSet, POLICY_FORMAT, POLICY_FORMAT_VERSION, Policy,
+    PolicyFile,
 };
 
 use crate::TrainError;
 use crate::embed::{EmbeddingCache, PromptFeatures, prompt_features};
+use crate::eval::baselines::{lambda_grid, single_models};
+use crate::eval::curve::{aiq, hull};
 use crate::fit::{design, length_head, quality_head, standardizer};
 use crate::simulate::{Knob, Replay};
-use crate::table::{Outcomes, Split};
+use crate::table::{Outcome, Outcomes, Split};
 
 /// What to train on and where to write.
 #[derive(Clone, Debug)]
@@ -168,8 +171,11 @@ pub fn fit_policy(
             cost_margin: 0.1,
         },
         models: heads,
+        neighbours: None,
         training: serde_json::Value::Null,
     };
+    let (neighbours, blend_report) = choose_neighbours(prepared, &file, &train_idx, &dev_idx)?;
+    file.neighbours = neighbours;
     let margins = choose_margins(prepared, &file, &dev_idx)?;
     file.decision = margins.clone();
     file.version = format!("{}-{}", data_label(o), &content_hash(&file)[..10]);
@@ -181,6 +187,7 @@ pub fn fit_policy(
         "margins_rule": "balanced: widest margin keeping dev quality within 0.01 of QUALITY mode; \
                          cost: widest within 0.05",
         "per_model": metrics,
+        "neighbour_blend_dev_aiq": blend_report,
     });
     Ok(file)
 }
@@ -193,6 +200,110 @@ fn content_hash(file: &PolicyFile) -> String {
     let bytes =
         serde_json::to_vec(&(&file.models, &file.standardize, &file.decision)).unwrap_or_default();
     hex::encode(Sha256::digest(bytes))
+}
+
+/// Neighbourhood sizes and blend weights searched on dev.
+const NEIGHBOUR_KS: [usize; 4] = [20, 40, 80, 160];
+const NEIGHBOUR_WEIGHTS: [f64; 5] = [0.0, 0.25, 0.5, 0.75, 1.0];
+
+/// Dev AIQ of a candidate policy, replayed through the serving decision over the λ grid.
+fn dev_aiq(prepared: &Prepared, file: &PolicyFile, dev: &[usize]) -> Result<f64, TrainError> {
+    let policy = Policy::new(file.clone()).map_err(|e| TrainError::Fit(e.to_string()))?;
+    let f = &prepared.features;
+    let replay = Replay::new(
+        &prepared.outcomes,
+        &policy,
+        &f.features,
+        &f.input_tokens,
+        dev.to_vec(),
+    )?;
+    let points: Vec<_> = lambda_grid()
+        .into_iter()
+        .map(|l| replay.point(Knob::CostWeight(l)))
+        .collect();
+    let singles = single_models(&prepared.outcomes, dev);
+    let lo = singles.iter().map(|(_, p)| p.cost).fold(f64::MAX, f64::min);
+    let hi = singles.iter().map(|(_, p)| p.cost).fold(f64::MIN, f64::max);
+    Ok(aiq(&hull(&points), lo, hi))
+}
+
+/// Picks the neighbourhood size and blend weight with the best dev AIQ (weight 0: head only).
+fn choose_neighbours(
+    prepared: &Prepared,
+    file: &PolicyFile,
+    train: &[usize],
+    dev: &[usize],
+) -> Result<(Option<NeighbourSet>, serde_json::Value), TrainError> {
+    if dev.is_empty() {
+        return Ok((None, serde_json::Value::Null));
+    }
+    let o = &prepared.outcomes;
+    let feats = &prepared.features.features;
+    let embeddings: Vec<&[f32]> = train
+        .iter()
+        .map(|&p| &feats[p][..file.embedding_dim])
+        .collect();
+    // One row per policy model, one value per train prompt; -1 where unknown.
+    let column = |value: fn(&Outcome) -> Option<f64>| -> Vec<Vec<f32>> {
+        let per_model = |name: &str| -> Vec<f32> {
+            let m = o.model_index(name);
+            let cell = |p: usize| m.and_then(|m| o.cells[p][m]);
+            train
+                .iter()
+                .map(|&p| cell(p).and_then(|c| value(&c)).map_or(-1.0, |v| v as f32))
+                .collect()
+        };
+        file.models
+            .iter()
+            .map(|head| per_model(&head.name))
+            .collect()
+    };
+    let quality = column(|c| Some(c.quality));
+    let output_tokens = column(|c| c.output_tokens);
+    let mut best = (None, dev_aiq(prepared, file, dev)?);
+    let mut tried = vec![serde_json::json!({"k": 0, "weight": 0.0, "aiq": best.1})];
+    for k in NEIGHBOUR_KS {
+        for weight in NEIGHBOUR_WEIGHTS.into_iter().filter(|w| *w > 0.0) {
+            let set = NeighbourSet::new(
+                k,
+                weight,
+                &embeddings,
+                quality.clone(),
+                output_tokens.clone(),
+            );
+            let mut candidate = file.clone();
+            candidate.neighbours = Some(set.clone());
+            let score = dev_aiq(prepared, &candidate, dev)?;
+            tried.push(serde_json::json!({"k": k, "weight": weight, "aiq": score}));
+            tracing::debug!(k, weight, dev_aiq = score, "neighbour blend");
+            if score > best.1 {
+                best = (Some(set), score);
+            }
+        }
+    }
+    // Then whether the neighbours' answer lengths help the cost estimate too.
+    if let Some(set) = &best.0 {
+        let mut with_length = set.clone();
+        with_length.length_weight = set.weight;
+        let mut candidate = file.clone();
+        candidate.neighbours = Some(with_length.clone());
+        let score = dev_aiq(prepared, &candidate, dev)?;
+        tried.push(serde_json::json!({"k": set.k, "weight": set.weight, "length_weight": set.weight, "aiq": score}));
+        if score > best.1 {
+            best = (Some(with_length), score);
+        }
+    }
+    match &best.0 {
+        Some(set) => tracing::info!(
+            k = set.k,
+            weight = set.weight,
+            length_weight = set.length_weight,
+            dev_aiq = best.1,
+            "neighbour blend chosen"
+        ),
+        None => tracing::info!(dev_aiq = best.1, "logistic heads alone are best on dev"),
+    }
+    Ok((best.0, serde_json::Value::Array(tried)))
 }
 
 /// Margin grid searched on dev.

@@ -5,6 +5,7 @@
 
 pub mod baselines;
 pub mod curve;
+pub mod folds;
 pub mod plot;
 mod report;
 

@@ -56,6 +56,8 @@ pub fn write_svg(
         .configure_mesh()
         .x_desc("mean cost per prompt, USD (log scale)")
         .y_desc("mean quality")
+        .x_labels(8)
+        .light_line_style(TRANSPARENT)
         .x_label_formatter(&|x| format!("{x:.1e}"))
         .draw()
         .map_err(|e| err(e.to_string()))?;
@@ -67,6 +69,10 @@ pub fn write_svg(
             .filter(|p| p.cost > 0.0)
             .map(|p| (p.cost, p.quality))
             .collect();
+        // Markers too, so a router with a single operating point still shows.
+        chart
+            .draw_series(pts.iter().map(|p| Circle::new(*p, 3, color.filled())))
+            .map_err(|e| err(e.to_string()))?;
         chart
             .draw_series(LineSeries::new(pts, color.stroke_width(2)))
             .map_err(|e| err(e.to_string()))?

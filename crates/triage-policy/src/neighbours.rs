@@ -1,0 +1,198 @@
+//! Neighbourhood evidence: how each model did on the training prompts most similar to this one.
+//!
+//! The policy file carries the training prompts' embeddings (int8, base64) and each model's
+//! quality on them. At prediction time the `k` nearest prompts by cosine similarity give a
+//! per-model mean quality that is blended with the logistic head. Nearest-neighbour estimates
+//! capture local structure a linear head misses; the blend weight is chosen on dev data.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use serde::{Deserialize, Serialize};
+
+/// Quantisation scale of stored embedding components (unit vectors: components lie in −1..1).
+const SCALE: f32 = 127.0;
+
+/// The stored neighbourhood.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NeighbourSet {
+    /// Neighbours averaged.
+    pub k: usize,
+    /// Blend weight of the neighbours' quality (0 = head only, 1 = neighbours only).
+    pub weight: f64,
+    /// Blend weight of the neighbours' answer length into the length head.
+    #[serde(default)]
+    pub length_weight: f64,
+    /// Stored prompts.
+    pub rows: usize,
+    /// `rows × embedding_dim` int8 components (value × 127), row-major, base64.
+    pub embeddings_i8: String,
+    /// `quality[model][row]` in the order of the policy's models; negative = no outcome.
+    pub quality: Vec<Vec<f32>>,
+    /// `output_tokens[model][row]`, same layout; negative = unknown.
+    pub output_tokens: Vec<Vec<f32>>,
+}
+
+impl NeighbourSet {
+    /// Builds the set from unit-length embeddings and per-model qualities.
+    pub fn new(
+        k: usize,
+        weight: f64,
+        embeddings: &[&[f32]],
+        quality: Vec<Vec<f32>>,
+        output_tokens: Vec<Vec<f32>>,
+    ) -> Self {
+        let bytes: Vec<u8> = embeddings
+            .iter()
+            .flat_map(|e| {
+                e.iter()
+                    .map(|v| (v * SCALE).round().clamp(-127.0, 127.0) as i8 as u8)
+            })
+            .collect();
+        Self {
+            k,
+            weight,
+            length_weight: 0.0,
+            rows: embeddings.len(),
+            embeddings_i8: STANDARD.encode(bytes),
+            quality,
+            output_tokens,
+        }
+    }
+
+    /// Decodes and checks the set against the policy's shape.
+    pub fn decode(&self, dim: usize, models: usize) -> Result<Neighbours, String> {
+        let bytes = STANDARD
+            .decode(&self.embeddings_i8)
+            .map_err(|e| format!("neighbours: {e}"))?;
+        if bytes.len() != self.rows * dim {
+            return Err(format!(
+                "neighbours: {} bytes for {} rows of {dim}",
+                bytes.len(),
+                self.rows
+            ));
+        }
+        for table in [&self.quality, &self.output_tokens] {
+            if table.len() != models || table.iter().any(|q| q.len() != self.rows) {
+                return Err("neighbours: quality and output_tokens need one row per model".into());
+            }
+        }
+        if self.k == 0
+            || !(0.0..=1.0).contains(&self.weight)
+            || !(0.0..=1.0).contains(&self.length_weight)
+        {
+            return Err("neighbours: k must be positive and weights within 0..1".into());
+        }
+        let embeddings = bytes.iter().map(|b| f32::from(*b as i8) / SCALE).collect();
+        Ok(Neighbours {
+            k: self.k,
+            weight: self.weight,
+            length_weight: self.length_weight,
+            dim,
+            embeddings,
+            quality: self.quality.clone(),
+            output_tokens: self.output_tokens.clone(),
+        })
+    }
+}
+
+/// A decoded neighbourhood, ready to query.
+#[derive(Clone, Debug)]
+pub struct Neighbours {
+    k: usize,
+    weight: f64,
+    length_weight: f64,
+    dim: usize,
+    embeddings: Vec<f32>,
+    quality: Vec<Vec<f32>>,
+    output_tokens: Vec<Vec<f32>>,
+}
+
+/// What the neighbourhood says about one model.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Local {
+    /// Mean quality of the neighbours with an outcome.
+    pub quality: Option<f64>,
+    /// Mean output tokens of the neighbours with a known length.
+    pub output_tokens: Option<f64>,
+}
+
+impl Neighbours {
+    /// Blend weight of quality.
+    pub fn weight(&self) -> f64 {
+        self.weight
+    }
+
+    /// Blend weight of answer length.
+    pub fn length_weight(&self) -> f64 {
+        self.length_weight
+    }
+
+    /// Mean quality and length per model over the `k` most similar stored prompts (`None` where
+    /// none of them has a value for that model).
+    pub fn estimate(&self, embedding: &[f32]) -> Vec<Local> {
+        let query = &embedding[..self.dim.min(embedding.len())];
+        let mut sims: Vec<(f32, usize)> = self
+            .embeddings
+            .chunks_exact(self.dim)
+            .enumerate()
+            .map(|(row, e)| (e.iter().zip(query).map(|(a, b)| a * b).sum::<f32>(), row))
+            .collect();
+        let k = self.k.min(sims.len());
+        if k > 0 && k < sims.len() {
+            sims.select_nth_unstable_by(k - 1, |a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+        }
+        let near = &sims[..k];
+        let mean = |values: &[f32]| {
+            let known: Vec<f64> = near
+                .iter()
+                .map(|&(_, r)| values[r])
+                .filter(|v| *v >= 0.0)
+                .map(f64::from)
+                .collect();
+            (!known.is_empty()).then(|| known.iter().sum::<f64>() / known.len() as f64)
+        };
+        self.quality
+            .iter()
+            .zip(&self.output_tokens)
+            .map(|(q, t)| Local {
+                quality: mean(q),
+                output_tokens: mean(t),
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nearest_prompts_decide_the_estimate() {
+        let a = [1.0f32, 0.0];
+        let b = [0.0f32, 1.0];
+        let c = [0.8f32, 0.6];
+        let quality = vec![vec![1.0, 0.0, 1.0], vec![0.0, 1.0, -1.0]];
+        let tokens = vec![vec![10.0, 99.0, 30.0], vec![-1.0, 5.0, -1.0]];
+        let set = NeighbourSet::new(2, 0.5, &[&a, &b, &c], quality, tokens);
+        let n = set.decode(2, 2).expect("decodes");
+        let est = n.estimate(&[0.9, 0.1]);
+        // a and c are nearest; c has no outcome for the second model.
+        assert_eq!(
+            est[0],
+            Local {
+                quality: Some(1.0),
+                output_tokens: Some(20.0)
+            }
+        );
+        assert_eq!(
+            est[1],
+            Local {
+                quality: Some(0.0),
+                output_tokens: None
+            }
+        );
+        assert!(set.decode(3, 2).is_err());
+        assert!(set.decode(2, 3).is_err());
+    }
+}

@@ -1,0 +1,95 @@
+//! `--folds K`: K prompt-disjoint train/eval repetitions, because one small test split is noisy.
+//!
+//! Fold `f` tests on the prompts whose id hashes to `f` modulo K; of the rest, ~15% (by another
+//! hash) are dev and the others train. A fresh policy is fitted per fold exactly as
+//! `triage train` fits one, then evaluated like `triage eval`.
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::TrainError;
+use crate::eval::{EvalOptions, EvalReport, evaluate};
+use crate::table::Split;
+use crate::train::{Prepared, fit_policy};
+
+/// Mean and spread of one router's metrics over the folds.
+#[derive(Clone, Debug, Serialize)]
+pub struct FoldSummary {
+    /// Router name (kNN's tuned k may differ per fold; the first fold's name is kept).
+    pub name: String,
+    /// AIQ per fold.
+    pub aiq: Vec<f64>,
+    /// Cost at parity (% of the best single model's cost) per fold; `None` where not reached.
+    pub cost_at_parity_pct: Vec<Option<f64>>,
+}
+
+fn hash_mod(id: &str, salt: &[u8], k: u64) -> u64 {
+    let h = Sha256::new()
+        .chain_update(salt)
+        .chain_update(id.as_bytes())
+        .finalize();
+    u64::from_be_bytes([h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7]]) % k
+}
+
+/// Runs `k` folds; returns each fold's report and a per-router summary.
+pub fn cross_validate(
+    prepared: &Prepared,
+    k: usize,
+) -> Result<(Vec<EvalReport>, Vec<FoldSummary>), TrainError> {
+    if k < 2 {
+        return Err(TrainError::Usage("--folds needs at least 2 folds".into()));
+    }
+    let mut reports = Vec::with_capacity(k);
+    for fold in 0..k as u64 {
+        let mut outcomes = prepared.outcomes.clone();
+        for p in &mut outcomes.prompts {
+            p.split = if hash_mod(&p.id, b"fold", k as u64) == fold {
+                Split::Test
+            } else if hash_mod(&p.id, b"dev", 100) < 15 {
+                Split::Dev
+            } else {
+                Split::Train
+            };
+        }
+        let fold_data = Prepared {
+            outcomes,
+            features: prepared.features.clone(),
+        };
+        let file = fit_policy(&fold_data, None)?;
+        let policy =
+            triage_policy::Policy::new(file).map_err(|e| TrainError::Fit(e.to_string()))?;
+        let report = evaluate(
+            &fold_data,
+            &policy,
+            &EvalOptions {
+                split: Split::Test,
+                pair: None,
+            },
+        )?;
+        tracing::info!(fold, triage_aiq = report.routers[0].aiq, "fold done");
+        reports.push(report);
+    }
+    let mut summary: Vec<FoldSummary> = Vec::new();
+    for (i, router) in reports[0].routers.iter().enumerate() {
+        summary.push(FoldSummary {
+            name: router.name.clone(),
+            aiq: reports.iter().map(|r| r.routers[i].aiq).collect(),
+            cost_at_parity_pct: reports
+                .iter()
+                .map(|r| r.routers[i].cost_at_parity_pct)
+                .collect(),
+        });
+    }
+    Ok((reports, summary))
+}
+
+/// Mean ± standard deviation, as text.
+pub fn mean_sd(values: &[f64]) -> String {
+    if values.is_empty() {
+        return "n/a".into();
+    }
+    let n = values.len() as f64;
+    let mean = values.iter().sum::<f64>() / n;
+    let sd = (values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0)).sqrt();
+    format!("{mean:.4} ± {sd:.4}")
+}
