@@ -16,8 +16,11 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --locked --workspace --all-targets -- -D warnings
+echo "== cargo build"
+# Built with the same feature set as the tests, so the `triage` binary the Python tests run
+# is not a second build of the dependency tree.
+cargo build --locked --workspace --all-targets
 echo "== cargo test"
 cargo test --locked --workspace --all-targets
 echo "== python client tests"
-cargo build --locked -p triage-cli --no-default-features
 TRIAGE_TEST_BIN="$CARGO_TARGET_DIR/debug/triage" .cache/pyvenv/bin/python -m pytest -q tests/python
