@@ -1,0 +1,57 @@
+//! Outcome tables from any source: prices from the catalog, a dev split carved when absent.
+
+use std::path::PathBuf;
+
+use triage_core::Settings;
+use triage_train::table::{Outcomes, Split};
+
+fn write(dir: &tempfile::TempDir, name: &str, text: &str) -> PathBuf {
+    let p = dir.path().join(name);
+    std::fs::write(&p, text).expect("write");
+    p
+}
+
+#[test]
+fn token_counts_are_priced_from_the_catalog_and_dev_is_carved_deterministically() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut csv = String::from("prompt_id,prompt,model,quality,input_tokens,output_tokens\n");
+    for i in 0..200 {
+        csv.push_str(&format!("p{i},question {i},gpt-4o-2024-08-06,1,1000,100\n"));
+        csv.push_str(&format!(
+            "p{i},question {i},gpt-4o-mini-2024-07-18,0,1000,200\n"
+        ));
+    }
+    let path = write(&dir, "t.csv", &csv);
+    let catalog = Settings::load(None)
+        .expect("settings")
+        .catalog()
+        .expect("catalog");
+    let a = Outcomes::load(&path, &catalog, None).expect("loads");
+    let b = Outcomes::load(&path, &catalog, None).expect("loads");
+    assert_eq!(a.models, ["gpt-4o-2024-08-06", "gpt-4o-mini-2024-07-18"]);
+    let gpt4o = a.cells[0][0].expect("outcome");
+    // 1000 × $2.50/1M + 100 × $10/1M
+    assert!((gpt4o.cost_usd - 0.0035).abs() < 1e-12);
+    let dev = a.indices(Split::Dev);
+    assert!(
+        (15..=50).contains(&dev.len()),
+        "about 15% of 200 carved: {}",
+        dev.len()
+    );
+    assert_eq!(dev, b.indices(Split::Dev));
+    assert!(a.indices(Split::Test).is_empty());
+
+    let unknown = write(
+        &dir,
+        "u.csv",
+        "prompt_id,prompt,model,quality,input_tokens,output_tokens\np,q,mystery-model,1,10,10\n",
+    );
+    let err = Outcomes::load(&unknown, &catalog, None)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(
+        err.contains("mystery-model") && err.contains("no price"),
+        "{err}"
+    );
+}
