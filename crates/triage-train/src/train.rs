@@ -206,17 +206,26 @@ fn content_hash(file: &PolicyFile) -> String {
 const NEIGHBOUR_KS: [usize; 4] = [20, 40, 80, 160];
 const NEIGHBOUR_WEIGHTS: [f64; 5] = [0.0, 0.25, 0.5, 0.75, 1.0];
 
-/// Dev AIQ of a candidate policy, replayed through the serving decision over the λ grid.
-fn dev_aiq(prepared: &Prepared, file: &PolicyFile, dev: &[usize]) -> Result<f64, TrainError> {
+/// Replays a candidate policy file over `prompts` through the serving decision rule.
+fn replay_on<'a>(
+    prepared: &'a Prepared,
+    file: &PolicyFile,
+    prompts: &[usize],
+) -> Result<Replay<'a>, TrainError> {
     let policy = Policy::new(file.clone()).map_err(|e| TrainError::Fit(e.to_string()))?;
     let f = &prepared.features;
-    let replay = Replay::new(
+    Replay::new(
         &prepared.outcomes,
         &policy,
         &f.features,
         &f.input_tokens,
-        dev.to_vec(),
-    )?;
+        prompts.to_vec(),
+    )
+}
+
+/// Dev AIQ of a candidate policy, replayed through the serving decision over the λ grid.
+fn dev_aiq(prepared: &Prepared, file: &PolicyFile, dev: &[usize]) -> Result<f64, TrainError> {
+    let replay = replay_on(prepared, file, dev)?;
     let points: Vec<_> = lambda_grid()
         .into_iter()
         .map(|l| replay.point(Knob::CostWeight(l)))
@@ -319,15 +328,7 @@ fn choose_margins(
     if dev.is_empty() {
         return Ok(file.decision.clone());
     }
-    let policy = Policy::new(file.clone()).map_err(|e| TrainError::Fit(e.to_string()))?;
-    let f = &prepared.features;
-    let mut replay = Replay::new(
-        &prepared.outcomes,
-        &policy,
-        &f.features,
-        &f.input_tokens,
-        dev.to_vec(),
-    )?;
+    let mut replay = replay_on(prepared, file, dev)?;
     let top = replay.point(Knob::Mode(Mode::Quality)).quality;
     let mut balanced = 0.0;
     let mut cost = 0.0;
