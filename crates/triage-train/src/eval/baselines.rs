@@ -11,12 +11,16 @@ pub fn lambda_grid() -> Vec<f64> {
     grid
 }
 
-/// (model, point) for every model with an outcome on every prompt of `prompts`.
+/// Share of prompts a model must have outcomes on to count as a single-model baseline.
+const MIN_COVERAGE: f64 = 0.99;
+
+/// (model, point) for every model with outcomes on at least 99% of `prompts` (tables can miss
+/// a few cells), averaged over the prompts it has.
 pub fn single_models(o: &Outcomes, prompts: &[usize]) -> Vec<(String, Point)> {
     let mut out = Vec::new();
     for (m, name) in o.models.iter().enumerate() {
         let cells: Vec<_> = prompts.iter().filter_map(|&p| o.cells[p][m]).collect();
-        if cells.len() != prompts.len() || cells.is_empty() {
+        if cells.is_empty() || (cells.len() as f64) < MIN_COVERAGE * prompts.len() as f64 {
             continue;
         }
         let n = cells.len() as f64;
