@@ -83,7 +83,7 @@ pub fn prepare(options: &TrainOptions) -> Result<Prepared, TrainError> {
 /// Trains a policy and writes it to `options.out`.
 pub fn train(options: &TrainOptions) -> Result<TrainReport, TrainError> {
     let prepared = prepare(options)?;
-    let policy = fit_policy(&prepared, Some(&options.settings))?;
+    let policy = fit_policy(&prepared)?;
     write_policy_atomically(&policy, &options.out)?;
     let o = &prepared.outcomes;
     Ok(TrainReport {
@@ -97,10 +97,7 @@ pub fn train(options: &TrainOptions) -> Result<TrainReport, TrainError> {
 }
 
 /// Fits heads on train, margins on dev.
-pub fn fit_policy(
-    prepared: &Prepared,
-    _settings: Option<&Settings>,
-) -> Result<PolicyFile, TrainError> {
+pub fn fit_policy(prepared: &Prepared) -> Result<PolicyFile, TrainError> {
     let o = &prepared.outcomes;
     let feats = &prepared.features.features;
     let train_idx = o.indices(Split::Train);
