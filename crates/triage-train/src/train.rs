@@ -14,7 +14,7 @@ use triage_policy::{
 
 use crate::TrainError;
 use crate::embed::{EmbeddingCache, PromptFeatures, prompt_features};
-use crate::eval::baselines::{lambda_grid, single_models};
+use crate::eval::baselines::{cost_range, lambda_grid, single_models};
 use crate::eval::curve::{aiq, hull};
 use crate::fit::{design, length_head, quality_head, standardizer};
 use crate::simulate::{Knob, Replay};
@@ -228,8 +228,7 @@ fn dev_aiq(prepared: &Prepared, file: &PolicyFile, dev: &[usize]) -> Result<f64,
         .map(|l| replay.point(Knob::CostWeight(l)))
         .collect();
     let singles = single_models(&prepared.outcomes, dev);
-    let lo = singles.iter().map(|(_, p)| p.cost).fold(f64::MAX, f64::min);
-    let hi = singles.iter().map(|(_, p)| p.cost).fold(f64::MIN, f64::max);
+    let (lo, hi) = cost_range(&singles);
     Ok(aiq(&hull(&points), lo, hi))
 }
 

@@ -35,6 +35,13 @@ pub fn single_models(o: &Outcomes, prompts: &[usize]) -> Vec<(String, Point)> {
     out
 }
 
+/// The cheapest and dearest single model's mean cost: the range AIQ is measured over.
+pub fn cost_range(singles: &[(String, Point)]) -> (f64, f64) {
+    let lo = singles.iter().map(|(_, p)| p.cost).fold(f64::MAX, f64::min);
+    let hi = singles.iter().map(|(_, p)| p.cost).fold(f64::MIN, f64::max);
+    (lo, hi)
+}
+
 /// Expected point of choosing uniformly at random among `singles`.
 pub fn random_mix(singles: &[(String, Point)]) -> Point {
     let n = singles.len().max(1) as f64;

@@ -20,7 +20,9 @@ use crate::TrainError;
 use crate::simulate::{Knob, Replay};
 use crate::table::Split;
 use crate::train::Prepared;
-use baselines::{knn_estimates, lambda_grid, oracle_estimates, random_mix, single_models, sweep};
+use baselines::{
+    cost_range, knn_estimates, lambda_grid, oracle_estimates, random_mix, single_models, sweep,
+};
 use curve::{Point, aiq, hull, pair_metrics};
 
 /// What to evaluate.
@@ -70,8 +72,7 @@ pub fn evaluate(
             "no policy model has an outcome on every evaluated prompt".into(),
         ));
     }
-    let lo = singles.iter().map(|(_, p)| p.cost).fold(f64::MAX, f64::min);
-    let hi = singles.iter().map(|(_, p)| p.cost).fold(f64::MIN, f64::max);
+    let (lo, hi) = cost_range(&singles);
     let lambdas = lambda_grid();
 
     let replay = Replay::new(
@@ -142,7 +143,7 @@ pub fn evaluate(
 
     let pair = match &options.pair {
         Some((strong, weak)) => Some(pair_report(
-            prepared, policy, &prompts, strong, weak, best_k, &lambdas,
+            prepared, &replay, dim, strong, weak, best_k, &lambdas,
         )?),
         None => None,
     };
@@ -176,8 +177,7 @@ fn tune_knn(
 ) -> usize {
     let o = &prepared.outcomes;
     let singles = single_models(o, dev);
-    let lo = singles.iter().map(|(_, p)| p.cost).fold(f64::MAX, f64::min);
-    let hi = singles.iter().map(|(_, p)| p.cost).fold(f64::MIN, f64::max);
+    let (lo, hi) = cost_range(&singles);
     let mut best = (KNN_KS[0], f64::MIN);
     for k in KNN_KS {
         let est = knn_estimates(o, &prepared.features.features, dim, train, dev, k);
@@ -191,14 +191,15 @@ fn tune_knn(
 
 fn pair_report(
     prepared: &Prepared,
-    policy: &Policy,
-    prompts: &[usize],
+    replay: &Replay<'_>,
+    dim: usize,
     strong: &str,
     weak: &str,
     k: usize,
     lambdas: &[f64],
 ) -> Result<report::PairReport, TrainError> {
     let o = &prepared.outcomes;
+    let prompts = replay.prompts();
     let (Some(si), Some(wi)) = (o.model_index(strong), o.model_index(weak)) else {
         return Err(TrainError::Usage(format!(
             "--pair {strong},{weak}: both models must be in the table"
@@ -208,7 +209,7 @@ fn pair_report(
     let quality_of = |m: &str| singles.iter().find(|(n, _)| n == m).map(|(_, p)| p.quality);
     let (Some(sq), Some(wq)) = (quality_of(strong), quality_of(weak)) else {
         return Err(TrainError::Data(
-            "the pair needs outcomes on every evaluated prompt".into(),
+            "both models of the pair need outcomes on at least 99% of the evaluated prompts".into(),
         ));
     };
     let share = |chosen: &[Option<usize>]| -> Point {
@@ -224,13 +225,6 @@ fn pair_report(
             quality: quality / n,
         }
     };
-    let replay = Replay::new(
-        o,
-        policy,
-        &prepared.features.features,
-        &prepared.features.input_tokens,
-        prompts.to_vec(),
-    )?;
     let allowed = vec![strong.to_owned(), weak.to_owned()];
     let triage: Vec<Point> = lambdas
         .iter()
@@ -243,7 +237,6 @@ fn pair_report(
             share(&chosen)
         })
         .collect();
-    let dim = policy.file().embedding_dim;
     let train = o.indices(Split::Train);
     let est = knn_estimates(o, &prepared.features.features, dim, &train, prompts, k);
     let knn: Vec<Point> = lambdas
