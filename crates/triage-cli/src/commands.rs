@@ -18,9 +18,16 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start tokio")
 }
 
-pub fn serve(mut settings: Settings, listen: Option<SocketAddr>) -> anyhow::Result<()> {
+pub fn serve(
+    mut settings: Settings,
+    listen: Option<SocketAddr>,
+    data_dir: Option<PathBuf>,
+) -> anyhow::Result<()> {
     if let Some(addr) = listen {
         settings.server.listen = addr;
+    }
+    if let Some(dir) = data_dir {
+        settings.log.dir = dir;
     }
     let engine = RoutingEngine::from_settings(&settings, &base_dir()?)?;
     runtime()?.block_on(async move {
@@ -33,6 +40,7 @@ pub fn serve(mut settings: Settings, listen: Option<SocketAddr>) -> anyhow::Resu
         tracing::info!(
             %addr,
             policy = engine.policy().version(),
+            log = %settings.log.dir.display(),
             models = engine.catalog().models().len(),
             "triage serving gRPC (triage.v1.Router, grpc.health.v1, reflection)"
         );
@@ -73,7 +81,7 @@ pub fn route(settings: Settings, prompt: &str, preferences: Preferences) -> anyh
         session_id: String::new(),
         metadata: Default::default(),
     };
-    let outcome = runtime()?.block_on(engine.route(&request))?;
+    let outcome = runtime()?.block_on(engine.route("cli", &request))?;
     let d = &outcome.decision;
     println!("model:    {}", d.chosen().model);
     println!("why:      {}", d.explanation);

@@ -32,6 +32,9 @@ enum Command {
         /// Listen address, e.g. 127.0.0.1:50051 (overrides server.listen).
         #[arg(long)]
         listen: Option<SocketAddr>,
+        /// Directory of the decision and feedback log (overrides log.dir).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
     },
     /// Route one prompt in-process and print the decision.
     Route {
@@ -109,7 +112,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let settings = triage_core::Settings::load(cli.config.as_deref())?;
     match cli.command {
-        Command::Serve { listen } => commands::serve(settings, listen),
+        Command::Serve { listen, data_dir } => commands::serve(settings, listen, data_dir),
         Command::Route {
             prompt,
             mode,

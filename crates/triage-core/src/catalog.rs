@@ -59,6 +59,12 @@ pub struct ModelSpec {
     pub enabled: bool,
     /// Serving speed used for latency predictions.
     pub latency: LatencyProfile,
+    /// For a model the policy has no data on: borrow this known model's predictions.
+    #[serde(default)]
+    pub prior_from: Option<String>,
+    /// Added to the borrowed quality in log-odds (e.g. -0.5: somewhat worse than `prior_from`).
+    #[serde(default)]
+    pub prior_offset: f64,
 }
 
 fn enabled_by_default() -> bool {
@@ -93,6 +99,16 @@ pub enum CatalogError {
     EmptyName {
         /// Position in the catalog.
         index: usize,
+    },
+    /// `prior_from` names no model of the catalog, or the model itself.
+    #[error(
+        "model `{model}`: prior_from = {prior_from:?} must name another model of the catalog"
+    )]
+    BadPrior {
+        /// The model.
+        model: String,
+        /// What it named.
+        prior_from: String,
     },
     /// Two entries share a name.
     #[error("model `{0}` is listed twice: model names must be unique")]
@@ -154,6 +170,19 @@ impl Catalog {
             if m.context_window == 0 {
                 return Err(bad("context_window", 0.0, "> 0"));
             }
+            if !m.prior_offset.is_finite() {
+                return Err(bad("prior_offset", m.prior_offset, "(log-odds)"));
+            }
+        }
+        for m in &models {
+            if let Some(from) = &m.prior_from
+                && (from == &m.name || !models.iter().any(|o| &o.name == from))
+            {
+                return Err(CatalogError::BadPrior {
+                    model: m.name.clone(),
+                    prior_from: from.clone(),
+                });
+            }
         }
         Ok(Self { models })
     }
@@ -186,6 +215,8 @@ mod tests {
                 first_token_ms: 100.0,
                 output_tokens_per_s: 50.0,
             },
+            prior_from: None,
+            prior_offset: 0.0,
         }
     }
 

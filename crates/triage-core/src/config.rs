@@ -74,6 +74,55 @@ pub struct EncoderSettings {
 pub struct PolicySettings {
     /// Path of the policy JSON file.
     pub path: PathBuf,
+    /// How often the server checks the file for a new policy, ms (0: never reload).
+    #[serde(default = "default_reload_ms")]
+    pub reload_interval_ms: u64,
+}
+
+fn default_reload_ms() -> u64 {
+    2000
+}
+
+/// The decision and feedback log.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSettings {
+    /// Directory of the log segments (`triage serve --data-dir` overrides it).
+    pub dir: PathBuf,
+    /// Store the prompt text with each decision (off: only the feature vector is kept).
+    pub store_prompts: bool,
+    /// Segment size before a new one is started, bytes.
+    pub segment_bytes: u64,
+    /// Records waiting for the writer before new ones are refused with RESOURCE_EXHAUSTED.
+    pub queue_capacity: usize,
+}
+
+/// Online learning between retrains.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExplorationSettings {
+    /// Share of requests routed to a random eligible model instead of the best (0 turns
+    /// exploration off; at most 0.5).
+    pub rate: f64,
+    /// A model with fewer feedback reports than this counts as unproven and is explored
+    /// `new_model_boost` times more often than the others.
+    pub confident_after: u32,
+    /// How much more often unproven models are drawn when exploring.
+    pub new_model_boost: f64,
+    /// Step size of the per-model quality correction learned from feedback (0: off).
+    pub learning_rate: f64,
+}
+
+/// Seed for [`Settings`] fields that tests and tools build by hand.
+impl Default for ExplorationSettings {
+    fn default() -> Self {
+        Self {
+            rate: 0.0,
+            confident_after: 50,
+            new_model_boost: 4.0,
+            learning_rate: 0.0,
+        }
+    }
 }
 
 /// Everything the service is configured with.
@@ -86,6 +135,10 @@ pub struct Settings {
     pub encoder: EncoderSettings,
     /// Policy.
     pub policy: PolicySettings,
+    /// Decision and feedback log.
+    pub log: LogSettings,
+    /// Exploration and online updates.
+    pub exploration: ExplorationSettings,
     /// The catalog.
     pub models: Vec<ModelSpec>,
 }
@@ -148,6 +201,7 @@ impl Settings {
             ("encoder.intra_op_threads", self.encoder.intra_op_threads),
             ("encoder.queue_capacity", self.encoder.queue_capacity),
             ("encoder.max_batch", self.encoder.max_batch),
+            ("log.queue_capacity", self.log.queue_capacity),
         ];
         for (key, value) in positive {
             if value == 0 {
@@ -164,6 +218,25 @@ impl Settings {
                     "{} is outside 8..=512 (the encoder's position embeddings stop at 512)",
                     self.encoder.max_tokens
                 ),
+            });
+        }
+        let e = &self.exploration;
+        if !(0.0..=0.5).contains(&e.rate) {
+            return Err(ConfigError::OutOfRange {
+                key: "exploration.rate",
+                problem: format!("{} is outside 0..=0.5", e.rate),
+            });
+        }
+        if !(e.new_model_boost >= 1.0 && e.new_model_boost.is_finite()) {
+            return Err(ConfigError::OutOfRange {
+                key: "exploration.new_model_boost",
+                problem: "must be a finite number of at least 1".into(),
+            });
+        }
+        if !(0.0..=1.0).contains(&e.learning_rate) {
+            return Err(ConfigError::OutOfRange {
+                key: "exploration.learning_rate",
+                problem: format!("{} is outside 0..=1", e.learning_rate),
             });
         }
         self.catalog().map(|_| ())

@@ -31,6 +31,16 @@ impl Role {
             _ => None,
         }
     }
+
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::System => "system",
+            Role::User => "user",
+            Role::Assistant => "assistant",
+            Role::Tool => "tool",
+        }
+    }
 }
 
 /// One turn of a conversation.
@@ -161,6 +171,19 @@ impl Conversation {
     /// The turns, oldest first.
     pub fn messages(&self) -> &[Message] {
         &self.messages
+    }
+
+    /// The conversation as one text: a single user turn as is, several turns as
+    /// `role: content` paragraphs (the form outcome tables keep prompts in).
+    pub fn transcript(&self) -> String {
+        match self.messages.as_slice() {
+            [only] if only.role == Role::User => only.content.clone(),
+            turns => turns
+                .iter()
+                .map(|m| format!("{}: {}", m.role.as_str(), m.content))
+                .collect::<Vec<_>>()
+                .join("\n\n"),
+        }
     }
 
     /// Index of the last non-blank user turn (exists by construction).

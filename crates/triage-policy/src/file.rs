@@ -127,7 +127,7 @@ pub enum PolicyError {
 }
 
 /// What a policy predicts for one model and one prompt.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Prediction {
     /// Probability of a good answer.
     pub quality: f64,

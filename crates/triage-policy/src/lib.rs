@@ -9,10 +9,14 @@
 //! candidate list: hard constraints first (each exclusion with its reason), then the trade-off
 //! (QUALITY, BALANCED, COST margins, or a continuous cost weight λ). Ties are broken by lower
 //! cost, then by name, so the same inputs always give the same answer.
+//!
+//! [`OnlineLearner`] adapts between retrains: priors for unseen models, bandit exploration with
+//! exact propensities, and per-model corrections learned from feedback.
 
 mod decide;
 mod file;
 mod neighbours;
+mod online;
 
 pub use decide::{Candidate, Decision, DecisionError, Exclusion, Rule, decide};
 pub use file::{
@@ -20,3 +24,4 @@ pub use file::{
     Policy, PolicyError, PolicyFile, Prediction, Standardizer,
 };
 pub use neighbours::{Local, NeighbourSet, Neighbours};
+pub use online::{Draw, OnlineLearner, apply_priors};

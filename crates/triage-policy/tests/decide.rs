@@ -19,6 +19,8 @@ fn model(name: &str, in_price: f64, out_price: f64, caps: &[Capability]) -> Mode
             first_token_ms: 100.0,
             output_tokens_per_s: 100.0,
         },
+        prior_from: None,
+        prior_offset: 0.0,
     }
 }
 

@@ -1,16 +1,21 @@
 //! Prompt → decision, with no gRPC in sight.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
+use arc_swap::ArcSwap;
+use triage_core::config::ExplorationSettings;
 use triage_core::features::{PromptStats, features};
 use triage_core::{Catalog, Conversation, EncoderInput, Preferences, Settings};
 use triage_encoder::{EncoderPool, OnnxEmbedder, OnnxOptions, PoolOptions, init_onnxruntime};
-use triage_policy::{Decision, Policy, Prediction, decide};
+use triage_policy::{
+    Decision, OnlineLearner, Policy, Prediction, apply_priors, decide,
+};
 
 use crate::error::{RouteError, StartupError};
+use crate::recent::RecentPredictions;
 
 /// A validated routing request.
 #[derive(Clone, Debug)]
@@ -38,14 +43,28 @@ pub struct RouteOutcome {
     pub encoder_us: u64,
     /// Time spent in features, prediction and decision, µs.
     pub policy_us: u64,
+    /// The feature vector the policy scored (logged so retraining needs no re-embedding).
+    pub features: Vec<f32>,
+    /// Probability with which the returned model was chosen.
+    pub propensity: f64,
+    /// Whether exploration picked the model.
+    pub explored: bool,
+    /// The policy's quality predictions before online corrections, per scored model.
+    pub base_quality: Vec<(String, f64)>,
 }
 
 /// Catalog, encoder and policy: everything a decision needs.
+///
+/// The policy sits behind an atomic pointer: [`reload_policy`](Self::reload_policy) swaps in a
+/// new one while requests in flight finish on the one they started with.
 #[derive(Clone)]
 pub struct RoutingEngine {
     catalog: Arc<Catalog>,
     encoder: EncoderPool,
-    policy: Arc<Policy>,
+    policy: Arc<ArcSwap<Policy>>,
+    policy_path: Option<PathBuf>,
+    learner: Arc<OnlineLearner>,
+    recent: Arc<RecentPredictions>,
 }
 
 impl RoutingEngine {
@@ -63,8 +82,11 @@ impl RoutingEngine {
             },
             |_| OnnxEmbedder::load(&options),
         )?;
-        let policy = Policy::load(&base.join(&settings.policy.path))?;
-        Self::new(catalog, pool, policy)
+        let path = base.join(&settings.policy.path);
+        let policy = Policy::load(&path)?;
+        let mut engine = Self::new(catalog, pool, policy, settings.exploration.clone())?;
+        engine.policy_path = Some(path);
+        Ok(engine)
     }
 
     /// Assembles an engine, checking that encoder and policy fit together.
@@ -72,42 +94,16 @@ impl RoutingEngine {
         catalog: Catalog,
         encoder: EncoderPool,
         policy: Policy,
+        exploration: ExplorationSettings,
     ) -> Result<Self, StartupError> {
-        let expected = policy.file().embedding_dim;
-        if encoder.dim() != expected {
-            return Err(StartupError::DimensionMismatch {
-                policy: expected,
-                encoder: encoder.dim(),
-            });
-        }
-        let missing: Vec<&str> = policy
-            .model_names()
-            .filter(|m| catalog.get(m).is_none())
-            .collect();
-        if !missing.is_empty() {
-            tracing::warn!(
-                models = ?missing,
-                "the policy scores models that are not in the catalog; they cannot be chosen \
-                 until added under [[models]]"
-            );
-        }
-        let unscored: Vec<&str> = catalog
-            .models()
-            .iter()
-            .map(|m| m.name.as_str())
-            .filter(|m| !policy.model_names().any(|p| p == *m))
-            .collect();
-        if !unscored.is_empty() {
-            tracing::warn!(
-                models = ?unscored,
-                "catalog models without predictions in the policy are never chosen; retrain \
-                 with `triage train` to include them"
-            );
-        }
+        check_policy(&catalog, encoder.dim(), &policy)?;
         Ok(Self {
             catalog: Arc::new(catalog),
             encoder,
-            policy: Arc::new(policy),
+            policy: Arc::new(ArcSwap::from_pointee(policy)),
+            policy_path: None,
+            learner: Arc::new(OnlineLearner::new(exploration)),
+            recent: Arc::new(RecentPredictions::new(RECENT_DECISIONS)),
         })
     }
 
@@ -116,9 +112,36 @@ impl RoutingEngine {
         &self.catalog
     }
 
-    /// The policy being served.
-    pub fn policy(&self) -> &Policy {
-        &self.policy
+    /// The policy being served now.
+    pub fn policy(&self) -> Arc<Policy> {
+        self.policy.load_full()
+    }
+
+    /// The file the policy was loaded from, if any.
+    pub fn policy_path(&self) -> Option<&Path> {
+        self.policy_path.as_deref()
+    }
+
+    /// Loads `path` and, if it is valid and fits the encoder, serves it from the next request on.
+    /// On error the current policy keeps serving.
+    pub fn reload_policy(&self, path: &Path) -> Result<String, StartupError> {
+        let policy = Policy::load(path)?;
+        check_policy(&self.catalog, self.encoder.dim(), &policy)?;
+        let version = policy.version().to_owned();
+        self.policy.store(Arc::new(policy));
+        self.learner.reset_corrections();
+        Ok(version)
+    }
+
+    /// The online learner (corrections and exploration state).
+    pub fn learner(&self) -> &OnlineLearner {
+        &self.learner
+    }
+
+    /// Learns from a stored feedback report on `request_id`.
+    pub fn observe_feedback(&self, request_id: &str, model: &str, quality: Option<f64>) {
+        let predicted = self.recent.get(request_id, model);
+        self.learner.observe(model, predicted, quality);
     }
 
     /// Requests waiting for the encoder.
@@ -126,8 +149,12 @@ impl RoutingEngine {
         self.encoder.queue_depth()
     }
 
-    /// Chooses a model.
-    pub async fn route(&self, request: &RoutingRequest) -> Result<RouteOutcome, RouteError> {
+    /// Chooses a model for the request known as `request_id`.
+    pub async fn route(
+        &self,
+        request_id: &str,
+        request: &RoutingRequest,
+    ) -> Result<RouteOutcome, RouteError> {
         let started = Instant::now();
         let input = EncoderInput::from_conversation(&request.conversation);
         let embedding = self.encoder.embed(input).await?;
@@ -135,24 +162,78 @@ impl RoutingEngine {
 
         let stats = PromptStats::new(&request.conversation, embedding.text_tokens);
         let x = features(&stats, &embedding.vector);
-        let policy = Arc::clone(&self.policy);
-        let predictions: HashMap<&str, Prediction> = policy.predict(&x)?.into_iter().collect();
-        let decision = decide(
+        let policy = self.policy.load_full();
+        let mut predictions: HashMap<&str, Prediction> = policy.predict(&x)?.into_iter().collect();
+        apply_priors(&self.catalog, &mut predictions);
+        let base_quality: Vec<(String, f64)> = predictions
+            .iter()
+            .map(|(m, p)| ((*m).to_owned(), p.quality))
+            .collect();
+        self.learner.correct(&mut predictions);
+        let mut decision = decide(
             &self.catalog,
             &predictions,
             policy.decision(),
             &request.preferences,
             stats.input_tokens,
         )?;
+        let draw = self
+            .learner
+            .explore(&mut decision, fastrand::f64(), fastrand::f64());
         let finished = Instant::now();
+        self.recent.insert(request_id, &base_quality);
         Ok(RouteOutcome {
             decision,
             policy_version: policy.version().to_owned(),
             input_tokens: stats.input_tokens,
             encoder_us: micros(encoded - started),
             policy_us: micros(finished - encoded),
+            features: x,
+            propensity: draw.propensity,
+            explored: draw.explored,
+            base_quality,
         })
     }
+}
+
+/// Decisions whose uncorrected predictions are kept for online learning from their feedback.
+const RECENT_DECISIONS: usize = 100_000;
+
+/// Checks that `policy` fits the encoder, and warns about catalog/policy mismatches.
+fn check_policy(catalog: &Catalog, encoder_dim: usize, policy: &Policy) -> Result<(), StartupError> {
+    let expected = policy.file().embedding_dim;
+    if encoder_dim != expected {
+        return Err(StartupError::DimensionMismatch {
+            policy: expected,
+            encoder: encoder_dim,
+        });
+    }
+    let missing: Vec<&str> = policy
+        .model_names()
+        .filter(|m| catalog.get(m).is_none())
+        .collect();
+    if !missing.is_empty() {
+        tracing::warn!(
+            models = ?missing,
+            "the policy scores models that are not in the catalog; they cannot be chosen \
+             until added under [[models]]"
+        );
+    }
+    let unscored: Vec<&str> = catalog
+        .models()
+        .iter()
+        .map(|m| m.name.as_str())
+        .filter(|m| !policy.model_names().any(|p| p == *m))
+        .filter(|m| catalog.get(m).is_none_or(|spec| spec.prior_from.is_none()))
+        .collect();
+    if !unscored.is_empty() {
+        tracing::warn!(
+            models = ?unscored,
+            "catalog models without predictions in the policy (and no prior_from) are never \
+             chosen; retrain with `triage train` to include them"
+        );
+    }
+    Ok(())
 }
 
 fn micros(d: std::time::Duration) -> u64 {

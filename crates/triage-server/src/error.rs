@@ -3,9 +3,10 @@
 use tonic::{Code, Status};
 use triage_core::InvalidRequest;
 use triage_encoder::{EncodeError, EncoderError};
+use triage_log::LogError;
 use triage_policy::{DecisionError, PolicyError};
 
-/// Why a `Route` call failed.
+/// Why a `Route` or `Feedback` call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum RouteError {
     /// The request is malformed; the message names the field and the fix.
@@ -20,6 +21,9 @@ pub enum RouteError {
     /// The loaded policy cannot score this request (encoder/policy mismatch).
     #[error("policy error: {0}")]
     Policy(#[from] PolicyError),
+    /// The decision and feedback log refused or failed.
+    #[error(transparent)]
+    Log(#[from] LogError),
 }
 
 impl From<RouteError> for Status {
@@ -41,6 +45,14 @@ impl From<RouteError> for Status {
                 PolicyError::Io { .. }
                 | PolicyError::Parse { .. }
                 | PolicyError::Invalid { .. } => Code::Internal,
+            },
+            RouteError::Log(e) => match e {
+                LogError::UnknownRequest(_) => Code::NotFound,
+                LogError::ConflictingFeedback(_) => Code::AlreadyExists,
+                LogError::InvalidRecord(_) => Code::InvalidArgument,
+                LogError::Full => Code::ResourceExhausted,
+                LogError::WriterStopped(_) => Code::Unavailable,
+                LogError::Io { .. } => Code::Internal,
             },
         };
         if code == Code::Internal {
@@ -70,6 +82,9 @@ pub enum StartupError {
         /// From the encoder.
         encoder: usize,
     },
+    /// The decision and feedback log could not be opened.
+    #[error(transparent)]
+    Log(#[from] LogError),
     /// Binding or serving failed.
     #[error("transport: {0}")]
     Transport(String),

@@ -8,11 +8,17 @@
 //!   conversion.
 //! - [`RoutingEngine`] does the work, independent of gRPC (the CLI's `triage route` calls it
 //!   in-process): prompt → encoder pool (off the async runtime, bounded) → features → policy →
-//!   decision.
+//!   decision, then exploration and online corrections (`triage_policy::OnlineLearner`).
+//! - Every decision and feedback report goes to the durable log (`triage_log`); feedback is
+//!   acknowledged once it is on disk.
+//! - `reload` watches the policy file and swaps a new policy in without a restart; a file that
+//!   fails to load is logged and the old policy keeps serving.
 
 mod convert;
 mod engine;
 mod error;
+mod recent;
+mod reload;
 mod serve;
 mod service;
 

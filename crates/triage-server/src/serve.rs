@@ -2,26 +2,54 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tonic::transport::server::TcpIncoming;
 use triage_core::Settings;
+use triage_log::{FileEventLog, LogOptions};
 use triage_proto::v1::router_server::RouterServer;
 
 use crate::engine::RoutingEngine;
 use crate::error::StartupError;
 use crate::service::RouterService;
 
-/// Serves on `listener` until `shutdown` resolves, then drains in-flight calls.
+/// Serves on `listener` until `shutdown` resolves, then drains in-flight calls and flushes the
+/// decision and feedback log (opened in `settings.log.dir`).
 pub async fn serve(
     engine: RoutingEngine,
     settings: &Settings,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartupError> {
+    let log_settings = settings.log.clone();
+    let log = tokio::task::spawn_blocking(move || {
+        FileEventLog::open(&LogOptions {
+            dir: log_settings.dir,
+            segment_bytes: log_settings.segment_bytes,
+            queue_capacity: log_settings.queue_capacity,
+        })
+    })
+    .await
+    .map_err(|e| StartupError::Transport(e.to_string()))??;
+    let watcher = match (engine.policy_path(), settings.policy.reload_interval_ms) {
+        (Some(path), ms) if ms > 0 => Some(crate::reload::watch_policy(
+            engine.clone(),
+            path.to_path_buf(),
+            Duration::from_millis(ms),
+        )),
+        _ => None,
+    };
     let max = settings.server.max_message_bytes;
-    let router = RouterServer::new(RouterService::new(engine, settings.server.limits()))
+    let service = RouterService::new(
+        engine,
+        settings.server.limits(),
+        Arc::new(log),
+        settings.log.store_prompts,
+    );
+    let router = RouterServer::new(service)
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
 
@@ -40,7 +68,7 @@ pub async fn serve(
         .build_v1alpha()
         .map_err(transport)?;
 
-    tonic::transport::Server::builder()
+    let served = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -51,7 +79,12 @@ pub async fn serve(
             shutdown,
         )
         .await
-        .map_err(|e| StartupError::Transport(e.to_string()))
+        .map_err(|e| StartupError::Transport(e.to_string()));
+    if let Some(watcher) = watcher {
+        watcher.abort();
+    }
+    // The router (and with it the log) is dropped by now: queued records are flushed.
+    served
 }
 
 /// A server running on a background task (tests, embedding in other programs).

@@ -1,9 +1,11 @@
 //! The `triage.v1.Router` RPC handlers: convert, delegate, convert back.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use tonic::{Request, Response, Status};
 use triage_core::request::RequestLimits;
+use triage_log::{EventStore, FeedbackAck};
 use triage_proto::v1;
 use triage_proto::v1::router_server::Router;
 
@@ -16,12 +18,25 @@ use crate::error::RouteError;
 pub struct RouterService {
     engine: RoutingEngine,
     limits: RequestLimits,
+    log: Arc<dyn EventStore>,
+    store_prompts: bool,
 }
 
 impl RouterService {
-    /// A service over `engine`, enforcing `limits` on every request.
-    pub fn new(engine: RoutingEngine, limits: RequestLimits) -> Self {
-        Self { engine, limits }
+    /// A service over `engine`, enforcing `limits` on every request and recording decisions and
+    /// feedback in `log` (prompt text too when `store_prompts`).
+    pub fn new(
+        engine: RoutingEngine,
+        limits: RequestLimits,
+        log: Arc<dyn EventStore>,
+        store_prompts: bool,
+    ) -> Self {
+        Self {
+            engine,
+            limits,
+            log,
+            store_prompts,
+        }
     }
 }
 
@@ -36,7 +51,14 @@ impl Router for RouterService {
         let routing =
             convert::routing_request(request.into_inner(), self.engine.catalog(), self.limits)
                 .map_err(RouteError::from)?;
-        let outcome = self.engine.route(&routing).await?;
+        let outcome = self.engine.route(&request_id, &routing).await?;
+        self.log.record_decision(convert::decision_record(
+            &request_id,
+            &routing,
+            &outcome,
+            self.store_prompts,
+        ))
+        .map_err(RouteError::from)?;
         let total_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
         tracing::debug!(
             %request_id,
@@ -83,10 +105,20 @@ impl Router for RouterService {
 
     async fn feedback(
         &self,
-        _request: Request<v1::FeedbackRequest>,
+        request: Request<v1::FeedbackRequest>,
     ) -> Result<Response<v1::FeedbackResponse>, Status> {
-        Err(Status::unimplemented(
-            "Feedback is declared but not stored yet; durable feedback logging is a planned release",
-        ))
+        let record = convert::feedback_record(request.into_inner()).map_err(RouteError::from)?;
+        let (request_id, model, quality) =
+            (record.request_id.clone(), record.model.clone(), record.quality);
+        let ack = self.log.record_feedback(record).map_err(RouteError::from)?;
+        self.log
+            .wait_durable(ack.ticket())
+            .await
+            .map_err(RouteError::from)?;
+        let duplicate = matches!(ack, FeedbackAck::Duplicate(_));
+        if !duplicate {
+            self.engine.observe_feedback(&request_id, &model, quality);
+        }
+        Ok(Response::new(v1::FeedbackResponse { duplicate }))
     }
 }

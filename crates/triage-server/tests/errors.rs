@@ -168,8 +168,9 @@ async fn list_models_feedback_health_and_reflection() {
     let status = client
         .feedback(FeedbackRequest::default())
         .await
-        .expect_err("not yet");
-    assert_eq!(status.code(), Code::Unimplemented);
+        .expect_err("empty report");
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(status.message().contains("request_id"), "{status:?}");
 
     let channel = tonic::transport::Channel::from_shared(format!("http://{}", server.addr))
         .expect("uri")

@@ -72,6 +72,8 @@ pub fn replay_catalog(outcomes: &Outcomes, policy: &Policy) -> Result<Catalog, T
                 first_token_ms: 0.0,
                 output_tokens_per_s: 1.0,
             },
+            prior_from: None,
+            prior_offset: 0.0,
         });
     }
     Catalog::new(specs).map_err(|e| {

@@ -14,8 +14,16 @@ pub fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
+/// Default settings, with the decision log in a fresh temporary directory (kept after the test,
+/// like any server's data, so a failure can be inspected).
 pub fn settings() -> Settings {
-    Settings::load(None).expect("default settings")
+    let mut s = Settings::load(None).expect("default settings");
+    s.log.dir = tempfile::Builder::new()
+        .prefix("triage-test-log-")
+        .tempdir()
+        .expect("tempdir")
+        .keep();
+    s
 }
 
 pub async fn start_with(settings: Settings) -> (ServerHandle, RouterClient<Channel>) {

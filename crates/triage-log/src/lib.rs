@@ -1,0 +1,71 @@
+//! The durable record of what Triage decided and how it went.
+//!
+//! Every `Route` decision and every `Feedback` report becomes one [`LogRecord`]. Records go
+//! through the [`EventStore`] trait so that a shared engine can replace the embedded default,
+//! [`FileEventLog`]:
+//!
+//! - **Segments.** Records are appended to numbered segment files, each record framed as
+//!   `length (u32 LE) · CRC-32 (u32 LE) · JSON payload`. A segment is sealed when it passes its
+//!   size limit and a new one is started; sealed segments never change, so readers (training,
+//!   compaction) can read them while the server writes.
+//! - **Group commit.** One writer thread drains everything queued since its last flush, writes it
+//!   and calls `fsync` once for the whole group. Each record gets a sequence number; a caller is
+//!   acknowledged when the durable sequence reaches its own. Under load many feedback reports share
+//!   one `fsync`, so throughput scales with batch size rather than disk latency.
+//! - **Recovery.** On open every segment is scanned; a torn or corrupt tail (a crash mid-write)
+//!   fails its length or checksum, is reported, and is cut off so later appends follow valid data.
+//! - **Index.** The open log keeps, in memory, which request ids were decided (feedback for an
+//!   unknown id is refused) and which feedback ids were stored (a retried report is acknowledged
+//!   without being stored twice). The index is rebuilt from the segments on open.
+//!
+//! Decisions are queued without waiting for `fsync` (routing latency matters, and a decision
+//! without feedback teaches nothing); feedback is acknowledged only once durable. Because one
+//! writer appends in queue order, a durable feedback implies its decision is durable too.
+
+mod record;
+mod segment;
+mod store;
+mod writer;
+
+pub use record::{
+    DecisionRecord, ErrorKind, FeedbackRecord, LogRecord, LoggedCandidate, decode_features,
+    encode_features,
+};
+pub use segment::{SegmentReport, read_log};
+pub use store::{
+    Durability, EventStore, FeedbackAck, FileEventLog, LogOptions, Ticket, segment_file,
+};
+
+/// What can go wrong with the log.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    /// The directory or a segment could not be read or written.
+    #[error("event log {path}: {message}")]
+    Io {
+        /// File or directory.
+        path: String,
+        /// What failed.
+        message: String,
+    },
+    /// The writer stopped after a failure; nothing more is durable.
+    #[error("event log writer stopped: {0}")]
+    WriterStopped(String),
+    /// Feedback names a request this log never decided.
+    #[error(
+        "unknown request_id {0:?}: send the request_id returned by Route (decisions are kept in \
+         the log directory; a server started on another --data-dir does not know it)"
+    )]
+    UnknownRequest(String),
+    /// The same feedback_id was already used for a different report.
+    #[error(
+        "feedback_id {0:?} was already used for a different report; use a new feedback_id for \
+         each report and resend the same one only to retry"
+    )]
+    ConflictingFeedback(String),
+    /// The writer is behind by more records than the queue holds: shed load.
+    #[error("event log queue is full; retry with backoff")]
+    Full,
+    /// The record is not acceptable (message says why).
+    #[error("{0}")]
+    InvalidRecord(String),
+}

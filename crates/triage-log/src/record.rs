@@ -1,0 +1,149 @@
+//! What the log stores: decisions and feedback reports.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use serde::{Deserialize, Serialize};
+
+/// One entry of the log.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum LogRecord {
+    /// A `Route` decision.
+    Decision(DecisionRecord),
+    /// A `Feedback` report.
+    Feedback(FeedbackRecord),
+}
+
+/// A scored candidate as the deciding policy saw it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LoggedCandidate {
+    /// Catalog model.
+    pub model: String,
+    /// Predicted good-answer probability.
+    pub predicted_quality: f64,
+    /// Predicted cost of this request, USD.
+    pub predicted_cost_usd: f64,
+    /// Whether the request's constraints allowed it.
+    pub eligible: bool,
+}
+
+/// One routing decision.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DecisionRecord {
+    /// Returned to the caller; feedback refers to it.
+    pub request_id: String,
+    /// Milliseconds since the Unix epoch.
+    pub time_ms: u64,
+    /// Policy that decided.
+    pub policy_version: String,
+    /// Feature vector (`triage_core::features`), f32 little-endian, base64: retraining needs no
+    /// re-embedding.
+    pub features: String,
+    /// Estimated input tokens.
+    pub input_tokens: u32,
+    /// The trade-off asked for: `quality`, `balanced`, `cost` or `lambda`.
+    pub knob: String,
+    /// λ when `knob` is `lambda`.
+    pub cost_weight: Option<f64>,
+    /// Every candidate, eligible or not.
+    pub candidates: Vec<LoggedCandidate>,
+    /// The model returned.
+    pub chosen: String,
+    /// Probability with which `chosen` was picked (1 for a greedy decision; less when the bandit
+    /// explored), for inverse-propensity estimates.
+    pub propensity: f64,
+    /// Whether this decision was an exploration.
+    pub explored: bool,
+    /// Caller's session id.
+    pub session_id: String,
+    /// Prompt text, only when `log.store_prompts` is on.
+    pub prompt: Option<String>,
+}
+
+/// How the upstream call failed, if it did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// The model answered.
+    None,
+    /// HTTP 429 or equivalent.
+    RateLimited,
+    /// The provider was down.
+    Unavailable,
+    /// No answer in time.
+    Timeout,
+    /// Anything else.
+    Other,
+}
+
+/// One feedback report.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FeedbackRecord {
+    /// The decision it reports on.
+    pub request_id: String,
+    /// Caller's idempotency key.
+    pub feedback_id: String,
+    /// Milliseconds since the Unix epoch (server clock at receipt).
+    pub time_ms: u64,
+    /// Model actually used (the chosen one or a fallback).
+    pub model: String,
+    /// 0..1, when judged.
+    pub quality: Option<f64>,
+    /// Tokens sent.
+    pub input_tokens: u32,
+    /// Tokens received.
+    pub output_tokens: u32,
+    /// Realised cost, USD.
+    pub cost_usd: f64,
+    /// End-to-end latency.
+    pub latency_ms: u32,
+    /// Upstream failure.
+    pub error: ErrorKind,
+}
+
+impl FeedbackRecord {
+    /// The report without its receipt time: two sends of the same report compare equal.
+    pub(crate) fn same_report(&self, other: &FeedbackRecord) -> bool {
+        let strip = |f: &FeedbackRecord| FeedbackRecord {
+            time_ms: 0,
+            ..f.clone()
+        };
+        strip(self) == strip(other)
+    }
+}
+
+/// Packs a feature vector for [`DecisionRecord::features`].
+pub fn encode_features(features: &[f32]) -> String {
+    let bytes: Vec<u8> = features.iter().flat_map(|v| v.to_le_bytes()).collect();
+    STANDARD.encode(bytes)
+}
+
+/// Unpacks [`DecisionRecord::features`].
+pub fn decode_features(packed: &str) -> Result<Vec<f32>, String> {
+    let bytes = STANDARD
+        .decode(packed)
+        .map_err(|e| format!("features: {e}"))?;
+    if bytes.len() % 4 != 0 {
+        return Err(format!(
+            "features: {} bytes is not a whole number of f32",
+            bytes.len()
+        ));
+    }
+    Ok(bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn features_round_trip_exactly() {
+        let x = [0.0f32, -1.5, 3.25e-7, f32::MAX];
+        assert_eq!(decode_features(&encode_features(&x)), Ok(x.to_vec()));
+        assert!(decode_features("AAA=").is_err());
+        assert!(decode_features("not base64!").is_err());
+    }
+}

@@ -1,0 +1,298 @@
+//! The [`EventStore`] trait and its embedded file implementation.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+
+use crossbeam_channel::{Sender, TrySendError};
+use tokio::sync::watch;
+
+use crate::LogError;
+use crate::record::{DecisionRecord, FeedbackRecord, LogRecord};
+use crate::segment::{frame, io_error, scan_segment, segment_path, segment_paths};
+use crate::writer::{Durable, Pending, SegmentWriter, spawn};
+
+/// Position of a record in the log; await it with [`EventStore::wait_durable`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Ticket(u64);
+
+/// How a feedback report was taken.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FeedbackAck {
+    /// New: stored at this position.
+    Stored(Ticket),
+    /// A retry of a report already taken (at this position); not stored again.
+    Duplicate(Ticket),
+}
+
+impl FeedbackAck {
+    /// Where the report (first copy) lies.
+    pub fn ticket(self) -> Ticket {
+        match self {
+            FeedbackAck::Stored(t) | FeedbackAck::Duplicate(t) => t,
+        }
+    }
+}
+
+/// A future resolving when a record is durable.
+pub type Durability<'a> = Pin<Box<dyn Future<Output = Result<(), LogError>> + Send + 'a>>;
+
+/// Where decisions and feedback go. Implementations must make a feedback durable before
+/// [`wait_durable`](EventStore::wait_durable) resolves for its ticket.
+pub trait EventStore: Send + Sync {
+    /// Queues a decision.
+    fn record_decision(&self, decision: DecisionRecord) -> Result<Ticket, LogError>;
+    /// Checks a report against the decisions and earlier reports, then queues it.
+    fn record_feedback(&self, feedback: FeedbackRecord) -> Result<FeedbackAck, LogError>;
+    /// Resolves once everything up to `ticket` is durable.
+    fn wait_durable(&self, ticket: Ticket) -> Durability<'_>;
+    /// Decisions and distinct feedback reports held.
+    fn counts(&self) -> (usize, usize);
+}
+
+/// Settings of [`FileEventLog`].
+#[derive(Clone, Debug)]
+pub struct LogOptions {
+    /// Directory of the segment files (created when missing).
+    pub dir: PathBuf,
+    /// A segment is sealed once it would pass this size.
+    pub segment_bytes: u64,
+    /// Records waiting for the writer before new ones are refused.
+    pub queue_capacity: usize,
+}
+
+/// What the index remembers of a decision: the models feedback may name.
+struct DecidedRequest {
+    candidates: Vec<Arc<str>>,
+}
+
+struct Index {
+    /// Sequence numbers start at 1, so "durable up to 0" means nothing is.
+    next_seq: u64,
+    decisions: HashMap<String, DecidedRequest>,
+    feedback: HashMap<String, (FeedbackRecord, Ticket)>,
+    model_names: HashMap<String, Arc<str>>,
+}
+
+impl Default for Index {
+    fn default() -> Self {
+        Self {
+            next_seq: 1,
+            decisions: HashMap::new(),
+            feedback: HashMap::new(),
+            model_names: HashMap::new(),
+        }
+    }
+}
+
+impl Index {
+    fn intern(&mut self, model: &str) -> Arc<str> {
+        if let Some(name) = self.model_names.get(model) {
+            return Arc::clone(name);
+        }
+        let name: Arc<str> = Arc::from(model);
+        self.model_names.insert(model.to_owned(), Arc::clone(&name));
+        name
+    }
+
+    fn add(&mut self, record: &LogRecord, ticket: Ticket) {
+        match record {
+            LogRecord::Decision(d) => {
+                let candidates = d.candidates.iter().map(|c| self.intern(&c.model)).collect();
+                self.decisions
+                    .insert(d.request_id.clone(), DecidedRequest { candidates });
+            }
+            LogRecord::Feedback(f) => {
+                self.feedback
+                    .entry(f.feedback_id.clone())
+                    .or_insert_with(|| (f.clone(), ticket));
+            }
+        }
+    }
+}
+
+/// The embedded store: checksummed segments in a local directory (see the crate docs).
+pub struct FileEventLog {
+    dir: PathBuf,
+    index: Mutex<Index>,
+    queue: Option<Sender<Pending>>,
+    durable: watch::Receiver<Durable>,
+    writer: Option<JoinHandle<()>>,
+}
+
+impl FileEventLog {
+    /// Opens (or creates) the log in `options.dir`, recovering from a torn tail, and starts the
+    /// writer.
+    pub fn open(options: &LogOptions) -> Result<Self, LogError> {
+        let dir = options.dir.clone();
+        std::fs::create_dir_all(&dir).map_err(|e| io_error(&dir, e))?;
+        let mut index = Index::default();
+        let segments = segment_paths(&dir)?;
+        let mut tail = (1, 0);
+        for (i, (number, path)) in segments.iter().enumerate() {
+            let scanned = scan_segment(path)?;
+            for record in &scanned.records {
+                let ticket = Ticket(index.next_seq);
+                index.next_seq += 1;
+                index.add(record, ticket);
+            }
+            if scanned.valid_bytes < scanned.file_bytes {
+                let lost = scanned.file_bytes - scanned.valid_bytes;
+                tracing::warn!(
+                    segment = %path.display(),
+                    bytes = lost,
+                    "torn or corrupt tail skipped (an interrupted write; nothing acknowledged is in it)"
+                );
+                if i + 1 == segments.len() {
+                    cut_tail(path, scanned.valid_bytes)?;
+                }
+            }
+            tail = (*number, scanned.valid_bytes);
+        }
+        // Never append after a sealed segment's damaged tail: a damaged last segment is cut
+        // above; any other keeps its bytes and writing continues in a fresh segment.
+        let (number, bytes) = if segments.is_empty() { (1, 0) } else { tail };
+        tracing::info!(
+            dir = %dir.display(),
+            segments = segments.len(),
+            decisions = index.decisions.len(),
+            feedback = index.feedback.len(),
+            "event log opened"
+        );
+        let writer = SegmentWriter::open(dir.clone(), number, bytes, options.segment_bytes)?;
+        let (queue, receiver) = crossbeam_channel::bounded(options.queue_capacity.max(1));
+        let start = Durable::UpTo(index.next_seq - 1);
+        let (durable_tx, durable) = watch::channel(start);
+        let writer = spawn(writer, receiver, durable_tx)?;
+        Ok(Self {
+            dir,
+            index: Mutex::new(index),
+            queue: Some(queue),
+            durable,
+            writer: Some(writer),
+        })
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Assigns the next sequence number and queues `record` under the index lock, so queue order
+    /// is sequence order.
+    fn enqueue(&self, index: &mut Index, record: &LogRecord) -> Result<Ticket, LogError> {
+        let payload =
+            serde_json::to_vec(record).map_err(|e| LogError::InvalidRecord(e.to_string()))?;
+        let mut framed = Vec::with_capacity(payload.len() + 8);
+        frame(&payload, &mut framed);
+        let seq = index.next_seq;
+        let queue = self
+            .queue
+            .as_ref()
+            .ok_or_else(|| LogError::WriterStopped("the log is closed".into()))?;
+        queue.try_send(Pending { seq, framed }).map_err(|e| match e {
+            TrySendError::Full(_) => LogError::Full,
+            TrySendError::Disconnected(_) => LogError::WriterStopped(self.failure()),
+        })?;
+        index.next_seq += 1;
+        let ticket = Ticket(seq);
+        index.add(record, ticket);
+        Ok(ticket)
+    }
+
+    fn failure(&self) -> String {
+        match &*self.durable.borrow() {
+            Durable::Failed(message) => message.clone(),
+            Durable::UpTo(_) => "the writer has ended".into(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Index> {
+        self.index.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+fn cut_tail(path: &Path, valid: u64) -> Result<(), LogError> {
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(|e| io_error(path, e))?;
+    file.set_len(valid)
+        .and_then(|()| file.sync_all())
+        .map_err(|e| io_error(path, e))
+}
+
+impl EventStore for FileEventLog {
+    fn record_decision(&self, decision: DecisionRecord) -> Result<Ticket, LogError> {
+        let mut index = self.lock();
+        self.enqueue(&mut index, &LogRecord::Decision(decision))
+    }
+
+    fn record_feedback(&self, feedback: FeedbackRecord) -> Result<FeedbackAck, LogError> {
+        let mut index = self.lock();
+        if let Some((earlier, ticket)) = index.feedback.get(&feedback.feedback_id) {
+            return if earlier.same_report(&feedback) {
+                Ok(FeedbackAck::Duplicate(*ticket))
+            } else {
+                Err(LogError::ConflictingFeedback(feedback.feedback_id))
+            };
+        }
+        let decided = index
+            .decisions
+            .get(&feedback.request_id)
+            .ok_or_else(|| LogError::UnknownRequest(feedback.request_id.clone()))?;
+        if !decided.candidates.iter().any(|m| **m == *feedback.model) {
+            let names: Vec<&str> = decided.candidates.iter().map(|m| &**m).collect();
+            return Err(LogError::InvalidRecord(format!(
+                "model {:?} was not a candidate of request {}; name the model actually used, one \
+                 of {}",
+                feedback.model,
+                feedback.request_id,
+                names.join(", ")
+            )));
+        }
+        self.enqueue(&mut index, &LogRecord::Feedback(feedback))
+            .map(FeedbackAck::Stored)
+    }
+
+    fn wait_durable(&self, ticket: Ticket) -> Durability<'_> {
+        let mut durable = self.durable.clone();
+        Box::pin(async move {
+            let reached = durable
+                .wait_for(|d| match d {
+                    Durable::UpTo(seq) => *seq >= ticket.0,
+                    Durable::Failed(_) => true,
+                })
+                .await
+                .map_err(|_| LogError::WriterStopped("the writer has ended".into()))?
+                .clone();
+            match reached {
+                Durable::UpTo(_) => Ok(()),
+                Durable::Failed(message) => Err(LogError::WriterStopped(message)),
+            }
+        })
+    }
+
+    fn counts(&self) -> (usize, usize) {
+        let index = self.lock();
+        (index.decisions.len(), index.feedback.len())
+    }
+}
+
+impl Drop for FileEventLog {
+    /// Closes the queue and waits for the writer to flush what was queued.
+    fn drop(&mut self) {
+        self.queue.take();
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+    }
+}
+
+/// The path segment `number` has in `dir` (for tools and tests).
+pub fn segment_file(dir: &Path, number: u64) -> PathBuf {
+    segment_path(dir, number)
+}
