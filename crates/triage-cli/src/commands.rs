@@ -136,36 +136,107 @@ pub fn models(settings: &Settings) -> anyhow::Result<()> {
 }
 
 #[cfg(feature = "train")]
+pub use crate::simulate::SimulateArgs;
+
+#[cfg(feature = "train")]
+pub fn simulate(settings: Settings, args: SimulateArgs) -> anyhow::Result<()> {
+    crate::simulate::run(settings, args, base_dir()?)
+}
+
+#[cfg(feature = "train")]
+pub struct TrainSources {
+    pub data: Option<PathBuf>,
+    pub from_log: Option<PathBuf>,
+    pub force: bool,
+}
+
+/// `triage train --from-log DIR --dry-run`: distinct decisions, reports and outcomes.
+#[cfg(feature = "train")]
+pub fn log_counts(dir: Option<&std::path::Path>, json: bool) -> anyhow::Result<()> {
+    let dir = dir.context("--dry-run needs --from-log DIR")?;
+    let counts = triage_train::logdata::LoggedData::read(dir)?.counts;
+    if json {
+        println!("{}", serde_json::to_string(&counts)?);
+    } else {
+        println!(
+            "{}: {} decisions, {} feedback reports, {} outcomes (distinct, joined)",
+            dir.display(),
+            counts.decisions,
+            counts.feedback,
+            counts.outcomes
+        );
+    }
+    Ok(())
+}
+
+#[cfg(feature = "train")]
 pub fn train(
     settings: Settings,
-    data: PathBuf,
+    sources: TrainSources,
     models: Option<Vec<String>>,
     out: PathBuf,
     cache_dir: PathBuf,
+    json: bool,
 ) -> anyhow::Result<()> {
     let options = triage_train::TrainOptions {
-        data,
+        data: sources.data,
+        from_log: sources.from_log,
+        force: sources.force,
         models,
         out: out.clone(),
         settings,
         base: base_dir()?,
         cache_dir,
-        progress: true,
+        progress: !json,
     };
     let report = triage_train::train(&options)?;
     let p = &report.policy;
-    println!("wrote {} (version {})", out.display(), p.version);
-    println!(
-        "prompts: {} train, {} dev, {} test; models: {}",
-        report.prompts.0,
-        report.prompts.1,
-        report.prompts.2,
-        p.models.len()
-    );
-    println!(
-        "margins chosen on dev: balanced {:.3}, cost {:.3}",
-        p.decision.balanced_margin, p.decision.cost_margin
-    );
+    let v = &report.verdict;
+    if json {
+        let summary = serde_json::json!({
+            "version": p.version,
+            "out": out,
+            "written": v.promote,
+            "gate": v,
+            "prompts": {"train": report.prompts.0, "dev": report.prompts.1, "test": report.prompts.2},
+            "models": p.models.len(),
+            "log": report.log_counts,
+        });
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        println!(
+            "prompts: {} train, {} dev, {} test; models: {}",
+            report.prompts.0,
+            report.prompts.1,
+            report.prompts.2,
+            p.models.len()
+        );
+        println!(
+            "margins: balanced {:.3}, cost {:.3}",
+            p.decision.balanced_margin, p.decision.cost_margin
+        );
+        if let Some(c) = report.log_counts {
+            println!(
+                "log: {} decisions, {} feedback reports, {} outcomes",
+                c.decisions, c.feedback, c.outcomes
+            );
+        }
+        println!("gate ({}): {}", v.evidence, v.reason);
+        if v.promote {
+            println!("wrote {} (version {})", out.display(), p.version);
+        } else {
+            println!(
+                "kept the current {}; candidate {} written to {} (--force promotes it)",
+                out.display(),
+                p.version,
+                triage_train::candidate_path(&out).display()
+            );
+        }
+    }
+    if !v.promote {
+        // Scripts learn from the exit status that nothing was replaced.
+        std::process::exit(3);
+    }
     Ok(())
 }
 
@@ -191,7 +262,9 @@ pub fn eval(
     let split = triage_train::table::Split::from_arg(split)?;
     let policy = triage_policy::Policy::load(&policy_path)?;
     let options = triage_train::TrainOptions {
-        data,
+        data: Some(data),
+        from_log: None,
+        force: false,
         models: Some(policy.model_names().map(str::to_owned).collect()),
         out: PathBuf::new(),
         settings,

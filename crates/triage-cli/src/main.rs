@@ -1,6 +1,8 @@
 //! `triage`: the command-line entry point (server, one-off routing, catalog, training).
 
 mod commands;
+#[cfg(feature = "train")]
+mod simulate;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -52,12 +54,24 @@ enum Command {
     },
     /// Print the model catalog.
     Models,
-    /// Train a policy from an outcome table.
+    /// Train a policy from an outcome table, from the server's log, or both.
     #[cfg(feature = "train")]
     Train {
         /// Outcome table (.parquet, .csv or .jsonl).
+        #[arg(long, required_unless_present = "from_log")]
+        data: Option<PathBuf>,
+        /// Learn from the server's decision and feedback log (its --data-dir).
         #[arg(long)]
-        data: PathBuf,
+        from_log: Option<PathBuf>,
+        /// Only count what the log holds; train nothing.
+        #[arg(long, requires = "from_log")]
+        dry_run: bool,
+        /// Print the result as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+        /// Replace the policy at --out even if the promotion gate says the new one is worse.
+        #[arg(long)]
+        force: bool,
         /// Only these models (comma-separated).
         #[arg(long, value_delimiter = ',')]
         models: Option<Vec<String>>,
@@ -68,6 +82,10 @@ enum Command {
         #[arg(long, default_value = ".cache/embeddings")]
         cache_dir: PathBuf,
     },
+    /// Replay an outcome table as live traffic (route, feedback, retrain from the log) against a
+    /// real server and report how the policy learns.
+    #[cfg(feature = "train")]
+    Simulate(Box<commands::SimulateArgs>),
     /// Evaluate a policy against baselines on one split of an outcome table.
     #[cfg(feature = "train")]
     Eval {
@@ -136,10 +154,26 @@ fn main() -> anyhow::Result<()> {
         #[cfg(feature = "train")]
         Command::Train {
             data,
+            from_log,
+            dry_run,
+            json,
+            force,
             models,
             out,
             cache_dir,
-        } => commands::train(settings, data, models, out, cache_dir),
+        } => {
+            if dry_run {
+                return commands::log_counts(from_log.as_deref(), json);
+            }
+            let sources = commands::TrainSources {
+                data,
+                from_log,
+                force,
+            };
+            commands::train(settings, sources, models, out, cache_dir, json)
+        }
+        #[cfg(feature = "train")]
+        Command::Simulate(args) => commands::simulate(settings, *args),
         #[cfg(feature = "train")]
         Command::Eval {
             data,

@@ -151,12 +151,28 @@ pub fn quality_head(
     }
     let mut best =
         best.ok_or_else(|| TrainError::Fit("no regularisation strength tried".into()))?;
-    if let Some(calibrated) = platt(&best.head, dev_x, dev_y)? {
+    // With little data (a model seldom routed to) the prompt-blind base rate can beat every
+    // regularised fit on dev; it competes too.
+    let constant_loss = log_loss(&constant, dev_x, dev_y);
+    if !dev_y.is_empty() && constant_loss < best.dev_log_loss {
+        return Ok(QualityFit {
+            head: constant,
+            alpha: None,
+            dev_log_loss: constant_loss,
+        });
+    }
+    if dev_y.len() >= MIN_PLATT_ROWS
+        && let Some(calibrated) = platt(&best.head, dev_x, dev_y)?
+    {
         best.dev_log_loss = log_loss(&calibrated, dev_x, dev_y);
         best.head = calibrated;
     }
     Ok(best)
 }
+
+/// Dev rows needed before Platt scaling: on a few dozen rows its slope is noise and can even
+/// turn negative, inverting the head.
+const MIN_PLATT_ROWS: usize = 100;
 
 /// Platt scaling on dev: refits `sigmoid(a·z + b)` over the head's logits `z` and folds `a`, `b`
 /// into the head, so probabilities are comparable across models (the decision compares them).
@@ -176,6 +192,9 @@ fn platt(head: &LinearHead, x: &Array2<f64>, y: &[bool]) -> Result<Option<Linear
     let scaler = logistic(&logits, y, 1e-3)?;
     let a = f64::from(scaler.weights[0]);
     let b = f64::from(scaler.bias);
+    if a <= 0.0 {
+        return Ok(None);
+    }
     Ok(Some(LinearHead {
         weights: head
             .weights

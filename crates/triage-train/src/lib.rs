@@ -5,16 +5,25 @@
 //! [`embed`]), fits per-model heads with linfa ([`fit`]), chooses the BALANCED/COST margins on
 //! the dev split by replaying decisions through the serving decision rule ([`simulate`]), and
 //! writes the policy atomically (temporary file, fsync, rename).
+//!
+//! Training can also learn from usage: [`logdata`] turns the server's decision and feedback log
+//! into outcome rows (alone or mixed with a seed table), and [`promote`] only replaces the
+//! serving policy when an off-policy ([`offpolicy`]) or held-out estimate says the new one is not
+//! worse.
 
 pub mod embed;
 pub mod eval;
 pub mod fit;
+pub mod logdata;
+pub mod offpolicy;
+pub mod promote;
 pub mod simulate;
 pub mod table;
 mod train;
 
 pub use train::{
-    Prepared, TrainOptions, TrainReport, fit_policy, prepare, train, write_policy_atomically,
+    Prepared, TrainOptions, TrainReport, candidate_path, fit_policy, policy_aiq, prepare, prior_policy, train,
+    write_policy_atomically,
 };
 
 /// Why training or evaluation failed.

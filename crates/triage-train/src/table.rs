@@ -337,7 +337,7 @@ impl Outcomes {
 }
 
 /// Moves ~15% of train prompts to dev, chosen by a hash of the prompt id (stable across runs).
-fn carve_dev(prompts: &mut [Prompt]) {
+pub(crate) fn carve_dev(prompts: &mut [Prompt]) {
     use sha2::Digest;
     for p in prompts.iter_mut().filter(|p| p.split == Split::Train) {
         let h = sha2::Sha256::digest(p.id.as_bytes());

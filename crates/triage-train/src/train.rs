@@ -14,6 +14,8 @@ use triage_policy::{
 
 use crate::TrainError;
 use crate::embed::{EmbeddingCache, PromptFeatures, prompt_features};
+use crate::logdata::{LogCounts, LoggedData, merge};
+use crate::promote::{GateVerdict, gate};
 use crate::eval::baselines::{cost_range, lambda_grid, single_models};
 use crate::eval::curve::{aiq, hull};
 use crate::fit::{design, length_head, quality_head, standardizer};
@@ -23,8 +25,12 @@ use crate::table::{Outcome, Outcomes, Split};
 /// What to train on and where to write.
 #[derive(Clone, Debug)]
 pub struct TrainOptions {
-    /// Outcome table.
-    pub data: PathBuf,
+    /// Outcome table (a seed dataset; optional when training from the log).
+    pub data: Option<PathBuf>,
+    /// The server's decision and feedback log directory, to learn from usage.
+    pub from_log: Option<PathBuf>,
+    /// Replace the policy at `out` even if the gate says the new one is worse.
+    pub force: bool,
     /// Restrict to these models.
     pub models: Option<Vec<String>>,
     /// Policy destination.
@@ -42,10 +48,14 @@ pub struct TrainOptions {
 /// What training produced.
 #[derive(Clone, Debug)]
 pub struct TrainReport {
-    /// The policy written.
+    /// The policy trained (written only if `verdict.promote`).
     pub policy: PolicyFile,
     /// Prompts per split (train, dev, test).
     pub prompts: (usize, usize, usize),
+    /// Whether it replaced the policy at the destination, and why.
+    pub verdict: GateVerdict,
+    /// What the log held, when training from it.
+    pub log_counts: Option<LogCounts>,
 }
 
 /// Loaded table plus its features: the shared start of `train` and `eval`.
@@ -62,7 +72,11 @@ pub fn prepare(options: &TrainOptions) -> Result<Prepared, TrainError> {
         .settings
         .catalog()
         .map_err(|e| TrainError::Data(e.to_string()))?;
-    let outcomes = Outcomes::load(&options.data, &catalog, options.models.as_deref())?;
+    let data = options
+        .data
+        .as_deref()
+        .ok_or_else(|| TrainError::Usage("an outcome table (--data FILE) is needed".into()))?;
+    let outcomes = Outcomes::load(data, &catalog, options.models.as_deref())?;
     let enc = &options.settings.encoder;
     let library = enc.onnxruntime.as_ref().map(|p| options.base.join(p));
     init_onnxruntime(library.as_deref()).map_err(|e| TrainError::Encoder(e.to_string()))?;
@@ -80,11 +94,61 @@ pub fn prepare(options: &TrainOptions) -> Result<Prepared, TrainError> {
     Ok(Prepared { outcomes, features })
 }
 
-/// Trains a policy and writes it to `options.out`.
+/// Trains a policy from a table, the log, or both, and writes it to `options.out` if the
+/// promotion gate (or `force`) allows.
 pub fn train(options: &TrainOptions) -> Result<TrainReport, TrainError> {
-    let prepared = prepare(options)?;
-    let policy = fit_policy(&prepared)?;
-    write_policy_atomically(&policy, &options.out)?;
+    let catalog = options
+        .settings
+        .catalog()
+        .map_err(|e| TrainError::Data(e.to_string()))?;
+    let logged = options
+        .from_log
+        .as_deref()
+        .map(LoggedData::read)
+        .transpose()?;
+    let prepared = match (&options.data, &logged) {
+        (Some(_), None) => prepare(options)?,
+        (None, Some(log)) => log.prepared(&catalog)?,
+        (Some(_), Some(log)) => merge(prepare(options)?, log.prepared(&catalog)?)?,
+        (None, None) => {
+            return Err(TrainError::Usage(
+                "nothing to train on: give --data FILE, --from-log DIR, or both".into(),
+            ));
+        }
+    };
+    let mut policy = fit_policy(&prepared)?;
+    let current = options
+        .out
+        .is_file()
+        .then(|| Policy::load(&options.out))
+        .transpose()
+        .unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "the policy at the destination does not load; replacing it");
+            None
+        });
+    if let Some(current) = &current {
+        let carried = carry_over_heads(&mut policy, current.file());
+        if !carried.is_empty() {
+            tracing::info!(models = ?carried, "no new outcomes: kept the current policy's heads");
+        }
+    }
+    let verdict = if options.force {
+        GateVerdict {
+            promote: true,
+            evidence: "forced".into(),
+            reason: "--force: the gate was skipped".into(),
+            current: None,
+            candidate: None,
+        }
+    } else {
+        gate(current.as_ref(), &policy, &prepared, logged.as_ref(), &catalog)?
+    };
+    if verdict.promote {
+        write_policy_atomically(&policy, &options.out)?;
+    } else {
+        // Kept aside so an operator can inspect it or promote it by hand.
+        write_policy_atomically(&policy, &candidate_path(&options.out))?;
+    }
     let o = &prepared.outcomes;
     Ok(TrainReport {
         policy,
@@ -93,8 +157,19 @@ pub fn train(options: &TrainOptions) -> Result<TrainReport, TrainError> {
             o.indices(Split::Dev).len(),
             o.indices(Split::Test).len(),
         ),
+        verdict,
+        log_counts: logged.map(|l| l.counts),
     })
 }
+
+/// Where a candidate the gate refused is written: `policy.json` → `policy.candidate.json`.
+pub fn candidate_path(out: &Path) -> PathBuf {
+    out.with_extension("candidate.json")
+}
+
+/// Dev prompts with outcomes of at least two models needed before k, blend weights and margins
+/// are chosen by dev replay (with one outcome per prompt every policy replays the same).
+const MIN_INFORMATIVE_DEV: usize = 30;
 
 /// Fits heads on train, margins on dev.
 pub fn fit_policy(prepared: &Prepared) -> Result<PolicyFile, TrainError> {
@@ -171,10 +246,24 @@ pub fn fit_policy(prepared: &Prepared) -> Result<PolicyFile, TrainError> {
         neighbours: None,
         training: serde_json::Value::Null,
     };
-    let (neighbours, blend_report) = choose_neighbours(prepared, &file, &train_idx, &dev_idx)?;
-    file.neighbours = neighbours;
-    let margins = choose_margins(prepared, &file, &dev_idx)?;
-    file.decision = margins.clone();
+    let informative = dev_idx
+        .iter()
+        .filter(|&&p| o.cells[p].iter().flatten().count() >= 2)
+        .count();
+    let blend_report = if informative >= MIN_INFORMATIVE_DEV {
+        let (neighbours, blend_report) =
+            choose_neighbours(prepared, &file, &train_idx, &dev_idx)?;
+        file.neighbours = neighbours;
+        file.decision = choose_margins(prepared, &file, &dev_idx)?;
+        blend_report
+    } else {
+        tracing::info!(
+            informative,
+            "too few dev prompts with several outcomes to choose neighbours and margins by \
+             replay; using the logistic heads with default margins"
+        );
+        serde_json::Value::Null
+    };
     file.version = format!("{}-{}", data_label(o), &content_hash(&file)[..10]);
     file.training = serde_json::json!({
         "data_sha256": o.data_sha256,
@@ -187,6 +276,58 @@ pub fn fit_policy(prepared: &Prepared) -> Result<PolicyFile, TrainError> {
         "neighbour_blend_dev_aiq": blend_report,
     });
     Ok(file)
+}
+
+/// Keeps `current`'s heads for the models `candidate` has no data on (a model nobody routed to
+/// since the last retrain must not drop out of the policy, or it could never be explored again).
+/// The heads are re-expressed over the candidate's standardisation, which is exact because both
+/// are affine in the raw features. Returns the models carried over.
+fn carry_over_heads(candidate: &mut PolicyFile, current: &PolicyFile) -> Vec<String> {
+    let (new_s, old_s) = (&candidate.standardize, &current.standardize);
+    if candidate.feature_schema != current.feature_schema
+        || candidate.embedding_dim != current.embedding_dim
+        || new_s.mean.len() != old_s.mean.len()
+    {
+        return Vec::new();
+    }
+    // w·(x−m)/s + b  =  Σ w_j s'_j/s_j · (x_j−m'_j)/s'_j  +  b + Σ w_j (m'_j−m_j)/s_j
+    let convert = |weights: &[f32], bias: f32| -> (Vec<f32>, f32) {
+        let mut shift = f64::from(bias);
+        let w = weights
+            .iter()
+            .enumerate()
+            .map(|(j, w)| {
+                let (m_new, s_new) = (new_s.mean[j], new_s.scale[j]);
+                let (m_old, s_old) = (old_s.mean[j], old_s.scale[j]);
+                shift += f64::from(*w) * f64::from(m_new - m_old) / f64::from(s_old);
+                w * s_new / s_old
+            })
+            .collect();
+        (w, shift as f32)
+    };
+    let mut carried = Vec::new();
+    for head in &current.models {
+        if candidate.models.iter().any(|m| m.name == head.name) {
+            continue;
+        }
+        let (qw, qb) = convert(&head.quality.weights, head.quality.bias);
+        let (lw, lb) = convert(&head.output_tokens.weights, head.output_tokens.bias);
+        let mut moved = head.clone();
+        moved.quality.weights = qw;
+        moved.quality.bias = qb;
+        moved.output_tokens.weights = lw;
+        moved.output_tokens.bias = lb;
+        candidate.models.push(moved);
+        if let Some(n) = &mut candidate.neighbours {
+            n.quality.push(vec![-1.0; n.rows]);
+            n.output_tokens.push(vec![-1.0; n.rows]);
+        }
+        carried.push(head.name.clone());
+    }
+    if !carried.is_empty() {
+        candidate.version = format!("{}-c{}", candidate.version, &content_hash(candidate)[..6]);
+    }
+    carried
 }
 
 fn data_label(o: &Outcomes) -> String {
@@ -221,16 +362,84 @@ fn replay_on<'a>(
 }
 
 /// Dev AIQ of a candidate policy, replayed through the serving decision over the λ grid.
-fn dev_aiq(prepared: &Prepared, file: &PolicyFile, dev: &[usize]) -> Result<f64, TrainError> {
-    let replay = replay_on(prepared, file, dev)?;
+pub(crate) fn dev_aiq(
+    prepared: &Prepared,
+    file: &PolicyFile,
+    dev: &[usize],
+) -> Result<f64, TrainError> {
+    let policy = Policy::new(file.clone()).map_err(|e| TrainError::Fit(e.to_string()))?;
+    policy_aiq(prepared, &policy, dev)
+}
+
+/// AIQ of `policy` on `prompts` of a full-information table: replayed through the serving
+/// decision over the λ grid, normalised by the single models' cost range.
+pub fn policy_aiq(
+    prepared: &Prepared,
+    policy: &Policy,
+    prompts: &[usize],
+) -> Result<f64, TrainError> {
+    let f = &prepared.features;
+    let replay = Replay::new(
+        &prepared.outcomes,
+        policy,
+        &f.features,
+        &f.input_tokens,
+        prompts.to_vec(),
+    )?;
     let points: Vec<_> = lambda_grid()
         .into_iter()
         .map(|l| replay.point(Knob::CostWeight(l)))
         .collect();
-    let singles = single_models(&prepared.outcomes, dev);
+    let singles = single_models(&prepared.outcomes, prompts);
     let (lo, hi) = cost_range(&singles);
     Ok(aiq(&hull(&points), lo, hi))
 }
+
+/// A policy that knows nothing about prompts: every model predicts `quality` and
+/// `output_tokens` whatever the prompt (the cold-start prior; exploration and feedback replace
+/// it with learned heads).
+pub fn prior_policy(models: &[String], quality: f64, output_tokens: f64) -> PolicyFile {
+    let width = triage_core::features::feature_dim(EMBEDDING_DIM);
+    let logit = (quality.clamp(1e-3, 1.0 - 1e-3) / (1.0 - quality.clamp(1e-3, 1.0 - 1e-3))).ln();
+    let mut file = PolicyFile {
+        format: POLICY_FORMAT.into(),
+        format_version: POLICY_FORMAT_VERSION,
+        version: String::new(),
+        feature_schema: FEATURE_SCHEMA.into(),
+        embedding_dim: EMBEDDING_DIM,
+        standardize: triage_policy::Standardizer {
+            mean: vec![0.0; width],
+            scale: vec![1.0; width],
+        },
+        decision: DecisionParams {
+            balanced_margin: 0.02,
+            cost_margin: 0.1,
+        },
+        models: models
+            .iter()
+            .map(|name| ModelHead {
+                name: name.clone(),
+                quality: triage_policy::LinearHead {
+                    weights: vec![0.0; width],
+                    bias: logit as f32,
+                },
+                output_tokens: triage_policy::LengthHead {
+                    weights: vec![0.0; width],
+                    bias: output_tokens.max(1.0).ln() as f32,
+                    min_tokens: 1.0,
+                    max_tokens: 100_000.0,
+                },
+            })
+            .collect(),
+        neighbours: None,
+        training: serde_json::json!({"prior_only": {"quality": quality, "output_tokens": output_tokens}}),
+    };
+    file.version = format!("prior-{}", &content_hash(&file)[..10]);
+    file
+}
+
+/// Width of the serving encoder's embeddings (all-MiniLM-L6-v2).
+const EMBEDDING_DIM: usize = 384;
 
 /// Picks the neighbourhood size and blend weight with the best dev AIQ (weight 0: head only).
 fn choose_neighbours(
@@ -378,4 +587,41 @@ pub fn write_policy_atomically(policy: &PolicyFile, out: &Path) -> Result<(), Tr
         let _ = std::fs::remove_file(&tmp);
         err(e.to_string())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn carried_heads_predict_the_same_under_a_new_standardisation() {
+        let models = ["a".to_owned(), "b".to_owned()];
+        let mut current = prior_policy(&models, 0.5, 100.0);
+        let width = current.standardize.mean.len();
+        current.standardize.mean = (0..width).map(|j| j as f32 * 0.01).collect();
+        current.standardize.scale = (0..width).map(|j| 1.0 + j as f32 * 0.02).collect();
+        for (i, head) in current.models.iter_mut().enumerate() {
+            head.quality.weights = (0..width).map(|j| ((i + j) % 7) as f32 * 0.01 - 0.03).collect();
+            head.output_tokens.weights = (0..width).map(|j| (j % 5) as f32 * 0.002).collect();
+        }
+        let mut candidate = prior_policy(&models[..1], 0.5, 100.0);
+        candidate.standardize.mean = vec![0.3; width];
+        candidate.standardize.scale = vec![2.0; width];
+        let carried = carry_over_heads(&mut candidate, &current);
+        assert_eq!(carried, ["b"]);
+
+        let x: Vec<f32> = (0..width).map(|j| ((j * 13) % 11) as f32 * 0.1 - 0.5).collect();
+        let (current, candidate) = (
+            Policy::new(current).expect("valid"),
+            Policy::new(candidate).expect("valid"),
+        );
+        let before = current.predict(&x).expect("scores");
+        let after = candidate.predict(&x).expect("scores");
+        let b = |p: &[(&str, triage_policy::Prediction)]| {
+            p.iter().find(|(m, _)| *m == "b").map(|(_, p)| *p).expect("b scored")
+        };
+        let (old, new) = (b(&before), b(&after));
+        assert!((old.quality - new.quality).abs() < 1e-4, "{old:?} {new:?}");
+        assert!((old.output_tokens - new.output_tokens).abs() / old.output_tokens < 1e-3);
+    }
 }

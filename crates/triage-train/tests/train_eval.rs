@@ -92,7 +92,9 @@ fn slice(dir: &Path) -> Option<PathBuf> {
 
 fn options(data: PathBuf, out: PathBuf) -> TrainOptions {
     TrainOptions {
-        data,
+        data: Some(data),
+        from_log: None,
+        force: false,
         models: None,
         out,
         settings: Settings::load(None).expect("settings"),
@@ -148,6 +150,7 @@ fn trains_on_a_slice_beats_the_cheapest_model_and_serving_agrees_with_eval() {
         .expect("balanced choices");
     let mut settings = Settings::load(None).expect("settings");
     settings.policy.path = policy_path;
+    settings.log.dir = dir.path().join("log");
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     runtime.block_on(async {
         let engine =

@@ -1,0 +1,195 @@
+//! `triage simulate`: options and output.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use triage_core::Settings;
+use triage_sim::{Drift, SimOptions, Start, simulate, write_svg};
+use triage_train::table::Split;
+
+/// Options of `triage simulate`.
+#[derive(clap::Args)]
+pub struct SimulateArgs {
+    /// Outcome table replayed as traffic.
+    #[arg(long)]
+    data: PathBuf,
+    /// Split replayed as traffic (shuffled).
+    #[arg(long, default_value = "train")]
+    split: String,
+    /// Split on which the serving policy's AIQ is measured after each round ("none" to skip).
+    #[arg(long, default_value = "test")]
+    eval_split: String,
+    /// At most this many requests.
+    #[arg(long)]
+    requests: Option<usize>,
+    /// Retrain from the log every this many requests.
+    #[arg(long, default_value_t = 250)]
+    retrain_every: usize,
+    /// Start from a prior-only policy (cold start).
+    #[arg(long, conflicts_with_all = ["start_policy", "hide"])]
+    cold_start: bool,
+    /// Start from this policy file (default: the configured policy).
+    #[arg(long)]
+    start_policy: Option<PathBuf>,
+    /// New-model scenario: this catalog model is left out of the starting policy and of the seed
+    /// data, and learned from usage only.
+    #[arg(long, requires = "prior_from")]
+    hide: Option<String>,
+    /// Known model whose predictions the hidden model borrows until learned.
+    #[arg(long)]
+    prior_from: Option<String>,
+    /// Log-odds offset of the borrowed quality.
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+    prior_offset: f64,
+    /// Drift scenario: degrade this model ("auto": the busiest one) from --drift-after on.
+    #[arg(long)]
+    drift: Option<String>,
+    /// Share of the drifted model's answers whose quality becomes 0.
+    #[arg(long, default_value_t = 0.3)]
+    drift_share: f64,
+    /// Request index at which the drift starts.
+    #[arg(long, default_value_t = 500)]
+    drift_after: usize,
+    /// Exploration rate (overrides exploration.rate).
+    #[arg(long)]
+    explore: Option<f64>,
+    /// Online correction step (overrides exploration.learning_rate).
+    #[arg(long)]
+    learning_rate: Option<f64>,
+    /// Policy to compare with on the evaluation split (e.g. the offline-trained one).
+    #[arg(long)]
+    reference: Option<PathBuf>,
+    /// Fresh directory for the simulation's log and policy.
+    #[arg(long)]
+    workdir: Option<PathBuf>,
+    /// Shuffle seed of the traffic order.
+    #[arg(long, default_value_t = 7)]
+    seed: u64,
+    /// Write a plot (SVG).
+    #[arg(long)]
+    plot: Option<PathBuf>,
+    /// Write the report as JSON.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Embedding cache directory.
+    #[arg(long, default_value = ".cache/embeddings")]
+    cache_dir: PathBuf,
+}
+
+fn split_arg(name: &str) -> anyhow::Result<Option<Split>> {
+    if name == "none" {
+        return Ok(None);
+    }
+    Ok(Some(Split::from_arg(name)?))
+}
+
+pub fn run(mut settings: Settings, args: SimulateArgs, base: PathBuf) -> anyhow::Result<()> {
+    if let Some(rate) = args.explore {
+        settings.exploration.rate = rate;
+    }
+    if let Some(rate) = args.learning_rate {
+        settings.exploration.learning_rate = rate;
+    }
+    let catalog_models: Vec<String> = settings.models.iter().map(|m| m.name.clone()).collect();
+    let (start, seed_models) = match (&args.hide, args.cold_start, &args.start_policy) {
+        (Some(hidden), _, _) => {
+            let spec = settings
+                .models
+                .iter_mut()
+                .find(|m| &m.name == hidden)
+                .with_context(|| format!("--hide {hidden}: not a catalog model"))?;
+            spec.prior_from = args.prior_from.clone();
+            spec.prior_offset = args.prior_offset;
+            let others: Vec<String> = catalog_models.into_iter().filter(|m| m != hidden).collect();
+            (Start::Train(others.clone()), Some(others))
+        }
+        (None, true, _) => (Start::Prior, None),
+        (None, false, Some(path)) => (Start::Policy(path.clone()), None),
+        (None, false, None) => (Start::Policy(base.join(&settings.policy.path)), None),
+    };
+    settings.catalog()?;
+    let workdir = match args.workdir {
+        Some(dir) => dir,
+        None => base.join(format!(
+            ".cache/simulate/{}",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs())
+        )),
+    };
+    let options = SimOptions {
+        data: args.data,
+        traffic_split: Split::from_arg(&args.split)?,
+        eval_split: split_arg(&args.eval_split)?,
+        requests: args.requests,
+        retrain_every: args.retrain_every,
+        start,
+        seed_models,
+        drift: args.drift.map(|model| Drift {
+            model: (model != "auto").then_some(model),
+            share: args.drift_share,
+            after: args.drift_after,
+        }),
+        mode: triage_core::Mode::Balanced,
+        settings,
+        base,
+        workdir: workdir.clone(),
+        cache_dir: args.cache_dir,
+        seed: args.seed,
+        reference: args.reference,
+    };
+    let report = simulate(&options)?;
+    println!(
+        "{:>5} {:>8} {:>9} {:>11} {:>8} {:>8}  top models",
+        "round", "requests", "quality", "cost USD", "explored", "AIQ"
+    );
+    for r in &report.rounds {
+        let mut top: Vec<(&String, &f64)> = r.shares.iter().collect();
+        top.sort_by(|a, b| b.1.total_cmp(a.1));
+        let top: Vec<String> = top
+            .iter()
+            .take(3)
+            .map(|(m, s)| format!("{m} {:.0}%", *s * 100.0))
+            .collect();
+        println!(
+            "{:>5} {:>8} {:>9.4} {:>11.6} {:>8} {:>8}  {}",
+            r.round,
+            r.requests,
+            r.mean_quality,
+            r.mean_cost,
+            r.explored,
+            r.eval_aiq.map_or("-".into(), |a| format!("{a:.4}")),
+            top.join(", ")
+        );
+        println!("      {}", r.retrain);
+    }
+    if let Some(a) = report.start_aiq {
+        println!("starting policy AIQ: {a:.4}");
+    }
+    if let Some(a) = report.reference_aiq {
+        println!("reference policy AIQ: {a:.4}");
+    }
+    if let Some(d) = &report.drift {
+        println!(
+            "drift: {} had {:.1}% of traffic before; {} (trailing {} requests); {:.1}% at the end",
+            d.model,
+            d.share_before * 100.0,
+            d.requests_to_halve.map_or("its share never halved".into(), |n| format!(
+                "its share halved {n} requests after the drift"
+            )),
+            d.window,
+            d.share_at_end * 100.0
+        );
+    }
+    println!("log and policies in {}", workdir.display());
+    if let Some(path) = args.json {
+        std::fs::write(&path, serde_json::to_vec_pretty(&report)?)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        println!("wrote {}", path.display());
+    }
+    if let Some(path) = args.plot {
+        write_svg(&path, "triage simulate", &report)?;
+        println!("wrote {}", path.display());
+    }
+    Ok(())
+}

@@ -1,0 +1,145 @@
+//! Crash safety of the feedback log: a real `triage serve` process is killed with SIGKILL while
+//! clients stream feedback; after a restart on the same data directory every acknowledged report
+//! is present exactly once.
+
+#![cfg(unix)]
+
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use triage_log::{LogRecord, read_log};
+use triage_proto::v1::router_client::RouterClient;
+use triage_proto::v1::{FeedbackRequest, Message, RouteRequest};
+
+fn root() -> &'static Path {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
+}
+
+/// Starts `triage serve` on port 0 and returns it with the address it printed.
+fn spawn_server(data_dir: &Path) -> (Child, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_triage"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data_dir)
+        .current_dir(root())
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("triage serve starts");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut line = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("reads the listening line");
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?} (run scripts/setup.sh first)"))
+        .to_owned();
+    (child, format!("http://{addr}"))
+}
+
+fn route_request(i: usize) -> RouteRequest {
+    RouteRequest {
+        messages: vec![Message {
+            role: "user".into(),
+            content: format!("Question {i}: what is {i} times 7?"),
+        }],
+        ..Default::default()
+    }
+}
+
+fn report(request_id: &str, feedback_id: &str, model: &str) -> FeedbackRequest {
+    FeedbackRequest {
+        request_id: request_id.into(),
+        feedback_id: feedback_id.into(),
+        model: model.into(),
+        quality: Some(1.0),
+        output_tokens: 10,
+        cost_usd: 0.0001,
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_loses_no_acknowledged_feedback_and_duplicates_none() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let (mut child, url) = spawn_server(data.path());
+    let client = RouterClient::connect(url).await.expect("connects");
+
+    // Route a pool of requests first, then stream feedback on them from several clients.
+    let mut routed = Vec::new();
+    for i in 0..16 {
+        let r = client
+            .clone()
+            .route(route_request(i))
+            .await
+            .expect("routes")
+            .into_inner();
+        routed.push((r.request_id, r.model));
+    }
+    let routed = Arc::new(routed);
+    let acked = Arc::new(Mutex::new(Vec::<(String, String, String)>::new()));
+    let mut streams = Vec::new();
+    for worker in 0..4 {
+        let (mut client, routed, acked) = (client.clone(), routed.clone(), acked.clone());
+        streams.push(tokio::spawn(async move {
+            for n in 0.. {
+                let (request_id, model) = &routed[n % routed.len()];
+                let feedback_id = format!("w{worker}-{n}");
+                match client.feedback(report(request_id, &feedback_id, model)).await {
+                    Ok(_) => acked.lock().expect("lock").push((
+                        request_id.clone(),
+                        feedback_id,
+                        model.clone(),
+                    )),
+                    // The server died mid-call: this one was never acknowledged.
+                    Err(_) => break,
+                }
+            }
+        }));
+    }
+    // Kill once a few hundred reports are in, while the streams are still going.
+    for _ in 0..200 {
+        if acked.lock().expect("lock").len() >= 300 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    child.kill().expect("SIGKILL");
+    child.wait().expect("reaped");
+    for s in streams {
+        s.await.expect("stream task");
+    }
+    let acked = acked.lock().expect("lock").clone();
+    assert!(acked.len() >= 100, "only {} reports before the kill", acked.len());
+
+    // Restart on the same directory: recovery, then every acknowledged report exactly once.
+    let (mut child, url) = spawn_server(data.path());
+    let mut client = RouterClient::connect(url).await.expect("reconnects");
+    let (records, _) = read_log(data.path()).expect("log reads");
+    let mut seen = HashSet::new();
+    for r in &records {
+        if let LogRecord::Feedback(f) = r {
+            assert!(seen.insert(f.feedback_id.clone()), "{} stored twice", f.feedback_id);
+        }
+    }
+    for (_, feedback_id, _) in &acked {
+        assert!(seen.contains(feedback_id), "acknowledged {feedback_id} was lost");
+    }
+    // Clients retry what they are unsure of: the restarted server knows every stored id.
+    for (request_id, feedback_id, model) in acked.iter().take(20) {
+        let retry = client
+            .feedback(report(request_id, feedback_id, model))
+            .await
+            .expect("retry accepted")
+            .into_inner();
+        assert!(retry.duplicate, "{feedback_id} counted twice after restart");
+    }
+    child.kill().expect("stop");
+    child.wait().expect("reaped");
+}

@@ -1,0 +1,309 @@
+//! Outcomes learned from usage: the server's decision and feedback log as training data.
+//!
+//! A decision joined with a feedback report that carries a quality score is one outcome row (the
+//! same schema as an outcome table): prompt = the request, model = the model that answered,
+//! quality and cost as reported. Feature vectors come from the decision record, so nothing is
+//! re-embedded and prompt text is never needed. Duplicates are removed: decisions by request id,
+//! reports by feedback id, and several reports on one (request, model) keep the latest.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use triage_core::Catalog;
+use triage_log::{DecisionRecord, FeedbackRecord, LogRecord, decode_features, read_log};
+
+use crate::TrainError;
+use crate::embed::PromptFeatures;
+use crate::table::{Outcome, Outcomes, Prompt, Split, carve_dev};
+use crate::train::Prepared;
+
+/// Distinct counts after de-duplication (what `triage train --from-log --dry-run --json` prints).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct LogCounts {
+    /// Distinct request ids decided.
+    pub decisions: usize,
+    /// Distinct feedback ids reported.
+    pub feedback: usize,
+    /// Distinct (request, model) pairs with a quality score and a known decision.
+    pub outcomes: usize,
+}
+
+/// One logged outcome.
+#[derive(Clone, Debug)]
+pub struct LoggedOutcome {
+    /// Index into [`LoggedData::decisions`].
+    pub decision: usize,
+    /// Model that answered.
+    pub model: String,
+    /// Reported quality.
+    pub quality: f64,
+    /// Reported cost, USD.
+    pub cost_usd: f64,
+    /// Reported answer length (`None` when reported as 0).
+    pub output_tokens: Option<f64>,
+}
+
+/// The log, de-duplicated and joined.
+#[derive(Clone, Debug)]
+pub struct LoggedData {
+    /// Distinct decisions, oldest first.
+    pub decisions: Vec<DecisionRecord>,
+    /// Joined outcomes.
+    pub outcomes: Vec<LoggedOutcome>,
+    /// The counts.
+    pub counts: LogCounts,
+    /// Hash of the ids read (the training metadata's data hash).
+    pub sha256: String,
+}
+
+impl LoggedData {
+    /// Reads and joins the log in `dir` (read-only; a running server may keep appending).
+    pub fn read(dir: &Path) -> Result<Self, TrainError> {
+        if !dir.is_dir() {
+            return Err(TrainError::Data(format!(
+                "{}: no such log directory (the server's --data-dir)",
+                dir.display()
+            )));
+        }
+        let (records, report) = read_log(dir).map_err(|e| TrainError::Data(e.to_string()))?;
+        if report.torn_bytes > 0 {
+            tracing::info!(bytes = report.torn_bytes, "log tail not yet complete; left out");
+        }
+        let mut decisions: Vec<DecisionRecord> = Vec::new();
+        let mut by_request: HashMap<String, usize> = HashMap::new();
+        let mut reports: Vec<FeedbackRecord> = Vec::new();
+        let mut seen_reports: HashMap<String, ()> = HashMap::new();
+        for record in records {
+            match record {
+                LogRecord::Decision(d) => {
+                    if !by_request.contains_key(&d.request_id) {
+                        by_request.insert(d.request_id.clone(), decisions.len());
+                        decisions.push(d);
+                    }
+                }
+                LogRecord::Feedback(f) => {
+                    if seen_reports.insert(f.feedback_id.clone(), ()).is_none() {
+                        reports.push(f);
+                    }
+                }
+            }
+        }
+        let mut hasher = Sha256::new();
+        for d in &decisions {
+            hasher.update(d.request_id.as_bytes());
+        }
+        for f in &reports {
+            hasher.update(f.feedback_id.as_bytes());
+        }
+        // Latest report wins per (request, model).
+        let mut latest: HashMap<(usize, String), LoggedOutcome> = HashMap::new();
+        let mut order = Vec::new();
+        for f in &reports {
+            let (Some(&decision), Some(quality)) = (by_request.get(&f.request_id), f.quality)
+            else {
+                continue;
+            };
+            let key = (decision, f.model.clone());
+            if !latest.contains_key(&key) {
+                order.push(key.clone());
+            }
+            latest.insert(
+                key,
+                LoggedOutcome {
+                    decision,
+                    model: f.model.clone(),
+                    quality,
+                    cost_usd: f.cost_usd,
+                    output_tokens: (f.output_tokens > 0).then_some(f64::from(f.output_tokens)),
+                },
+            );
+        }
+        let outcomes: Vec<LoggedOutcome> =
+            order.into_iter().filter_map(|k| latest.remove(&k)).collect();
+        Ok(Self {
+            counts: LogCounts {
+                decisions: decisions.len(),
+                feedback: reports.len(),
+                outcomes: outcomes.len(),
+            },
+            decisions,
+            outcomes,
+            sha256: hex::encode(hasher.finalize()),
+        })
+    }
+
+    /// Only the decisions (and their outcomes) whose request id is in `ids`.
+    pub fn restricted_to(&self, ids: &std::collections::HashSet<&str>) -> LoggedData {
+        self.filtered(|id| ids.contains(id))
+    }
+
+    /// Only the decisions (and their outcomes) whose request id is not in `ids`.
+    pub fn excluding(&self, ids: &std::collections::HashSet<&str>) -> LoggedData {
+        self.filtered(|id| !ids.contains(id))
+    }
+
+    fn filtered(&self, keep_id: impl Fn(&str) -> bool) -> LoggedData {
+        let mut keep = HashMap::new();
+        let mut decisions = Vec::new();
+        for (i, d) in self.decisions.iter().enumerate() {
+            if keep_id(d.request_id.as_str()) {
+                keep.insert(i, decisions.len());
+                decisions.push(d.clone());
+            }
+        }
+        let outcomes: Vec<LoggedOutcome> = self
+            .outcomes
+            .iter()
+            .filter_map(|o| {
+                keep.get(&o.decision).map(|&decision| LoggedOutcome {
+                    decision,
+                    ..o.clone()
+                })
+            })
+            .collect();
+        LoggedData {
+            counts: LogCounts {
+                decisions: decisions.len(),
+                feedback: self.counts.feedback,
+                outcomes: outcomes.len(),
+            },
+            decisions,
+            outcomes,
+            sha256: self.sha256.clone(),
+        }
+    }
+
+    /// The outcomes as a training table with features, ready for `fit_policy`. Prices come from
+    /// the catalog (decisions were priced with it); ~15% of requests are carved out as dev.
+    pub fn prepared(&self, catalog: &Catalog) -> Result<Prepared, TrainError> {
+        if self.outcomes.is_empty() {
+            return Err(TrainError::Data(
+                "the log has no feedback with a quality score joined to a decision yet".into(),
+            ));
+        }
+        let mut names: Vec<String> = self.outcomes.iter().map(|o| o.model.clone()).collect();
+        names.sort();
+        names.dedup();
+        let model_index: HashMap<&str, usize> =
+            names.iter().enumerate().map(|(i, m)| (m.as_str(), i)).collect();
+        let mut prompt_of: HashMap<usize, usize> = HashMap::new();
+        let mut prompts = Vec::new();
+        let mut features = Vec::new();
+        let mut input_tokens = Vec::new();
+        let mut cells: Vec<Vec<Option<Outcome>>> = Vec::new();
+        for o in &self.outcomes {
+            let p = match prompt_of.get(&o.decision) {
+                Some(&p) => p,
+                None => {
+                    let d = &self.decisions[o.decision];
+                    let x = decode_features(&d.features).map_err(|e| {
+                        TrainError::Data(format!("decision {}: {e}", d.request_id))
+                    })?;
+                    prompts.push(Prompt {
+                        id: d.request_id.clone(),
+                        text: d.prompt.clone().unwrap_or_default(),
+                        split: Split::Train,
+                        task: None,
+                    });
+                    features.push(x);
+                    input_tokens.push(d.input_tokens);
+                    cells.push(vec![None; names.len()]);
+                    prompt_of.insert(o.decision, prompts.len() - 1);
+                    prompts.len() - 1
+                }
+            };
+            cells[p][model_index[o.model.as_str()]] = Some(Outcome {
+                quality: o.quality,
+                cost_usd: o.cost_usd,
+                output_tokens: o.output_tokens,
+            });
+        }
+        let width = features[0].len();
+        if features.iter().any(|x| x.len() != width) {
+            return Err(TrainError::Data(
+                "the log mixes feature vectors of different widths (several encoders); train \
+                 from one encoder's log"
+                    .into(),
+            ));
+        }
+        carve_dev(&mut prompts);
+        let prices = names
+            .iter()
+            .filter_map(|m| {
+                catalog
+                    .get(m)
+                    .map(|s| (m.clone(), (s.input_usd_per_1m, s.output_usd_per_1m)))
+            })
+            .collect();
+        Ok(Prepared {
+            outcomes: Outcomes {
+                prompts,
+                models: names,
+                cells,
+                prices,
+                data_sha256: self.sha256.clone(),
+                rows: self.outcomes.len(),
+            },
+            features: PromptFeatures {
+                features,
+                input_tokens,
+            },
+        })
+    }
+}
+
+/// Seed table plus logged outcomes: prompts appended, model columns united.
+pub fn merge(seed: Prepared, logged: Prepared) -> Result<Prepared, TrainError> {
+    let (a, b) = (&seed.outcomes, &logged.outcomes);
+    if let (Some(x), Some(y)) = (seed.features.features.first(), logged.features.features.first())
+        && x.len() != y.len()
+    {
+        return Err(TrainError::Data(format!(
+            "the seed table's features have {} values and the log's {}: they come from different \
+             encoders or feature schemas",
+            x.len(),
+            y.len()
+        )));
+    }
+    let mut models: Vec<String> = a.models.iter().chain(&b.models).cloned().collect();
+    models.sort();
+    models.dedup();
+    let remap = |o: &Outcomes| -> Vec<Vec<Option<Outcome>>> {
+        o.cells
+            .iter()
+            .map(|row| {
+                models
+                    .iter()
+                    .map(|m| o.model_index(m).and_then(|i| row[i]))
+                    .collect()
+            })
+            .collect()
+    };
+    let mut cells = remap(a);
+    cells.extend(remap(b));
+    let mut prompts = a.prompts.clone();
+    prompts.extend(b.prompts.iter().cloned());
+    let mut prices = b.prices.clone();
+    prices.extend(a.prices.clone());
+    let mut features = seed.features.features;
+    features.extend(logged.features.features);
+    let mut input_tokens = seed.features.input_tokens;
+    input_tokens.extend(logged.features.input_tokens);
+    let sha = hex::encode(Sha256::digest(format!("{}+{}", a.data_sha256, b.data_sha256)));
+    Ok(Prepared {
+        outcomes: Outcomes {
+            prompts,
+            models,
+            cells,
+            prices,
+            data_sha256: sha,
+            rows: a.rows + b.rows,
+        },
+        features: PromptFeatures {
+            features,
+            input_tokens,
+        },
+    })
+}

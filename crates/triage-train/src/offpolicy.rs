@@ -1,0 +1,350 @@
+//! Off-policy estimates from the decision log.
+//!
+//! Logged outcomes are biased by the policy that chose them: only the chosen model's outcome is
+//! seen. To estimate how a *different* policy would have done, each logged decision is replayed
+//! through the serving decision rule with the same eligible models (which carry every hard
+//! constraint it had), and
+//! - **IPS** (self-normalised inverse propensity): the outcomes of decisions where the evaluated
+//!   policy agrees with the logged choice, each weighted by 1 / the logged propensity;
+//! - **DR** (doubly robust, importance weights clipped at 20): a direct model's prediction for the evaluated policy's choice, plus
+//!   the propensity-weighted error of the reward model on the logged choice. Unbiased if either
+//!   the propensities or the reward model are right, and far less noisy than IPS when policies
+//!   disagree often.
+//!
+//! A policy is summarised the way `triage eval` does it: DR (cost, quality) points over a λ
+//! sweep, their convex hull, and the area under it (AIQ) over the cost range both policies span.
+//! With exploration off every propensity is 1 and only agreeing decisions carry direct evidence;
+//! the estimate then leans on the reward model. Exploration is what makes it trustworthy.
+
+use std::collections::HashMap;
+
+use serde::Serialize;
+use triage_core::{Catalog, Mode};
+use triage_log::decode_features;
+use triage_policy::{Policy, Prediction, apply_priors, decide};
+
+use crate::eval::baselines::lambda_grid;
+use crate::eval::curve::{Point, aiq, hull};
+use crate::logdata::LoggedData;
+use crate::simulate::Knob;
+
+/// Importance weights are clipped here: an exploratory choice made with probability 1% would
+/// otherwise count a hundred times and swamp the estimate (bias traded for much lower variance).
+const MAX_WEIGHT: f64 = 20.0;
+
+/// Estimated mean quality and cost of one policy at one knob.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct OffPolicyValue {
+    /// Self-normalised IPS mean quality (NaN when the policy never agrees with the log).
+    pub quality_ips: f64,
+    /// Self-normalised IPS mean cost, USD.
+    pub cost_ips: f64,
+    /// Doubly robust mean quality.
+    pub quality_dr: f64,
+    /// Doubly robust mean cost, USD.
+    pub cost_dr: f64,
+    /// Logged decisions used.
+    pub decisions: usize,
+    /// Of those, how many the evaluated policy decides the same way.
+    pub agreeing: usize,
+}
+
+/// One policy on the logged traffic.
+#[derive(Clone, Debug, Serialize)]
+pub struct OffPolicyCurve {
+    /// At each decision's own logged knob.
+    pub at_logged_knob: OffPolicyValue,
+    /// DR points over the λ sweep.
+    pub points: Vec<Point>,
+    /// Area under their hull over the shared cost range.
+    pub aiq: f64,
+}
+
+/// A logged decision ready to replay.
+struct Usable {
+    features: Vec<f32>,
+    knob: Knob,
+    eligible: Vec<String>,
+    input_tokens: u32,
+    chosen: String,
+    propensity: f64,
+    quality: f64,
+    cost: f64,
+    /// Reward model's (quality, cost) per model.
+    expected: HashMap<String, (f64, f64)>,
+}
+
+fn logged_knob(knob: &str, cost_weight: Option<f64>) -> Knob {
+    match (knob, cost_weight) {
+        ("lambda", Some(w)) => Knob::CostWeight(w),
+        ("quality", _) => Knob::Mode(Mode::Quality),
+        ("cost", _) => Knob::Mode(Mode::Cost),
+        _ => Knob::Mode(Mode::Balanced),
+    }
+}
+
+fn predictions<'a>(
+    policy: &'a Policy,
+    catalog: &'a Catalog,
+    features: &[f32],
+) -> Option<HashMap<&'a str, Prediction>> {
+    let mut p: HashMap<&str, Prediction> = policy.predict(features).ok()?.into_iter().collect();
+    apply_priors(catalog, &mut p);
+    Some(p)
+}
+
+/// The DR direct model: each model's mean logged quality and answer length, whatever the prompt.
+/// Neutral between the policies compared (a policy's own predictions as the direct model would
+/// favour that policy), and fitted on other decisions than the ones evaluated.
+#[derive(Clone, Debug)]
+pub struct RewardModel {
+    by_model: HashMap<String, (f64, f64)>,
+    fallback: (f64, f64),
+}
+
+impl RewardModel {
+    /// Per-model means over `logged`'s outcomes.
+    pub fn fit(logged: &LoggedData) -> Self {
+        let mut sums: HashMap<String, (f64, f64, f64)> = HashMap::new();
+        let (mut q_all, mut t_all, mut n_all) = (0.0, 0.0, 0.0);
+        for o in &logged.outcomes {
+            let tokens = o.output_tokens.unwrap_or(0.0);
+            let e = sums.entry(o.model.clone()).or_default();
+            *e = (e.0 + o.quality, e.1 + tokens, e.2 + 1.0);
+            (q_all, t_all, n_all) = (q_all + o.quality, t_all + tokens, n_all + 1.0);
+        }
+        let n_all = f64::max(n_all, 1.0);
+        Self {
+            by_model: sums
+                .into_iter()
+                .map(|(m, (q, t, n))| (m, (q / n, t / n)))
+                .collect(),
+            fallback: (q_all / n_all, t_all / n_all),
+        }
+    }
+
+    fn expect(&self, model: &str) -> (f64, f64) {
+        self.by_model.get(model).copied().unwrap_or(self.fallback)
+    }
+}
+
+fn usable(reward_model: &RewardModel, catalog: &Catalog, logged: &LoggedData) -> Vec<Usable> {
+    let outcome: HashMap<(usize, &str), (f64, f64)> = logged
+        .outcomes
+        .iter()
+        .map(|o| ((o.decision, o.model.as_str()), (o.quality, o.cost_usd)))
+        .collect();
+    let mut out = Vec::new();
+    for (i, d) in logged.decisions.iter().enumerate() {
+        let Some(&(quality, cost)) = outcome.get(&(i, d.chosen.as_str())) else {
+            continue;
+        };
+        let Ok(features) = decode_features(&d.features) else {
+            continue;
+        };
+        let expected = catalog
+            .models()
+            .iter()
+            .map(|spec| {
+                let (q, tokens) = reward_model.expect(&spec.name);
+                let c = spec.cost_usd(f64::from(d.input_tokens), tokens);
+                (spec.name.clone(), (q, c))
+            })
+            .collect::<HashMap<_, _>>();
+        if !expected.contains_key(&d.chosen) {
+            continue;
+        }
+        out.push(Usable {
+            features,
+            knob: logged_knob(&d.knob, d.cost_weight),
+            eligible: d
+                .candidates
+                .iter()
+                .filter(|c| c.eligible)
+                .map(|c| c.model.clone())
+                .collect(),
+            input_tokens: d.input_tokens,
+            chosen: d.chosen.clone(),
+            propensity: d.propensity.max(1e-6),
+            quality,
+            cost,
+            expected,
+        });
+    }
+    out
+}
+
+/// Per decision: the evaluated policy's pick and its DR (quality, cost) contribution, or `None`
+/// where the decision cannot be replayed.
+struct Replayed {
+    agrees: bool,
+    weight: f64,
+    dr: (f64, f64),
+}
+
+fn replay(
+    policy: &Policy,
+    predicted: &[Option<HashMap<&str, Prediction>>],
+    catalog: &Catalog,
+    decisions: &[Usable],
+    knob: Option<Knob>,
+) -> Vec<Option<Replayed>> {
+    decisions
+        .iter()
+        .zip(predicted)
+        .map(|(u, preds)| {
+            let preds = preds.as_ref()?;
+            let prefs = knob.unwrap_or(u.knob).preferences(u.eligible.clone());
+            let decision =
+                decide(catalog, preds, policy.decision(), &prefs, u.input_tokens).ok()?;
+            let pick = &decision.chosen().model;
+            let (&(q_pick, c_pick), &(q_log, c_log)) =
+                (u.expected.get(pick)?, u.expected.get(&u.chosen)?);
+            let agrees = *pick == u.chosen;
+            let weight = if agrees {
+                (1.0 / u.propensity).min(MAX_WEIGHT)
+            } else {
+                0.0
+            };
+            // A quality estimate outside 0..1 is noise by definition.
+            let dr = (
+                (q_pick + weight * (u.quality - q_log)).clamp(0.0, 1.0),
+                (c_pick + weight * (u.cost - c_log)).max(0.0),
+            );
+            Some(Replayed { agrees, weight, dr })
+        })
+        .collect()
+}
+
+/// IPS and DR means over `replayed`.
+fn value(replayed: &[Option<Replayed>], decisions: &[Usable]) -> OffPolicyValue {
+    let (mut w_sum, mut wq, mut wc, mut dr_q, mut dr_c) = (0.0, 0.0, 0.0, 0.0, 0.0);
+    let (mut n, mut agreeing) = (0usize, 0usize);
+    for (r, u) in replayed.iter().zip(decisions) {
+        let Some(r) = r else { continue };
+        n += 1;
+        agreeing += usize::from(r.agrees);
+        w_sum += r.weight;
+        wq += r.weight * u.quality;
+        wc += r.weight * u.cost;
+        dr_q += r.dr.0;
+        dr_c += r.dr.1;
+    }
+    let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { f64::NAN };
+    OffPolicyValue {
+        quality_ips: ratio(wq, w_sum),
+        cost_ips: ratio(wc, w_sum),
+        quality_dr: ratio(dr_q, n as f64),
+        cost_dr: ratio(dr_c, n as f64),
+        decisions: n,
+        agreeing,
+    }
+}
+
+/// DR points of one policy over the λ sweep, from the decisions picked by `sample` (indices,
+/// repeats allowed).
+fn points(sweep: &[Vec<Option<Replayed>>], sample: &[usize]) -> Vec<Point> {
+    sweep
+        .iter()
+        .map(|replayed| {
+            let (mut q, mut c, mut n) = (0.0, 0.0, 0.0);
+            for &i in sample {
+                if let Some(r) = &replayed[i] {
+                    q += r.dr.0;
+                    c += r.dr.1;
+                    n += 1.0;
+                }
+            }
+            Point {
+                cost: c / f64::max(n, 1.0),
+                quality: q / f64::max(n, 1.0),
+            }
+        })
+        .collect()
+}
+
+/// Bootstrap resamples of the decisions used for the standard error of the AIQ difference.
+const BOOTSTRAP: usize = 200;
+
+/// Two policies compared on the same logged decisions.
+#[derive(Clone, Debug, Serialize)]
+pub struct Comparison {
+    /// The serving policy.
+    pub current: OffPolicyCurve,
+    /// The retrained one.
+    pub candidate: OffPolicyCurve,
+    /// Bootstrap standard error of `candidate.aiq − current.aiq`.
+    pub difference_se: f64,
+}
+
+/// Estimates `current` and `candidate` on the `logged` decisions, with `reward_model` as the DR
+/// direct model for both. Returns `None` for fewer than `min_decisions` usable decisions.
+pub fn compare(
+    current: &Policy,
+    candidate: &Policy,
+    catalog: &Catalog,
+    logged: &LoggedData,
+    reward_model: &RewardModel,
+    min_decisions: usize,
+) -> Option<Comparison> {
+    let decisions = usable(reward_model, catalog, logged);
+    if decisions.len() < min_decisions {
+        return None;
+    }
+    // A coarser λ grid than `triage eval`'s: every third value is plenty for a gate.
+    let grid: Vec<f64> = lambda_grid().into_iter().step_by(3).collect();
+    let sweep = |policy: &Policy| {
+        let predicted: Vec<_> = decisions
+            .iter()
+            .map(|u| predictions(policy, catalog, &u.features))
+            .collect();
+        let at_logged_knob = value(
+            &replay(policy, &predicted, catalog, &decisions, None),
+            &decisions,
+        );
+        let by_lambda: Vec<Vec<Option<Replayed>>> = grid
+            .iter()
+            .map(|&l| {
+                replay(
+                    policy,
+                    &predicted,
+                    catalog,
+                    &decisions,
+                    Some(Knob::CostWeight(l)),
+                )
+            })
+            .collect();
+        (at_logged_knob, by_lambda)
+    };
+    let (old_value, old_sweep) = sweep(current);
+    let (new_value, new_sweep) = sweep(candidate);
+    let all: Vec<usize> = (0..decisions.len()).collect();
+    let (old_points, new_points) = (points(&old_sweep, &all), points(&new_sweep, &all));
+    let costs = old_points.iter().chain(&new_points).map(|p| p.cost);
+    let lo = costs.clone().fold(f64::INFINITY, f64::min);
+    let hi = costs.fold(f64::NEG_INFINITY, f64::max);
+    let area = |pts: &[Point]| aiq(&hull(pts), lo, hi);
+
+    let mut rng = fastrand::Rng::with_seed(0x7e1a6e);
+    let differences: Vec<f64> = (0..BOOTSTRAP)
+        .map(|_| {
+            let sample: Vec<usize> = (0..decisions.len())
+                .map(|_| rng.usize(..decisions.len()))
+                .collect();
+            area(&points(&new_sweep, &sample)) - area(&points(&old_sweep, &sample))
+        })
+        .collect();
+    let mean = differences.iter().sum::<f64>() / BOOTSTRAP as f64;
+    let variance = differences.iter().map(|d| (d - mean).powi(2)).sum::<f64>()
+        / (BOOTSTRAP - 1) as f64;
+    let curve = |at_logged_knob, points: Vec<Point>| OffPolicyCurve {
+        at_logged_knob,
+        aiq: area(&points),
+        points,
+    };
+    Some(Comparison {
+        current: curve(old_value, old_points),
+        candidate: curve(new_value, new_points),
+        difference_se: variance.sqrt(),
+    })
+}
