@@ -174,9 +174,10 @@ pub fn run(mut settings: Settings, args: SimulateArgs, base: PathBuf) -> anyhow:
             "drift: {} had {:.1}% of traffic before; {} (trailing {} requests); {:.1}% at the end",
             d.model,
             d.share_before * 100.0,
-            d.requests_to_halve.map_or("its share never halved".into(), |n| format!(
-                "its share halved {n} requests after the drift"
-            )),
+            d.requests_to_halve
+                .map_or("its share never halved".into(), |n| format!(
+                    "its share halved {n} requests after the drift"
+                )),
             d.window,
             d.share_at_end * 100.0
         );

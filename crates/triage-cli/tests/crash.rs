@@ -91,7 +91,10 @@ async fn sigkill_loses_no_acknowledged_feedback_and_duplicates_none() {
             for n in 0.. {
                 let (request_id, model) = &routed[n % routed.len()];
                 let feedback_id = format!("w{worker}-{n}");
-                match client.feedback(report(request_id, &feedback_id, model)).await {
+                match client
+                    .feedback(report(request_id, &feedback_id, model))
+                    .await
+                {
                     Ok(_) => acked.lock().expect("lock").push((
                         request_id.clone(),
                         feedback_id,
@@ -116,7 +119,11 @@ async fn sigkill_loses_no_acknowledged_feedback_and_duplicates_none() {
         s.await.expect("stream task");
     }
     let acked = acked.lock().expect("lock").clone();
-    assert!(acked.len() >= 100, "only {} reports before the kill", acked.len());
+    assert!(
+        acked.len() >= 100,
+        "only {} reports before the kill",
+        acked.len()
+    );
 
     // Restart on the same directory: recovery, then every acknowledged report exactly once.
     let (mut child, url) = spawn_server(data.path());
@@ -125,11 +132,18 @@ async fn sigkill_loses_no_acknowledged_feedback_and_duplicates_none() {
     let mut seen = HashSet::new();
     for r in &records {
         if let LogRecord::Feedback(f) = r {
-            assert!(seen.insert(f.feedback_id.clone()), "{} stored twice", f.feedback_id);
+            assert!(
+                seen.insert(f.feedback_id.clone()),
+                "{} stored twice",
+                f.feedback_id
+            );
         }
     }
     for (_, feedback_id, _) in &acked {
-        assert!(seen.contains(feedback_id), "acknowledged {feedback_id} was lost");
+        assert!(
+            seen.contains(feedback_id),
+            "acknowledged {feedback_id} was lost"
+        );
     }
     // Clients retry what they are unsure of: the restarted server knows every stored id.
     for (request_id, feedback_id, model) in acked.iter().take(20) {

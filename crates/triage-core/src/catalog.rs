@@ -101,9 +101,7 @@ pub enum CatalogError {
         index: usize,
     },
     /// `prior_from` names no model of the catalog, or the model itself.
-    #[error(
-        "model `{model}`: prior_from = {prior_from:?} must name another model of the catalog"
-    )]
+    #[error("model `{model}`: prior_from = {prior_from:?} must name another model of the catalog")]
     BadPrior {
         /// The model.
         model: String,

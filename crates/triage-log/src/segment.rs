@@ -77,7 +77,9 @@ pub(crate) fn scan_segment(path: &Path) -> Result<ScannedSegment, LogError> {
         let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
         let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
         let start = at + HEADER_BYTES;
-        let Some(payload) = bytes.get(start..start + len).filter(|_| len <= MAX_RECORD_BYTES)
+        let Some(payload) = bytes
+            .get(start..start + len)
+            .filter(|_| len <= MAX_RECORD_BYTES)
         else {
             break;
         };

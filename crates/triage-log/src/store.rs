@@ -193,10 +193,12 @@ impl FileEventLog {
             .queue
             .as_ref()
             .ok_or_else(|| LogError::WriterStopped("the log is closed".into()))?;
-        queue.try_send(Pending { seq, framed }).map_err(|e| match e {
-            TrySendError::Full(_) => LogError::Full,
-            TrySendError::Disconnected(_) => LogError::WriterStopped(self.failure()),
-        })?;
+        queue
+            .try_send(Pending { seq, framed })
+            .map_err(|e| match e {
+                TrySendError::Full(_) => LogError::Full,
+                TrySendError::Disconnected(_) => LogError::WriterStopped(self.failure()),
+            })?;
         index.next_seq += 1;
         let ticket = Ticket(seq);
         index.add(record, ticket);

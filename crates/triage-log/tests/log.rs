@@ -4,7 +4,7 @@ use std::io::Write;
 
 use triage_log::{
     DecisionRecord, ErrorKind, EventStore, FeedbackAck, FeedbackRecord, FileEventLog, LogError,
-    LogOptions, LoggedCandidate, LogRecord, read_log, segment_file,
+    LogOptions, LogRecord, LoggedCandidate, read_log, segment_file,
 };
 
 fn options(dir: &std::path::Path) -> LogOptions {
@@ -70,12 +70,16 @@ async fn feedback_is_durable_once_and_survives_reopening() {
     {
         let log = FileEventLog::open(&options(dir.path())).expect("opens");
         log.record_decision(decision("r1")).expect("decision");
-        let ack = log.record_feedback(feedback("r1", "f1", 1.0)).expect("feedback");
+        let ack = log
+            .record_feedback(feedback("r1", "f1", 1.0))
+            .expect("feedback");
         assert!(matches!(ack, FeedbackAck::Stored(_)));
         log.wait_durable(ack.ticket()).await.expect("durable");
         // Acknowledged means on disk: a reader sees it while the log is still open.
         assert_eq!(feedback_count(dir.path()), 1);
-        let retry = log.record_feedback(feedback("r1", "f1", 1.0)).expect("retry");
+        let retry = log
+            .record_feedback(feedback("r1", "f1", 1.0))
+            .expect("retry");
         assert_eq!(retry, FeedbackAck::Duplicate(ack.ticket()));
         assert!(matches!(
             log.record_feedback(feedback("r1", "f1", 0.0)),
@@ -95,7 +99,9 @@ async fn feedback_is_durable_once_and_survives_reopening() {
     let log = FileEventLog::open(&options(dir.path())).expect("reopens");
     assert_eq!(log.counts(), (1, 1));
     // The index was rebuilt: a retry after restart is still a duplicate.
-    let retry = log.record_feedback(feedback("r1", "f1", 1.0)).expect("retry");
+    let retry = log
+        .record_feedback(feedback("r1", "f1", 1.0))
+        .expect("retry");
     assert!(matches!(retry, FeedbackAck::Duplicate(_)));
     let ack = log.record_feedback(feedback("r1", "f4", 0.0)).expect("new");
     log.wait_durable(ack.ticket()).await.expect("durable");
@@ -108,7 +114,9 @@ async fn a_torn_tail_is_cut_and_appends_continue_after_valid_data() {
     {
         let log = FileEventLog::open(&options(dir.path())).expect("opens");
         log.record_decision(decision("r1")).expect("decision");
-        let ack = log.record_feedback(feedback("r1", "f1", 1.0)).expect("feedback");
+        let ack = log
+            .record_feedback(feedback("r1", "f1", 1.0))
+            .expect("feedback");
         log.wait_durable(ack.ticket()).await.expect("durable");
     }
     let segment = segment_file(dir.path(), 1);
@@ -127,7 +135,9 @@ async fn a_torn_tail_is_cut_and_appends_continue_after_valid_data() {
 
     let log = FileEventLog::open(&options(dir.path())).expect("recovers");
     assert_eq!(std::fs::metadata(&segment).expect("segment").len(), intact);
-    let ack = log.record_feedback(feedback("r1", "f2", 0.0)).expect("feedback");
+    let ack = log
+        .record_feedback(feedback("r1", "f2", 0.0))
+        .expect("feedback");
     log.wait_durable(ack.ticket()).await.expect("durable");
     let (records, report) = read_log(dir.path()).expect("reads");
     assert_eq!((records.len(), report.torn_bytes), (3, 0));
@@ -139,7 +149,9 @@ async fn a_flipped_byte_fails_the_checksum() {
     {
         let log = FileEventLog::open(&options(dir.path())).expect("opens");
         for i in 0..3 {
-            let t = log.record_decision(decision(&format!("r{i}"))).expect("decision");
+            let t = log
+                .record_decision(decision(&format!("r{i}")))
+                .expect("decision");
             log.wait_durable(t).await.expect("durable");
         }
     }
@@ -163,14 +175,18 @@ async fn segments_rotate_and_read_back_in_order() {
     let log = FileEventLog::open(&small).expect("opens");
     let mut last = None;
     for i in 0..40 {
-        let t = log.record_decision(decision(&format!("r{i}"))).expect("decision");
+        let t = log
+            .record_decision(decision(&format!("r{i}")))
+            .expect("decision");
         // Wait on some so that groups stay small enough to rotate between them.
         if i % 4 == 0 {
             log.wait_durable(t).await.expect("durable");
         }
         last = Some(t);
     }
-    log.wait_durable(last.expect("written")).await.expect("durable");
+    log.wait_durable(last.expect("written"))
+        .await
+        .expect("durable");
     let (records, report) = read_log(dir.path()).expect("reads");
     assert!(report.segments > 1, "{report:?}");
     let ids: Vec<String> = records

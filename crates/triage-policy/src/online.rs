@@ -179,7 +179,8 @@ impl OnlineLearner {
         } else {
             0
         };
-        let propensity = (1.0 - rate) * f64::from(u8::from(pick == 0)) + rate * weights[pick] / total;
+        let propensity =
+            (1.0 - rate) * f64::from(u8::from(pick == 0)) + rate * weights[pick] / total;
         if pick != 0 {
             let chosen = decision.candidates.remove(pick);
             decision.candidates.insert(0, chosen);
@@ -244,7 +245,11 @@ mod tests {
             let draw = l.explore(&mut d, 0.1, v);
             assert!(draw.explored);
             assert_eq!(d.candidates[0].model, expected_model);
-            total += if expected_model == "a" { 0.0 } else { draw.propensity };
+            total += if expected_model == "a" {
+                0.0
+            } else {
+                draw.propensity
+            };
         }
         let mut d = decision(&["a", "b", "c"]);
         let greedy = l.explore(&mut d, 0.5, 0.0);

@@ -189,8 +189,8 @@ fn ties_break_on_lower_cost_then_name() {
         output_tokens: 50.0,
     };
     let predictions = HashMap::from([
-        ("b-cheap", p.clone()),
-        ("a-cheap", p.clone()),
+        ("b-cheap", p),
+        ("a-cheap", p),
         ("pricey", p),
     ]);
     for mode in [Mode::Quality, Mode::Balanced, Mode::Cost] {
@@ -218,7 +218,7 @@ fn disabled_and_unscored_models_are_listed_but_never_chosen() {
         quality: 0.5,
         output_tokens: 10.0,
     };
-    let predictions = HashMap::from([("off", p.clone()), ("known", p)]);
+    let predictions = HashMap::from([("off", p), ("known", p)]);
     let d = decide(&catalog, &predictions, &PARAMS, &Preferences::default(), 10).expect("decision");
     assert_eq!(d.chosen().model, "known");
     assert_eq!(d.candidates.len(), 3);

@@ -10,9 +10,7 @@ use triage_core::config::ExplorationSettings;
 use triage_core::features::{PromptStats, features};
 use triage_core::{Catalog, Conversation, EncoderInput, Preferences, Settings};
 use triage_encoder::{EncoderPool, OnnxEmbedder, OnnxOptions, PoolOptions, init_onnxruntime};
-use triage_policy::{
-    Decision, OnlineLearner, Policy, Prediction, apply_priors, decide,
-};
+use triage_policy::{Decision, OnlineLearner, Policy, Prediction, apply_priors, decide};
 
 use crate::error::{RouteError, StartupError};
 use crate::recent::RecentPredictions;
@@ -200,7 +198,11 @@ impl RoutingEngine {
 const RECENT_DECISIONS: usize = 100_000;
 
 /// Checks that `policy` fits the encoder, and warns about catalog/policy mismatches.
-fn check_policy(catalog: &Catalog, encoder_dim: usize, policy: &Policy) -> Result<(), StartupError> {
+fn check_policy(
+    catalog: &Catalog,
+    encoder_dim: usize,
+    policy: &Policy,
+) -> Result<(), StartupError> {
     let expected = policy.file().embedding_dim;
     if encoder_dim != expected {
         return Err(StartupError::DimensionMismatch {

@@ -36,7 +36,9 @@ pub(crate) fn watch_policy(
             let file = path.clone();
             let loaded = tokio::task::spawn_blocking(move || engine.reload_policy(&file)).await;
             match loaded {
-                Ok(Ok(version)) => tracing::info!(path = %path.display(), %version, "policy reloaded"),
+                Ok(Ok(version)) => {
+                    tracing::info!(path = %path.display(), %version, "policy reloaded")
+                }
                 Ok(Err(error)) => tracing::error!(
                     path = %path.display(),
                     %error,

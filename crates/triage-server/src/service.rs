@@ -52,13 +52,14 @@ impl Router for RouterService {
             convert::routing_request(request.into_inner(), self.engine.catalog(), self.limits)
                 .map_err(RouteError::from)?;
         let outcome = self.engine.route(&request_id, &routing).await?;
-        self.log.record_decision(convert::decision_record(
-            &request_id,
-            &routing,
-            &outcome,
-            self.store_prompts,
-        ))
-        .map_err(RouteError::from)?;
+        self.log
+            .record_decision(convert::decision_record(
+                &request_id,
+                &routing,
+                &outcome,
+                self.store_prompts,
+            ))
+            .map_err(RouteError::from)?;
         let total_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
         tracing::debug!(
             %request_id,
@@ -108,8 +109,11 @@ impl Router for RouterService {
         request: Request<v1::FeedbackRequest>,
     ) -> Result<Response<v1::FeedbackResponse>, Status> {
         let record = convert::feedback_record(request.into_inner()).map_err(RouteError::from)?;
-        let (request_id, model, quality) =
-            (record.request_id.clone(), record.model.clone(), record.quality);
+        let (request_id, model, quality) = (
+            record.request_id.clone(),
+            record.model.clone(),
+            record.quality,
+        );
         let ack = self.log.record_feedback(record).map_err(RouteError::from)?;
         self.log
             .wait_durable(ack.ticket())

@@ -57,13 +57,41 @@ async fn feedback_is_validated_stored_once_and_joined_to_its_decision() {
     client.feedback(failed).await.expect("error report stored");
 
     let cases = [
-        (report("no-such-request", "fb-3", &routed.model, 1.0), Code::NotFound, "request_id"),
-        (report(&id, "fb-1", &routed.model, 0.0), Code::AlreadyExists, "fb-1"),
-        (report(&id, "fb-4", &routed.model, 1.5), Code::InvalidArgument, "quality"),
-        (report(&id, "fb-4", &routed.model, f64::NAN), Code::InvalidArgument, "quality"),
-        (report(&id, "", &routed.model, 1.0), Code::InvalidArgument, "feedback_id"),
-        (report("", "fb-4", &routed.model, 1.0), Code::InvalidArgument, "request_id"),
-        (report(&id, "fb-4", "gpt-99", 1.0), Code::InvalidArgument, "gpt-99"),
+        (
+            report("no-such-request", "fb-3", &routed.model, 1.0),
+            Code::NotFound,
+            "request_id",
+        ),
+        (
+            report(&id, "fb-1", &routed.model, 0.0),
+            Code::AlreadyExists,
+            "fb-1",
+        ),
+        (
+            report(&id, "fb-4", &routed.model, 1.5),
+            Code::InvalidArgument,
+            "quality",
+        ),
+        (
+            report(&id, "fb-4", &routed.model, f64::NAN),
+            Code::InvalidArgument,
+            "quality",
+        ),
+        (
+            report(&id, "", &routed.model, 1.0),
+            Code::InvalidArgument,
+            "feedback_id",
+        ),
+        (
+            report("", "fb-4", &routed.model, 1.0),
+            Code::InvalidArgument,
+            "request_id",
+        ),
+        (
+            report(&id, "fb-4", "gpt-99", 1.0),
+            Code::InvalidArgument,
+            "gpt-99",
+        ),
         (
             FeedbackRequest {
                 cost_usd: -1.0,
@@ -113,7 +141,10 @@ async fn feedback_is_validated_stored_once_and_joined_to_its_decision() {
     assert_eq!(d.knob, "balanced");
     assert_eq!(d.prompt, None, "prompts are not stored by default");
     let features = decode_features(&d.features).expect("features decode");
-    assert_eq!(features.len(), 384 + triage_core::features::HAND_FEATURE_NAMES.len());
+    assert_eq!(
+        features.len(),
+        384 + triage_core::features::HAND_FEATURE_NAMES.len()
+    );
     let ids: Vec<&str> = feedback.iter().map(|f| f.feedback_id.as_str()).collect();
     assert_eq!(ids, ["fb-1", "fb-2"]);
 }

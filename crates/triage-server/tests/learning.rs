@@ -83,7 +83,11 @@ async fn a_new_policy_file_is_served_without_restart_and_a_bad_one_is_ignored() 
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let versions = traffic.await.expect("traffic task");
     assert!(versions.len() > 3);
-    assert!(versions.iter().all(|v| *v == original || v == "hot-swapped-2"));
+    assert!(
+        versions
+            .iter()
+            .all(|v| *v == original || v == "hot-swapped-2")
+    );
     server.shutdown().await.expect("clean shutdown");
 }
 
@@ -124,7 +128,10 @@ async fn exploration_reports_propensities_and_never_breaks_a_constraint() {
     // 60 draws at rate 0.5: fewer than 15 explorations has probability below 1e-4.
     assert!(explored >= 15, "{explored}");
     assert!(eligible >= 2);
-    assert!(models.len() >= eligible.min(3), "{models:?} of {eligible} eligible");
+    assert!(
+        models.len() >= eligible.min(3),
+        "{models:?} of {eligible} eligible"
+    );
     server.shutdown().await.expect("clean shutdown");
 }
 

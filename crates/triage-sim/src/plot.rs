@@ -25,9 +25,9 @@ pub fn write_svg(path: &Path, title: &str, report: &SimReport) -> Result<(), Sim
         .map_err(|e| err(e.to_string()))?;
     let panels = root.split_evenly((3, 1));
 
-    let series = |r: &[crate::run::Round], f: &dyn Fn(&crate::run::Round) -> f64| -> Vec<(f64, f64)> {
-        r.iter().map(|x| (x.requests as f64, f(x))).collect()
-    };
+    let series = |r: &[crate::run::Round],
+                  f: &dyn Fn(&crate::run::Round) -> f64|
+     -> Vec<(f64, f64)> { r.iter().map(|x| (x.requests as f64, f(x))).collect() };
     let quality = series(rounds, &|r| r.mean_quality);
     let (qlo, qhi) = bounds(quality.iter().map(|p| p.1));
     let mut chart = ChartBuilder::on(&panels[0])
@@ -85,7 +85,9 @@ pub fn write_svg(path: &Path, title: &str, report: &SimReport) -> Result<(), Sim
             .draw_series(LineSeries::new(points, color.stroke_width(2)))
             .map_err(|e| err(e.to_string()))?
             .label(model.as_str())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+            });
     }
     chart
         .configure_series_labels()

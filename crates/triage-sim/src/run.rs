@@ -146,7 +146,11 @@ fn unit_hash(text: &str) -> f64 {
     f64::from(u32::from_be_bytes([h[0], h[1], h[2], h[3]])) / f64::from(u32::MAX) / 1.000_001
 }
 
-fn train_options(o: &SimOptions, data: Option<PathBuf>, models: Option<Vec<String>>) -> TrainOptions {
+fn train_options(
+    o: &SimOptions,
+    data: Option<PathBuf>,
+    models: Option<Vec<String>>,
+) -> TrainOptions {
     TrainOptions {
         data,
         from_log: None,
@@ -181,13 +185,20 @@ pub fn simulate(o: &SimOptions) -> Result<SimReport, SimError> {
     // Only the catalog's models: they are what the server can route to, and their costs span
     // the range AIQ is measured over (as in `triage eval` of a policy for this catalog).
     let catalog_models: Vec<String> = catalog.models().iter().map(|m| m.name.clone()).collect();
-    let table = prepare(&train_options(o, Some(o.data.clone()), Some(catalog_models)))?;
+    let table = prepare(&train_options(
+        o,
+        Some(o.data.clone()),
+        Some(catalog_models),
+    ))?;
 
     // The starting policy.
     match &o.start {
         Start::Prior => {
             let models: Vec<String> = catalog.models().iter().map(|m| m.name.clone()).collect();
-            triage_train::write_policy_atomically(&prior_policy(&models, 0.5, 300.0), &policy_path)?;
+            triage_train::write_policy_atomically(
+                &prior_policy(&models, 0.5, 300.0),
+                &policy_path,
+            )?;
         }
         Start::Policy(path) => {
             std::fs::copy(path, &policy_path).map_err(|e| write_err(&policy_path, e))?;
@@ -277,14 +288,25 @@ pub fn simulate(o: &SimOptions) -> Result<SimReport, SimError> {
                 }
                 format!(
                     "{} ({}): {}",
-                    if report.verdict.promote { "promoted" } else { "kept" },
+                    if report.verdict.promote {
+                        "promoted"
+                    } else {
+                        "kept"
+                    },
                     report.verdict.evidence,
                     report.verdict.reason
                 )
             }
             Err(e) => format!("not retrained: {e}"),
         };
-        let round = summarise(r + 1, served.len(), &served[served.len() - chunk.len()..], version, verdict, aiq_of(&policy_path)?);
+        let round = summarise(
+            r + 1,
+            served.len(),
+            &served[served.len() - chunk.len()..],
+            version,
+            verdict,
+            aiq_of(&policy_path)?,
+        );
         tracing::info!(
             round = round.round,
             requests = round.requests,
@@ -299,11 +321,10 @@ pub fn simulate(o: &SimOptions) -> Result<SimReport, SimError> {
     runtime
         .block_on(server.shutdown())
         .map_err(|e| SimError::Server(e.to_string()))?;
-    let drift = o
-        .drift
-        .as_ref()
-        .zip(drift_model)
-        .map(|(d, model)| drift_report(&served, &model, d.after, o.retrain_every.clamp(50, 200)));
+    let drift =
+        o.drift.as_ref().zip(drift_model).map(|(d, model)| {
+            drift_report(&served, &model, d.after, o.retrain_every.clamp(50, 200))
+        });
     Ok(SimReport {
         start_aiq,
         reference_aiq,
@@ -346,7 +367,10 @@ async fn serve_one(
     let allowed: Vec<String> = catalog
         .models()
         .iter()
-        .filter(|m| o.model_index(&m.name).is_some_and(|k| o.cells[p][k].is_some()))
+        .filter(|m| {
+            o.model_index(&m.name)
+                .is_some_and(|k| o.cells[p][k].is_some())
+        })
         .map(|m| m.name.clone())
         .collect();
     let wire_mode = match mode {
@@ -373,7 +397,9 @@ async fn serve_one(
     let cell = o
         .model_index(&routed.model)
         .and_then(|k| o.cells[p][k])
-        .ok_or_else(|| SimError::Server(format!("{} has no outcome for {}", routed.model, prompt.id)))?;
+        .ok_or_else(|| {
+            SimError::Server(format!("{} has no outcome for {}", routed.model, prompt.id))
+        })?;
     let mut quality = cell.quality;
     if let Some((share, model)) = degrade
         && routed.model == model
@@ -407,7 +433,10 @@ async fn serve_one(
     ))
 }
 
-async fn wait_for_version(client: &mut RouterClient<Channel>, version: &str) -> Result<(), SimError> {
+async fn wait_for_version(
+    client: &mut RouterClient<Channel>,
+    version: &str,
+) -> Result<(), SimError> {
     for _ in 0..400 {
         let serving = client
             .list_models(v1::ListModelsRequest {})

@@ -22,8 +22,8 @@ pub mod table;
 mod train;
 
 pub use train::{
-    Prepared, TrainOptions, TrainReport, candidate_path, fit_policy, policy_aiq, prepare, prior_policy, train,
-    write_policy_atomically,
+    Prepared, TrainOptions, TrainReport, candidate_path, fit_policy, policy_aiq, prepare,
+    prior_policy, train, write_policy_atomically,
 };
 
 /// Why training or evaluation failed.

@@ -69,7 +69,10 @@ impl LoggedData {
         }
         let (records, report) = read_log(dir).map_err(|e| TrainError::Data(e.to_string()))?;
         if report.torn_bytes > 0 {
-            tracing::info!(bytes = report.torn_bytes, "log tail not yet complete; left out");
+            tracing::info!(
+                bytes = report.torn_bytes,
+                "log tail not yet complete; left out"
+            );
         }
         let mut decisions: Vec<DecisionRecord> = Vec::new();
         let mut by_request: HashMap<String, usize> = HashMap::new();
@@ -120,8 +123,10 @@ impl LoggedData {
                 },
             );
         }
-        let outcomes: Vec<LoggedOutcome> =
-            order.into_iter().filter_map(|k| latest.remove(&k)).collect();
+        let outcomes: Vec<LoggedOutcome> = order
+            .into_iter()
+            .filter_map(|k| latest.remove(&k))
+            .collect();
         Ok(Self {
             counts: LogCounts {
                 decisions: decisions.len(),
@@ -186,8 +191,11 @@ impl LoggedData {
         let mut names: Vec<String> = self.outcomes.iter().map(|o| o.model.clone()).collect();
         names.sort();
         names.dedup();
-        let model_index: HashMap<&str, usize> =
-            names.iter().enumerate().map(|(i, m)| (m.as_str(), i)).collect();
+        let model_index: HashMap<&str, usize> = names
+            .iter()
+            .enumerate()
+            .map(|(i, m)| (m.as_str(), i))
+            .collect();
         let mut prompt_of: HashMap<usize, usize> = HashMap::new();
         let mut prompts = Vec::new();
         let mut features = Vec::new();
@@ -198,9 +206,8 @@ impl LoggedData {
                 Some(&p) => p,
                 None => {
                     let d = &self.decisions[o.decision];
-                    let x = decode_features(&d.features).map_err(|e| {
-                        TrainError::Data(format!("decision {}: {e}", d.request_id))
-                    })?;
+                    let x = decode_features(&d.features)
+                        .map_err(|e| TrainError::Data(format!("decision {}: {e}", d.request_id)))?;
                     prompts.push(Prompt {
                         id: d.request_id.clone(),
                         text: d.prompt.clone().unwrap_or_default(),
@@ -257,8 +264,10 @@ impl LoggedData {
 /// Seed table plus logged outcomes: prompts appended, model columns united.
 pub fn merge(seed: Prepared, logged: Prepared) -> Result<Prepared, TrainError> {
     let (a, b) = (&seed.outcomes, &logged.outcomes);
-    if let (Some(x), Some(y)) = (seed.features.features.first(), logged.features.features.first())
-        && x.len() != y.len()
+    if let (Some(x), Some(y)) = (
+        seed.features.features.first(),
+        logged.features.features.first(),
+    ) && x.len() != y.len()
     {
         return Err(TrainError::Data(format!(
             "the seed table's features have {} values and the log's {}: they come from different \
@@ -291,7 +300,10 @@ pub fn merge(seed: Prepared, logged: Prepared) -> Result<Prepared, TrainError> {
     features.extend(logged.features.features);
     let mut input_tokens = seed.features.input_tokens;
     input_tokens.extend(logged.features.input_tokens);
-    let sha = hex::encode(Sha256::digest(format!("{}+{}", a.data_sha256, b.data_sha256)));
+    let sha = hex::encode(Sha256::digest(format!(
+        "{}+{}",
+        a.data_sha256, b.data_sha256
+    )));
     Ok(Prepared {
         outcomes: Outcomes {
             prompts,

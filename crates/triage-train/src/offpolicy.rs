@@ -335,8 +335,8 @@ pub fn compare(
         })
         .collect();
     let mean = differences.iter().sum::<f64>() / BOOTSTRAP as f64;
-    let variance = differences.iter().map(|d| (d - mean).powi(2)).sum::<f64>()
-        / (BOOTSTRAP - 1) as f64;
+    let variance =
+        differences.iter().map(|d| (d - mean).powi(2)).sum::<f64>() / (BOOTSTRAP - 1) as f64;
     let curve = |at_logged_knob, points: Vec<Point>| OffPolicyCurve {
         at_logged_knob,
         aiq: area(&points),

@@ -71,9 +71,14 @@ pub fn gate(
         let held_out = logged.restricted_to(&dev_ids);
         let fitted_on = logged.excluding(&dev_ids);
         let reward = RewardModel::fit(&fitted_on);
-        if let Some(c) =
-            compare(current, &candidate_policy, catalog, &held_out, &reward, MIN_EVIDENCE)
-        {
+        if let Some(c) = compare(
+            current,
+            &candidate_policy,
+            catalog,
+            &held_out,
+            &reward,
+            MIN_EVIDENCE,
+        ) {
             // "Not worse" = not significantly worse: within the tolerance or two standard
             // errors of the estimated difference, whichever is larger.
             let allowed = AIQ_TOLERANCE.max(2.0 * c.difference_se);

@@ -160,7 +160,7 @@ impl<'a> Replay<'a> {
                     .collect();
                 let preds: HashMap<&str, Prediction> = self.predictions[k]
                     .iter()
-                    .map(|(m, pr)| (m.as_str(), pr.clone()))
+                    .map(|(m, pr)| (m.as_str(), *pr))
                     .collect();
                 decide(
                     &self.catalog,

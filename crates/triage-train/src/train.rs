@@ -14,11 +14,11 @@ use triage_policy::{
 
 use crate::TrainError;
 use crate::embed::{EmbeddingCache, PromptFeatures, prompt_features};
-use crate::logdata::{LogCounts, LoggedData, merge};
-use crate::promote::{GateVerdict, gate};
 use crate::eval::baselines::{cost_range, lambda_grid, single_models};
 use crate::eval::curve::{aiq, hull};
 use crate::fit::{design, length_head, quality_head, standardizer};
+use crate::logdata::{LogCounts, LoggedData, merge};
+use crate::promote::{GateVerdict, gate};
 use crate::simulate::{Knob, Replay};
 use crate::table::{Outcome, Outcomes, Split};
 
@@ -141,7 +141,13 @@ pub fn train(options: &TrainOptions) -> Result<TrainReport, TrainError> {
             candidate: None,
         }
     } else {
-        gate(current.as_ref(), &policy, &prepared, logged.as_ref(), &catalog)?
+        gate(
+            current.as_ref(),
+            &policy,
+            &prepared,
+            logged.as_ref(),
+            &catalog,
+        )?
     };
     if verdict.promote {
         write_policy_atomically(&policy, &options.out)?;
@@ -251,8 +257,7 @@ pub fn fit_policy(prepared: &Prepared) -> Result<PolicyFile, TrainError> {
         .filter(|&&p| o.cells[p].iter().flatten().count() >= 2)
         .count();
     let blend_report = if informative >= MIN_INFORMATIVE_DEV {
-        let (neighbours, blend_report) =
-            choose_neighbours(prepared, &file, &train_idx, &dev_idx)?;
+        let (neighbours, blend_report) = choose_neighbours(prepared, &file, &train_idx, &dev_idx)?;
         file.neighbours = neighbours;
         file.decision = choose_margins(prepared, &file, &dev_idx)?;
         blend_report
@@ -601,7 +606,9 @@ mod tests {
         current.standardize.mean = (0..width).map(|j| j as f32 * 0.01).collect();
         current.standardize.scale = (0..width).map(|j| 1.0 + j as f32 * 0.02).collect();
         for (i, head) in current.models.iter_mut().enumerate() {
-            head.quality.weights = (0..width).map(|j| ((i + j) % 7) as f32 * 0.01 - 0.03).collect();
+            head.quality.weights = (0..width)
+                .map(|j| ((i + j) % 7) as f32 * 0.01 - 0.03)
+                .collect();
             head.output_tokens.weights = (0..width).map(|j| (j % 5) as f32 * 0.002).collect();
         }
         let mut candidate = prior_policy(&models[..1], 0.5, 100.0);
@@ -610,7 +617,9 @@ mod tests {
         let carried = carry_over_heads(&mut candidate, &current);
         assert_eq!(carried, ["b"]);
 
-        let x: Vec<f32> = (0..width).map(|j| ((j * 13) % 11) as f32 * 0.1 - 0.5).collect();
+        let x: Vec<f32> = (0..width)
+            .map(|j| ((j * 13) % 11) as f32 * 0.1 - 0.5)
+            .collect();
         let (current, candidate) = (
             Policy::new(current).expect("valid"),
             Policy::new(candidate).expect("valid"),
@@ -618,7 +627,10 @@ mod tests {
         let before = current.predict(&x).expect("scores");
         let after = candidate.predict(&x).expect("scores");
         let b = |p: &[(&str, triage_policy::Prediction)]| {
-            p.iter().find(|(m, _)| *m == "b").map(|(_, p)| *p).expect("b scored")
+            p.iter()
+                .find(|(m, _)| *m == "b")
+                .map(|(_, p)| *p)
+                .expect("b scored")
         };
         let (old, new) = (b(&before), b(&after));
         assert!((old.quality - new.quality).abs() < 1e-4, "{old:?} {new:?}");

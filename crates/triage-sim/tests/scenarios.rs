@@ -1,0 +1,209 @@
+//! The three learning scenarios of `triage simulate` on a slice of real outcome data, against a
+//! real server over gRPC with the real encoder: cold start, a new model, and drift.
+//!
+//! The data lives in `../shared/data/` (or `$TRIAGE_SHARED_DATA`); without it the tests skip,
+//! saying so. The full-size runs and their figures are in the README.
+
+use std::path::{Path, PathBuf};
+
+use polars::prelude::*;
+use triage_core::{Mode, Settings};
+use triage_sim::{Drift, SimOptions, SimReport, Start, simulate};
+use triage_train::table::Split;
+use triage_train::{TrainOptions, train};
+
+const MODELS: [&str; 4] = [
+    "claude-3-5-sonnet-20241022",
+    "gpt-4o-mini-2024-07-18",
+    "gemini-1.5-flash",
+    "Meta-Llama-3.1-8B-Instruct",
+];
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// Every third prompt of the ZeroEval table, four models, as Parquet.
+fn slice(dir: &Path) -> Option<PathBuf> {
+    let shared = std::env::var_os("TRIAGE_SHARED_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("../shared/data"));
+    let source = shared.join("zeroeval.parquet");
+    if !source.is_file() {
+        eprintln!(
+            "SKIPPED: {} not found (set TRIAGE_SHARED_DATA to the shared data directory)",
+            source.display()
+        );
+        return None;
+    }
+    let df = ParquetReader::new(std::fs::File::open(&source).expect("open"))
+        .finish()
+        .expect("read parquet");
+    let column = |name: &str| df.column(name).expect(name).str().expect("str").clone();
+    let (model, ids) = (column("model"), column("prompt_id"));
+    let keep: Vec<bool> = model
+        .iter()
+        .zip(ids.iter())
+        .map(|(m, id)| {
+            let h = id
+                .unwrap_or_default()
+                .bytes()
+                .fold(7u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
+            MODELS.contains(&m.unwrap_or_default()) && h % 3 == 0
+        })
+        .collect();
+    let mut small = df
+        .filter(&BooleanChunked::from_slice("keep".into(), &keep))
+        .expect("filter");
+    let out = dir.join("slice.parquet");
+    ParquetWriter::new(std::fs::File::create(&out).expect("create"))
+        .finish(&mut small)
+        .expect("write");
+    Some(out)
+}
+
+fn settings(log_dir: &Path) -> Settings {
+    let mut s = Settings::load(None).expect("settings");
+    s.models.retain(|m| MODELS.contains(&m.name.as_str()));
+    s.log.dir = log_dir.to_path_buf();
+    s
+}
+
+fn options(data: &Path, dir: &Path, start: Start) -> SimOptions {
+    SimOptions {
+        data: data.to_path_buf(),
+        traffic_split: Split::Train,
+        eval_split: Some(Split::Test),
+        requests: None,
+        retrain_every: 160,
+        start,
+        seed_models: None,
+        drift: None,
+        mode: Mode::Balanced,
+        settings: settings(&dir.join("unused-log")),
+        base: root(),
+        workdir: dir.join("sim"),
+        cache_dir: root().join(".cache/embeddings"),
+        seed: 11,
+        reference: None,
+    }
+}
+
+/// The offline policy for `models`, trained on the slice's train split.
+fn offline(data: &Path, dir: &Path, models: &[&str], name: &str) -> PathBuf {
+    let out = dir.join(name);
+    train(&TrainOptions {
+        data: Some(data.to_path_buf()),
+        from_log: None,
+        force: true,
+        models: Some(models.iter().map(|m| (*m).to_owned()).collect()),
+        out: out.clone(),
+        settings: settings(&dir.join("unused-log")),
+        base: root(),
+        cache_dir: root().join(".cache/embeddings"),
+        progress: false,
+    })
+    .expect("offline training");
+    out
+}
+
+fn last_aiq(report: &SimReport) -> f64 {
+    report
+        .rounds
+        .last()
+        .and_then(|r| r.eval_aiq)
+        .expect("evaluated")
+}
+
+#[test]
+fn cold_start_learns_close_to_the_offline_policy() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(data) = slice(dir.path()) else {
+        return;
+    };
+    let reference = offline(&data, dir.path(), &MODELS, "offline.json");
+    let mut o = options(&data, dir.path(), Start::Prior);
+    o.settings.exploration.rate = 0.2;
+    o.settings.exploration.learning_rate = 0.05;
+    o.reference = Some(reference);
+    let report = simulate(&o).expect("simulation runs");
+    let (start, end) = (report.start_aiq.expect("start"), last_aiq(&report));
+    let offline = report.reference_aiq.expect("reference");
+    eprintln!("cold start on the slice: AIQ {start:.4} → {end:.4}; offline {offline:.4}");
+    assert!(end > start + 0.02, "no learning: {start:.4} → {end:.4}");
+    // The full-size bar is 2%; a third of the data (137 test prompts) is noisier.
+    assert!(end >= offline * 0.95, "{end:.4} vs offline {offline:.4}");
+    assert!(report.rounds.iter().all(|r| r.explored > 0));
+}
+
+#[test]
+fn a_new_model_is_learned_from_usage() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(data) = slice(dir.path()) else {
+        return;
+    };
+    let hidden = "gemini-1.5-flash";
+    let others: Vec<String> = MODELS
+        .iter()
+        .filter(|m| **m != hidden)
+        .map(|m| (*m).to_owned())
+        .collect();
+    let with_it = offline(&data, dir.path(), &MODELS, "with-it.json");
+    let mut o = options(&data, dir.path(), Start::Train(others.clone()));
+    o.seed_models = Some(others);
+    o.settings.exploration.rate = 0.1;
+    o.reference = Some(with_it);
+    if let Some(spec) = o.settings.models.iter_mut().find(|m| m.name == hidden) {
+        spec.prior_from = Some("gpt-4o-mini-2024-07-18".into());
+        spec.prior_offset = -0.5;
+    }
+    let report = simulate(&o).expect("simulation runs");
+    let share = |r: &triage_sim::Round| r.shares.get(hidden).copied().unwrap_or(0.0);
+    let shares: Vec<f64> = report.rounds.iter().map(share).collect();
+    let (start, end) = (report.start_aiq.expect("start"), last_aiq(&report));
+    let offline = report.reference_aiq.expect("reference");
+    eprintln!(
+        "new model {hidden}: shares per round {shares:.2?}; AIQ without it {start:.4} → {end:.4}; \
+         offline with it {offline:.4}"
+    );
+    let policy = triage_policy::Policy::load(&dir.path().join("sim/policy.json")).expect("policy");
+    assert!(
+        policy.model_names().any(|m| m == hidden),
+        "the retrained policy learned no head for {hidden}"
+    );
+    assert!(
+        shares.iter().all(|s| *s > 0.0),
+        "{hidden} was never routed to in some round"
+    );
+    assert!(
+        end >= offline - 0.02,
+        "{end:.4} vs offline with it {offline:.4}"
+    );
+}
+
+#[test]
+fn traffic_leaves_a_degrading_model_within_a_bounded_number_of_requests() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(data) = slice(dir.path()) else {
+        return;
+    };
+    let start = offline(&data, dir.path(), &MODELS, "start.json");
+    let mut o = options(&data, dir.path(), Start::Policy(start));
+    o.eval_split = None;
+    o.settings.exploration.rate = 0.05;
+    o.settings.exploration.learning_rate = 0.1;
+    o.drift = Some(Drift {
+        model: None,
+        share: 0.3,
+        after: 160,
+    });
+    let report = simulate(&o).expect("simulation runs");
+    let drift = report.drift.expect("drift report");
+    eprintln!(
+        "drift of {}: share {:.2} before, {:.2} at the end, halved after {:?} requests",
+        drift.model, drift.share_before, drift.share_at_end, drift.requests_to_halve
+    );
+    assert!(drift.share_before > 0.2, "{drift:?}");
+    let halved = drift.requests_to_halve.expect("its share never halved");
+    assert!(halved <= 320, "took {halved} requests");
+}
