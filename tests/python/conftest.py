@@ -2,6 +2,7 @@
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -14,8 +15,9 @@ def server_addr():
     binary = os.environ.get("TRIAGE_TEST_BIN")
     if not binary:
         pytest.fail("set TRIAGE_TEST_BIN to the triage binary (scripts/test.sh does)")
+    data_dir = tempfile.mkdtemp(prefix="triage-py-log-")
     proc = subprocess.Popen(
-        [binary, "serve", "--listen", "127.0.0.1:0"],
+        [binary, "serve", "--listen", "127.0.0.1:0", "--data-dir", data_dir],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=sys.stderr, text=True,
     )
     try:

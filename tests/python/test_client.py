@@ -63,6 +63,29 @@ def test_generated_client_routes_a_prompt(server_addr):
         assert len(models.models) == 12
 
 
+def test_generated_client_sends_feedback(server_addr):
+    pb, pb_grpc = generated_stubs()
+    with grpc.insecure_channel(server_addr) as channel:
+        stub = pb_grpc.RouterStub(channel)
+        routed = stub.Route(pb.RouteRequest(messages=[pb.Message(role="user", content=PROOF)]),
+                            timeout=30)
+        report = pb.FeedbackRequest(
+            request_id=routed.request_id, feedback_id="py-1", model=routed.model, quality=0.75,
+            input_tokens=routed.input_tokens, output_tokens=400, cost_usd=0.004, latency_ms=2100,
+        )
+        assert not stub.Feedback(report, timeout=30).duplicate
+        assert stub.Feedback(report, timeout=30).duplicate
+
+        report.request_id = "not-a-request"
+        report.feedback_id = "py-2"
+        try:
+            stub.Feedback(report, timeout=30)
+            raise AssertionError("feedback on an unknown request must be refused")
+        except grpc.RpcError as e:
+            assert e.code() == grpc.StatusCode.NOT_FOUND
+            assert "request_id" in e.details()
+
+
 def test_reflection_only_client_and_health(server_addr):
     with grpc.insecure_channel(server_addr) as channel:
         health = health_pb2_grpc.HealthStub(channel)
