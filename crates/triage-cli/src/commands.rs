@@ -22,7 +22,11 @@ pub fn serve(
     mut settings: Settings,
     listen: Option<SocketAddr>,
     data_dir: Option<PathBuf>,
+    metrics_listen: Option<SocketAddr>,
 ) -> anyhow::Result<()> {
+    if let Some(addr) = metrics_listen {
+        settings.metrics.listen = Some(addr);
+    }
     if let Some(addr) = listen {
         settings.server.listen = addr;
     }
@@ -44,7 +48,11 @@ pub fn serve(
             models = engine.catalog().models().len(),
             "triage serving gRPC (triage.v1.Router, grpc.health.v1, reflection)"
         );
-        triage_server::serve(engine, &settings, listener, shutdown_signal()).await?;
+        let metrics = triage_server::bind_metrics(&settings).await?;
+        if let Some(m) = &metrics {
+            println!("metrics on http://{}/metrics", m.local_addr()?);
+        }
+        triage_server::serve(engine, &settings, listener, metrics, shutdown_signal()).await?;
         tracing::info!("stopped");
         Ok(())
     })
@@ -80,6 +88,8 @@ pub fn route(settings: Settings, prompt: &str, preferences: Preferences) -> anyh
         preferences,
         session_id: String::new(),
         metadata: Default::default(),
+        caller: Default::default(),
+        session_affinity: false,
     };
     let outcome = runtime()?.block_on(engine.route("cli", &request))?;
     let d = &outcome.decision;

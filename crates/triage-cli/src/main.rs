@@ -28,6 +28,15 @@ enum ModeArg {
 }
 
 #[derive(Subcommand)]
+enum KeysCommand {
+    /// Print the SHA-256 to put in `sha256 = "..."` for a key (the key itself is never stored).
+    Hash {
+        /// The API key.
+        key: String,
+    },
+}
+
+#[derive(Subcommand)]
 enum Command {
     /// Run the gRPC server.
     Serve {
@@ -37,6 +46,14 @@ enum Command {
         /// Directory of the decision and feedback log (overrides log.dir).
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        /// Serve Prometheus metrics at http://HOST:PORT/metrics (overrides metrics.listen).
+        #[arg(long)]
+        metrics_listen: Option<SocketAddr>,
+    },
+    /// API key helpers.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
     },
     /// Route one prompt in-process and print the decision.
     Route {
@@ -130,7 +147,17 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let settings = triage_core::Settings::load(cli.config.as_deref())?;
     match cli.command {
-        Command::Serve { listen, data_dir } => commands::serve(settings, listen, data_dir),
+        Command::Serve {
+            listen,
+            data_dir,
+            metrics_listen,
+        } => commands::serve(settings, listen, data_dir, metrics_listen),
+        Command::Keys {
+            command: KeysCommand::Hash { key },
+        } => {
+            println!("{}", triage_guard::hash_key(&key));
+            Ok(())
+        }
         Command::Route {
             prompt,
             mode,

@@ -31,6 +31,7 @@ fn decision(request_id: &str) -> DecisionRecord {
         explored: false,
         session_id: String::new(),
         prompt: None,
+        api_key: None,
     }
 }
 
@@ -55,6 +56,7 @@ fn report(
         } else {
             ErrorKind::RateLimited
         },
+        retry_after_ms: None,
     }
 }
 

@@ -12,6 +12,8 @@ use figment::Figment;
 use figment::providers::{Env, Format, Toml};
 use serde::{Deserialize, Serialize};
 
+use triage_guard::{AlertSpec, AuthSettings, BreakerSettings};
+
 use crate::catalog::{Catalog, CatalogError, ModelSpec};
 use crate::request::RequestLimits;
 
@@ -30,6 +32,35 @@ pub struct ServerSettings {
     pub max_messages: usize,
     /// Most bytes of message text per request.
     pub max_text_bytes: usize,
+    /// Serve TLS with this certificate chain and private key (PEM files).
+    #[serde(default)]
+    pub tls: Option<TlsSettings>,
+    /// Seconds in-flight requests get to finish after SIGTERM before the server stops anyway.
+    #[serde(default = "default_drain_secs")]
+    pub drain_secs: f64,
+}
+
+fn default_drain_secs() -> f64 {
+    30.0
+}
+
+/// TLS certificate and key.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSettings {
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+}
+
+/// The Prometheus endpoint.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSettings {
+    /// Serve `GET /metrics` on this address (`triage serve --metrics-listen`); unset: off.
+    #[serde(default)]
+    pub listen: Option<SocketAddr>,
 }
 
 impl ServerSettings {
@@ -139,6 +170,16 @@ pub struct Settings {
     pub log: LogSettings,
     /// Exploration and online updates.
     pub exploration: ExplorationSettings,
+    /// Circuit breakers.
+    pub health: BreakerSettings,
+    /// API keys.
+    pub auth: AuthSettings,
+    /// Cost alerts.
+    #[serde(default)]
+    pub alerts: Vec<AlertSpec>,
+    /// Prometheus metrics.
+    #[serde(default)]
+    pub metrics: MetricsSettings,
     /// The catalog.
     pub models: Vec<ModelSpec>,
 }
@@ -237,6 +278,27 @@ impl Settings {
             return Err(ConfigError::OutOfRange {
                 key: "exploration.learning_rate",
                 problem: format!("{} is outside 0..=1", e.learning_rate),
+            });
+        }
+        let h = &self.health;
+        if !(h.failure_rate > 0.0 && h.failure_rate <= 1.0)
+            || !(h.window_secs > 0.0 && h.window_secs.is_finite())
+            || !(h.open_secs >= 0.0 && h.open_secs.is_finite())
+        {
+            return Err(ConfigError::OutOfRange {
+                key: "health",
+                problem: "failure_rate must be in (0, 1], window_secs > 0 and open_secs >= 0"
+                    .into(),
+            });
+        }
+        if let Some(a) = self
+            .alerts
+            .iter()
+            .find(|a| !(a.threshold_usd.is_finite() && a.threshold_usd >= 0.0))
+        {
+            return Err(ConfigError::OutOfRange {
+                key: "alerts",
+                problem: format!("alert for {:?}: threshold_usd must be >= 0", a.scope),
             });
         }
         self.catalog().map(|_| ())

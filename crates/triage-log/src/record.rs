@@ -58,6 +58,9 @@ pub struct DecisionRecord {
     pub session_id: String,
     /// Prompt text, only when `log.store_prompts` is on.
     pub prompt: Option<String>,
+    /// Name of the caller's API key (`None`: anonymous).
+    #[serde(default)]
+    pub api_key: Option<String>,
 }
 
 /// How the upstream call failed, if it did.
@@ -99,6 +102,22 @@ pub struct FeedbackRecord {
     pub latency_ms: u32,
     /// Upstream failure.
     pub error: ErrorKind,
+    /// Provider's retry-after for a rate limit, ms.
+    #[serde(default)]
+    pub retry_after_ms: Option<u32>,
+}
+
+impl ErrorKind {
+    /// `none`, `rate_limited`, `unavailable`, `timeout` or `other`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::None => "none",
+            ErrorKind::RateLimited => "rate_limited",
+            ErrorKind::Unavailable => "unavailable",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::Other => "other",
+        }
+    }
 }
 
 impl FeedbackRecord {

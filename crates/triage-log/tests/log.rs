@@ -38,6 +38,7 @@ fn decision(request_id: &str) -> DecisionRecord {
         explored: false,
         session_id: String::new(),
         prompt: None,
+        api_key: None,
     }
 }
 
@@ -53,6 +54,7 @@ fn feedback(request_id: &str, feedback_id: &str, quality: f64) -> FeedbackRecord
         cost_usd: 0.0001,
         latency_ms: 300,
         error: ErrorKind::None,
+        retry_after_ms: None,
     }
 }
 

@@ -9,14 +9,19 @@ use triage_core::request::{Mode, Preferences};
 
 use crate::file::{DecisionParams, Prediction};
 
-/// Why a model cannot serve this request. Checked in this order; the first that applies is
-/// reported.
+/// Why a model cannot serve this request. Checked in this order (`NotPermitted` right after
+/// `NotInPolicy`, `Unavailable` last); the first that applies is reported.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Exclusion {
     /// `enabled = false` in the catalog.
     Disabled,
     /// The loaded policy has no predictions for this model.
     NotInPolicy,
+    /// The caller's API key may not use this model.
+    NotPermitted {
+        /// The key's name.
+        key: String,
+    },
     /// Not in the request's `allowed_models`.
     NotAllowed,
     /// Lacks a required capability.
@@ -42,6 +47,11 @@ pub enum Exclusion {
         /// The limit, ms.
         max_latency_ms: u32,
     },
+    /// Its circuit breaker is open (or an operator marked it down).
+    Unavailable {
+        /// Why.
+        reason: String,
+    },
 }
 
 impl fmt::Display for Exclusion {
@@ -49,6 +59,8 @@ impl fmt::Display for Exclusion {
         match self {
             Exclusion::Disabled => write!(f, "disabled in the catalog"),
             Exclusion::NotInPolicy => write!(f, "not covered by the loaded policy"),
+            Exclusion::NotPermitted { key } => write!(f, "not permitted for API key {key:?}"),
+            Exclusion::Unavailable { reason } => write!(f, "unavailable: {reason}"),
             Exclusion::NotAllowed => write!(f, "not in allowed_models"),
             Exclusion::MissingCapability(c) => write!(f, "lacks capability {}", c.as_str()),
             Exclusion::ContextTooSmall { needed, window } => {
@@ -130,6 +142,24 @@ pub struct DecisionError {
     pub summary: String,
 }
 
+/// What the serving side knows beyond the request: which models the caller may use and which are
+/// down. Offline replays use [`Availability::ALL`].
+#[derive(Clone, Copy)]
+pub struct Availability<'a> {
+    /// `Some(key name)` when the caller's key may not use the model.
+    pub not_permitted: &'a dyn Fn(&str) -> Option<String>,
+    /// `Some(reason)` when the model is down.
+    pub down: &'a dyn Fn(&str) -> Option<String>,
+}
+
+impl Availability<'static> {
+    /// Every model permitted and up.
+    pub const ALL: Availability<'static> = Availability {
+        not_permitted: &|_| None,
+        down: &|_| None,
+    };
+}
+
 /// Scores every catalog model and picks one.
 ///
 /// `predictions` maps model name to the policy's prediction; `input_tokens` is the conversation's
@@ -140,6 +170,25 @@ pub fn decide(
     params: &DecisionParams,
     prefs: &Preferences,
     input_tokens: u32,
+) -> Result<Decision, DecisionError> {
+    decide_with(
+        catalog,
+        predictions,
+        params,
+        prefs,
+        input_tokens,
+        Availability::ALL,
+    )
+}
+
+/// [`decide`], with API-key permissions and model health as further exclusions.
+pub fn decide_with(
+    catalog: &Catalog,
+    predictions: &HashMap<&str, Prediction>,
+    params: &DecisionParams,
+    prefs: &Preferences,
+    input_tokens: u32,
+    availability: Availability<'_>,
 ) -> Result<Decision, DecisionError> {
     let mut eligible = Vec::new();
     let mut excluded = Vec::new();
@@ -159,6 +208,7 @@ pub fn decide(
             input_tokens,
             cost_usd,
             latency_ms,
+            availability,
         );
         let candidate = Candidate {
             model: spec.name.clone(),
@@ -201,12 +251,16 @@ fn exclusion(
     input_tokens: u32,
     cost_usd: f64,
     latency_ms: f64,
+    availability: Availability<'_>,
 ) -> Option<Exclusion> {
     if !spec.enabled {
         return Some(Exclusion::Disabled);
     }
     if !scored {
         return Some(Exclusion::NotInPolicy);
+    }
+    if let Some(key) = (availability.not_permitted)(&spec.name) {
+        return Some(Exclusion::NotPermitted { key });
     }
     if !prefs.allowed_models.is_empty() && !prefs.allowed_models.contains(&spec.name) {
         return Some(Exclusion::NotAllowed);
@@ -227,13 +281,14 @@ fn exclusion(
             max_cost_usd,
         });
     }
-    prefs
-        .max_latency_ms
-        .filter(|max| latency_ms > f64::from(*max))
-        .map(|max_latency_ms| Exclusion::TooSlow {
+    if let Some(max_latency_ms) = prefs.max_latency_ms.filter(|max| latency_ms > f64::from(*max))
+    {
+        return Some(Exclusion::TooSlow {
             latency_ms,
             max_latency_ms,
-        })
+        });
+    }
+    (availability.down)(&spec.name).map(|reason| Exclusion::Unavailable { reason })
 }
 
 fn by_quality_then_cost(a: &Candidate, b: &Candidate) -> Ordering {
@@ -306,6 +361,8 @@ fn no_eligible(excluded: Vec<Candidate>) -> DecisionError {
         let key = match reason {
             Exclusion::Disabled => "disabled in the catalog".to_owned(),
             Exclusion::NotInPolicy => "not covered by the policy".to_owned(),
+            Exclusion::NotPermitted { key } => format!("not permitted for API key {key:?}"),
+            Exclusion::Unavailable { .. } => "unavailable (circuit open or marked down)".to_owned(),
             Exclusion::NotAllowed => "excluded by allowed_models".to_owned(),
             Exclusion::MissingCapability(cap) => {
                 format!(

@@ -18,7 +18,9 @@ mod file;
 mod neighbours;
 mod online;
 
-pub use decide::{Candidate, Decision, DecisionError, Exclusion, Rule, decide};
+pub use decide::{
+    Availability, Candidate, Decision, DecisionError, Exclusion, Rule, decide, decide_with,
+};
 pub use file::{
     DecisionParams, LengthHead, LinearHead, ModelHead, POLICY_FORMAT, POLICY_FORMAT_VERSION,
     Policy, PolicyError, PolicyFile, Prediction, Standardizer,

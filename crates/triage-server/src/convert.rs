@@ -4,6 +4,7 @@
 use triage_core::catalog::Capability;
 use triage_core::request::RequestLimits;
 use triage_core::{Catalog, Conversation, InvalidRequest, Mode, Preferences};
+use triage_guard::Caller;
 use triage_log::{DecisionRecord, ErrorKind, FeedbackRecord, LoggedCandidate, encode_features};
 use triage_policy::{Candidate, Exclusion, Rule};
 use triage_proto::v1;
@@ -15,6 +16,7 @@ pub fn routing_request(
     request: v1::RouteRequest,
     catalog: &Catalog,
     limits: RequestLimits,
+    caller: Caller,
 ) -> Result<RoutingRequest, InvalidRequest> {
     let conversation = Conversation::from_wire(
         request
@@ -23,6 +25,10 @@ pub fn routing_request(
             .map(|m| (m.role.as_str(), m.content.as_str())),
         limits,
     )?;
+    let session_affinity = !request
+        .preferences
+        .as_ref()
+        .is_some_and(|p| p.no_session_affinity);
     let preferences = match request.preferences {
         Some(p) => preferences(p)?,
         None => Preferences::default(),
@@ -33,6 +39,8 @@ pub fn routing_request(
         preferences,
         session_id: request.session_id,
         metadata: request.metadata.into_iter().collect(),
+        caller,
+        session_affinity,
     })
 }
 
@@ -102,6 +110,7 @@ pub fn route_response(
         }),
         explored: outcome.explored,
         propensity: outcome.propensity,
+        sticky: outcome.sticky,
     }
 }
 
@@ -142,6 +151,7 @@ pub fn decision_record(
         explored: outcome.explored,
         session_id: request.session_id.clone(),
         prompt: store_prompt.then(|| request.conversation.transcript()),
+        api_key: request.caller.key.as_ref().map(|k| k.name.clone()),
     }
 }
 
@@ -211,6 +221,7 @@ pub fn feedback_record(f: v1::FeedbackRequest) -> Result<FeedbackRecord, Invalid
         cost_usd: f.cost_usd,
         latency_ms: f.latency_ms,
         error,
+        retry_after_ms: f.retry_after_ms,
     })
 }
 
@@ -230,6 +241,8 @@ fn candidate(c: Candidate) -> v1::Candidate {
         Some(Exclusion::ContextTooSmall { .. }) => v1::ExclusionReason::ContextTooSmall,
         Some(Exclusion::OverBudget { .. }) => v1::ExclusionReason::OverBudget,
         Some(Exclusion::TooSlow { .. }) => v1::ExclusionReason::TooSlow,
+        Some(Exclusion::Unavailable { .. }) => v1::ExclusionReason::Unavailable,
+        Some(Exclusion::NotPermitted { .. }) => v1::ExclusionReason::NotPermitted,
     };
     v1::Candidate {
         model: c.model,

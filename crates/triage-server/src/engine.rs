@@ -10,8 +10,14 @@ use triage_core::config::ExplorationSettings;
 use triage_core::features::{PromptStats, features};
 use triage_core::{Catalog, Conversation, EncoderInput, Preferences, Settings};
 use triage_encoder::{EncoderPool, OnnxEmbedder, OnnxOptions, PoolOptions, init_onnxruntime};
-use triage_policy::{Decision, OnlineLearner, Policy, Prediction, apply_priors, decide};
+use triage_guard::{Caller, FiredAlert};
+use triage_log::FeedbackRecord;
+use triage_policy::{
+    Availability, Decision, Exclusion, OnlineLearner, Policy, Prediction, apply_priors,
+    decide_with,
+};
 
+use crate::controls::Controls;
 use crate::error::{RouteError, StartupError};
 use crate::recent::RecentPredictions;
 
@@ -26,6 +32,10 @@ pub struct RoutingRequest {
     pub session_id: String,
     /// Caller's free-form metadata.
     pub metadata: BTreeMap<String, String>,
+    /// Who is asking (API key).
+    pub caller: Caller,
+    /// Keep the session on its previous model when possible.
+    pub session_affinity: bool,
 }
 
 /// A decision with the facts that produced it.
@@ -49,6 +59,10 @@ pub struct RouteOutcome {
     pub explored: bool,
     /// The policy's quality predictions before online corrections, per scored model.
     pub base_quality: Vec<(String, f64)>,
+    /// Whether session affinity kept the session's previous model.
+    pub sticky: bool,
+    /// Spend alerts this request's charge set off.
+    pub fired_alerts: Vec<FiredAlert>,
 }
 
 /// Catalog, encoder and policy: everything a decision needs.
@@ -63,6 +77,7 @@ pub struct RoutingEngine {
     policy_path: Option<PathBuf>,
     learner: Arc<OnlineLearner>,
     recent: Arc<RecentPredictions>,
+    controls: Arc<Controls>,
 }
 
 impl RoutingEngine {
@@ -82,7 +97,7 @@ impl RoutingEngine {
         )?;
         let path = base.join(&settings.policy.path);
         let policy = Policy::load(&path)?;
-        let mut engine = Self::new(catalog, pool, policy, settings.exploration.clone())?;
+        let mut engine = Self::new(catalog, pool, policy, settings)?;
         engine.policy_path = Some(path);
         Ok(engine)
     }
@@ -92,9 +107,10 @@ impl RoutingEngine {
         catalog: Catalog,
         encoder: EncoderPool,
         policy: Policy,
-        exploration: ExplorationSettings,
+        settings: &Settings,
     ) -> Result<Self, StartupError> {
         check_policy(&catalog, encoder.dim(), &policy)?;
+        let exploration: ExplorationSettings = settings.exploration.clone();
         Ok(Self {
             catalog: Arc::new(catalog),
             encoder,
@@ -102,7 +118,13 @@ impl RoutingEngine {
             policy_path: None,
             learner: Arc::new(OnlineLearner::new(exploration)),
             recent: Arc::new(RecentPredictions::new(RECENT_DECISIONS)),
+            controls: Arc::new(Controls::new(settings)),
         })
+    }
+
+    /// Health, budgets, alerts and sessions.
+    pub fn controls(&self) -> &Controls {
+        &self.controls
     }
 
     /// The catalog.
@@ -136,10 +158,15 @@ impl RoutingEngine {
         &self.learner
     }
 
-    /// Learns from a stored feedback report on `request_id`.
-    pub fn observe_feedback(&self, request_id: &str, model: &str, quality: Option<f64>) {
-        let predicted = self.recent.get(request_id, model);
-        self.learner.observe(model, predicted, quality);
+    /// Learns from a stored feedback report: quality correction, breaker, real cost. Returns
+    /// spend alerts the real cost set off.
+    pub fn observe_feedback(&self, report: &FeedbackRecord) -> Vec<FiredAlert> {
+        if report.error == triage_log::ErrorKind::None {
+            let predicted = self.recent.get(&report.request_id, &report.model);
+            self.learner
+                .observe(&report.model, predicted, report.quality);
+        }
+        self.controls.feedback(report, chrono::Utc::now())
     }
 
     /// Requests waiting for the encoder.
@@ -168,16 +195,73 @@ impl RoutingEngine {
             .map(|(m, p)| ((*m).to_owned(), p.quality))
             .collect();
         self.learner.correct(&mut predictions);
-        let mut decision = decide(
+
+        let now_utc = chrono::Utc::now();
+        let mut preferences = request.preferences.clone();
+        let cap = self
+            .controls
+            .cap_budget(&request.caller, &mut preferences, now_utc)?;
+        let caller = &request.caller;
+        let not_permitted = |m: &str| (!caller.may_use(m)).then(|| caller.name().to_owned());
+        let now = Instant::now();
+        let down = |m: &str| self.controls.health.check(m, now).err();
+        let decided = decide_with(
             &self.catalog,
             &predictions,
             policy.decision(),
-            &request.preferences,
+            &preferences,
             stats.input_tokens,
-        )?;
-        let draw = self
-            .learner
-            .explore(&mut decision, fastrand::f64(), fastrand::f64());
+            Availability {
+                not_permitted: &not_permitted,
+                down: &down,
+            },
+        );
+        let mut decision = match decided {
+            Ok(d) => d,
+            Err(e) => {
+                let unavailable: Vec<String> = e
+                    .exclusions
+                    .iter()
+                    .filter_map(|(m, x)| match x {
+                        Exclusion::Unavailable { reason } => Some(format!("{m} ({reason})")),
+                        _ => None,
+                    })
+                    .collect();
+                let over_budget = e
+                    .exclusions
+                    .iter()
+                    .any(|(_, x)| matches!(x, Exclusion::OverBudget { .. }));
+                return Err(match (cap, unavailable.is_empty()) {
+                    (_, false) => RouteError::AllUnavailable(format!(
+                        "every model the request allows is down: {}; retry later or allow \
+                         other models",
+                        unavailable.join("; ")
+                    )),
+                    (Some(cap), true) if over_budget => Controls::budget_refusal(cap),
+                    _ => RouteError::NoEligibleModel(e),
+                });
+            }
+        };
+        let sticky = request.session_affinity
+            && self.controls.stick(&request.session_id, &mut decision);
+        let draw = if sticky {
+            triage_policy::Draw {
+                propensity: 1.0,
+                explored: false,
+            }
+        } else {
+            self.learner
+                .explore(&mut decision, fastrand::f64(), fastrand::f64())
+        };
+        let chosen = decision.chosen();
+        let fired_alerts = self.controls.routed(
+            request_id,
+            &request.session_id,
+            caller,
+            &chosen.model,
+            chosen.cost_usd,
+            now_utc,
+        );
         let finished = Instant::now();
         self.recent.insert(request_id, &base_quality);
         Ok(RouteOutcome {
@@ -190,6 +274,8 @@ impl RoutingEngine {
             propensity: draw.propensity,
             explored: draw.explored,
             base_quality,
+            sticky,
+            fired_alerts,
         })
     }
 }

@@ -3,6 +3,7 @@
 use tonic::{Code, Status};
 use triage_core::InvalidRequest;
 use triage_encoder::{EncodeError, EncoderError};
+use triage_guard::AccessError;
 use triage_log::LogError;
 use triage_policy::{DecisionError, PolicyError};
 
@@ -24,6 +25,18 @@ pub enum RouteError {
     /// The decision and feedback log refused or failed.
     #[error(transparent)]
     Log(#[from] LogError),
+    /// Every model the request allows is down.
+    #[error("{0}")]
+    AllUnavailable(String),
+    /// The caller's API key has no budget left for any eligible model.
+    #[error("{0}")]
+    BudgetExhausted(String),
+    /// The caller is not authenticated or not allowed this method.
+    #[error(transparent)]
+    Access(#[from] AccessError),
+    /// `ReportHealth` named a model the catalog does not have.
+    #[error("unknown model {0:?}: ReportHealth takes a catalog model name (see ListModels)")]
+    UnknownModel(String),
 }
 
 impl From<RouteError> for Status {
@@ -46,6 +59,16 @@ impl From<RouteError> for Status {
                 | PolicyError::Parse { .. }
                 | PolicyError::Invalid { .. } => Code::Internal,
             },
+            RouteError::AllUnavailable(_) => Code::Unavailable,
+            RouteError::BudgetExhausted(_) => Code::ResourceExhausted,
+            RouteError::Access(e) => match e {
+                AccessError::Missing | AccessError::Unknown | AccessError::Malformed => {
+                    Code::Unauthenticated
+                }
+                AccessError::NotAdmin(_) => Code::PermissionDenied,
+                AccessError::Config(_) => Code::Internal,
+            },
+            RouteError::UnknownModel(_) => Code::InvalidArgument,
             RouteError::Log(e) => match e {
                 LogError::UnknownRequest(_) => Code::NotFound,
                 LogError::ConflictingFeedback(_) => Code::AlreadyExists,
@@ -82,6 +105,9 @@ pub enum StartupError {
         /// From the encoder.
         encoder: usize,
     },
+    /// The API key configuration is invalid.
+    #[error(transparent)]
+    Access(#[from] AccessError),
     /// The decision and feedback log could not be opened.
     #[error(transparent)]
     Log(#[from] LogError),

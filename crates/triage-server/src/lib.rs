@@ -14,7 +14,9 @@
 //! - `reload` watches the policy file and swaps a new policy in without a restart; a file that
 //!   fails to load is logged and the old policy keeps serving.
 
+mod controls;
 mod convert;
+mod metrics;
 mod engine;
 mod error;
 mod recent;
@@ -24,5 +26,5 @@ mod service;
 
 pub use engine::{RouteOutcome, RoutingEngine, RoutingRequest};
 pub use error::{RouteError, StartupError};
-pub use serve::{ServerHandle, serve, start};
+pub use serve::{ServerHandle, bind_metrics, serve, start};
 pub use service::RouterService;

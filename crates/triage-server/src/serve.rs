@@ -2,6 +2,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,31 +10,48 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tonic::transport::server::TcpIncoming;
 use triage_core::Settings;
-use triage_log::{FileEventLog, LogOptions};
+use triage_guard::AccessControl;
+use triage_log::{FileEventLog, LogOptions, read_log};
 use triage_proto::v1::router_server::RouterServer;
 
 use crate::engine::RoutingEngine;
 use crate::error::StartupError;
+use crate::metrics::{Metrics, ModelLabel, serve_metrics};
 use crate::service::RouterService;
 
-/// Serves on `listener` until `shutdown` resolves, then drains in-flight calls and flushes the
-/// decision and feedback log (opened in `settings.log.dir`).
+/// Serves gRPC on `listener` (and `/metrics` on `metrics_listener`) until `shutdown` resolves,
+/// then drains in-flight calls and flushes the decision and feedback log (`settings.log.dir`).
 pub async fn serve(
     engine: RoutingEngine,
     settings: &Settings,
     listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartupError> {
+    let access = Arc::new(AccessControl::new(&settings.auth, Path::new("."))?);
     let log_settings = settings.log.clone();
+    let controls_engine = engine.clone();
     let log = tokio::task::spawn_blocking(move || {
-        FileEventLog::open(&LogOptions {
-            dir: log_settings.dir,
+        let log = FileEventLog::open(&LogOptions {
+            dir: log_settings.dir.clone(),
             segment_bytes: log_settings.segment_bytes,
             queue_capacity: log_settings.queue_capacity,
-        })
+        })?;
+        // Budgets and alerts pick up where they were: replay this month's spend.
+        let (records, _) = read_log(&log_settings.dir)?;
+        controls_engine.controls().replay(&records);
+        Ok::<_, triage_log::LogError>(log)
     })
     .await
     .map_err(|e| StartupError::Transport(e.to_string()))??;
+    let metrics = Arc::new(Metrics::new());
+    let metrics_task = metrics_listener.map(|listener| {
+        serve_metrics(
+            listener,
+            Arc::clone(&metrics),
+            scrape_refresh(engine.clone()),
+        )
+    });
     let watcher = match (engine.policy_path(), settings.policy.reload_interval_ms) {
         (Some(path), ms) if ms > 0 => Some(crate::reload::watch_policy(
             engine.clone(),
@@ -48,6 +66,8 @@ pub async fn serve(
         settings.server.limits(),
         Arc::new(log),
         settings.log.store_prompts,
+        access,
+        metrics,
     );
     let router = RouterServer::new(service)
         .max_decoding_message_size(max)
@@ -68,7 +88,20 @@ pub async fn serve(
         .build_v1alpha()
         .map_err(transport)?;
 
-    let served = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = &settings.server.tls {
+        builder = builder.tls_config(tls_config(tls)?).map_err(|e| {
+            StartupError::Transport(format!("TLS configuration rejected: {e}"))
+        })?;
+    }
+    // After the shutdown signal, in-flight calls get `drain_secs` to finish.
+    let (signalled, mut drain_started) = tokio::sync::watch::channel(false);
+    let shutdown = async move {
+        shutdown.await;
+        let _ = signalled.send(true);
+    };
+    let drain = std::time::Duration::from_secs_f64(settings.server.drain_secs.max(0.0));
+    let serving = builder
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -77,20 +110,77 @@ pub async fn serve(
         .serve_with_incoming_shutdown(
             TcpIncoming::from(listener).with_nodelay(Some(true)),
             shutdown,
-        )
-        .await
-        .map_err(|e| StartupError::Transport(e.to_string()));
+        );
+    let served = tokio::select! {
+        served = serving => served.map_err(|e| StartupError::Transport(e.to_string())),
+        () = async {
+            let _ = drain_started.wait_for(|s| *s).await;
+            tokio::time::sleep(drain).await;
+        } => {
+            tracing::warn!(seconds = drain.as_secs_f64(), "drain timeout: stopping with calls in flight");
+            Ok(())
+        }
+    };
     if let Some(watcher) = watcher {
         watcher.abort();
     }
+    if let Some(task) = metrics_task {
+        task.abort();
+    }
     // The router (and with it the log) is dropped by now: queued records are flushed.
     served
+}
+
+/// Binds `metrics.listen` when it is set (port 0 picks a free port).
+pub async fn bind_metrics(settings: &Settings) -> Result<Option<TcpListener>, StartupError> {
+    let Some(addr) = settings.metrics.listen else {
+        return Ok(None);
+    };
+    let listener = TcpListener::bind(addr).await.map_err(|e| {
+        StartupError::Transport(format!("cannot bind metrics address {addr}: {e}"))
+    })?;
+    Ok(Some(listener))
+}
+
+/// Gauges read at scrape time: queue depth and breaker states.
+fn scrape_refresh(engine: RoutingEngine) -> Arc<dyn Fn(&Metrics) + Send + Sync> {
+    Arc::new(move |m: &Metrics| {
+        m.queue_depth
+            .set(i64::try_from(engine.queue_depth()).unwrap_or(i64::MAX));
+        let health = &engine.controls().health;
+        for spec in engine.catalog().models() {
+            let value = match health.state(&spec.name) {
+                "open" => 2,
+                "half_open" => 1,
+                _ => 0,
+            };
+            m.breaker_state
+                .get_or_create(&ModelLabel {
+                    model: spec.name.clone(),
+                })
+                .set(value);
+        }
+    })
+}
+
+fn tls_config(
+    tls: &triage_core::config::TlsSettings,
+) -> Result<tonic::transport::ServerTlsConfig, StartupError> {
+    let read = |path: &Path| {
+        std::fs::read(path).map_err(|e| {
+            StartupError::Transport(format!("cannot read TLS file {}: {e}", path.display()))
+        })
+    };
+    let identity = tonic::transport::Identity::from_pem(read(&tls.cert)?, read(&tls.key)?);
+    Ok(tonic::transport::ServerTlsConfig::new().identity(identity))
 }
 
 /// A server running on a background task (tests, embedding in other programs).
 pub struct ServerHandle {
     /// The bound address (useful with port 0).
     pub addr: SocketAddr,
+    /// The bound metrics address, when `metrics.listen` is set.
+    pub metrics_addr: Option<SocketAddr>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: JoinHandle<Result<(), StartupError>>,
 }
@@ -119,16 +209,21 @@ pub async fn start(
     let addr = listener
         .local_addr()
         .map_err(|e| StartupError::Transport(e.to_string()))?;
+    let metrics_listener = bind_metrics(settings).await?;
+    let metrics_addr = metrics_listener
+        .as_ref()
+        .and_then(|l| l.local_addr().ok());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let settings = settings.clone();
     let task = tokio::spawn(async move {
-        serve(engine, &settings, listener, async {
+        serve(engine, &settings, listener, metrics_listener, async {
             let _ = stopped.await;
         })
         .await
     });
     Ok(ServerHandle {
         addr,
+        metrics_addr,
         stop: Some(stop),
         task,
     })

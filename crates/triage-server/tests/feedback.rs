@@ -19,6 +19,7 @@ fn report(request_id: &str, feedback_id: &str, model: &str, quality: f64) -> Fee
         cost_usd: 0.0002,
         latency_ms: 800,
         error: ErrorKind::ErrorUnspecified as i32,
+        retry_after_ms: None,
     }
 }
 

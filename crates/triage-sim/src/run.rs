@@ -419,6 +419,7 @@ async fn serve_one(
             cost_usd: cell.cost_usd,
             latency_ms: 0,
             error: v1::ErrorKind::ErrorUnspecified as i32,
+            retry_after_ms: None,
         })
         .await
         .map_err(|e| SimError::Server(format!("feedback: {e}")))?;

@@ -1,0 +1,233 @@
+//! API keys: who may route, to which models, within which spend.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// One API key. Only its SHA-256 is stored (`triage keys hash KEY` prints it).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeySpec {
+    /// Name shown in logs and metrics.
+    pub name: String,
+    /// Lower-case hex SHA-256 of the key.
+    pub sha256: String,
+    /// Models this key may be routed to (empty: every model).
+    #[serde(default)]
+    pub allowed_models: Vec<String>,
+    /// Spend limit per UTC day, USD.
+    #[serde(default)]
+    pub daily_usd: Option<f64>,
+    /// Spend limit per UTC calendar month, USD.
+    #[serde(default)]
+    pub monthly_usd: Option<f64>,
+    /// May call administrative methods (`ReportHealth`).
+    #[serde(default)]
+    pub admin: bool,
+}
+
+/// The `[auth]` configuration.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSettings {
+    /// Serve requests without a key (as the `anonymous` caller, without limits).
+    pub allow_anonymous: bool,
+    /// Keys given inline.
+    #[serde(default)]
+    pub keys: Vec<KeySpec>,
+    /// A TOML file with more `[[keys]]`.
+    #[serde(default)]
+    pub keys_file: Option<PathBuf>,
+}
+
+/// Why a caller was refused.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum AccessError {
+    /// No key, and anonymous access is off.
+    #[error(
+        "this server needs an API key: send the metadata header `authorization: Bearer <key>`"
+    )]
+    Missing,
+    /// The key is not configured.
+    #[error("unknown API key (check for typos; keys are configured under [[auth.keys]])")]
+    Unknown,
+    /// The header is not `Bearer <key>`.
+    #[error("malformed authorization header: expected `Bearer <key>`")]
+    Malformed,
+    /// The key may not call this method.
+    #[error("API key {0:?} may not call this method (it needs admin = true)")]
+    NotAdmin(String),
+    /// The keys file or a key entry is invalid.
+    #[error("invalid API key configuration: {0}")]
+    Config(String),
+}
+
+/// The authenticated caller of one request.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Caller {
+    /// `None`: anonymous.
+    pub key: Option<Arc<KeySpec>>,
+}
+
+impl Caller {
+    /// The key's name, or `anonymous`.
+    pub fn name(&self) -> &str {
+        self.key.as_ref().map_or("anonymous", |k| k.name.as_str())
+    }
+
+    /// Whether the key may be routed to `model`.
+    pub fn may_use(&self, model: &str) -> bool {
+        self.key
+            .as_ref()
+            .is_none_or(|k| k.allowed_models.is_empty() || k.allowed_models.iter().any(|m| m == model))
+    }
+
+    /// Fails unless the caller holds an admin key (or auth is open and the caller anonymous).
+    pub fn require_admin(&self, anonymous_allowed: bool) -> Result<(), AccessError> {
+        match &self.key {
+            Some(k) if k.admin => Ok(()),
+            Some(k) => Err(AccessError::NotAdmin(k.name.clone())),
+            None if anonymous_allowed => Ok(()),
+            None => Err(AccessError::Missing),
+        }
+    }
+}
+
+/// Lower-case hex SHA-256 of a key, as stored in the configuration.
+pub fn hash_key(key: &str) -> String {
+    hex::encode(Sha256::digest(key.as_bytes()))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeysFile {
+    keys: Vec<KeySpec>,
+}
+
+/// Configured keys, looked up by hash.
+#[derive(Clone, Debug)]
+pub struct AccessControl {
+    allow_anonymous: bool,
+    by_hash: HashMap<String, Arc<KeySpec>>,
+}
+
+impl AccessControl {
+    /// Validates the keys (inline and from `keys_file`, relative to `base`).
+    pub fn new(settings: &AuthSettings, base: &Path) -> Result<Self, AccessError> {
+        let mut keys = settings.keys.clone();
+        if let Some(file) = &settings.keys_file {
+            let path = base.join(file);
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| AccessError::Config(format!("{}: {e}", path.display())))?;
+            let parsed: KeysFile = toml::from_str(&text)
+                .map_err(|e| AccessError::Config(format!("{}: {e}", path.display())))?;
+            keys.extend(parsed.keys);
+        }
+        let mut by_hash = HashMap::new();
+        for k in keys {
+            let valid_hash = k.sha256.len() == 64 && k.sha256.bytes().all(|b| b.is_ascii_hexdigit());
+            if !valid_hash {
+                return Err(AccessError::Config(format!(
+                    "key {:?}: sha256 must be 64 hex digits (`triage keys hash <key>` prints it)",
+                    k.name
+                )));
+            }
+            for (what, limit) in [("daily_usd", k.daily_usd), ("monthly_usd", k.monthly_usd)] {
+                if limit.is_some_and(|l| !l.is_finite() || l < 0.0) {
+                    return Err(AccessError::Config(format!(
+                        "key {:?}: {what} must be a finite number >= 0",
+                        k.name
+                    )));
+                }
+            }
+            let hash = k.sha256.to_ascii_lowercase();
+            if by_hash.insert(hash, Arc::new(k.clone())).is_some() {
+                return Err(AccessError::Config(format!(
+                    "key {:?}: the same key is configured twice",
+                    k.name
+                )));
+            }
+        }
+        Ok(Self {
+            allow_anonymous: settings.allow_anonymous,
+            by_hash,
+        })
+    }
+
+    /// Whether callers without a key are served.
+    pub fn allows_anonymous(&self) -> bool {
+        self.allow_anonymous
+    }
+
+    /// The caller behind an `authorization` header value (`None`: no header).
+    pub fn authenticate(&self, authorization: Option<&str>) -> Result<Caller, AccessError> {
+        let Some(header) = authorization else {
+            return if self.allow_anonymous {
+                Ok(Caller::default())
+            } else {
+                Err(AccessError::Missing)
+            };
+        };
+        let key = header
+            .strip_prefix("Bearer ")
+            .or_else(|| header.strip_prefix("bearer "))
+            .map(str::trim)
+            .filter(|k| !k.is_empty())
+            .ok_or(AccessError::Malformed)?;
+        self.by_hash
+            .get(&hash_key(key))
+            .map(|k| Caller {
+                key: Some(Arc::clone(k)),
+            })
+            .ok_or(AccessError::Unknown)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_authenticate_by_hash_and_limit_models() {
+        let settings = AuthSettings {
+            allow_anonymous: false,
+            keys: vec![KeySpec {
+                name: "team".into(),
+                sha256: hash_key("s3cret"),
+                allowed_models: vec!["small".into()],
+                daily_usd: Some(1.0),
+                monthly_usd: None,
+                admin: false,
+            }],
+            keys_file: None,
+        };
+        let access = AccessControl::new(&settings, Path::new(".")).expect("valid");
+        let caller = access.authenticate(Some("Bearer s3cret")).expect("known key");
+        assert_eq!(caller.name(), "team");
+        assert!(caller.may_use("small") && !caller.may_use("big"));
+        assert_eq!(access.authenticate(None), Err(AccessError::Missing));
+        assert_eq!(access.authenticate(Some("Bearer nope")), Err(AccessError::Unknown));
+        assert_eq!(access.authenticate(Some("s3cret")), Err(AccessError::Malformed));
+        assert!(caller.require_admin(false).is_err());
+    }
+
+    #[test]
+    fn bad_key_entries_are_configuration_errors() {
+        let mut settings = AuthSettings::default();
+        settings.keys.push(KeySpec {
+            name: "x".into(),
+            sha256: "abc".into(),
+            allowed_models: vec![],
+            daily_usd: None,
+            monthly_usd: None,
+            admin: false,
+        });
+        assert!(matches!(
+            AccessControl::new(&settings, Path::new(".")),
+            Err(AccessError::Config(m)) if m.contains("64 hex")
+        ));
+    }
+}

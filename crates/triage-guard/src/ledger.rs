@@ -1,0 +1,153 @@
+//! Spend per API key and overall, per UTC day and calendar month.
+//!
+//! A request is charged its predicted cost when it is routed; when feedback reports the real
+//! cost, the prediction is replaced by it. Pending predictions are remembered for a bounded
+//! number of requests; past that, the prediction simply stays charged.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Mutex, PoisonError};
+
+use chrono::{DateTime, Datelike, Utc};
+
+/// Spend in the current day and month.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Spend {
+    /// Days since the epoch of `day_usd`.
+    pub day: i64,
+    /// USD spent that day.
+    pub day_usd: f64,
+    /// `year × 12 + month` of `month_usd`.
+    pub month: i64,
+    /// USD spent that month.
+    pub month_usd: f64,
+}
+
+impl Spend {
+    fn roll(&mut self, now: DateTime<Utc>) {
+        let (day, month) = periods(now);
+        if self.day != day {
+            (self.day, self.day_usd) = (day, 0.0);
+        }
+        if self.month != month {
+            (self.month, self.month_usd) = (month, 0.0);
+        }
+    }
+
+    fn add(&mut self, usd: f64, now: DateTime<Utc>) {
+        self.roll(now);
+        self.day_usd = (self.day_usd + usd).max(0.0);
+        self.month_usd = (self.month_usd + usd).max(0.0);
+    }
+}
+
+/// (day, month) period ids of `now`.
+pub fn periods(now: DateTime<Utc>) -> (i64, i64) {
+    let day = now.timestamp().div_euclid(86_400);
+    let month = i64::from(now.year()) * 12 + i64::from(now.month0());
+    (day, month)
+}
+
+struct Pending {
+    key: String,
+    usd: f64,
+    at: DateTime<Utc>,
+}
+
+#[derive(Default)]
+struct Inner {
+    by_key: HashMap<String, Spend>,
+    global: Spend,
+    pending: HashMap<String, Pending>,
+    order: VecDeque<String>,
+}
+
+/// The spend ledger.
+pub struct Ledger {
+    capacity: usize,
+    inner: Mutex<Inner>,
+}
+
+impl Ledger {
+    /// Remembers predictions of at most `capacity` unsettled requests.
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            capacity,
+            inner: Mutex::new(Inner::default()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Charges `usd` (predicted) to `key` for `request_id`.
+    pub fn charge(&self, key: &str, request_id: &str, usd: f64, now: DateTime<Utc>) {
+        let mut inner = self.lock();
+        inner.by_key.entry(key.to_owned()).or_default().add(usd, now);
+        inner.global.add(usd, now);
+        if inner.order.len() >= self.capacity
+            && let Some(oldest) = inner.order.pop_front()
+        {
+            inner.pending.remove(&oldest);
+        }
+        inner.order.push_back(request_id.to_owned());
+        inner.pending.insert(
+            request_id.to_owned(),
+            Pending {
+                key: key.to_owned(),
+                usd,
+                at: now,
+            },
+        );
+    }
+
+    /// Replaces `request_id`'s predicted charge by the `reported` cost. Returns the key charged,
+    /// or `None` when the request is unknown or already settled.
+    pub fn settle(&self, request_id: &str, reported: f64, now: DateTime<Utc>) -> Option<String> {
+        let mut inner = self.lock();
+        let p = inner.pending.remove(request_id)?;
+        // The correction belongs to the period the request was charged in.
+        let same_period = periods(p.at) == periods(now);
+        let delta = if same_period { reported - p.usd } else { 0.0 };
+        inner.by_key.entry(p.key.clone()).or_default().add(delta, now);
+        inner.global.add(delta, now);
+        Some(p.key)
+    }
+
+    /// Spend of `key` now.
+    pub fn spent(&self, key: &str, now: DateTime<Utc>) -> Spend {
+        let mut inner = self.lock();
+        let s = inner.by_key.entry(key.to_owned()).or_default();
+        s.roll(now);
+        *s
+    }
+
+    /// Spend of all keys together now.
+    pub fn global(&self, now: DateTime<Utc>) -> Spend {
+        let mut inner = self.lock();
+        inner.global.roll(now);
+        inner.global
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn predictions_are_settled_and_periods_roll_over() {
+        let ledger = Ledger::new(10);
+        let t = Utc.with_ymd_and_hms(2026, 1, 31, 23, 0, 0).single().expect("time");
+        ledger.charge("a", "r1", 0.5, t);
+        ledger.charge("b", "r2", 0.25, t);
+        assert_eq!(ledger.settle("r1", 0.125, t), Some("a".into()));
+        assert_eq!(ledger.settle("r1", 9.0, t), None, "settled once");
+        let s = ledger.spent("a", t);
+        assert!((s.day_usd - 0.125).abs() < 1e-12 && (s.month_usd - 0.125).abs() < 1e-12);
+        assert!((ledger.global(t).day_usd - 0.375).abs() < 1e-12);
+        let next_day = t + chrono::Duration::hours(2); // February 1st
+        let s = ledger.spent("a", next_day);
+        assert_eq!((s.day_usd, s.month_usd), (0.0, 0.0));
+    }
+}

@@ -1,0 +1,228 @@
+//! The production controls the engine applies around each decision: model health, key
+//! permissions and budgets, spend alerts and session affinity (`triage_guard` holds the logic).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use triage_core::{Preferences, Settings};
+use triage_guard::{Alerts, Caller, FailureKind, FiredAlert, HealthBoard, Ledger};
+use triage_log::{ErrorKind, FeedbackRecord, LogRecord};
+use triage_policy::Decision;
+
+use crate::error::RouteError;
+
+/// Requests whose predicted charge and session entry are remembered.
+const REMEMBERED: usize = 100_000;
+
+/// Session id → the model its last turn went to (bounded, oldest forgotten first).
+struct Sessions {
+    last: HashMap<String, String>,
+    order: VecDeque<String>,
+}
+
+/// Health, budgets, alerts and sessions.
+pub struct Controls {
+    /// Circuit breakers.
+    pub health: HealthBoard,
+    ledger: Ledger,
+    alerts: Alerts,
+    sessions: Mutex<Sessions>,
+}
+
+/// A key's spend limit binding this request.
+pub struct BudgetCap {
+    message: String,
+}
+
+impl Controls {
+    /// From the `[health]` and `[[alerts]]` settings.
+    pub fn new(settings: &Settings) -> Self {
+        Self {
+            health: HealthBoard::new(settings.health.clone()),
+            ledger: Ledger::new(REMEMBERED),
+            alerts: Alerts::new(settings.alerts.clone()),
+            sessions: Mutex::new(Sessions {
+                last: HashMap::new(),
+                order: VecDeque::new(),
+            }),
+        }
+    }
+
+    /// Lowers `prefs.max_cost_usd` to what the caller's key has left, or refuses when nothing is.
+    pub fn cap_budget(
+        &self,
+        caller: &Caller,
+        prefs: &mut Preferences,
+        now: DateTime<Utc>,
+    ) -> Result<Option<BudgetCap>, RouteError> {
+        let Some(key) = &caller.key else {
+            return Ok(None);
+        };
+        let spend = self.ledger.spent(&key.name, now);
+        let limits = [
+            key.daily_usd.map(|l| (l - spend.day_usd, l, "daily", "day")),
+            key.monthly_usd.map(|l| (l - spend.month_usd, l, "monthly", "month")),
+        ];
+        let Some((left, limit, which, period)) = limits
+            .into_iter()
+            .flatten()
+            .min_by(|a, b| a.0.total_cmp(&b.0))
+        else {
+            return Ok(None);
+        };
+        let spent = limit - left;
+        if left <= 0.0 {
+            return Err(RouteError::BudgetExhausted(format!(
+                "API key {:?} has spent ${spent:.4} of its {which} budget of ${limit:.2}; it \
+                 resets at the start of the next UTC {period} (or raise {which}_usd)",
+                key.name
+            )));
+        }
+        if prefs.max_cost_usd.is_none_or(|m| m > left) {
+            prefs.max_cost_usd = Some(left);
+            return Ok(Some(BudgetCap {
+                message: format!(
+                    "API key {:?} has ${left:.6} left of its {which} budget of ${limit:.2} and \
+                     no eligible model is predicted to cost less",
+                    key.name
+                ),
+            }));
+        }
+        Ok(None)
+    }
+
+    /// The refusal for a decision that failed only because of the key's remaining budget.
+    pub fn budget_refusal(cap: BudgetCap) -> RouteError {
+        RouteError::BudgetExhausted(cap.message)
+    }
+
+    /// Keeps the session on its previous model when that model is eligible. Returns whether it
+    /// did.
+    pub fn stick(&self, session_id: &str, decision: &mut Decision) -> bool {
+        if session_id.is_empty() {
+            return false;
+        }
+        let previous = {
+            let sessions = self.sessions.lock().unwrap_or_else(PoisonError::into_inner);
+            sessions.last.get(session_id).cloned()
+        };
+        let Some(previous) = previous else {
+            return false;
+        };
+        let eligible = decision
+            .candidates
+            .iter()
+            .take_while(|c| c.exclusion.is_none())
+            .position(|c| c.model == previous);
+        match eligible {
+            Some(0) => {
+                decision.explanation = format!(
+                    "{} (also this session's previous model)",
+                    decision.explanation
+                );
+                true
+            }
+            Some(i) => {
+                let policy_choice = decision.candidates[0].model.clone();
+                let kept = decision.candidates.remove(i);
+                decision.candidates.insert(0, kept);
+                decision.explanation = format!(
+                    "session affinity: kept {previous} from this session's previous turn (the \
+                     policy alone would pick {policy_choice}; set no_session_affinity to opt out)"
+                );
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Records what was routed: a half-open probe, the session's model, the predicted charge.
+    /// Returns alerts that fired.
+    pub fn routed(
+        &self,
+        request_id: &str,
+        session_id: &str,
+        caller: &Caller,
+        model: &str,
+        predicted_usd: f64,
+        now: DateTime<Utc>,
+    ) -> Vec<FiredAlert> {
+        self.health.routed(model);
+        if !session_id.is_empty() {
+            let mut s = self.sessions.lock().unwrap_or_else(PoisonError::into_inner);
+            if !s.last.contains_key(session_id) {
+                if s.order.len() >= REMEMBERED
+                    && let Some(oldest) = s.order.pop_front()
+                {
+                    s.last.remove(&oldest);
+                }
+                s.order.push_back(session_id.to_owned());
+            }
+            s.last.insert(session_id.to_owned(), model.to_owned());
+        }
+        self.ledger
+            .charge(caller.name(), request_id, predicted_usd, now);
+        self.check_alerts(caller.name(), now)
+    }
+
+    fn check_alerts(&self, key: &str, now: DateTime<Utc>) -> Vec<FiredAlert> {
+        let mut fired = self.alerts.check(key, &self.ledger.spent(key, now));
+        fired.extend(self.alerts.check("global", &self.ledger.global(now)));
+        fired
+    }
+
+    /// Learns from a stored report: breaker state and the real cost. Returns alerts that fired.
+    pub fn feedback(&self, f: &FeedbackRecord, now: DateTime<Utc>) -> Vec<FiredAlert> {
+        let failure = match f.error {
+            ErrorKind::None => None,
+            ErrorKind::RateLimited => Some(FailureKind::RateLimited),
+            ErrorKind::Unavailable => Some(FailureKind::Unavailable),
+            ErrorKind::Timeout => Some(FailureKind::Timeout),
+            // Request-specific failures (content filters, bad tool calls) say nothing about
+            // the provider's availability.
+            ErrorKind::Other => return self.settle(f, now),
+        };
+        let retry_after = f.retry_after_ms.map(|ms| Duration::from_millis(u64::from(ms)));
+        self.health
+            .record(&f.model, failure, retry_after, Instant::now());
+        self.settle(f, now)
+    }
+
+    fn settle(&self, f: &FeedbackRecord, now: DateTime<Utc>) -> Vec<FiredAlert> {
+        match self.ledger.settle(&f.request_id, f.cost_usd, now) {
+            Some(key) => self.check_alerts(&key, now),
+            None => Vec::new(),
+        }
+    }
+
+    /// Rebuilds this period's spend from the log, so budgets survive restarts. Alerts crossed
+    /// during the replay count as fired (they fired before the restart) and do not fire again.
+    pub fn replay(&self, records: &[LogRecord]) {
+        let now = Utc::now();
+        let month_start = now.timestamp() - 32 * 86_400;
+        for record in records {
+            match record {
+                LogRecord::Decision(d) => {
+                    let at = DateTime::from_timestamp_millis(d.time_ms as i64).unwrap_or(now);
+                    if at.timestamp() < month_start {
+                        continue;
+                    }
+                    let cost = d
+                        .candidates
+                        .iter()
+                        .find(|c| c.model == d.chosen)
+                        .map_or(0.0, |c| c.predicted_cost_usd);
+                    let key = d.api_key.as_deref().unwrap_or("anonymous");
+                    self.ledger.charge(key, &d.request_id, cost, at);
+                    let _ = self.check_alerts(key, at);
+                }
+                LogRecord::Feedback(f) => {
+                    let at = DateTime::from_timestamp_millis(f.time_ms as i64).unwrap_or(now);
+                    self.ledger.settle(&f.request_id, f.cost_usd, at);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,196 @@
+//! Prometheus metrics and the HTTP endpoint that serves them (`GET /metrics`).
+//!
+//! One registry per server (no process-wide globals, so tests can run several servers). Names
+//! are prefixed `triage_`; latency buckets run from 50 µs to about 6.5 s.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64};
+
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper::{Request, Response, StatusCode};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets, linear_buckets};
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+/// `model`, `mode`, `key` of a routed request.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    /// Chosen model.
+    pub model: String,
+    /// `quality`, `balanced`, `cost` or `lambda`.
+    pub mode: String,
+    /// API key name or `anonymous`.
+    pub key: String,
+}
+
+/// One label: `model`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModelLabel {
+    /// Catalog model.
+    pub model: String,
+}
+
+/// `stage` of the decision latency: `encoder`, `policy`, `total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StageLabel {
+    /// Stage.
+    pub stage: String,
+}
+
+/// `method` and gRPC `code` of a failed call.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    /// RPC method.
+    pub method: String,
+    /// gRPC status code name.
+    pub code: String,
+}
+
+/// `model` and `error` kind of a feedback report.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FeedbackLabels {
+    /// Model used.
+    pub model: String,
+    /// `none`, `rate_limited`, `unavailable`, `timeout`, `other`.
+    pub error: String,
+}
+
+/// `scope` and `period` of a cost alert.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AlertLabels {
+    /// `global` or an API key's name.
+    pub scope: String,
+    /// `day` or `month`.
+    pub period: String,
+}
+
+type FloatCounter = Counter<f64, AtomicU64>;
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(50e-6, 2.0, 18))
+}
+
+fn quality_histogram() -> Histogram {
+    Histogram::new(linear_buckets(0.1, 0.1, 10))
+}
+
+/// Every metric the server exports.
+pub struct Metrics {
+    registry: Registry,
+    /// Routed requests.
+    pub routes: Family<RouteLabels, Counter>,
+    /// Failed calls by method and status code.
+    pub errors: Family<ErrorLabels, Counter>,
+    /// Predicted cost of routed requests, USD.
+    pub predicted_cost: Family<ModelLabel, FloatCounter>,
+    /// Reported cost from feedback, USD.
+    pub reported_cost: Family<ModelLabel, FloatCounter>,
+    /// Decision latency by stage, seconds.
+    pub decision_seconds: Family<StageLabel, Histogram, fn() -> Histogram>,
+    /// Requests waiting for the encoder.
+    pub queue_depth: Gauge<i64, AtomicI64>,
+    /// Breaker state per model: 0 closed, 1 half-open, 2 open.
+    pub breaker_state: Family<ModelLabel, Gauge<i64, AtomicI64>>,
+    /// Feedback reports by model and error kind.
+    pub feedback: Family<FeedbackLabels, Counter>,
+    /// Reported quality by model.
+    pub feedback_quality: Family<ModelLabel, Histogram, fn() -> Histogram>,
+    /// Cost alerts fired.
+    pub cost_alerts: Family<AlertLabels, Counter>,
+    /// Requests the bandit explored.
+    pub explorations: Counter,
+}
+
+impl Metrics {
+    /// A fresh registry with every metric registered.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("triage");
+        let m = Self {
+            routes: Family::default(),
+            errors: Family::default(),
+            predicted_cost: Family::default(),
+            reported_cost: Family::default(),
+            decision_seconds: Family::new_with_constructor(latency_histogram),
+            queue_depth: Gauge::default(),
+            breaker_state: Family::default(),
+            feedback: Family::default(),
+            feedback_quality: Family::new_with_constructor(quality_histogram),
+            cost_alerts: Family::default(),
+            explorations: Counter::default(),
+            registry: Registry::default(),
+        };
+        registry.register("route_requests", "Routed requests by chosen model, mode and API key", m.routes.clone());
+        registry.register("errors", "Failed calls by method and gRPC status code", m.errors.clone());
+        registry.register("predicted_cost_usd", "Predicted cost of routed requests by model, USD", m.predicted_cost.clone());
+        registry.register("reported_cost_usd", "Cost reported through Feedback by model, USD", m.reported_cost.clone());
+        registry.register("decision_seconds", "Route latency by stage (encoder, policy, total)", m.decision_seconds.clone());
+        registry.register("encoder_queue_depth", "Requests waiting for the encoder", m.queue_depth.clone());
+        registry.register("breaker_state", "Circuit breaker per model: 0 closed, 1 half-open, 2 open", m.breaker_state.clone());
+        registry.register("feedback", "Feedback reports by model and error kind", m.feedback.clone());
+        registry.register("feedback_quality", "Reported quality by model", m.feedback_quality.clone());
+        registry.register("cost_alerts", "Cost alerts fired by scope and period", m.cost_alerts.clone());
+        registry.register("explorations", "Requests routed by exploration", m.explorations.clone());
+        Self { registry, ..m }
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Serves `GET /metrics` on `listener`, calling `refresh` (gauges read at scrape time) before
+/// each scrape.
+pub fn serve_metrics(
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    refresh: Arc<dyn Fn(&Metrics) + Send + Sync>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let (metrics, refresh) = (Arc::clone(&metrics), Arc::clone(&refresh));
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                    let (metrics, refresh) = (Arc::clone(&metrics), Arc::clone(&refresh));
+                    async move {
+                        let response = if req.uri().path() == "/metrics" {
+                            refresh(&metrics);
+                            Response::builder()
+                                .header("content-type", "text/plain; version=0.0.4; charset=utf-8")
+                                .body(Full::new(Bytes::from(metrics.render())))
+                        } else {
+                            Response::builder()
+                                .status(StatusCode::NOT_FOUND)
+                                .body(Full::new(Bytes::from_static(b"metrics are at /metrics\n")))
+                        };
+                        Ok::<_, Infallible>(response.unwrap_or_default())
+                    }
+                });
+                let io = hyper_util::rt::TokioIo::new(stream);
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(io, service)
+                    .await;
+            });
+        }
+    })
+}
