@@ -157,3 +157,61 @@ async fn sigkill_loses_no_acknowledged_feedback_and_duplicates_none() {
     child.kill().expect("stop");
     child.wait().expect("reaped");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_in_flight_requests_and_flushes_the_log() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let (mut child, url) = spawn_server(data.path());
+    let client = RouterClient::connect(url).await.expect("connects");
+    let first = client
+        .clone()
+        .route(route_request(0))
+        .await
+        .expect("routes")
+        .into_inner();
+    client
+        .clone()
+        .feedback(report(&first.request_id, "before-term", &first.model))
+        .await
+        .expect("stored");
+
+    // Long prompts queue behind one encoder worker, so they are in flight when SIGTERM lands.
+    let long = "Prove that the sum of the first n odd numbers is n squared, step by step. ".repeat(60);
+    let mut in_flight = Vec::new();
+    for _ in 0..8 {
+        let mut c = client.clone();
+        let text = long.clone();
+        in_flight.push(tokio::spawn(async move {
+            c.route(RouteRequest {
+                messages: vec![Message {
+                    role: "user".into(),
+                    content: text,
+                }],
+                ..Default::default()
+            })
+            .await
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let term = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(term.success());
+    for call in in_flight {
+        let result = call.await.expect("task");
+        assert!(result.is_ok(), "an in-flight request was dropped: {result:?}");
+    }
+    let status = child.wait().expect("exits");
+    assert!(status.success(), "exit status {status:?}");
+    let (records, report) = read_log(data.path()).expect("log reads");
+    assert_eq!(report.torn_bytes, 0, "the log was flushed cleanly");
+    let decisions = records
+        .iter()
+        .filter(|r| matches!(r, LogRecord::Decision(_)))
+        .count();
+    assert_eq!(decisions, 9, "every routed request's decision is in the log");
+    assert!(records.iter().any(
+        |r| matches!(r, LogRecord::Feedback(f) if f.feedback_id == "before-term")
+    ));
+}

@@ -252,18 +252,22 @@ pub fn fit_policy(prepared: &Prepared) -> Result<PolicyFile, TrainError> {
         neighbours: None,
         training: serde_json::Value::Null,
     };
-    let informative = dev_idx
+    // Replays only tell policies apart on prompts with several outcomes: logged prompts (one
+    // outcome each) would only add noise to the selection.
+    let informative: Vec<usize> = dev_idx
         .iter()
-        .filter(|&&p| o.cells[p].iter().flatten().count() >= 2)
-        .count();
-    let blend_report = if informative >= MIN_INFORMATIVE_DEV {
-        let (neighbours, blend_report) = choose_neighbours(prepared, &file, &train_idx, &dev_idx)?;
+        .copied()
+        .filter(|&p| o.cells[p].iter().flatten().count() >= 2)
+        .collect();
+    let blend_report = if informative.len() >= MIN_INFORMATIVE_DEV {
+        let (neighbours, blend_report) =
+            choose_neighbours(prepared, &file, &train_idx, &informative)?;
         file.neighbours = neighbours;
-        file.decision = choose_margins(prepared, &file, &dev_idx)?;
+        file.decision = choose_margins(prepared, &file, &informative)?;
         blend_report
     } else {
         tracing::info!(
-            informative,
+            informative = informative.len(),
             "too few dev prompts with several outcomes to choose neighbours and margins by \
              replay; using the logistic heads with default margins"
         );
