@@ -56,6 +56,10 @@ pub struct SimulateArgs {
     /// Online correction step (overrides exploration.learning_rate).
     #[arg(long)]
     learning_rate: Option<f64>,
+    /// Mix the table itself (its catalog models) into every retrain, as a seed dataset (set
+    /// automatically with --hide, without the hidden model).
+    #[arg(long)]
+    with_seed: bool,
     /// Policy to compare with on the evaluation split (e.g. the offline-trained one).
     #[arg(long)]
     reference: Option<PathBuf>,
@@ -107,6 +111,10 @@ pub fn run(mut settings: Settings, args: SimulateArgs, base: PathBuf) -> anyhow:
         (None, false, Some(path)) => (Start::Policy(path.clone()), None),
         (None, false, None) => (Start::Policy(base.join(&settings.policy.path)), None),
     };
+    let seed_models = seed_models.or_else(|| {
+        args.with_seed
+            .then(|| settings.models.iter().map(|m| m.name.clone()).collect())
+    });
     settings.catalog()?;
     let workdir = match args.workdir {
         Some(dir) => dir,

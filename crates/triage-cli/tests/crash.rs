@@ -176,7 +176,8 @@ async fn sigterm_drains_in_flight_requests_and_flushes_the_log() {
         .expect("stored");
 
     // Long prompts queue behind one encoder worker, so they are in flight when SIGTERM lands.
-    let long = "Prove that the sum of the first n odd numbers is n squared, step by step. ".repeat(60);
+    let long =
+        "Prove that the sum of the first n odd numbers is n squared, step by step. ".repeat(60);
     let mut in_flight = Vec::new();
     for _ in 0..8 {
         let mut c = client.clone();
@@ -200,7 +201,10 @@ async fn sigterm_drains_in_flight_requests_and_flushes_the_log() {
     assert!(term.success());
     for call in in_flight {
         let result = call.await.expect("task");
-        assert!(result.is_ok(), "an in-flight request was dropped: {result:?}");
+        assert!(
+            result.is_ok(),
+            "an in-flight request was dropped: {result:?}"
+        );
     }
     let status = child.wait().expect("exits");
     assert!(status.success(), "exit status {status:?}");
@@ -210,8 +214,13 @@ async fn sigterm_drains_in_flight_requests_and_flushes_the_log() {
         .iter()
         .filter(|r| matches!(r, LogRecord::Decision(_)))
         .count();
-    assert_eq!(decisions, 9, "every routed request's decision is in the log");
-    assert!(records.iter().any(
-        |r| matches!(r, LogRecord::Feedback(f) if f.feedback_id == "before-term")
-    ));
+    assert_eq!(
+        decisions, 9,
+        "every routed request's decision is in the log"
+    );
+    assert!(
+        records
+            .iter()
+            .any(|r| matches!(r, LogRecord::Feedback(f) if f.feedback_id == "before-term"))
+    );
 }

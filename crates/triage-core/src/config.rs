@@ -92,6 +92,10 @@ pub struct EncoderSettings {
     pub queue_capacity: usize,
     /// Most requests one worker embeds in a single batch.
     pub max_batch: usize,
+    /// A request that waited longer than this for the encoder is refused with
+    /// RESOURCE_EXHAUSTED (0: no limit); bounds the latency of accepted requests under overload.
+    #[serde(default)]
+    pub max_queue_wait_ms: u64,
     /// Tokens the encoder sees, special tokens included (see the truncation rule in `features`).
     pub max_tokens: usize,
     /// Run on the CUDA execution provider (needs the `cuda` build feature and a CUDA runtime).
@@ -281,10 +285,10 @@ impl Settings {
             });
         }
         let h = &self.health;
-        if !(h.failure_rate > 0.0 && h.failure_rate <= 1.0)
-            || !(h.window_secs > 0.0 && h.window_secs.is_finite())
-            || !(h.open_secs >= 0.0 && h.open_secs.is_finite())
-        {
+        let sane = (h.failure_rate > 0.0 && h.failure_rate <= 1.0)
+            && (h.window_secs > 0.0 && h.window_secs.is_finite())
+            && (h.open_secs >= 0.0 && h.open_secs.is_finite());
+        if !sane {
             return Err(ConfigError::OutOfRange {
                 key: "health",
                 problem: "failure_rate must be in (0, 1], window_secs > 0 and open_secs >= 0"

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use tokio::sync::oneshot;
@@ -19,6 +20,10 @@ pub struct PoolOptions {
     pub queue_capacity: usize,
     /// Most requests a worker embeds in one model run.
     pub max_batch: usize,
+    /// A request that waited longer than this for a worker is refused with
+    /// [`EncodeError::Overloaded`] instead of being embedded late (`None`: no limit). This bounds
+    /// the latency of accepted requests under overload.
+    pub max_queue_wait: Option<Duration>,
 }
 
 /// Why a request got no embedding.
@@ -29,6 +34,15 @@ pub enum EncodeError {
     QueueFull {
         /// The configured capacity.
         capacity: usize,
+    },
+    /// The request waited longer than the configured limit: the server is overloaded.
+    #[error(
+        "the encoder is overloaded (this request waited {waited_ms} ms for a worker); retry with \
+         backoff"
+    )]
+    Overloaded {
+        /// How long it waited.
+        waited_ms: u64,
     },
     /// The workers have stopped (shutdown or a crashed worker).
     #[error("the encoder has stopped")]
@@ -41,6 +55,7 @@ pub enum EncodeError {
 struct Job {
     input: EncoderInput,
     reply: oneshot::Sender<Result<Embedding, EncodeError>>,
+    enqueued: Instant,
 }
 
 /// Handle to the encoder threads; cheap to clone.
@@ -68,10 +83,10 @@ impl EncoderPool {
             dim = embedder.dim();
             let receiver = receiver.clone();
             let queued = Arc::clone(&queued);
-            let max_batch = options.max_batch.max(1);
+            let limits = (options.max_batch.max(1), options.max_queue_wait);
             thread::Builder::new()
                 .name(format!("triage-encoder-{index}"))
-                .spawn(move || worker_loop(embedder, receiver, queued, max_batch))
+                .spawn(move || worker_loop(embedder, receiver, queued, limits))
                 .map_err(|e| {
                     EncoderError::Inference(format!("cannot spawn encoder thread: {e}"))
                 })?;
@@ -99,7 +114,12 @@ impl EncoderPool {
     pub async fn embed(&self, input: EncoderInput) -> Result<Embedding, EncodeError> {
         let (reply, response) = oneshot::channel();
         self.queued.fetch_add(1, Ordering::Relaxed);
-        match self.sender.try_send(Job { input, reply }) {
+        let job = Job {
+            input,
+            reply,
+            enqueued: Instant::now(),
+        };
+        match self.sender.try_send(job) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
                 self.queued.fetch_sub(1, Ordering::Relaxed);
@@ -120,7 +140,7 @@ fn worker_loop<E: Embedder>(
     mut embedder: E,
     receiver: Receiver<Job>,
     queued: Arc<AtomicUsize>,
-    max_batch: usize,
+    (max_batch, max_wait): (usize, Option<Duration>),
 ) {
     // Ends when every sender (every pool handle) is dropped.
     while let Ok(first) = receiver.recv() {
@@ -133,6 +153,17 @@ fn worker_loop<E: Embedder>(
         }
         queued.fetch_sub(jobs.len(), Ordering::Relaxed);
         jobs.retain(|job| !job.reply.is_closed());
+        if let Some(limit) = max_wait {
+            let (late, on_time): (Vec<Job>, Vec<Job>) = jobs
+                .into_iter()
+                .partition(|job| job.enqueued.elapsed() > limit);
+            for job in late {
+                let waited_ms =
+                    u64::try_from(job.enqueued.elapsed().as_millis()).unwrap_or(u64::MAX);
+                let _ = job.reply.send(Err(EncodeError::Overloaded { waited_ms }));
+            }
+            jobs = on_time;
+        }
         if jobs.is_empty() {
             continue;
         }

@@ -113,6 +113,7 @@ async fn pool_refuses_work_beyond_its_queue_instead_of_queueing() {
             workers: 1,
             queue_capacity: 2,
             max_batch: 1,
+            max_queue_wait: None,
         },
         |_| Ok(embedder(1)),
     )

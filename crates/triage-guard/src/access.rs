@@ -47,9 +47,7 @@ pub struct AuthSettings {
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]
 pub enum AccessError {
     /// No key, and anonymous access is off.
-    #[error(
-        "this server needs an API key: send the metadata header `authorization: Bearer <key>`"
-    )]
+    #[error("this server needs an API key: send the metadata header `authorization: Bearer <key>`")]
     Missing,
     /// The key is not configured.
     #[error("unknown API key (check for typos; keys are configured under [[auth.keys]])")]
@@ -80,9 +78,9 @@ impl Caller {
 
     /// Whether the key may be routed to `model`.
     pub fn may_use(&self, model: &str) -> bool {
-        self.key
-            .as_ref()
-            .is_none_or(|k| k.allowed_models.is_empty() || k.allowed_models.iter().any(|m| m == model))
+        self.key.as_ref().is_none_or(|k| {
+            k.allowed_models.is_empty() || k.allowed_models.iter().any(|m| m == model)
+        })
     }
 
     /// Fails unless the caller holds an admin key (or auth is open and the caller anonymous).
@@ -128,7 +126,8 @@ impl AccessControl {
         }
         let mut by_hash = HashMap::new();
         for k in keys {
-            let valid_hash = k.sha256.len() == 64 && k.sha256.bytes().all(|b| b.is_ascii_hexdigit());
+            let valid_hash =
+                k.sha256.len() == 64 && k.sha256.bytes().all(|b| b.is_ascii_hexdigit());
             if !valid_hash {
                 return Err(AccessError::Config(format!(
                     "key {:?}: sha256 must be 64 hex digits (`triage keys hash <key>` prints it)",
@@ -205,12 +204,20 @@ mod tests {
             keys_file: None,
         };
         let access = AccessControl::new(&settings, Path::new(".")).expect("valid");
-        let caller = access.authenticate(Some("Bearer s3cret")).expect("known key");
+        let caller = access
+            .authenticate(Some("Bearer s3cret"))
+            .expect("known key");
         assert_eq!(caller.name(), "team");
         assert!(caller.may_use("small") && !caller.may_use("big"));
         assert_eq!(access.authenticate(None), Err(AccessError::Missing));
-        assert_eq!(access.authenticate(Some("Bearer nope")), Err(AccessError::Unknown));
-        assert_eq!(access.authenticate(Some("s3cret")), Err(AccessError::Malformed));
+        assert_eq!(
+            access.authenticate(Some("Bearer nope")),
+            Err(AccessError::Unknown)
+        );
+        assert_eq!(
+            access.authenticate(Some("s3cret")),
+            Err(AccessError::Malformed)
+        );
         assert!(caller.require_admin(false).is_err());
     }
 

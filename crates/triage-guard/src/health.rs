@@ -317,7 +317,11 @@ mod tests {
         h.routed("m");
         assert!(h.check("m", t1).is_err());
         h.record("m", Some(FailureKind::Timeout), None, t1);
-        assert!(h.check("m", t1).expect_err("probe failed").contains("probe failed"));
+        assert!(
+            h.check("m", t1)
+                .expect_err("probe failed")
+                .contains("probe failed")
+        );
         let t2 = t1 + Duration::from_secs(6);
         assert!(h.check("m", t2).is_ok());
         h.routed("m");
@@ -335,7 +339,10 @@ mod tests {
         }
         let later = t0 + Duration::from_secs(11);
         h.record("m", Some(FailureKind::Timeout), None, later);
-        assert!(h.check("m", later).is_ok(), "only one failure in the window");
+        assert!(
+            h.check("m", later).is_ok(),
+            "only one failure in the window"
+        );
     }
 
     #[test]

@@ -83,7 +83,11 @@ impl Ledger {
     /// Charges `usd` (predicted) to `key` for `request_id`.
     pub fn charge(&self, key: &str, request_id: &str, usd: f64, now: DateTime<Utc>) {
         let mut inner = self.lock();
-        inner.by_key.entry(key.to_owned()).or_default().add(usd, now);
+        inner
+            .by_key
+            .entry(key.to_owned())
+            .or_default()
+            .add(usd, now);
         inner.global.add(usd, now);
         if inner.order.len() >= self.capacity
             && let Some(oldest) = inner.order.pop_front()
@@ -109,7 +113,11 @@ impl Ledger {
         // The correction belongs to the period the request was charged in.
         let same_period = periods(p.at) == periods(now);
         let delta = if same_period { reported - p.usd } else { 0.0 };
-        inner.by_key.entry(p.key.clone()).or_default().add(delta, now);
+        inner
+            .by_key
+            .entry(p.key.clone())
+            .or_default()
+            .add(delta, now);
         inner.global.add(delta, now);
         Some(p.key)
     }
@@ -138,7 +146,10 @@ mod tests {
     #[test]
     fn predictions_are_settled_and_periods_roll_over() {
         let ledger = Ledger::new(10);
-        let t = Utc.with_ymd_and_hms(2026, 1, 31, 23, 0, 0).single().expect("time");
+        let t = Utc
+            .with_ymd_and_hms(2026, 1, 31, 23, 0, 0)
+            .single()
+            .expect("time");
         ledger.charge("a", "r1", 0.5, t);
         ledger.charge("b", "r2", 0.25, t);
         assert_eq!(ledger.settle("r1", 0.125, t), Some("a".into()));

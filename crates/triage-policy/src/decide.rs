@@ -281,7 +281,9 @@ fn exclusion(
             max_cost_usd,
         });
     }
-    if let Some(max_latency_ms) = prefs.max_latency_ms.filter(|max| latency_ms > f64::from(*max))
+    if let Some(max_latency_ms) = prefs
+        .max_latency_ms
+        .filter(|max| latency_ms > f64::from(*max))
     {
         return Some(Exclusion::TooSlow {
             latency_ms,

@@ -188,11 +188,7 @@ fn ties_break_on_lower_cost_then_name() {
         quality: 0.8,
         output_tokens: 50.0,
     };
-    let predictions = HashMap::from([
-        ("b-cheap", p),
-        ("a-cheap", p),
-        ("pricey", p),
-    ]);
+    let predictions = HashMap::from([("b-cheap", p), ("a-cheap", p), ("pricey", p)]);
     for mode in [Mode::Quality, Mode::Balanced, Mode::Cost] {
         let prefs = Preferences {
             mode,

@@ -62,8 +62,10 @@ impl Controls {
         };
         let spend = self.ledger.spent(&key.name, now);
         let limits = [
-            key.daily_usd.map(|l| (l - spend.day_usd, l, "daily", "day")),
-            key.monthly_usd.map(|l| (l - spend.month_usd, l, "monthly", "month")),
+            key.daily_usd
+                .map(|l| (l - spend.day_usd, l, "daily", "day")),
+            key.monthly_usd
+                .map(|l| (l - spend.month_usd, l, "monthly", "month")),
         ];
         let Some((left, limit, which, period)) = limits
             .into_iter()
@@ -184,7 +186,9 @@ impl Controls {
             // the provider's availability.
             ErrorKind::Other => return self.settle(f, now),
         };
-        let retry_after = f.retry_after_ms.map(|ms| Duration::from_millis(u64::from(ms)));
+        let retry_after = f
+            .retry_after_ms
+            .map(|ms| Duration::from_millis(u64::from(ms)));
         self.health
             .record(&f.model, failure, retry_after, Instant::now());
         self.settle(f, now)

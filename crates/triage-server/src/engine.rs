@@ -13,8 +13,7 @@ use triage_encoder::{EncoderPool, OnnxEmbedder, OnnxOptions, PoolOptions, init_o
 use triage_guard::{Caller, FiredAlert};
 use triage_log::FeedbackRecord;
 use triage_policy::{
-    Availability, Decision, Exclusion, OnlineLearner, Policy, Prediction, apply_priors,
-    decide_with,
+    Availability, Decision, Exclusion, OnlineLearner, Policy, Prediction, apply_priors, decide_with,
 };
 
 use crate::controls::Controls;
@@ -92,6 +91,8 @@ impl RoutingEngine {
                 workers: settings.encoder.workers,
                 queue_capacity: settings.encoder.queue_capacity,
                 max_batch: settings.encoder.max_batch,
+                max_queue_wait: (settings.encoder.max_queue_wait_ms > 0)
+                    .then(|| std::time::Duration::from_millis(settings.encoder.max_queue_wait_ms)),
             },
             |_| OnnxEmbedder::load(&options),
         )?;
@@ -242,8 +243,8 @@ impl RoutingEngine {
                 });
             }
         };
-        let sticky = request.session_affinity
-            && self.controls.stick(&request.session_id, &mut decision);
+        let sticky =
+            request.session_affinity && self.controls.stick(&request.session_id, &mut decision);
         let draw = if sticky {
             triage_policy::Draw {
                 propensity: 1.0,

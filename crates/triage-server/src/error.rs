@@ -43,7 +43,9 @@ impl From<RouteError> for Status {
     fn from(error: RouteError) -> Self {
         let code = match &error {
             RouteError::Invalid(_) => Code::InvalidArgument,
-            RouteError::Encode(EncodeError::QueueFull { .. }) => Code::ResourceExhausted,
+            RouteError::Encode(EncodeError::QueueFull { .. } | EncodeError::Overloaded { .. }) => {
+                Code::ResourceExhausted
+            }
             RouteError::Encode(EncodeError::Stopped) => Code::Unavailable,
             RouteError::Encode(EncodeError::Failed(e)) => match e {
                 EncoderError::Tokenize(_) => Code::InvalidArgument,

@@ -16,9 +16,9 @@
 
 mod controls;
 mod convert;
-mod metrics;
 mod engine;
 mod error;
+mod metrics;
 mod recent;
 mod reload;
 mod serve;

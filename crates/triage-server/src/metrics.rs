@@ -126,17 +126,61 @@ impl Metrics {
             explorations: Counter::default(),
             registry: Registry::default(),
         };
-        registry.register("route_requests", "Routed requests by chosen model, mode and API key", m.routes.clone());
-        registry.register("errors", "Failed calls by method and gRPC status code", m.errors.clone());
-        registry.register("predicted_cost_usd", "Predicted cost of routed requests by model, USD", m.predicted_cost.clone());
-        registry.register("reported_cost_usd", "Cost reported through Feedback by model, USD", m.reported_cost.clone());
-        registry.register("decision_seconds", "Route latency by stage (encoder, policy, total)", m.decision_seconds.clone());
-        registry.register("encoder_queue_depth", "Requests waiting for the encoder", m.queue_depth.clone());
-        registry.register("breaker_state", "Circuit breaker per model: 0 closed, 1 half-open, 2 open", m.breaker_state.clone());
-        registry.register("feedback", "Feedback reports by model and error kind", m.feedback.clone());
-        registry.register("feedback_quality", "Reported quality by model", m.feedback_quality.clone());
-        registry.register("cost_alerts", "Cost alerts fired by scope and period", m.cost_alerts.clone());
-        registry.register("explorations", "Requests routed by exploration", m.explorations.clone());
+        registry.register(
+            "route_requests",
+            "Routed requests by chosen model, mode and API key",
+            m.routes.clone(),
+        );
+        registry.register(
+            "errors",
+            "Failed calls by method and gRPC status code",
+            m.errors.clone(),
+        );
+        registry.register(
+            "predicted_cost_usd",
+            "Predicted cost of routed requests by model, USD",
+            m.predicted_cost.clone(),
+        );
+        registry.register(
+            "reported_cost_usd",
+            "Cost reported through Feedback by model, USD",
+            m.reported_cost.clone(),
+        );
+        registry.register(
+            "decision_seconds",
+            "Route latency by stage (encoder, policy, total)",
+            m.decision_seconds.clone(),
+        );
+        registry.register(
+            "encoder_queue_depth",
+            "Requests waiting for the encoder",
+            m.queue_depth.clone(),
+        );
+        registry.register(
+            "breaker_state",
+            "Circuit breaker per model: 0 closed, 1 half-open, 2 open",
+            m.breaker_state.clone(),
+        );
+        registry.register(
+            "feedback",
+            "Feedback reports by model and error kind",
+            m.feedback.clone(),
+        );
+        registry.register(
+            "feedback_quality",
+            "Reported quality by model",
+            m.feedback_quality.clone(),
+        );
+        registry.register(
+            "cost_alerts",
+            "Cost alerts fired by scope and period",
+            m.cost_alerts.clone(),
+        );
+        registry.register(
+            "explorations",
+            "Requests routed by exploration",
+            m.explorations.clone(),
+        );
         Self { registry, ..m }
     }
 
@@ -170,22 +214,27 @@ pub fn serve_metrics(
             };
             let (metrics, refresh) = (Arc::clone(&metrics), Arc::clone(&refresh));
             tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                    let (metrics, refresh) = (Arc::clone(&metrics), Arc::clone(&refresh));
-                    async move {
-                        let response = if req.uri().path() == "/metrics" {
-                            refresh(&metrics);
-                            Response::builder()
-                                .header("content-type", "text/plain; version=0.0.4; charset=utf-8")
-                                .body(Full::new(Bytes::from(metrics.render())))
-                        } else {
-                            Response::builder()
-                                .status(StatusCode::NOT_FOUND)
-                                .body(Full::new(Bytes::from_static(b"metrics are at /metrics\n")))
-                        };
-                        Ok::<_, Infallible>(response.unwrap_or_default())
-                    }
-                });
+                let service =
+                    hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                        let (metrics, refresh) = (Arc::clone(&metrics), Arc::clone(&refresh));
+                        async move {
+                            let response =
+                                if req.uri().path() == "/metrics" {
+                                    refresh(&metrics);
+                                    Response::builder()
+                                        .header(
+                                            "content-type",
+                                            "text/plain; version=0.0.4; charset=utf-8",
+                                        )
+                                        .body(Full::new(Bytes::from(metrics.render())))
+                                } else {
+                                    Response::builder().status(StatusCode::NOT_FOUND).body(
+                                        Full::new(Bytes::from_static(b"metrics are at /metrics\n")),
+                                    )
+                                };
+                            Ok::<_, Infallible>(response.unwrap_or_default())
+                        }
+                    });
                 let io = hyper_util::rt::TokioIo::new(stream);
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(io, service)

@@ -90,9 +90,9 @@ pub async fn serve(
 
     let mut builder = tonic::transport::Server::builder();
     if let Some(tls) = &settings.server.tls {
-        builder = builder.tls_config(tls_config(tls)?).map_err(|e| {
-            StartupError::Transport(format!("TLS configuration rejected: {e}"))
-        })?;
+        builder = builder
+            .tls_config(tls_config(tls)?)
+            .map_err(|e| StartupError::Transport(format!("TLS configuration rejected: {e}")))?;
     }
     // After the shutdown signal, in-flight calls get `drain_secs` to finish.
     let (signalled, mut drain_started) = tokio::sync::watch::channel(false);
@@ -136,9 +136,9 @@ pub async fn bind_metrics(settings: &Settings) -> Result<Option<TcpListener>, St
     let Some(addr) = settings.metrics.listen else {
         return Ok(None);
     };
-    let listener = TcpListener::bind(addr).await.map_err(|e| {
-        StartupError::Transport(format!("cannot bind metrics address {addr}: {e}"))
-    })?;
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|e| StartupError::Transport(format!("cannot bind metrics address {addr}: {e}")))?;
     Ok(Some(listener))
 }
 
@@ -210,9 +210,7 @@ pub async fn start(
         .local_addr()
         .map_err(|e| StartupError::Transport(e.to_string()))?;
     let metrics_listener = bind_metrics(settings).await?;
-    let metrics_addr = metrics_listener
-        .as_ref()
-        .and_then(|l| l.local_addr().ok());
+    let metrics_addr = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let settings = settings.clone();
     let task = tokio::spawn(async move {

@@ -48,11 +48,21 @@ async fn a_failing_model_is_skipped_until_its_breaker_recovers() {
     let failing = first.model.clone();
     let fallback = first.candidates[1].model.clone();
     client
-        .feedback(failure(&first.request_id, "f1", &failing, ErrorKind::ErrorUnavailable))
+        .feedback(failure(
+            &first.request_id,
+            "f1",
+            &failing,
+            ErrorKind::ErrorUnavailable,
+        ))
         .await
         .expect("stored");
     client
-        .feedback(failure(&first.request_id, "f2", &failing, ErrorKind::ErrorTimeout))
+        .feedback(failure(
+            &first.request_id,
+            "f2",
+            &failing,
+            ErrorKind::ErrorTimeout,
+        ))
         .await
         .expect("stored");
 
@@ -70,7 +80,11 @@ async fn a_failing_model_is_skipped_until_its_breaker_recovers() {
         .expect("listed");
     assert!(!skipped.eligible);
     assert_eq!(skipped.exclusion, ExclusionReason::Unavailable as i32);
-    assert!(skipped.reason.contains("circuit open"), "{}", skipped.reason);
+    assert!(
+        skipped.reason.contains("circuit open"),
+        "{}",
+        skipped.reason
+    );
     let models = client
         .list_models(ListModelsRequest {})
         .await
@@ -113,7 +127,12 @@ async fn a_failing_model_is_skipped_until_its_breaker_recovers() {
     client
         .feedback(FeedbackRequest {
             quality: Some(1.0),
-            ..failure(&probe.request_id, "f3", &failing, ErrorKind::ErrorUnspecified)
+            ..failure(
+                &probe.request_id,
+                "f3",
+                &failing,
+                ErrorKind::ErrorUnspecified,
+            )
         })
         .await
         .expect("stored");
@@ -147,7 +166,10 @@ async fn retry_after_and_operator_overrides() {
         .await
         .expect("routes")
         .into_inner();
-    assert_ne!(r.model, model, "a rate limit with retry-after opens the breaker at once");
+    assert_ne!(
+        r.model, model,
+        "a rate limit with retry-after opens the breaker at once"
+    );
 
     // Operator: force it up, then mark another model down.
     let up = client
@@ -179,7 +201,11 @@ async fn retry_after_and_operator_overrides() {
         .await
         .expect("routes")
         .into_inner();
-    let c = r.candidates.iter().find(|c| c.model == model).expect("listed");
+    let c = r
+        .candidates
+        .iter()
+        .find(|c| c.model == model)
+        .expect("listed");
     assert!(c.reason.contains("provider maintenance"), "{}", c.reason);
     let unknown = client
         .report_health(ReportHealthRequest {
@@ -206,18 +232,37 @@ async fn a_session_stays_on_its_model_unless_it_opts_out() {
             },
         )
     };
-    let first = client.route(turn(FRANCE, false)).await.expect("routes").into_inner();
+    let first = client
+        .route(turn(FRANCE, false))
+        .await
+        .expect("routes")
+        .into_inner();
     let alone = client
         .route(request(PROOF, Preferences::default()))
         .await
         .expect("routes")
         .into_inner();
-    assert_ne!(first.model, alone.model, "the two prompts differ in isolation");
-    let second = client.route(turn(PROOF, false)).await.expect("routes").into_inner();
+    assert_ne!(
+        first.model, alone.model,
+        "the two prompts differ in isolation"
+    );
+    let second = client
+        .route(turn(PROOF, false))
+        .await
+        .expect("routes")
+        .into_inner();
     assert!(second.sticky);
     assert_eq!(second.model, first.model);
-    assert!(second.explanation.contains("session affinity"), "{}", second.explanation);
-    let opted_out = client.route(turn(PROOF, true)).await.expect("routes").into_inner();
+    assert!(
+        second.explanation.contains("session affinity"),
+        "{}",
+        second.explanation
+    );
+    let opted_out = client
+        .route(turn(PROOF, true))
+        .await
+        .expect("routes")
+        .into_inner();
     assert!(!opted_out.sticky);
     assert_eq!(opted_out.model, alone.model);
     server.shutdown().await.expect("clean shutdown");
@@ -315,7 +360,11 @@ async fn keys_limit_models_and_budgets_and_alerts_fire_once_into_metrics() {
         {
             Ok(r) => {
                 let r = r.into_inner();
-                let c = r.candidates.iter().find(|c| c.model == r.model).expect("chosen");
+                let c = r
+                    .candidates
+                    .iter()
+                    .find(|c| c.model == r.model)
+                    .expect("chosen");
                 costs.push(c.predicted_cost_usd);
             }
             Err(status) => {

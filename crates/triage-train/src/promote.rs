@@ -1,10 +1,12 @@
 //! The promotion gate: a retrained policy replaces the serving one only if it is not worse.
 //!
 //! Evidence, in order of preference:
-//! 1. **off-policy**: enough logged decisions on held-out (dev) requests, each replayed through
+//! 1. **held-out**: the dev split of a full-information outcome table (a seed table), replayed
+//!    through both policies over the λ grid with the real outcomes and compared by AIQ: exact,
+//!    so it goes first;
+//! 2. **off-policy**: enough logged decisions on held-out (dev) requests, each replayed through
 //!    both policies, estimated with DR (and IPS reported beside it), see [`crate::offpolicy`];
-//! 2. **held-out**: the dev split of a full-information outcome table, replayed through both
-//!    policies over the λ grid and compared by AIQ;
+//!    "not worse" allows two bootstrap standard errors, since the estimate is noisy;
 //! 3. **none**: there is no current policy to beat.
 //!
 //! `--force` skips the gate.
@@ -62,6 +64,32 @@ pub fn gate(
         Policy::new(candidate.clone()).map_err(|e| TrainError::Fit(e.to_string()))?;
     let dev = prepared.outcomes.indices(Split::Dev);
 
+    let full_information: Vec<usize> = dev
+        .iter()
+        .copied()
+        .filter(|&p| prepared.outcomes.cells[p].iter().flatten().count() >= 2)
+        .collect();
+    if full_information.len() >= MIN_EVIDENCE {
+        let old = dev_aiq(prepared, current.file(), &full_information)?;
+        let new = dev_aiq(prepared, candidate, &full_information)?;
+        let promote = new >= old - AIQ_TOLERANCE;
+        return Ok(GateVerdict {
+            promote,
+            evidence: "held-out".into(),
+            reason: format!(
+                "dev AIQ over {} prompts with several outcomes: candidate {new:.4} vs current \
+                 {old:.4} ({})",
+                full_information.len(),
+                if promote {
+                    "not worse"
+                } else {
+                    "worse by more than the tolerance"
+                }
+            ),
+            current: Some(serde_json::json!({ "dev_aiq": old })),
+            candidate: Some(serde_json::json!({ "dev_aiq": new })),
+        });
+    }
     if let Some(logged) = logged {
         // Only requests the candidate did not train on.
         let dev_ids: HashSet<&str> = dev
@@ -110,31 +138,6 @@ pub fn gate(
         );
     }
 
-    let full_information = dev
-        .iter()
-        .filter(|&&p| prepared.outcomes.cells[p].iter().flatten().count() >= 2)
-        .count();
-    if full_information >= MIN_EVIDENCE {
-        let old = dev_aiq(prepared, current.file(), &dev)?;
-        let new = dev_aiq(prepared, candidate, &dev)?;
-        let promote = new >= old - AIQ_TOLERANCE;
-        return Ok(GateVerdict {
-            promote,
-            evidence: "held-out".into(),
-            reason: format!(
-                "dev AIQ over {} prompts with several outcomes: candidate {new:.4} vs current \
-                 {old:.4} ({})",
-                dev.len(),
-                if promote {
-                    "not worse"
-                } else {
-                    "worse by more than the tolerance"
-                }
-            ),
-            current: Some(serde_json::json!({ "dev_aiq": old })),
-            candidate: Some(serde_json::json!({ "dev_aiq": new })),
-        });
-    }
     Ok(GateVerdict {
         promote: false,
         evidence: "insufficient".into(),
