@@ -66,7 +66,7 @@ pub struct SimulateArgs {
     /// Fresh directory for the simulation's log and policy.
     #[arg(long)]
     workdir: Option<PathBuf>,
-    /// Shuffle seed of the traffic order.
+    /// Seed of the traffic order and of the server's exploration draws.
     #[arg(long, default_value_t = 7)]
     seed: u64,
     /// Write a plot (SVG).
@@ -94,6 +94,8 @@ pub fn run(mut settings: Settings, args: SimulateArgs, base: PathBuf) -> anyhow:
     if let Some(rate) = args.learning_rate {
         settings.exploration.learning_rate = rate;
     }
+    // One seed makes the whole run repeatable: traffic order and exploration draws.
+    settings.exploration.seed = Some(args.seed);
     let catalog_models: Vec<String> = settings.models.iter().map(|m| m.name.clone()).collect();
     let (start, seed_models) = match (&args.hide, args.cold_start, &args.start_policy) {
         (Some(hidden), _, _) => {

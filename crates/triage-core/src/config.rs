@@ -146,6 +146,9 @@ pub struct ExplorationSettings {
     pub new_model_boost: f64,
     /// Step size of the per-model quality correction learned from feedback (0: off).
     pub learning_rate: f64,
+    /// Seed of the exploration draws (unset: random); fixed seeds make simulations repeatable.
+    #[serde(default)]
+    pub seed: Option<u64>,
 }
 
 /// Seed for [`Settings`] fields that tests and tools build by hand.
@@ -156,6 +159,7 @@ impl Default for ExplorationSettings {
             confident_after: 50,
             new_model_boost: 4.0,
             learning_rate: 0.0,
+            seed: None,
         }
     }
 }

@@ -76,15 +76,27 @@ pub struct Draw {
 pub struct OnlineLearner {
     settings: ExplorationSettings,
     state: Mutex<HashMap<String, ModelState>>,
+    rng: Mutex<fastrand::Rng>,
 }
 
 impl OnlineLearner {
     /// A learner with no feedback yet.
     pub fn new(settings: ExplorationSettings) -> Self {
+        let rng = settings
+            .seed
+            .map_or_else(fastrand::Rng::new, fastrand::Rng::with_seed);
         Self {
             settings,
             state: Mutex::new(HashMap::new()),
+            rng: Mutex::new(rng),
         }
+    }
+
+    /// Two independent uniform draws for [`explore`](Self::explore), from the learner's own
+    /// generator (seeded by `exploration.seed` when set).
+    pub fn draw(&self) -> (f64, f64) {
+        let mut rng = self.rng.lock().unwrap_or_else(PoisonError::into_inner);
+        (rng.f64(), rng.f64())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, ModelState>> {
@@ -230,6 +242,7 @@ mod tests {
             confident_after: 2,
             new_model_boost: 3.0,
             learning_rate: 0.5,
+            seed: Some(1),
         })
     }
 

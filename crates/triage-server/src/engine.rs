@@ -251,8 +251,8 @@ impl RoutingEngine {
                 explored: false,
             }
         } else {
-            self.learner
-                .explore(&mut decision, fastrand::f64(), fastrand::f64())
+            let (u, v) = self.learner.draw();
+            self.learner.explore(&mut decision, u, v)
         };
         let chosen = decision.chosen();
         let fired_alerts = self.controls.routed(

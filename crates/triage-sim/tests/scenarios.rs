@@ -65,6 +65,8 @@ fn slice(dir: &Path) -> Option<PathBuf> {
 fn settings(log_dir: &Path) -> Settings {
     let mut s = Settings::load(None).expect("settings");
     s.models.retain(|m| MODELS.contains(&m.name.as_str()));
+    // Repeatable runs: the exploration draws are seeded.
+    s.exploration.seed = Some(5);
     s.log.dir = log_dir.to_path_buf();
     s
 }
