@@ -107,6 +107,7 @@ async fn sigkill_loses_no_acknowledged_feedback_and_duplicates_none() {
         }));
     }
     // Kill once a few hundred reports are in, while the streams are still going.
+    let streaming = std::time::Instant::now();
     for _ in 0..200 {
         if acked.lock().expect("lock").len() >= 300 {
             break;
@@ -115,6 +116,7 @@ async fn sigkill_loses_no_acknowledged_feedback_and_duplicates_none() {
     }
     child.kill().expect("SIGKILL");
     child.wait().expect("reaped");
+    let seconds = streaming.elapsed().as_secs_f64();
     for s in streams {
         s.await.expect("stream task");
     }
