@@ -69,7 +69,24 @@ pub fn gate(
         .copied()
         .filter(|&p| prepared.outcomes.cells[p].iter().flatten().count() >= 2)
         .collect();
-    if full_information.len() >= MIN_EVIDENCE {
+    // A model learned only from the log has no outcomes in the seed table: a held-out replay
+    // cannot see what it adds, so the log's off-policy evidence decides instead.
+    let blind_to: Vec<&str> = candidate
+        .models
+        .iter()
+        .map(|m| m.name.as_str())
+        .filter(|name| {
+            prepared.outcomes.model_index(name).is_none_or(|m| {
+                full_information
+                    .iter()
+                    .all(|&p| prepared.outcomes.cells[p][m].is_none())
+            })
+        })
+        .collect();
+    if !blind_to.is_empty() {
+        tracing::info!(models = ?blind_to, "held-out data has no outcomes for these models");
+    }
+    if full_information.len() >= MIN_EVIDENCE && (blind_to.is_empty() || logged.is_none()) {
         let old = dev_aiq(prepared, current.file(), &full_information)?;
         let new = dev_aiq(prepared, candidate, &full_information)?;
         let promote = new >= old - AIQ_TOLERANCE;
