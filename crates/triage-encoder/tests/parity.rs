@@ -146,3 +146,41 @@ async fn pool_refuses_work_beyond_its_queue_instead_of_queueing() {
     assert!(ok >= 1 && full >= 1, "ok={ok} full={full}");
     assert_eq!(pool.queue_depth(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pool_sheds_requests_that_waited_too_long() {
+    let pool = EncoderPool::start(
+        PoolOptions {
+            workers: 1,
+            queue_capacity: 64,
+            max_batch: 1,
+            max_queue_wait: Some(std::time::Duration::from_millis(5)),
+        },
+        |_| Ok(embedder(1)),
+    )
+    .expect("pool");
+    let long = EncoderInput {
+        primary: "word ".repeat(400),
+        context: String::new(),
+    };
+    let tasks: Vec<_> = (0..12)
+        .map(|_| {
+            let pool = pool.clone();
+            let input = long.clone();
+            tokio::spawn(async move { pool.embed(input).await })
+        })
+        .collect();
+    let (mut ok, mut shed) = (0, 0);
+    for t in tasks {
+        match t.await.expect("task") {
+            Ok(_) => ok += 1,
+            Err(EncodeError::Overloaded { waited_ms }) => {
+                assert!(waited_ms >= 5);
+                shed += 1;
+            }
+            Err(other) => panic!("unexpected error {other}"),
+        }
+    }
+    // Each long input takes tens of ms, so most of the twelve wait past 5 ms.
+    assert!(ok >= 1 && shed >= 1, "ok={ok} shed={shed}");
+}

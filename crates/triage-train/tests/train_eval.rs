@@ -151,6 +151,7 @@ fn trains_on_a_slice_beats_the_cheapest_model_and_serving_agrees_with_eval() {
     let mut settings = Settings::load(None).expect("settings");
     settings.policy.path = policy_path;
     settings.log.dir = dir.path().join("log");
+    settings.encoder.max_queue_wait_ms = 0;
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     runtime.block_on(async {
         let engine =

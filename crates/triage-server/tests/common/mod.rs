@@ -18,6 +18,9 @@ pub fn root() -> PathBuf {
 /// like any server's data, so a failure can be inspected).
 pub fn settings() -> Settings {
     let mut s = Settings::load(None).expect("default settings");
+    // Tests run many servers at once on two cores: no shedding by queue wait unless a test
+    // asks for it.
+    s.encoder.max_queue_wait_ms = 0;
     s.log.dir = tempfile::Builder::new()
         .prefix("triage-test-log-")
         .tempdir()
