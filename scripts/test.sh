@@ -16,11 +16,15 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --locked --workspace --all-targets -- -D warnings
+echo "== cargo clippy (otel feature)"
+cargo clippy --locked -p triage-cli --features otel --all-targets -- -D warnings
 echo "== cargo build"
 # Built with the same feature set as the tests, so the `triage` binary the Python tests run
 # is not a second build of the dependency tree.
 cargo build --locked --workspace --all-targets
 echo "== cargo test"
 cargo test --locked --workspace --all-targets
+echo "== OpenTelemetry export test (otel feature)"
+cargo test --locked -p triage-cli --features otel --test otel
 echo "== python client tests"
 TRIAGE_TEST_BIN="$CARGO_TARGET_DIR/debug/triage" .cache/pyvenv/bin/python -m pytest -q tests/python

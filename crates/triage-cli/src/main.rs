@@ -3,6 +3,7 @@
 mod commands;
 #[cfg(feature = "train")]
 mod simulate;
+mod telemetry;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -137,17 +138,7 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    // One JSON object per line for log shippers; human-readable otherwise.
-    if std::env::var("TRIAGE_LOG_FORMAT").is_ok_and(|f| f == "json") {
-        logs.json().init();
-    } else {
-        logs.init();
-    }
+    let _telemetry = telemetry::init()?;
     let cli = Cli::parse();
     let settings = triage_core::Settings::load(cli.config.as_deref())?;
     match cli.command {

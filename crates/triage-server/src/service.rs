@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 use triage_core::request::RequestLimits;
 use triage_guard::{AccessControl, Caller, FiredAlert, Override};
 use triage_log::{EventStore, FeedbackAck, FeedbackRecord};
@@ -241,7 +242,10 @@ impl Router for RouterService {
         &self,
         request: Request<v1::RouteRequest>,
     ) -> Result<Response<v1::RouteResponse>, Status> {
-        let result = self.route_inner(request).await;
+        let result = self
+            .route_inner(request)
+            .instrument(tracing::info_span!("route"))
+            .await;
         self.counted("Route", result).map(Response::new)
     }
 
@@ -284,7 +288,10 @@ impl Router for RouterService {
         &self,
         request: Request<v1::FeedbackRequest>,
     ) -> Result<Response<v1::FeedbackResponse>, Status> {
-        let result = self.feedback_inner(request).await;
+        let result = self
+            .feedback_inner(request)
+            .instrument(tracing::info_span!("feedback"))
+            .await;
         self.counted("Feedback", result).map(Response::new)
     }
 
