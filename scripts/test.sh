@@ -8,6 +8,8 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/triage/target}
 export CARGO_TERM_COLOR=never
+# Incremental caches only pay off for repeated local edits; in CI they cost gigabytes of disk.
+export CARGO_INCREMENTAL=${CARGO_INCREMENTAL:-0}
 
 bash scripts/setup.sh
 bash scripts/setup-python.sh
