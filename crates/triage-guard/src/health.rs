@@ -104,6 +104,17 @@ struct Breaker {
     manual: Option<Override>,
 }
 
+impl Breaker {
+    /// What the breaker reports, operator overrides first.
+    fn state_name(&self) -> &'static str {
+        match self.manual {
+            Some(Override::Down(_)) => "open",
+            Some(Override::Up) => "closed",
+            None => self.state.name(),
+        }
+    }
+}
+
 impl Default for Breaker {
     fn default() -> Self {
         Self {
@@ -262,27 +273,10 @@ impl HealthBoard {
         b.manual = manual;
     }
 
-    /// The state name of every model with a breaker (`open` for a manual down).
-    pub fn states(&self) -> Vec<(String, &'static str)> {
-        self.lock()
-            .iter()
-            .map(|(m, b)| {
-                let name = match b.manual {
-                    Some(Override::Down(_)) => "open",
-                    Some(Override::Up) => "closed",
-                    None => b.state.name(),
-                };
-                (m.clone(), name)
-            })
-            .collect()
-    }
-
-    /// The state name of `model`.
+    /// The state name of `model` (`closed` when it has no breaker yet, `open` when an operator
+    /// marked it down).
     pub fn state(&self, model: &str) -> &'static str {
-        self.states()
-            .into_iter()
-            .find(|(m, _)| m == model)
-            .map_or("closed", |(_, s)| s)
+        self.lock().get(model).map_or("closed", Breaker::state_name)
     }
 }
 

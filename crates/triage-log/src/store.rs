@@ -127,6 +127,15 @@ impl FileEventLog {
     /// Opens (or creates) the log in `options.dir`, recovering from a torn tail, and starts the
     /// writer.
     pub fn open(options: &LogOptions) -> Result<Self, LogError> {
+        Self::open_visiting(options, |_| {})
+    }
+
+    /// [`open`](Self::open), showing every recovered record to `visit`, oldest first, during the
+    /// one scan that rebuilds the index (so callers that need the history do not read it again).
+    pub fn open_visiting(
+        options: &LogOptions,
+        mut visit: impl FnMut(&LogRecord),
+    ) -> Result<Self, LogError> {
         let dir = options.dir.clone();
         std::fs::create_dir_all(&dir).map_err(|e| io_error(&dir, e))?;
         let mut index = Index::default();
@@ -135,6 +144,7 @@ impl FileEventLog {
         for (i, (number, path)) in segments.iter().enumerate() {
             let scanned = scan_segment(path)?;
             for record in &scanned.records {
+                visit(record);
                 let ticket = Ticket(index.next_seq);
                 index.next_seq += 1;
                 index.add(record, ticket);

@@ -201,31 +201,29 @@ impl Controls {
         }
     }
 
-    /// Rebuilds this period's spend from the log, so budgets survive restarts. Alerts crossed
-    /// during the replay count as fired (they fired before the restart) and do not fire again.
-    pub fn replay(&self, records: &[LogRecord]) {
-        let now = Utc::now();
+    /// Replays one logged record into this period's spend (called for every record at start,
+    /// oldest first), so budgets survive restarts. Alerts crossed during the replay count as
+    /// fired (they fired before the restart) and do not fire again.
+    pub fn replay(&self, record: &LogRecord, now: DateTime<Utc>) {
         let month_start = now.timestamp() - 32 * 86_400;
-        for record in records {
-            match record {
-                LogRecord::Decision(d) => {
-                    let at = DateTime::from_timestamp_millis(d.time_ms as i64).unwrap_or(now);
-                    if at.timestamp() < month_start {
-                        continue;
-                    }
-                    let cost = d
-                        .candidates
-                        .iter()
-                        .find(|c| c.model == d.chosen)
-                        .map_or(0.0, |c| c.predicted_cost_usd);
-                    let key = d.api_key.as_deref().unwrap_or("anonymous");
-                    self.ledger.charge(key, &d.request_id, cost, at);
-                    let _ = self.check_alerts(key, at);
+        match record {
+            LogRecord::Decision(d) => {
+                let at = DateTime::from_timestamp_millis(d.time_ms as i64).unwrap_or(now);
+                if at.timestamp() < month_start {
+                    return;
                 }
-                LogRecord::Feedback(f) => {
-                    let at = DateTime::from_timestamp_millis(f.time_ms as i64).unwrap_or(now);
-                    self.ledger.settle(&f.request_id, f.cost_usd, at);
-                }
+                let cost = d
+                    .candidates
+                    .iter()
+                    .find(|c| c.model == d.chosen)
+                    .map_or(0.0, |c| c.predicted_cost_usd);
+                let key = d.api_key.as_deref().unwrap_or("anonymous");
+                self.ledger.charge(key, &d.request_id, cost, at);
+                let _ = self.check_alerts(key, at);
+            }
+            LogRecord::Feedback(f) => {
+                let at = DateTime::from_timestamp_millis(f.time_ms as i64).unwrap_or(now);
+                self.ledger.settle(&f.request_id, f.cost_usd, at);
             }
         }
     }

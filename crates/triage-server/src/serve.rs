@@ -11,7 +11,7 @@ use tokio::task::JoinHandle;
 use tonic::transport::server::TcpIncoming;
 use triage_core::Settings;
 use triage_guard::AccessControl;
-use triage_log::{FileEventLog, LogOptions, read_log};
+use triage_log::{FileEventLog, LogOptions};
 use triage_proto::v1::router_server::RouterServer;
 
 use crate::engine::RoutingEngine;
@@ -32,15 +32,16 @@ pub async fn serve(
     let log_settings = settings.log.clone();
     let controls_engine = engine.clone();
     let log = tokio::task::spawn_blocking(move || {
-        let log = FileEventLog::open(&LogOptions {
-            dir: log_settings.dir.clone(),
+        let options = LogOptions {
+            dir: log_settings.dir,
             segment_bytes: log_settings.segment_bytes,
             queue_capacity: log_settings.queue_capacity,
-        })?;
-        // Budgets and alerts pick up where they were: replay this month's spend.
-        let (records, _) = read_log(&log_settings.dir)?;
-        controls_engine.controls().replay(&records);
-        Ok::<_, triage_log::LogError>(log)
+        };
+        // Budgets and alerts pick up where they were: this month's spend is replayed during the
+        // scan that recovers the log.
+        let controls = controls_engine.controls();
+        let now = chrono::Utc::now();
+        FileEventLog::open_visiting(&options, |record| controls.replay(record, now))
     })
     .await
     .map_err(|e| StartupError::Transport(e.to_string()))??;
