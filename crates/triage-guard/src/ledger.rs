@@ -4,10 +4,12 @@
 //! cost, the prediction is replaced by it. Pending predictions are remembered for a bounded
 //! number of requests; past that, the prediction simply stays charged.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
 
 use chrono::{DateTime, Datelike, Utc};
+
+use crate::bounded::BoundedMap;
 
 /// Spend in the current day and month.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -53,17 +55,14 @@ struct Pending {
     at: DateTime<Utc>,
 }
 
-#[derive(Default)]
 struct Inner {
     by_key: HashMap<String, Spend>,
     global: Spend,
-    pending: HashMap<String, Pending>,
-    order: VecDeque<String>,
+    pending: BoundedMap<Pending>,
 }
 
 /// The spend ledger.
 pub struct Ledger {
-    capacity: usize,
     inner: Mutex<Inner>,
 }
 
@@ -71,8 +70,11 @@ impl Ledger {
     /// Remembers predictions of at most `capacity` unsettled requests.
     pub fn new(capacity: usize) -> Self {
         Self {
-            capacity,
-            inner: Mutex::new(Inner::default()),
+            inner: Mutex::new(Inner {
+                by_key: HashMap::new(),
+                global: Spend::default(),
+                pending: BoundedMap::new(capacity),
+            }),
         }
     }
 
@@ -89,14 +91,8 @@ impl Ledger {
             .or_default()
             .add(usd, now);
         inner.global.add(usd, now);
-        if inner.order.len() >= self.capacity
-            && let Some(oldest) = inner.order.pop_front()
-        {
-            inner.pending.remove(&oldest);
-        }
-        inner.order.push_back(request_id.to_owned());
         inner.pending.insert(
-            request_id.to_owned(),
+            request_id,
             Pending {
                 key: key.to_owned(),
                 usd,

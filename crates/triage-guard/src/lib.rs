@@ -14,10 +14,12 @@
 
 pub mod access;
 pub mod alerts;
+pub mod bounded;
 pub mod health;
 pub mod ledger;
 
 pub use access::{AccessControl, AccessError, AuthSettings, Caller, KeySpec, hash_key};
 pub use alerts::{AlertSpec, Alerts, FiredAlert, Period};
+pub use bounded::BoundedMap;
 pub use health::{BreakerSettings, BreakerState, FailureKind, HealthBoard, Override};
 pub use ledger::{Ledger, Spend};

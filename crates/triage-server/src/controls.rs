@@ -1,13 +1,12 @@
 //! The production controls the engine applies around each decision: model health, key
 //! permissions and budgets, spend alerts and session affinity (`triage_guard` holds the logic).
 
-use std::collections::{HashMap, VecDeque};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use triage_core::{Preferences, Settings};
-use triage_guard::{Alerts, Caller, FailureKind, FiredAlert, HealthBoard, Ledger};
+use triage_guard::{Alerts, BoundedMap, Caller, FailureKind, FiredAlert, HealthBoard, Ledger};
 use triage_log::{ErrorKind, FeedbackRecord, LogRecord};
 use triage_policy::Decision;
 
@@ -16,19 +15,14 @@ use crate::error::RouteError;
 /// Requests whose predicted charge and session entry are remembered.
 const REMEMBERED: usize = 100_000;
 
-/// Session id → the model its last turn went to (bounded, oldest forgotten first).
-struct Sessions {
-    last: HashMap<String, String>,
-    order: VecDeque<String>,
-}
-
 /// Health, budgets, alerts and sessions.
 pub struct Controls {
     /// Circuit breakers.
     pub health: HealthBoard,
     ledger: Ledger,
     alerts: Alerts,
-    sessions: Mutex<Sessions>,
+    /// Session id → the model its last turn went to.
+    sessions: Mutex<BoundedMap<String>>,
 }
 
 /// A key's spend limit binding this request.
@@ -43,10 +37,7 @@ impl Controls {
             health: HealthBoard::new(settings.health.clone()),
             ledger: Ledger::new(REMEMBERED),
             alerts: Alerts::new(settings.alerts.clone()),
-            sessions: Mutex::new(Sessions {
-                last: HashMap::new(),
-                order: VecDeque::new(),
-            }),
+            sessions: Mutex::new(BoundedMap::new(REMEMBERED)),
         }
     }
 
@@ -108,7 +99,7 @@ impl Controls {
         }
         let previous = {
             let sessions = self.sessions.lock().unwrap_or_else(PoisonError::into_inner);
-            sessions.last.get(session_id).cloned()
+            sessions.get(session_id).cloned()
         };
         let Some(previous) = previous else {
             return false;
@@ -153,16 +144,10 @@ impl Controls {
     ) -> Vec<FiredAlert> {
         self.health.routed(model);
         if !session_id.is_empty() {
-            let mut s = self.sessions.lock().unwrap_or_else(PoisonError::into_inner);
-            if !s.last.contains_key(session_id) {
-                if s.order.len() >= REMEMBERED
-                    && let Some(oldest) = s.order.pop_front()
-                {
-                    s.last.remove(&oldest);
-                }
-                s.order.push_back(session_id.to_owned());
-            }
-            s.last.insert(session_id.to_owned(), model.to_owned());
+            self.sessions
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(session_id, model.to_owned());
         }
         self.ledger
             .charge(caller.name(), request_id, predicted_usd, now);

@@ -3,49 +3,35 @@
 //! Bounded: the oldest decisions are forgotten first. Feedback on a forgotten decision is still
 //! stored durably; it only does not move the online correction (the next retrain uses it).
 
-use std::collections::{HashMap, VecDeque};
 use std::sync::{Mutex, PoisonError};
 
-#[derive(Default)]
-struct Inner {
-    by_request: HashMap<String, Vec<(String, f64)>>,
-    order: VecDeque<String>,
-}
+use triage_guard::BoundedMap;
 
 /// A bounded map of request id → (model, predicted quality).
 pub struct RecentPredictions {
-    capacity: usize,
-    inner: Mutex<Inner>,
+    inner: Mutex<BoundedMap<Vec<(String, f64)>>>,
 }
 
 impl RecentPredictions {
     /// Keeps at most `capacity` decisions.
     pub fn new(capacity: usize) -> Self {
         Self {
-            capacity,
-            inner: Mutex::new(Inner::default()),
+            inner: Mutex::new(BoundedMap::new(capacity)),
         }
     }
 
     /// Remembers a decision's predictions.
     pub fn insert(&self, request_id: &str, predictions: &[(String, f64)]) {
-        let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        if inner.order.len() >= self.capacity
-            && let Some(oldest) = inner.order.pop_front()
-        {
-            inner.by_request.remove(&oldest);
-        }
-        inner.order.push_back(request_id.to_owned());
-        inner
-            .by_request
-            .insert(request_id.to_owned(), predictions.to_vec());
+        self.inner
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(request_id, predictions.to_vec());
     }
 
     /// The predicted quality of `model` for `request_id`, if still remembered.
     pub fn get(&self, request_id: &str, model: &str) -> Option<f64> {
         let inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         inner
-            .by_request
             .get(request_id)?
             .iter()
             .find(|(m, _)| m == model)
