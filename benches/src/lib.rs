@@ -20,3 +20,18 @@ pub fn prompt_of(tokens: usize) -> String {
     }
     out.join(" ") + "?"
 }
+
+/// The value after `--flag` on the command line, parsed (`None` when the flag is absent).
+pub fn flag<T: std::str::FromStr>(name: &str) -> Result<Option<T>, String> {
+    let args: Vec<String> = std::env::args().collect();
+    let Some(raw) = args
+        .iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+    else {
+        return Ok(None);
+    };
+    raw.parse()
+        .map(Some)
+        .map_err(|_| format!("{name} {raw:?} is not a valid value"))
+}

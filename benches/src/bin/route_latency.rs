@@ -14,20 +14,14 @@ use triage_server::RoutingEngine;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args().collect();
-    let value = |flag: &str| {
-        args.iter()
-            .position(|a| a == flag)
-            .and_then(|i| args.get(i + 1))
-    };
-    let calls: usize = value("--calls")
-        .map(|v| v.parse())
-        .transpose()?
+    let calls: usize = triage_benches::flag("--calls")
+        .map_err(anyhow::Error::msg)?
         .unwrap_or(200);
     let root = triage_benches::root();
     let settings = Settings::load(None)?;
-    let (addr, _server) = match value("--addr") {
-        Some(a) => (a.clone(), None),
+    let addr: Option<String> = triage_benches::flag("--addr").map_err(anyhow::Error::msg)?;
+    let (addr, _server) = match addr {
+        Some(a) => (a, None),
         None => {
             let engine = RoutingEngine::from_settings(&settings, &root)?;
             let server = triage_server::start(engine, &settings, "127.0.0.1:0".parse()?).await?;

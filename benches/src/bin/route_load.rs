@@ -55,20 +55,11 @@ fn rss_kib() -> u64 {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args().collect();
-    let value = |flag: &str| {
-        args.iter()
-            .position(|a| a == flag)
-            .and_then(|i| args.get(i + 1))
-            .cloned()
-    };
-    let seconds: f64 = value("--seconds")
-        .map(|v| v.parse())
-        .transpose()?
+    let seconds: f64 = triage_benches::flag("--seconds")
+        .map_err(anyhow::Error::msg)?
         .unwrap_or(10.0);
-    let factor: f64 = value("--factor")
-        .map(|v| v.parse())
-        .transpose()?
+    let factor: f64 = triage_benches::flag("--factor")
+        .map_err(anyhow::Error::msg)?
         .unwrap_or(3.0);
     let mut settings = Settings::load(None)?;
     let log_dir = std::env::temp_dir().join(format!("triage-load-{}", std::process::id()));

@@ -66,6 +66,20 @@ pub struct Prepared {
     pub features: PromptFeatures,
 }
 
+impl Prepared {
+    /// `policy`'s predictions on `prompts` of this table, ready to replay under any knob.
+    pub fn replay(&self, policy: &Policy, prompts: Vec<usize>) -> Result<Replay<'_>, TrainError> {
+        let f = &self.features;
+        Replay::new(
+            &self.outcomes,
+            policy,
+            &f.features,
+            &f.input_tokens,
+            prompts,
+        )
+    }
+}
+
 /// Loads the table and embeds its prompts.
 pub fn prepare(options: &TrainOptions) -> Result<Prepared, TrainError> {
     let catalog = options
@@ -360,14 +374,7 @@ fn replay_on<'a>(
     prompts: &[usize],
 ) -> Result<Replay<'a>, TrainError> {
     let policy = Policy::new(file.clone()).map_err(|e| TrainError::Fit(e.to_string()))?;
-    let f = &prepared.features;
-    Replay::new(
-        &prepared.outcomes,
-        &policy,
-        &f.features,
-        &f.input_tokens,
-        prompts.to_vec(),
-    )
+    prepared.replay(&policy, prompts.to_vec())
 }
 
 /// Dev AIQ of a candidate policy, replayed through the serving decision over the λ grid.
@@ -387,14 +394,7 @@ pub fn policy_aiq(
     policy: &Policy,
     prompts: &[usize],
 ) -> Result<f64, TrainError> {
-    let f = &prepared.features;
-    let replay = Replay::new(
-        &prepared.outcomes,
-        policy,
-        &f.features,
-        &f.input_tokens,
-        prompts.to_vec(),
-    )?;
+    let replay = prepared.replay(policy, prompts.to_vec())?;
     let points: Vec<_> = lambda_grid()
         .into_iter()
         .map(|l| replay.point(Knob::CostWeight(l)))

@@ -75,13 +75,7 @@ pub fn evaluate(
     let (lo, hi) = cost_range(&singles);
     let lambdas = lambda_grid();
 
-    let replay = Replay::new(
-        o,
-        policy,
-        &feats.features,
-        &feats.input_tokens,
-        prompts.clone(),
-    )?;
+    let replay = prepared.replay(policy, prompts.clone())?;
     let mut choices = Vec::new();
     let mut triage_points = Vec::new();
     let knobs: Vec<Knob> = [Mode::Quality, Mode::Balanced, Mode::Cost]
