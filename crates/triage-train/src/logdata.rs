@@ -37,12 +37,8 @@ pub struct LoggedOutcome {
     pub decision: usize,
     /// Model that answered.
     pub model: String,
-    /// Reported quality.
-    pub quality: f64,
-    /// Reported cost, USD.
-    pub cost_usd: f64,
-    /// Reported answer length (`None` when reported as 0).
-    pub output_tokens: Option<f64>,
+    /// Reported quality and cost; the answer length is `None` when reported as 0.
+    pub outcome: Outcome,
 }
 
 /// The log, de-duplicated and joined.
@@ -117,9 +113,11 @@ impl LoggedData {
                 LoggedOutcome {
                     decision,
                     model: f.model.clone(),
-                    quality,
-                    cost_usd: f.cost_usd,
-                    output_tokens: (f.output_tokens > 0).then_some(f64::from(f.output_tokens)),
+                    outcome: Outcome {
+                        quality,
+                        cost_usd: f.cost_usd,
+                        output_tokens: (f.output_tokens > 0).then_some(f64::from(f.output_tokens)),
+                    },
                 },
             );
         }
@@ -221,11 +219,7 @@ impl LoggedData {
                     prompts.len() - 1
                 }
             };
-            cells[p][model_index[o.model.as_str()]] = Some(Outcome {
-                quality: o.quality,
-                cost_usd: o.cost_usd,
-                output_tokens: o.output_tokens,
-            });
+            cells[p][model_index[o.model.as_str()]] = Some(o.outcome);
         }
         let width = features[0].len();
         if features.iter().any(|x| x.len() != width) {

@@ -108,10 +108,11 @@ impl RewardModel {
         let mut sums: HashMap<String, (f64, f64, f64)> = HashMap::new();
         let (mut q_all, mut t_all, mut n_all) = (0.0, 0.0, 0.0);
         for o in &logged.outcomes {
-            let tokens = o.output_tokens.unwrap_or(0.0);
+            let tokens = o.outcome.output_tokens.unwrap_or(0.0);
             let e = sums.entry(o.model.clone()).or_default();
-            *e = (e.0 + o.quality, e.1 + tokens, e.2 + 1.0);
-            (q_all, t_all, n_all) = (q_all + o.quality, t_all + tokens, n_all + 1.0);
+            let q = o.outcome.quality;
+            *e = (e.0 + q, e.1 + tokens, e.2 + 1.0);
+            (q_all, t_all, n_all) = (q_all + q, t_all + tokens, n_all + 1.0);
         }
         let n_all = f64::max(n_all, 1.0);
         Self {
@@ -132,7 +133,10 @@ fn usable(reward_model: &RewardModel, catalog: &Catalog, logged: &LoggedData) ->
     let outcome: HashMap<(usize, &str), (f64, f64)> = logged
         .outcomes
         .iter()
-        .map(|o| ((o.decision, o.model.as_str()), (o.quality, o.cost_usd)))
+        .map(|o| {
+            let value = (o.outcome.quality, o.outcome.cost_usd);
+            ((o.decision, o.model.as_str()), value)
+        })
         .collect();
     let mut out = Vec::new();
     for (i, d) in logged.decisions.iter().enumerate() {
