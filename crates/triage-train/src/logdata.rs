@@ -16,7 +16,7 @@ use triage_log::{DecisionRecord, FeedbackRecord, LogRecord, decode_features, rea
 
 use crate::TrainError;
 use crate::embed::PromptFeatures;
-use crate::table::{Outcome, Outcomes, Prompt, Split, carve_dev};
+use crate::table::{Outcome, Outcomes, Prompt, Split, carved_into_dev};
 use crate::train::Prepared;
 
 /// Distinct counts after de-duplication (what `triage train --from-log --dry-run --json` prints).
@@ -179,7 +179,8 @@ impl LoggedData {
     }
 
     /// The outcomes as a training table with features, ready for `fit_policy`. Prices come from
-    /// the catalog (decisions were priced with it); ~15% of requests are carved out as dev.
+    /// the catalog (decisions were priced with it); ~15% of prompts (by a hash of their feature
+    /// vector) are carved out as dev.
     pub fn prepared(&self, catalog: &Catalog) -> Result<Prepared, TrainError> {
         if self.outcomes.is_empty() {
             return Err(TrainError::Data(
@@ -206,10 +207,18 @@ impl LoggedData {
                     let d = &self.decisions[o.decision];
                     let x = decode_features(&d.features)
                         .map_err(|e| TrainError::Data(format!("decision {}: {e}", d.request_id)))?;
+                    // Carved by content, not by the random request id: the same prompt always
+                    // lands in the same split (no train/dev leak between repeats), and a replay
+                    // of the same traffic splits the same way.
+                    let split = if carved_into_dev(&d.features) {
+                        Split::Dev
+                    } else {
+                        Split::Train
+                    };
                     prompts.push(Prompt {
                         id: d.request_id.clone(),
                         text: d.prompt.clone().unwrap_or_default(),
-                        split: Split::Train,
+                        split,
                         task: None,
                     });
                     features.push(x);
@@ -229,7 +238,6 @@ impl LoggedData {
                     .into(),
             ));
         }
-        carve_dev(&mut prompts);
         let prices = names
             .iter()
             .filter_map(|m| {

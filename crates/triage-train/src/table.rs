@@ -338,11 +338,16 @@ impl Outcomes {
 
 /// Moves ~15% of train prompts to dev, chosen by a hash of the prompt id (stable across runs).
 pub(crate) fn carve_dev(prompts: &mut [Prompt]) {
-    use sha2::Digest;
     for p in prompts.iter_mut().filter(|p| p.split == Split::Train) {
-        let h = sha2::Sha256::digest(p.id.as_bytes());
-        if u16::from_be_bytes([h[0], h[1]]) % 100 < 15 {
+        if carved_into_dev(&p.id) {
             p.split = Split::Dev;
         }
     }
+}
+
+/// Whether the prompt keyed `key` belongs to the ~15% carved out as dev (a stable hash).
+pub(crate) fn carved_into_dev(key: &str) -> bool {
+    use sha2::Digest;
+    let h = sha2::Sha256::digest(key.as_bytes());
+    u16::from_be_bytes([h[0], h[1]]) % 100 < 15
 }
