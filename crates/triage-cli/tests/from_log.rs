@@ -22,6 +22,7 @@ fn decision(request_id: &str) -> DecisionRecord {
             .map(|m| LoggedCandidate {
                 model: (*m).into(),
                 predicted_quality: 0.5,
+                base_quality: None,
                 predicted_cost_usd: 0.001,
                 eligible: true,
             })

@@ -21,6 +21,10 @@ pub struct LoggedCandidate {
     pub model: String,
     /// Predicted good-answer probability.
     pub predicted_quality: f64,
+    /// The policy's prediction before online corrections (absent in older logs): lets a
+    /// restarted server replay its corrections exactly.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_quality: Option<f64>,
     /// Predicted cost of this request, USD.
     pub predicted_cost_usd: f64,
     /// Whether the request's constraints allowed it.

@@ -142,6 +142,11 @@ pub fn decision_record(
             .map(|c| LoggedCandidate {
                 model: c.model.clone(),
                 predicted_quality: c.quality,
+                base_quality: outcome
+                    .base_quality
+                    .iter()
+                    .find(|(m, _)| *m == c.model)
+                    .map(|(_, q)| *q),
                 predicted_cost_usd: c.cost_usd,
                 eligible: c.exclusion.is_none(),
             })

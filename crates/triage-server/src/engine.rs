@@ -11,7 +11,7 @@ use triage_core::features::{PromptStats, features};
 use triage_core::{Catalog, Conversation, EncoderInput, Preferences, Settings};
 use triage_encoder::{EncoderPool, OnnxEmbedder, OnnxOptions, PoolOptions, init_onnxruntime};
 use triage_guard::{Caller, FiredAlert};
-use triage_log::FeedbackRecord;
+use triage_log::{FeedbackRecord, LogRecord};
 use triage_policy::{
     Availability, Decision, Exclusion, OnlineLearner, Policy, Prediction, apply_priors, decide_with,
 };
@@ -162,12 +162,39 @@ impl RoutingEngine {
     /// Learns from a stored feedback report: quality correction, breaker, real cost. Returns
     /// spend alerts the real cost set off.
     pub fn observe_feedback(&self, report: &FeedbackRecord) -> Vec<FiredAlert> {
+        self.learn(report);
+        self.controls.feedback(report, chrono::Utc::now())
+    }
+
+    fn learn(&self, report: &FeedbackRecord) {
         if report.error == triage_log::ErrorKind::None {
             let predicted = self.recent.get(&report.request_id, &report.model);
             self.learner
                 .observe(&report.model, predicted, report.quality);
         }
-        self.controls.feedback(report, chrono::Utc::now())
+    }
+
+    /// Replays one logged record (at start-up, oldest first) into the online learner, so that
+    /// feedback counts and the serving policy's corrections survive a restart. Decisions made
+    /// under another policy version only count their feedback: their corrections were folded
+    /// into (or reset by) the policy now serving.
+    pub fn replay_learning(&self, record: &LogRecord) {
+        match record {
+            LogRecord::Decision(d) => {
+                if d.policy_version != self.policy.load().version() {
+                    return;
+                }
+                let base: Vec<(String, f64)> = d
+                    .candidates
+                    .iter()
+                    .filter_map(|c| Some((c.model.clone(), c.base_quality?)))
+                    .collect();
+                if !base.is_empty() {
+                    self.recent.insert(&d.request_id, &base);
+                }
+            }
+            LogRecord::Feedback(f) => self.learn(f),
+        }
     }
 
     /// Requests waiting for the encoder.

@@ -37,11 +37,14 @@ pub async fn serve(
             segment_bytes: log_settings.segment_bytes,
             queue_capacity: log_settings.queue_capacity,
         };
-        // Budgets and alerts pick up where they were: this month's spend is replayed during the
-        // scan that recovers the log.
+        // Budgets, alerts and online learning pick up where they were: the log is replayed
+        // during the scan that recovers it.
         let controls = controls_engine.controls();
         let now = chrono::Utc::now();
-        FileEventLog::open_visiting(&options, |record| controls.replay(record, now))
+        FileEventLog::open_visiting(&options, |record| {
+            controls.replay(record, now);
+            controls_engine.replay_learning(record);
+        })
     })
     .await
     .map_err(|e| StartupError::Transport(e.to_string()))??;

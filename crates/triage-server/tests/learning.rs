@@ -139,7 +139,7 @@ async fn exploration_reports_propensities_and_never_breaks_a_constraint() {
 async fn bad_feedback_moves_traffic_away_from_a_degraded_model() {
     let mut s = settings();
     s.exploration.learning_rate = 0.5;
-    let (server, mut client) = start_with(s).await;
+    let (server, mut client) = start_with(s.clone()).await;
     let first = client
         .route(request(FRANCE, Preferences::default()))
         .await
@@ -171,6 +171,34 @@ async fn bad_feedback_moves_traffic_away_from_a_degraded_model() {
     }
     let moved_after = moved_after.expect("traffic never left the failing model");
     assert!(moved_after >= 1, "moved before any feedback");
+    let predicted = |r: &triage_proto::v1::RouteResponse| -> f64 {
+        r.candidates
+            .iter()
+            .find(|c| c.model == first)
+            .map(|c| c.predicted_quality)
+            .expect("the degraded model is still a candidate")
+    };
+    let before = client
+        .route(request(FRANCE, Preferences::default()))
+        .await
+        .expect("routes")
+        .into_inner();
+    server.shutdown().await.expect("clean shutdown");
+
+    // A restart on the same log replays the corrections: the model stays avoided.
+    let (server, mut client) = start_with(s).await;
+    let after = client
+        .route(request(FRANCE, Preferences::default()))
+        .await
+        .expect("routes")
+        .into_inner();
+    assert_ne!(after.model, first, "the restart forgot the correction");
+    assert!(
+        (predicted(&after) - predicted(&before)).abs() < 1e-9,
+        "corrected prediction {} after restart, {} before",
+        predicted(&after),
+        predicted(&before)
+    );
     server.shutdown().await.expect("clean shutdown");
 }
 
