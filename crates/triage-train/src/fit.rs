@@ -64,26 +64,36 @@ fn sigmoid(z: f64) -> f64 {
     1.0 / (1.0 + (-z).exp())
 }
 
-fn log_loss(head: &LinearHead, x: &Array2<f64>, y: &[bool]) -> f64 {
-    let mut total = 0.0;
-    for (i, good) in y.iter().enumerate() {
-        let z: f64 = x
-            .row(i)
-            .iter()
-            .zip(&head.weights)
-            .map(|(a, w)| a * f64::from(*w))
-            .sum::<f64>()
-            + f64::from(head.bias);
-        let p = sigmoid(z).clamp(1e-6, 1.0 - 1e-6);
-        total -= if *good { p.ln() } else { (1.0 - p).ln() };
-    }
-    total / y.len().max(1) as f64
+/// Log-loss of `head` on one standardised row.
+fn row_log_loss(head: &LinearHead, row: ndarray16::ArrayView1<'_, f64>, good: bool) -> f64 {
+    let z: f64 = row
+        .iter()
+        .zip(&head.weights)
+        .map(|(a, w)| a * f64::from(*w))
+        .sum::<f64>()
+        + f64::from(head.bias);
+    let p = sigmoid(z).clamp(1e-6, 1.0 - 1e-6);
+    -if good { p.ln() } else { (1.0 - p).ln() }
 }
 
-fn constant_head(dim: usize, y: &[bool]) -> LinearHead {
-    // Laplace-smoothed rate, so a model never seen to fail still gets p < 1.
-    let good = y.iter().filter(|g| **g).count() as f64;
-    let rate = (good + 1.0) / (y.len() as f64 + 2.0);
+/// Mean log-loss, weighted by `w`.
+fn log_loss(head: &LinearHead, x: &Array2<f64>, y: &[bool], w: &[f64]) -> f64 {
+    let total: f64 = y
+        .iter()
+        .zip(w)
+        .enumerate()
+        .map(|(i, (good, weight))| weight * row_log_loss(head, x.row(i), *good))
+        .sum();
+    let weights: f64 = w.iter().sum();
+    if weights > 0.0 { total / weights } else { 0.0 }
+}
+
+fn constant_head(dim: usize, y: &[bool], w: &[f64]) -> LinearHead {
+    // Laplace-smoothed weighted rate, so a model never seen to fail still gets p < 1.
+    let total: f64 = w.iter().sum();
+    let good: f64 = y.iter().zip(w).filter(|(g, _)| **g).map(|(_, w)| w).sum();
+    let unit = total / w.len().max(1) as f64;
+    let rate = (good + unit) / (total + 2.0 * unit);
     LinearHead {
         weights: vec![0.0; dim],
         bias: (rate / (1.0 - rate)).ln() as f32,
@@ -105,6 +115,60 @@ fn logistic(x: &Array2<f64>, y: &[bool], alpha: f64) -> Result<LinearHead, Train
     })
 }
 
+/// Whether `w` holds importance weights (logged outcomes) rather than equal ones.
+fn weighted(w: &[f64]) -> bool {
+    w.iter().any(|v| (v - 1.0).abs() > 1e-12)
+}
+
+/// Shifts `head`'s intercept so that its mean prediction, weighted by `w`, equals the weighted
+/// rate of good answers. linfa-logistic fits unweighted; on logged outcomes that fit mostly
+/// reflects the prompts the router sent each model, and a strongly regularised head is little
+/// more than that biased base rate. Re-centring under inverse-propensity weights removes the
+/// bias of the base rate while keeping the prompt-dependent part of the fit.
+fn recentre(head: &mut LinearHead, x: &Array2<f64>, y: &[bool], w: &[f64]) {
+    if !weighted(w) || y.is_empty() {
+        return;
+    }
+    let logits: Vec<f64> = (0..y.len())
+        .map(|i| {
+            x.row(i)
+                .iter()
+                .zip(&head.weights)
+                .map(|(a, w)| a * f64::from(*w))
+                .sum::<f64>()
+                + f64::from(head.bias)
+        })
+        .collect();
+    let total: f64 = w.iter().sum();
+    let target = y
+        .iter()
+        .zip(w)
+        .filter(|(g, _)| **g)
+        .map(|(_, w)| w)
+        .sum::<f64>()
+        / total;
+    let target = target.clamp(1e-3, 1.0 - 1e-3);
+    let mean_at = |shift: f64| -> f64 {
+        logits
+            .iter()
+            .zip(w)
+            .map(|(z, w)| w * sigmoid(z + shift))
+            .sum::<f64>()
+            / total
+    };
+    // The weighted mean prediction increases with the shift: bisection finds it.
+    let (mut lo, mut hi) = (-20.0, 20.0);
+    for _ in 0..60 {
+        let mid = f64::midpoint(lo, hi);
+        if mean_at(mid) < target {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    head.bias = (f64::from(head.bias) + f64::midpoint(lo, hi)) as f32;
+}
+
 /// A model's quality head and the dev log-loss it reached.
 pub struct QualityFit {
     /// The head.
@@ -113,39 +177,63 @@ pub struct QualityFit {
     pub alpha: Option<f64>,
     /// Dev log-loss.
     pub dev_log_loss: f64,
+    /// Platt map `(a, b)` learned on dev (`sigmoid(a·z + b)`), if one was applied.
+    pub platt: Option<(f64, f64)>,
+}
+
+impl QualityFit {
+    /// The same recipe (L2 strength, then dev's Platt map) refitted on more rows: the
+    /// hyper-parameters chosen on dev are kept, and dev's rows join the fit.
+    pub fn refit(&self, x: &Array2<f64>, y: &[bool], w: &[f64]) -> Result<LinearHead, TrainError> {
+        let all_same = y.iter().all(|g| *g) || y.iter().all(|g| !*g);
+        let mut head = match self.alpha {
+            Some(alpha) if !all_same => logistic(x, y, alpha)?,
+            _ => return Ok(constant_head(x.ncols(), y, w)),
+        };
+        recentre(&mut head, x, y, w);
+        Ok(match self.platt {
+            Some((a, b)) => scaled(&head, a, b),
+            None => head,
+        })
+    }
 }
 
 /// Fits a quality head on train, choosing alpha on dev.
 pub fn quality_head(
     train_x: &Array2<f64>,
     train_y: &[bool],
+    train_w: &[f64],
     dev_x: &Array2<f64>,
     dev_y: &[bool],
+    dev_w: &[f64],
 ) -> Result<QualityFit, TrainError> {
     let dim = train_x.ncols();
     let all_same = train_y.iter().all(|g| *g) || train_y.iter().all(|g| !*g);
-    let constant = constant_head(dim, train_y);
+    let constant = constant_head(dim, train_y, train_w);
     if all_same {
-        let dev_log_loss = log_loss(&constant, dev_x, dev_y);
+        let dev_log_loss = log_loss(&constant, dev_x, dev_y, dev_w);
         return Ok(QualityFit {
             head: constant,
             alpha: None,
             dev_log_loss,
+            platt: None,
         });
     }
     let mut best: Option<QualityFit> = None;
     for alpha in QUALITY_ALPHAS {
-        let head = logistic(train_x, train_y, alpha)?;
+        let mut head = logistic(train_x, train_y, alpha)?;
+        recentre(&mut head, train_x, train_y, train_w);
         let loss = if dev_y.is_empty() {
             0.0
         } else {
-            log_loss(&head, dev_x, dev_y)
+            log_loss(&head, dev_x, dev_y, dev_w)
         };
         if best.as_ref().is_none_or(|b| loss < b.dev_log_loss) {
             best = Some(QualityFit {
                 head,
                 alpha: Some(alpha),
                 dev_log_loss: loss,
+                platt: None,
             });
         }
     }
@@ -153,19 +241,25 @@ pub fn quality_head(
         best.ok_or_else(|| TrainError::Fit("no regularisation strength tried".into()))?;
     // With little data (a model seldom routed to) the prompt-blind base rate can beat every
     // regularised fit on dev; it competes too.
-    let constant_loss = log_loss(&constant, dev_x, dev_y);
+    let constant_loss = log_loss(&constant, dev_x, dev_y, dev_w);
     if !dev_y.is_empty() && constant_loss < best.dev_log_loss {
         return Ok(QualityFit {
             head: constant,
             alpha: None,
             dev_log_loss: constant_loss,
+            platt: None,
         });
     }
+    // Platt's refit on dev is unweighted: on logged outcomes it would undo the re-centring.
     if dev_y.len() >= MIN_PLATT_ROWS
-        && let Some(calibrated) = platt(&best.head, dev_x, dev_y)?
+        && !weighted(train_w)
+        && !weighted(dev_w)
+        && let Some((a, b)) = platt(&best.head, dev_x, dev_y)?
     {
-        best.dev_log_loss = log_loss(&calibrated, dev_x, dev_y);
+        let calibrated = scaled(&best.head, a, b);
+        best.dev_log_loss = log_loss(&calibrated, dev_x, dev_y, dev_w);
         best.head = calibrated;
+        best.platt = Some((a, b));
     }
     Ok(best)
 }
@@ -174,10 +268,10 @@ pub fn quality_head(
 /// turn negative, inverting the head.
 const MIN_PLATT_ROWS: usize = 100;
 
-/// Platt scaling on dev: refits `sigmoid(a·z + b)` over the head's logits `z` and folds `a`, `b`
-/// into the head, so probabilities are comparable across models (the decision compares them).
-/// `None` when dev has a single class.
-fn platt(head: &LinearHead, x: &Array2<f64>, y: &[bool]) -> Result<Option<LinearHead>, TrainError> {
+/// Platt scaling on dev: fits `sigmoid(a·z + b)` over the head's logits `z`, so probabilities
+/// are comparable across models (the decision compares them). `None` when dev has a single
+/// class or the slope is not positive.
+fn platt(head: &LinearHead, x: &Array2<f64>, y: &[bool]) -> Result<Option<(f64, f64)>, TrainError> {
     if y.iter().all(|g| *g) || y.iter().all(|g| !*g) {
         return Ok(None);
     }
@@ -192,17 +286,19 @@ fn platt(head: &LinearHead, x: &Array2<f64>, y: &[bool]) -> Result<Option<Linear
     let scaler = logistic(&logits, y, 1e-3)?;
     let a = f64::from(scaler.weights[0]);
     let b = f64::from(scaler.bias);
-    if a <= 0.0 {
-        return Ok(None);
-    }
-    Ok(Some(LinearHead {
+    Ok((a > 0.0).then_some((a, b)))
+}
+
+/// `head` with the Platt map `sigmoid(a·z + b)` folded into its weights.
+fn scaled(head: &LinearHead, a: f64, b: f64) -> LinearHead {
+    LinearHead {
         weights: head
             .weights
             .iter()
             .map(|w| (a * f64::from(*w)) as f32)
             .collect(),
         bias: (a * f64::from(head.bias) + b) as f32,
-    }))
+    }
 }
 
 /// Fits a length head: ridge regression of `ln(1 + tokens)` (least squares on data augmented
@@ -267,4 +363,53 @@ pub fn length_head(x: &Array2<f64>, tokens: &[Option<f64>]) -> Result<LengthHead
         min_tokens: 1.0,
         max_tokens: max_seen as f32,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn predict(head: &LinearHead, row: &[f64]) -> f64 {
+        let z: f64 = row
+            .iter()
+            .zip(&head.weights)
+            .map(|(a, w)| a * f64::from(*w))
+            .sum::<f64>()
+            + f64::from(head.bias);
+        sigmoid(z)
+    }
+
+    #[test]
+    fn recentring_matches_the_weighted_rate_of_good_answers() {
+        // The router sent this model mostly easy prompts: 80 good answers at weight 1, and 20
+        // bad ones it was explored on, each standing for 10.
+        let x = Array2::from_shape_fn((100, 2), |(i, j)| ((i * 7 + j * 3) % 11) as f64 / 11.0);
+        let y: Vec<bool> = (0..100).map(|i| i < 80).collect();
+        let w: Vec<f64> = (0..100).map(|i| if i < 80 { 1.0 } else { 10.0 }).collect();
+        let mut head = logistic(&x, &y, 1000.0).expect("fits");
+        let before: f64 = (0..100)
+            .map(|i| predict(&head, &[x[[i, 0]], x[[i, 1]]]))
+            .sum::<f64>()
+            / 100.0;
+        assert!(
+            before > 0.7,
+            "unweighted fit follows the biased sample: {before}"
+        );
+        recentre(&mut head, &x, &y, &w);
+        let weighted_mean: f64 = (0..100)
+            .map(|i| w[i] * predict(&head, &[x[[i, 0]], x[[i, 1]]]))
+            .sum::<f64>()
+            / w.iter().sum::<f64>();
+        let rate = 80.0 / 280.0;
+        assert!(
+            (weighted_mean - rate).abs() < 1e-6,
+            "{weighted_mean} vs {rate}"
+        );
+
+        // Equal weights leave the head alone.
+        let mut same = logistic(&x, &y, 1000.0).expect("fits");
+        let bias = same.bias;
+        recentre(&mut same, &x, &y, &[1.0; 100]);
+        assert_eq!(same.bias, bias);
+    }
 }

@@ -22,7 +22,7 @@ pub mod table;
 mod train;
 
 pub use train::{
-    Prepared, TrainOptions, TrainReport, candidate_path, fit_policy, policy_aiq, prepare,
+    Fitted, Prepared, TrainOptions, TrainReport, candidate_path, fit_policy, policy_aiq, prepare,
     prior_policy, train, write_policy_atomically,
 };
 

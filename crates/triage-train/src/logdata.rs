@@ -41,6 +41,20 @@ pub struct LoggedOutcome {
     pub outcome: Outcome,
 }
 
+/// Largest fitting weight of a logged outcome (a model chosen with probability under 5%
+/// counts as 20 outcomes, not more: clipping trades a little bias for much less variance).
+pub const MAX_FITTING_WEIGHT: f64 = 20.0;
+
+/// Inverse propensity of `model` answering `decision`. A fallback model (the caller used
+/// another than the one chosen) has no known propensity and counts once.
+fn fitting_weight(decision: &DecisionRecord, model: &str) -> f64 {
+    if decision.chosen == model && decision.propensity > 0.0 {
+        (1.0 / decision.propensity).min(MAX_FITTING_WEIGHT)
+    } else {
+        1.0
+    }
+}
+
 /// The log, de-duplicated and joined.
 #[derive(Clone, Debug)]
 pub struct LoggedData {
@@ -117,6 +131,7 @@ impl LoggedData {
                         quality,
                         cost_usd: f.cost_usd,
                         output_tokens: (f.output_tokens > 0).then_some(f64::from(f.output_tokens)),
+                        weight: fitting_weight(&decisions[decision], &f.model),
                     },
                 },
             );

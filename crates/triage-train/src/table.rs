@@ -72,6 +72,10 @@ pub struct Outcome {
     pub cost_usd: f64,
     /// Answer length, when the table has it.
     pub output_tokens: Option<f64>,
+    /// Importance weight when fitting: 1 for a full-information table; for a logged outcome,
+    /// the inverse of the probability with which the router chose that model (clipped), so
+    /// models seen mostly on prompts the router picked them for are not judged by those alone.
+    pub weight: f64,
 }
 
 /// The table as a prompt × model matrix.
@@ -290,6 +294,7 @@ impl Outcomes {
                     quality: q,
                     cost_usd,
                     output_tokens: out_tok,
+                    weight: 1.0,
                 },
             ));
         }

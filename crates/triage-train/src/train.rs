@@ -130,7 +130,12 @@ pub fn train(options: &TrainOptions) -> Result<TrainReport, TrainError> {
             ));
         }
     };
-    let mut policy = fit_policy(&prepared)?;
+    // The gate judges the train-only form on held-out data; the train + dev refit of the same
+    // recipe is what gets written.
+    let Fitted {
+        mut validated,
+        deployed: mut policy,
+    } = fit_policy(&prepared)?;
     let current = options
         .out
         .is_file()
@@ -141,6 +146,7 @@ pub fn train(options: &TrainOptions) -> Result<TrainReport, TrainError> {
             None
         });
     if let Some(current) = &current {
+        carry_over_heads(&mut validated, current.file());
         let carried = carry_over_heads(&mut policy, current.file());
         if !carried.is_empty() {
             tracing::info!(models = ?carried, "no new outcomes: kept the current policy's heads");
@@ -157,7 +163,7 @@ pub fn train(options: &TrainOptions) -> Result<TrainReport, TrainError> {
     } else {
         gate(
             current.as_ref(),
-            &policy,
+            &validated,
             &prepared,
             logged.as_ref(),
             &catalog,
@@ -191,8 +197,20 @@ pub fn candidate_path(out: &Path) -> PathBuf {
 /// are chosen by dev replay (with one outcome per prompt every policy replays the same).
 const MIN_INFORMATIVE_DEV: usize = 30;
 
-/// Fits heads on train, margins on dev.
-pub fn fit_policy(prepared: &Prepared) -> Result<PolicyFile, TrainError> {
+/// A fitted policy in its two forms.
+#[derive(Clone, Debug)]
+pub struct Fitted {
+    /// Heads and neighbours fitted on train alone, every hyper-parameter chosen on dev: the
+    /// form the gate can still judge on held-out dev data.
+    pub validated: PolicyFile,
+    /// The same recipe (L2 strengths, Platt maps, neighbourhood size and weights, margins)
+    /// refitted on train + dev, so dev's prompts inform the deployed policy too. Identical to
+    /// `validated` when there is no dev split.
+    pub deployed: PolicyFile,
+}
+
+/// Fits heads on train, chooses every hyper-parameter on dev, then refits on train + dev.
+pub fn fit_policy(prepared: &Prepared) -> Result<Fitted, TrainError> {
     let o = &prepared.outcomes;
     let feats = &prepared.features.features;
     let train_idx = o.indices(Split::Train);
@@ -205,33 +223,36 @@ pub fn fit_policy(prepared: &Prepared) -> Result<PolicyFile, TrainError> {
     let standardize = standardizer(&train_rows);
 
     let mut heads = Vec::new();
+    let mut refitted = Vec::new();
     let mut metrics = serde_json::Map::new();
     for (m, name) in o.models.iter().enumerate() {
-        let pick = |idx: &[usize]| -> (Vec<usize>, Vec<bool>, Vec<Option<f64>>) {
+        let pick = |idx: &[usize]| -> (Vec<usize>, Vec<bool>, Vec<Option<f64>>, Vec<f64>) {
             let mut rows = Vec::new();
             let mut good = Vec::new();
             let mut tokens = Vec::new();
+            let mut weights = Vec::new();
             for &p in idx {
                 if let Some(c) = o.cells[p][m] {
                     rows.push(p);
                     good.push(c.quality >= 0.5);
                     tokens.push(c.output_tokens);
+                    weights.push(c.weight);
                 }
             }
-            (rows, good, tokens)
+            (rows, good, tokens, weights)
         };
-        let (tr_rows, tr_y, tr_tokens) = pick(&train_idx);
+        let (tr_rows, tr_y, tr_tokens, tr_w) = pick(&train_idx);
         if tr_rows.is_empty() {
             tracing::warn!(model = %name, "no train outcomes: model left out of the policy");
             continue;
         }
-        let (dv_rows, dv_y, _) = pick(&dev_idx);
+        let (dv_rows, dv_y, dv_tokens, dv_w) = pick(&dev_idx);
         let as_rows =
             |rows: &[usize]| -> Vec<&[f32]> { rows.iter().map(|&p| feats[p].as_slice()).collect() };
         let tr_x = design(&as_rows(&tr_rows), &standardize);
         let dv_x = design(&as_rows(&dv_rows), &standardize);
         let started = std::time::Instant::now();
-        let q = quality_head(&tr_x, &tr_y, &dv_x, &dv_y)?;
+        let q = quality_head(&tr_x, &tr_y, &tr_w, &dv_x, &dv_y, &dv_w)?;
         let length = length_head(&tr_x, &tr_tokens)?;
         tracing::info!(
             model = %name,
@@ -244,6 +265,17 @@ pub fn fit_policy(prepared: &Prepared) -> Result<PolicyFile, TrainError> {
             name.clone(),
             serde_json::json!({"alpha": q.alpha, "dev_log_loss": q.dev_log_loss, "train_rows": tr_rows.len()}),
         );
+        refitted.push(if dv_rows.is_empty() {
+            None
+        } else {
+            let all_rows = [tr_rows.as_slice(), &dv_rows].concat();
+            let all_x = design(&as_rows(&all_rows), &standardize);
+            Some(ModelHead {
+                name: name.clone(),
+                quality: q.refit(&all_x, &[tr_y, dv_y].concat(), &[tr_w, dv_w].concat())?,
+                output_tokens: length_head(&all_x, &[tr_tokens, dv_tokens].concat())?,
+            })
+        });
         heads.push(ModelHead {
             name: name.clone(),
             quality: q.head,
@@ -297,8 +329,14 @@ pub fn fit_policy(prepared: &Prepared) -> Result<PolicyFile, TrainError> {
                          cost: widest within 0.05",
         "per_model": metrics,
         "neighbour_blend_dev_aiq": blend_report,
+        "refit": "heads and neighbours refitted on train + dev with the choices made on dev",
     });
-    Ok(file)
+    let train_and_dev = [train_idx.as_slice(), &dev_idx].concat();
+    let deployed = deployed_form(prepared, &file, refitted, &train_and_dev);
+    Ok(Fitted {
+        validated: file,
+        deployed,
+    })
 }
 
 /// Keeps `current`'s heads for the models `candidate` has no data on (a model nobody routed to
@@ -460,40 +498,16 @@ fn choose_neighbours(
     if dev.is_empty() {
         return Ok((None, serde_json::Value::Null));
     }
-    let o = &prepared.outcomes;
-    let feats = &prepared.features.features;
-    let embeddings: Vec<&[f32]> = train
-        .iter()
-        .map(|&p| &feats[p][..file.embedding_dim])
-        .collect();
-    // One row per policy model, one value per train prompt; -1 where unknown.
-    let column = |value: fn(&Outcome) -> Option<f64>| -> Vec<Vec<f32>> {
-        let per_model = |name: &str| -> Vec<f32> {
-            let m = o.model_index(name);
-            let cell = |p: usize| m.and_then(|m| o.cells[p][m]);
-            train
-                .iter()
-                .map(|&p| cell(p).and_then(|c| value(&c)).map_or(-1.0, |v| v as f32))
-                .collect()
-        };
-        file.models
-            .iter()
-            .map(|head| per_model(&head.name))
-            .collect()
-    };
-    let quality = column(|c| Some(c.quality));
-    let output_tokens = column(|c| c.output_tokens);
+    let base = neighbour_set(prepared, file, train, 1, 0.0);
     let mut best = (None, dev_aiq(prepared, file, dev)?);
     let mut tried = vec![serde_json::json!({"k": 0, "weight": 0.0, "aiq": best.1})];
     for k in NEIGHBOUR_KS {
         for weight in NEIGHBOUR_WEIGHTS.into_iter().filter(|w| *w > 0.0) {
-            let set = NeighbourSet::new(
+            let set = NeighbourSet {
                 k,
                 weight,
-                &embeddings,
-                quality.clone(),
-                output_tokens.clone(),
-            );
+                ..base.clone()
+            };
             let mut candidate = file.clone();
             candidate.neighbours = Some(set.clone());
             let score = dev_aiq(prepared, &candidate, dev)?;
@@ -527,6 +541,72 @@ fn choose_neighbours(
         None => tracing::info!(dev_aiq = best.1, "logistic heads alone are best on dev"),
     }
     Ok((best.0, serde_json::Value::Array(tried)))
+}
+
+/// The neighbourhood of `prompts` (their embeddings and each policy model's outcomes on them).
+fn neighbour_set(
+    prepared: &Prepared,
+    file: &PolicyFile,
+    prompts: &[usize],
+    k: usize,
+    weight: f64,
+) -> NeighbourSet {
+    let o = &prepared.outcomes;
+    let feats = &prepared.features.features;
+    let embeddings: Vec<&[f32]> = prompts
+        .iter()
+        .map(|&p| &feats[p][..file.embedding_dim])
+        .collect();
+    // One row per policy model, one value per prompt; -1 where unknown.
+    let column = |value: fn(&Outcome) -> Option<f64>| -> Vec<Vec<f32>> {
+        let per_model = |name: &str| -> Vec<f32> {
+            let m = o.model_index(name);
+            let cell = |p: usize| m.and_then(|m| o.cells[p][m]);
+            prompts
+                .iter()
+                .map(|&p| cell(p).and_then(|c| value(&c)).map_or(-1.0, |v| v as f32))
+                .collect()
+        };
+        file.models
+            .iter()
+            .map(|head| per_model(&head.name))
+            .collect()
+    };
+    NeighbourSet::new(
+        k,
+        weight,
+        &embeddings,
+        column(|c| Some(c.quality)),
+        column(|c| c.output_tokens),
+    )
+}
+
+/// `validated` with its heads replaced by their train + dev refits and its neighbourhood
+/// widened to train + dev prompts; every choice made on dev is kept.
+fn deployed_form(
+    prepared: &Prepared,
+    validated: &PolicyFile,
+    refitted: Vec<Option<ModelHead>>,
+    train_and_dev: &[usize],
+) -> PolicyFile {
+    let mut file = validated.clone();
+    for (head, refit) in file.models.iter_mut().zip(refitted) {
+        if let Some(refit) = refit {
+            *head = refit;
+        }
+    }
+    if let Some(chosen) = &validated.neighbours {
+        file.neighbours = Some(NeighbourSet {
+            length_weight: chosen.length_weight,
+            ..neighbour_set(prepared, &file, train_and_dev, chosen.k, chosen.weight)
+        });
+    }
+    file.version = format!(
+        "{}-{}",
+        data_label(&prepared.outcomes),
+        &content_hash(&file)[..10]
+    );
+    file
 }
 
 /// Margin grid searched on dev.

@@ -11,7 +11,7 @@ use triage_core::Settings;
 use triage_policy::Policy;
 use triage_train::eval::{EvalOptions, evaluate};
 use triage_train::table::Split;
-use triage_train::{TrainOptions, prepare, train};
+use triage_train::{TrainOptions, fit_policy, prepare, train};
 
 const MODELS: [&str; 3] = [
     "claude-3-5-sonnet-20241022",
@@ -117,6 +117,24 @@ fn trains_on_a_slice_beats_the_cheapest_model_and_serving_agrees_with_eval() {
     let policy = Policy::load(&policy_path).expect("written policy loads");
 
     let prepared = prepare(&opts).expect("prepare");
+    // What is written is the train + dev refit of what dev chose.
+    let fitted = fit_policy(&prepared).expect("fits");
+    assert_eq!(fitted.deployed.decision, fitted.validated.decision);
+    assert!(
+        fitted
+            .deployed
+            .models
+            .iter()
+            .zip(&fitted.validated.models)
+            .any(|(d, v)| d.quality != v.quality),
+        "dev rows changed no head"
+    );
+    let (train_n, dev_n, _) = report.prompts;
+    if let (Some(d), Some(v)) = (&fitted.deployed.neighbours, &fitted.validated.neighbours) {
+        assert_eq!((v.rows, d.rows), (train_n, train_n + dev_n));
+        assert_eq!((d.k, d.weight), (v.k, v.weight));
+    }
+    assert_eq!(report.policy.version, fitted.deployed.version);
     let eval = evaluate(
         &prepared,
         &policy,

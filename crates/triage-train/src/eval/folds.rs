@@ -55,7 +55,7 @@ pub fn cross_validate(
             outcomes,
             features: prepared.features.clone(),
         };
-        let file = fit_policy(&fold_data)?;
+        let file = fit_policy(&fold_data)?.deployed;
         let policy =
             triage_policy::Policy::new(file).map_err(|e| TrainError::Fit(e.to_string()))?;
         let report = evaluate(
