@@ -303,10 +303,15 @@ impl Policy {
                 let near = local.as_ref().map(|estimates| estimates[i]);
                 let logit = dot(&m.quality.weights) + f64::from(m.quality.bias);
                 let head = 1.0 / (1.0 + (-logit).exp());
-                let quality = blend(head, near.and_then(|l| l.quality), weight);
+                let support = near.map_or(0.0, |l| l.support);
+                let quality = blend(head, near.and_then(|l| l.quality), weight * support);
                 let l = &m.output_tokens;
                 let tokens = (dot(&l.weights) + f64::from(l.bias)).exp();
-                let tokens = blend(tokens, near.and_then(|l| l.output_tokens), length_weight);
+                let tokens = blend(
+                    tokens,
+                    near.and_then(|l| l.output_tokens),
+                    length_weight * support,
+                );
                 let output_tokens = tokens.clamp(f64::from(l.min_tokens), f64::from(l.max_tokens));
                 (
                     m.name.as_str(),

@@ -3,7 +3,9 @@
 //! The policy file carries the training prompts' embeddings (int8, base64) and each model's
 //! quality on them. At prediction time the `k` nearest prompts by cosine similarity give a
 //! per-model mean quality that is blended with the logistic head. Nearest-neighbour estimates
-//! capture local structure a linear head misses; the blend weight is chosen on dev data.
+//! capture local structure a linear head misses; the blend weight is chosen on dev data. A model
+//! only some of the neighbours have an outcome for (one learned from logged traffic) gets the
+//! weight in proportion: two lucky answers among 160 neighbours must not outvote its head.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
@@ -115,6 +117,9 @@ pub struct Local {
     pub quality: Option<f64>,
     /// Mean output tokens of the neighbours with a known length.
     pub output_tokens: Option<f64>,
+    /// Share of the `k` neighbours with a quality outcome for this model (1 on a
+    /// full-information table; small for a model seen only on a few logged prompts).
+    pub support: f64,
 }
 
 impl Neighbours {
@@ -154,14 +159,20 @@ impl Neighbours {
                 .filter(|v| *v >= 0.0)
                 .map(f64::from)
                 .collect();
-            (!known.is_empty()).then(|| known.iter().sum::<f64>() / known.len() as f64)
+            let support = known.len() as f64 / k.max(1) as f64;
+            let mean = (!known.is_empty()).then(|| known.iter().sum::<f64>() / known.len() as f64);
+            (mean, support)
         };
         self.quality
             .iter()
             .zip(&self.output_tokens)
-            .map(|(q, t)| Local {
-                quality: mean(q),
-                output_tokens: mean(t),
+            .map(|(q, t)| {
+                let (quality, support) = mean(q);
+                Local {
+                    quality,
+                    output_tokens: mean(t).0,
+                    support,
+                }
             })
             .collect()
     }
@@ -186,14 +197,16 @@ mod tests {
             est[0],
             Local {
                 quality: Some(1.0),
-                output_tokens: Some(20.0)
+                output_tokens: Some(20.0),
+                support: 1.0,
             }
         );
         assert_eq!(
             est[1],
             Local {
                 quality: Some(0.0),
-                output_tokens: None
+                output_tokens: None,
+                support: 0.5,
             }
         );
         assert!(set.decode(3, 2).is_err());

@@ -9,16 +9,21 @@
 //!    "not worse" allows two bootstrap standard errors, since the estimate is noisy;
 //! 3. **none**: there is no current policy to beat.
 //!
+//! A candidate the evidence lets through is still refused if it would hand a thin model (fewer
+//! than [`THIN_OUTCOMES`] outcomes while most models have more) more than
+//! [`MAX_THIN_SHARE_STEP`] extra traffic at once (`trust-region`).
+//!
 //! `--force` skips the gate.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
-use triage_core::Catalog;
-use triage_policy::{Policy, PolicyFile};
+use triage_core::{Catalog, Mode};
+use triage_policy::{Policy, PolicyFile, Prediction, apply_priors, decide};
 
 use crate::TrainError;
 use crate::logdata::LoggedData;
 use crate::offpolicy::{RewardModel, compare};
+use crate::simulate::Knob;
 use crate::table::Split;
 use crate::train::{Prepared, dev_aiq};
 
@@ -41,10 +46,223 @@ pub struct GateVerdict {
     pub current: Option<serde_json::Value>,
     /// Candidate's estimate, when computed.
     pub candidate: Option<serde_json::Value>,
+    /// Thin models whose quality heads were pulled toward their catalog prior to stay in the
+    /// trust region, with the weight kept on what was learned: apply with
+    /// [`pulled_toward_prior`] to the policy that is written.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub pulled: Vec<(String, f64)>,
 }
 
-/// Decides whether `candidate` replaces `current`.
+/// Outcomes below which a model's head counts as thin (its share may only grow gradually).
+pub const THIN_OUTCOMES: usize = 200;
+/// Most traffic (a share of decisions at any of the compared cost settings) a thin model may
+/// gain in one promotion.
+pub const MAX_THIN_SHARE_STEP: f64 = 0.2;
+/// Prompts the share comparison looks at, at most.
+const SHARE_PROMPTS: usize = 2000;
+
+/// Decides whether `candidate` replaces `current`: first on evidence that it is not worse,
+/// then within a trust region for thin models. A head fitted on a few dozen outcomes can look
+/// fine to a noisy estimate and still be badly over-confident; one promotion must not hand
+/// such a model a large share of traffic. Exploration keeps feeding it, so it can grow by
+/// [`MAX_THIN_SHARE_STEP`] per retrain until it has [`THIN_OUTCOMES`] outcomes.
 pub fn gate(
+    current: Option<&Policy>,
+    candidate: &PolicyFile,
+    prepared: &Prepared,
+    logged: Option<&LoggedData>,
+    catalog: &Catalog,
+) -> Result<GateVerdict, TrainError> {
+    let verdict = evidence(current, candidate, prepared, logged, catalog)?;
+    let Some(current) = current.filter(|_| verdict.promote) else {
+        return Ok(verdict);
+    };
+    let candidate_policy =
+        Policy::new(candidate.clone()).map_err(|e| TrainError::Fit(e.to_string()))?;
+    let before = knob_shares(current, prepared, catalog);
+    let after = knob_shares(&candidate_policy, prepared, catalog);
+    let outcomes = |model: &str| {
+        prepared.outcomes.model_index(model).map_or(0, |m| {
+            prepared
+                .outcomes
+                .cells
+                .iter()
+                .filter(|row| row[m].is_some())
+                .count()
+        })
+    };
+    // Only a model thin among well-known ones is held back: in a cold start every model is
+    // thin and the prior-only policy is the thing to move away from quickly.
+    let mut counts: Vec<usize> = candidate.models.iter().map(|m| outcomes(&m.name)).collect();
+    counts.sort_unstable();
+    if counts
+        .get(counts.len() / 2)
+        .is_none_or(|median| *median < THIN_OUTCOMES)
+    {
+        return Ok(verdict);
+    }
+    let tripping: Vec<(&str, f64, f64, usize)> = candidate
+        .models
+        .iter()
+        .map(|m| {
+            let (was, share) = largest_gain(&before, &after, &m.name);
+            (m.name.as_str(), was, share, outcomes(&m.name))
+        })
+        .filter(|(_, was, share, n)| *n < THIN_OUTCOMES && share - was > MAX_THIN_SHARE_STEP)
+        .collect();
+    let mut adjusted = candidate.clone();
+    let mut pulled = Vec::new();
+    for (model, was, share, n) in tripping {
+        // The least pull toward the prior that keeps the step inside the region.
+        let mut fitted_in = None;
+        for kept in [0.75, 0.5, 0.25, 0.0] {
+            let Some(trial) = pulled_toward_prior(&adjusted, model, kept, catalog) else {
+                break;
+            };
+            let policy = Policy::new(trial.clone()).map_err(|e| TrainError::Fit(e.to_string()))?;
+            let (from, to) = largest_gain(&before, &knob_shares(&policy, prepared, catalog), model);
+            if to - from <= MAX_THIN_SHARE_STEP {
+                fitted_in = Some((trial, kept));
+                break;
+            }
+        }
+        if let Some((trial, kept)) = fitted_in {
+            adjusted = trial;
+            pulled.push((model.to_owned(), kept));
+            continue;
+        }
+        {
+            return Ok(GateVerdict {
+                promote: false,
+                evidence: "trust-region".into(),
+                reason: format!(
+                    "{} said not worse, but the candidate would move {model} from {:.0}% to \
+                     {:.0}% of traffic at some cost setting on only {n} outcomes, and no pull toward a \
+                     catalog prior (prior_from) keeps it within {:.0} points (the most a thin \
+                     model may gain per promotion until it has {THIN_OUTCOMES}); exploration \
+                     keeps collecting its outcomes, or pass --force",
+                    verdict.evidence,
+                    100.0 * was,
+                    100.0 * share,
+                    100.0 * MAX_THIN_SHARE_STEP
+                ),
+                current: verdict.current,
+                candidate: verdict.candidate,
+                pulled: Vec::new(),
+            });
+        }
+    }
+    if pulled.is_empty() {
+        return Ok(verdict);
+    }
+    let note: Vec<String> = pulled
+        .iter()
+        .map(|(m, kept)| format!("{m} pulled toward its prior ({:.0}% learned)", 100.0 * kept))
+        .collect();
+    Ok(GateVerdict {
+        reason: format!(
+            "{}; trust region: {} so that no thin model gains more than {:.0} points of traffic",
+            verdict.reason,
+            note.join(", "),
+            100.0 * MAX_THIN_SHARE_STEP
+        ),
+        pulled,
+        ..verdict
+    })
+}
+
+/// `file` with `model`'s quality head replaced by `kept × learned + (1 − kept) × prior` in
+/// log-odds, the prior being the catalog's `prior_from` model's head in the same file shifted by
+/// `prior_offset`. Both are linear in the same standardised features, so the blend is a head
+/// too. `None` when the model has no usable prior.
+pub fn pulled_toward_prior(
+    file: &PolicyFile,
+    model: &str,
+    kept: f64,
+    catalog: &Catalog,
+) -> Option<PolicyFile> {
+    let spec = catalog.get(model)?;
+    let from = spec.prior_from.as_deref()?;
+    let prior = file.models.iter().find(|m| m.name == from)?.quality.clone();
+    let mut out = file.clone();
+    let head = &mut out.models.iter_mut().find(|m| m.name == model)?.quality;
+    let mix =
+        |learned: f32, borrowed: f64| (kept * f64::from(learned) + (1.0 - kept) * borrowed) as f32;
+    for (w, p) in head.weights.iter_mut().zip(&prior.weights) {
+        *w = mix(*w, f64::from(*p));
+    }
+    head.bias = mix(head.bias, f64::from(prior.bias) + spec.prior_offset);
+    out.version = format!("{}-p{}", file.version, (100.0 * kept).round());
+    Some(out)
+}
+
+/// Knobs at which traffic shares are compared: the modes and cost weights across the range
+/// (a cheap thin model tends to take over at high cost weights first).
+fn trust_knobs() -> Vec<Knob> {
+    [Knob::Mode(Mode::Balanced), Knob::Mode(Mode::Cost)]
+        .into_iter()
+        .chain([100.0, 300.0, 1e3, 3e3, 1e4].map(Knob::CostWeight))
+        .collect()
+}
+
+/// Share of each model among `policy`'s choices on the table's prompts at each of
+/// [`trust_knobs`], every catalog model allowed and priors applied as the server does.
+fn knob_shares(
+    policy: &Policy,
+    prepared: &Prepared,
+    catalog: &Catalog,
+) -> Vec<HashMap<String, f64>> {
+    let f = &prepared.features;
+    let step = f.features.len().div_ceil(SHARE_PROMPTS).max(1);
+    let knobs = trust_knobs();
+    let mut counts: Vec<HashMap<String, f64>> = vec![HashMap::new(); knobs.len()];
+    let mut totals = vec![0.0; knobs.len()];
+    for p in (0..f.features.len()).step_by(step) {
+        let Ok(scored) = policy.predict(&f.features[p]) else {
+            continue;
+        };
+        let mut predictions: HashMap<&str, Prediction> = scored.into_iter().collect();
+        apply_priors(catalog, &mut predictions);
+        for (k, knob) in knobs.iter().enumerate() {
+            let preferences = knob.preferences(Vec::new());
+            let chosen = decide(
+                catalog,
+                &predictions,
+                policy.decision(),
+                &preferences,
+                f.input_tokens[p],
+            );
+            if let Ok(d) = chosen {
+                *counts[k].entry(d.chosen().model.clone()).or_default() += 1.0;
+                totals[k] += 1.0;
+            }
+        }
+    }
+    for (shares, total) in counts.iter_mut().zip(totals) {
+        if total > 0.0 {
+            shares.values_mut().for_each(|c| *c /= total);
+        }
+    }
+    counts
+}
+
+/// `(share before, share after)` of `model` at the knob where it gains most.
+fn largest_gain(
+    before: &[HashMap<String, f64>],
+    after: &[HashMap<String, f64>],
+    model: &str,
+) -> (f64, f64) {
+    let share = |m: &HashMap<String, f64>| m.get(model).copied().unwrap_or(0.0);
+    before
+        .iter()
+        .zip(after)
+        .map(|(b, a)| (share(b), share(a)))
+        .max_by(|x, y| (x.1 - x.0).total_cmp(&(y.1 - y.0)))
+        .unwrap_or((0.0, 0.0))
+}
+
+/// The evidence part of the gate: held-out, off-policy, or none.
+fn evidence(
     current: Option<&Policy>,
     candidate: &PolicyFile,
     prepared: &Prepared,
@@ -58,6 +276,7 @@ pub fn gate(
             reason: "no current policy at the destination: nothing to beat".into(),
             current: None,
             candidate: None,
+            pulled: Vec::new(),
         });
     };
     let candidate_policy =
@@ -105,6 +324,7 @@ pub fn gate(
             ),
             current: Some(serde_json::json!({ "dev_aiq": old })),
             candidate: Some(serde_json::json!({ "dev_aiq": new })),
+            pulled: Vec::new(),
         });
     }
     if let Some(logged) = logged {
@@ -147,6 +367,7 @@ pub fn gate(
                 ),
                 current: serde_json::to_value(&c.current).ok(),
                 candidate: serde_json::to_value(&c.candidate).ok(),
+                pulled: Vec::new(),
             });
         }
         tracing::info!(
@@ -166,5 +387,46 @@ pub fn gate(
         ),
         current: None,
         candidate: None,
+        pulled: Vec::new(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::train::prior_policy;
+
+    #[test]
+    fn pulling_toward_the_prior_blends_the_heads_in_log_odds() {
+        let models = ["known".to_owned(), "new".to_owned()];
+        let mut file = prior_policy(&models, 0.5, 100.0);
+        let width = file.standardize.mean.len();
+        file.models[0].quality.weights = vec![0.2; width];
+        file.models[0].quality.bias = 1.0;
+        file.models[1].quality.weights = vec![-0.4; width];
+        file.models[1].quality.bias = 3.0;
+        let mut settings = triage_core::Settings::load(None).expect("defaults");
+        let mut spec = settings.models[0].clone();
+        spec.name = "new".into();
+        spec.prior_from = Some("known".into());
+        spec.prior_offset = -0.5;
+        let mut known = settings.models[0].clone();
+        known.name = "known".into();
+        settings.models = vec![known, spec];
+        let catalog = settings.catalog().expect("catalog");
+
+        let same = pulled_toward_prior(&file, "new", 1.0, &catalog).expect("has a prior");
+        assert_eq!(same.models[1].quality, file.models[1].quality);
+        let half = pulled_toward_prior(&file, "new", 0.5, &catalog).expect("has a prior");
+        let head = &half.models[1].quality;
+        assert!(head.weights.iter().all(|w| (w + 0.1).abs() < 1e-6));
+        assert!((head.bias - 1.75).abs() < 1e-6, "{}", head.bias);
+        assert_eq!(
+            half.models[0], file.models[0],
+            "the prior's own head is untouched"
+        );
+        assert_ne!(half.version, file.version);
+        // A model without prior_from cannot be pulled.
+        assert!(pulled_toward_prior(&file, "known", 0.5, &catalog).is_none());
+    }
 }

@@ -18,7 +18,7 @@ use crate::eval::baselines::{cost_range, lambda_grid, single_models};
 use crate::eval::curve::{aiq, hull};
 use crate::fit::{design, length_head, quality_head, standardizer};
 use crate::logdata::{LogCounts, LoggedData, merge};
-use crate::promote::{GateVerdict, gate};
+use crate::promote::{GateVerdict, gate, pulled_toward_prior};
 use crate::simulate::{Knob, Replay};
 use crate::table::{Outcome, Outcomes, Split};
 
@@ -159,6 +159,7 @@ pub fn train(options: &TrainOptions) -> Result<TrainReport, TrainError> {
             reason: "--force: the gate was skipped".into(),
             current: None,
             candidate: None,
+            pulled: Vec::new(),
         }
     } else {
         gate(
@@ -169,6 +170,11 @@ pub fn train(options: &TrainOptions) -> Result<TrainReport, TrainError> {
             &catalog,
         )?
     };
+    for (model, kept) in &verdict.pulled {
+        if let Some(pulled) = pulled_toward_prior(&policy, model, *kept, &catalog) {
+            policy = pulled;
+        }
+    }
     if verdict.promote {
         write_policy_atomically(&policy, &options.out)?;
     } else {
