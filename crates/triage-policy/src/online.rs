@@ -12,6 +12,8 @@
 //!   `learning_rate × (observed − predicted)`: an online logistic regression of each model's
 //!   intercept. It tracks drift (a model getting worse) and refines priors until the next retrain
 //!   folds the logged outcomes into the policy, at which point the offsets start again from 0.
+//!   The server rebuilds this state from its log at start-up (decisions carry the uncorrected
+//!   predictions), so a restart forgets neither corrections nor feedback counts.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
