@@ -171,10 +171,10 @@ pub fn gate(
     })
 }
 
-/// `file` with `model`'s quality head replaced by `kept × learned + (1 − kept) × prior` in
-/// log-odds, the prior being the catalog's `prior_from` model's head in the same file shifted by
-/// `prior_offset`. Both are linear in the same standardised features, so the blend is a head
-/// too. `None` when the model has no usable prior.
+/// `file` with `model`'s heads replaced by `kept × learned + (1 − kept) × prior` (quality in
+/// log-odds, length in log tokens), the prior being the catalog's `prior_from` model's heads in
+/// the same file, quality shifted by `prior_offset`. All are linear in the same standardised
+/// features, so each blend is a head too. `None` when the model has no usable prior.
 pub fn pulled_toward_prior(
     file: &PolicyFile,
     model: &str,
@@ -183,15 +183,26 @@ pub fn pulled_toward_prior(
 ) -> Option<PolicyFile> {
     let spec = catalog.get(model)?;
     let from = spec.prior_from.as_deref()?;
-    let prior = file.models.iter().find(|m| m.name == from)?.quality.clone();
+    let prior = file.models.iter().find(|m| m.name == from)?.clone();
     let mut out = file.clone();
-    let head = &mut out.models.iter_mut().find(|m| m.name == model)?.quality;
+    let target = out.models.iter_mut().find(|m| m.name == model)?;
     let mix =
         |learned: f32, borrowed: f64| (kept * f64::from(learned) + (1.0 - kept) * borrowed) as f32;
-    for (w, p) in head.weights.iter_mut().zip(&prior.weights) {
+    let quality = &mut target.quality;
+    for (w, p) in quality.weights.iter_mut().zip(&prior.quality.weights) {
         *w = mix(*w, f64::from(*p));
     }
-    head.bias = mix(head.bias, f64::from(prior.bias) + spec.prior_offset);
+    quality.bias = mix(
+        quality.bias,
+        f64::from(prior.quality.bias) + spec.prior_offset,
+    );
+    // The answer length too (the server's prior borrows it unshifted): a length learned from a
+    // few logged answers can make a model look far cheaper than it is.
+    let length = &mut target.output_tokens;
+    for (w, p) in length.weights.iter_mut().zip(&prior.output_tokens.weights) {
+        *w = mix(*w, f64::from(*p));
+    }
+    length.bias = mix(length.bias, f64::from(prior.output_tokens.bias));
     out.version = format!("{}-p{}", file.version, (100.0 * kept).round());
     Some(out)
 }
@@ -405,6 +416,7 @@ mod tests {
         file.models[0].quality.bias = 1.0;
         file.models[1].quality.weights = vec![-0.4; width];
         file.models[1].quality.bias = 3.0;
+        file.models[1].output_tokens.bias = 2.0;
         let mut settings = triage_core::Settings::load(None).expect("defaults");
         let mut spec = settings.models[0].clone();
         spec.name = "new".into();
@@ -424,6 +436,11 @@ mod tests {
         assert_eq!(
             half.models[0], file.models[0],
             "the prior's own head is untouched"
+        );
+        let none = pulled_toward_prior(&file, "new", 0.0, &catalog).expect("has a prior");
+        assert_eq!(
+            none.models[1].output_tokens.bias,
+            file.models[0].output_tokens.bias
         );
         assert_ne!(half.version, file.version);
         // A model without prior_from cannot be pulled.
