@@ -126,21 +126,16 @@ pub fn gate(
                 break;
             }
         }
-        if let Some((trial, kept)) = fitted_in {
-            adjusted = trial;
-            pulled.push((model.to_owned(), kept));
-            continue;
-        }
-        {
+        let Some((trial, kept)) = fitted_in else {
             return Ok(GateVerdict {
                 promote: false,
                 evidence: "trust-region".into(),
                 reason: format!(
                     "{} said not worse, but the candidate would move {model} from {:.0}% to \
-                     {:.0}% of traffic at some cost setting on only {n} outcomes, and no pull toward a \
-                     catalog prior (prior_from) keeps it within {:.0} points (the most a thin \
-                     model may gain per promotion until it has {THIN_OUTCOMES}); exploration \
-                     keeps collecting its outcomes, or pass --force",
+                     {:.0}% of traffic at some cost setting on only {n} outcomes, and no pull \
+                     toward a catalog prior (prior_from) keeps it within {:.0} points (the most \
+                     a thin model may gain per promotion until it has {THIN_OUTCOMES}); \
+                     exploration keeps collecting its outcomes, or pass --force",
                     verdict.evidence,
                     100.0 * was,
                     100.0 * share,
@@ -150,7 +145,9 @@ pub fn gate(
                 candidate: verdict.candidate,
                 pulled: Vec::new(),
             });
-        }
+        };
+        adjusted = trial;
+        pulled.push((model.to_owned(), kept));
     }
     if pulled.is_empty() {
         return Ok(verdict);
