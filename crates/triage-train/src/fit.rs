@@ -64,15 +64,18 @@ fn sigmoid(z: f64) -> f64 {
     1.0 / (1.0 + (-z).exp())
 }
 
-/// Log-loss of `head` on one standardised row.
-fn row_log_loss(head: &LinearHead, row: ndarray16::ArrayView1<'_, f64>, good: bool) -> f64 {
-    let z: f64 = row
-        .iter()
+/// `head`'s logit on one standardised row.
+fn logit(head: &LinearHead, row: ndarray16::ArrayView1<'_, f64>) -> f64 {
+    row.iter()
         .zip(&head.weights)
         .map(|(a, w)| a * f64::from(*w))
         .sum::<f64>()
-        + f64::from(head.bias);
-    let p = sigmoid(z).clamp(1e-6, 1.0 - 1e-6);
+        + f64::from(head.bias)
+}
+
+/// Log-loss of `head` on one standardised row.
+fn row_log_loss(head: &LinearHead, row: ndarray16::ArrayView1<'_, f64>, good: bool) -> f64 {
+    let p = sigmoid(logit(head, row)).clamp(1e-6, 1.0 - 1e-6);
     -if good { p.ln() } else { (1.0 - p).ln() }
 }
 
@@ -129,16 +132,7 @@ fn recentre(head: &mut LinearHead, x: &Array2<f64>, y: &[bool], w: &[f64]) {
     if !weighted(w) || y.is_empty() {
         return;
     }
-    let logits: Vec<f64> = (0..y.len())
-        .map(|i| {
-            x.row(i)
-                .iter()
-                .zip(&head.weights)
-                .map(|(a, w)| a * f64::from(*w))
-                .sum::<f64>()
-                + f64::from(head.bias)
-        })
-        .collect();
+    let logits: Vec<f64> = (0..y.len()).map(|i| logit(head, x.row(i))).collect();
     let total: f64 = w.iter().sum();
     let target = y
         .iter()
@@ -275,14 +269,7 @@ fn platt(head: &LinearHead, x: &Array2<f64>, y: &[bool]) -> Result<Option<(f64, 
     if y.iter().all(|g| *g) || y.iter().all(|g| !*g) {
         return Ok(None);
     }
-    let logits = Array2::from_shape_fn((y.len(), 1), |(i, _)| {
-        x.row(i)
-            .iter()
-            .zip(&head.weights)
-            .map(|(a, w)| a * f64::from(*w))
-            .sum::<f64>()
-            + f64::from(head.bias)
-    });
+    let logits = Array2::from_shape_fn((y.len(), 1), |(i, _)| logit(head, x.row(i)));
     let scaler = logistic(&logits, y, 1e-3)?;
     let a = f64::from(scaler.weights[0]);
     let b = f64::from(scaler.bias);
@@ -370,13 +357,7 @@ mod tests {
     use super::*;
 
     fn predict(head: &LinearHead, row: &[f64]) -> f64 {
-        let z: f64 = row
-            .iter()
-            .zip(&head.weights)
-            .map(|(a, w)| a * f64::from(*w))
-            .sum::<f64>()
-            + f64::from(head.bias);
-        sigmoid(z)
+        sigmoid(logit(head, ndarray16::ArrayView1::from(row)))
     }
 
     #[test]
