@@ -52,10 +52,27 @@ pub fn serve(
         if let Some(m) = &metrics {
             println!("metrics on http://{}/metrics", m.local_addr()?);
         }
-        triage_server::serve(engine, &settings, listener, metrics, shutdown_signal()).await?;
+        triage_server::serve(
+            engine,
+            &settings,
+            listener,
+            metrics,
+            log_archive(),
+            shutdown_signal(),
+        )
+        .await?;
         tracing::info!("stopped");
         Ok(())
     })
+}
+
+/// The format compacted log archives are read and written in: Parquet, which needs polars, so
+/// only with the `train` feature. Without it a log holding archives is refused at start.
+fn log_archive() -> Option<std::sync::Arc<dyn triage_server::ArchiveFormat>> {
+    #[cfg(feature = "train")]
+    return Some(std::sync::Arc::new(triage_archive::ParquetArchive));
+    #[cfg(not(feature = "train"))]
+    return None;
 }
 
 async fn shutdown_signal() {
@@ -158,6 +175,35 @@ pub struct TrainSources {
     pub data: Option<PathBuf>,
     pub from_log: Option<PathBuf>,
     pub force: bool,
+}
+
+/// `triage log compact`: sealed segments into Parquet archives.
+#[cfg(feature = "train")]
+pub fn compact_log(dir: &std::path::Path, min_segments: usize, json: bool) -> anyhow::Result<()> {
+    if !dir.is_dir() {
+        anyhow::bail!(
+            "{}: no such log directory (the server's --data-dir)",
+            dir.display()
+        );
+    }
+    let report = triage_log::compact(dir, &triage_archive::ParquetArchive, min_segments)?;
+    if json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!(
+            "{}: {} segments ({} bytes) compacted into {} Parquet archive(s) ({} bytes), {} \
+             records; {} damaged segment(s) kept, {} leftover(s) deleted",
+            dir.display(),
+            report.segments,
+            report.segment_bytes,
+            report.archives,
+            report.archive_bytes,
+            report.records,
+            report.damaged_kept,
+            report.leftovers_deleted
+        );
+    }
+    Ok(())
 }
 
 /// `triage train --from-log DIR --dry-run`: distinct decisions, reports and outcomes.

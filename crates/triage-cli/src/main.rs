@@ -37,6 +37,24 @@ enum KeysCommand {
     },
 }
 
+#[cfg(feature = "train")]
+#[derive(Subcommand)]
+enum LogCommand {
+    /// Compact the log's sealed segments into Parquet archives (safe while a server appends;
+    /// a running server also does this by itself, see log.compact_after_segments).
+    Compact {
+        /// Log directory (overrides log.dir).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Compact only when at least this many sealed segments wait.
+        #[arg(long, default_value_t = 1)]
+        min_segments: usize,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the gRPC server.
@@ -72,6 +90,12 @@ enum Command {
     },
     /// Print the model catalog.
     Models,
+    /// Decision and feedback log maintenance.
+    #[cfg(feature = "train")]
+    Log {
+        #[command(subcommand)]
+        command: LogCommand,
+    },
     /// Train a policy from an outcome table, from the server's log, or both.
     #[cfg(feature = "train")]
     Train {
@@ -173,6 +197,15 @@ fn main() -> anyhow::Result<()> {
             commands::route(settings, &prompt, prefs)
         }
         Command::Models => commands::models(&settings),
+        #[cfg(feature = "train")]
+        Command::Log {
+            command:
+                LogCommand::Compact {
+                    data_dir,
+                    min_segments,
+                    json,
+                },
+        } => commands::compact_log(&data_dir.unwrap_or(settings.log.dir), min_segments, json),
         #[cfg(feature = "train")]
         Command::Train {
             data,

@@ -69,6 +69,7 @@ async fn dry_run_prints_distinct_counts_as_json() {
             dir: dir.path().to_path_buf(),
             segment_bytes: 1 << 20,
             queue_capacity: 64,
+            archive: None,
         })
         .expect("log opens");
         for id in ["r1", "r2", "r3", "r3"] {

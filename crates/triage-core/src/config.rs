@@ -130,6 +130,11 @@ pub struct LogSettings {
     pub segment_bytes: u64,
     /// Records waiting for the writer before new ones are refused with RESOURCE_EXHAUSTED.
     pub queue_capacity: usize,
+    /// The server compacts sealed segments into a Parquet archive once this many wait
+    /// (0: never; `triage log compact` does it by hand).
+    pub compact_after_segments: usize,
+    /// How often the server checks whether to compact, ms.
+    pub compact_interval_ms: u64,
 }
 
 /// Online learning between retrains.
@@ -259,6 +264,14 @@ impl Settings {
                     problem: "must be at least 1".into(),
                 });
             }
+        }
+        if self.log.compact_after_segments > 0 && self.log.compact_interval_ms == 0 {
+            return Err(ConfigError::OutOfRange {
+                key: "log.compact_interval_ms",
+                problem: "must be at least 1 while log.compact_after_segments is on (set that \
+                          to 0 to turn compaction off)"
+                    .into(),
+            });
         }
         if !(8..=512).contains(&self.encoder.max_tokens) {
             return Err(ConfigError::OutOfRange {

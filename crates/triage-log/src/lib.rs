@@ -14,6 +14,10 @@
 //!   one `fsync`, so throughput scales with batch size rather than disk latency.
 //! - **Recovery.** On open every segment is scanned; a torn or corrupt tail (a crash mid-write)
 //!   fails its length or checksum, is reported, and is cut off so later appends follow valid data.
+//! - **Compaction.** Runs of sealed segments are rewritten as one columnar archive each
+//!   ([`compact`], through an [`ArchiveFormat`]: Parquet in `triage-archive`), which training
+//!   reads far faster than JSON frames; readers and recovery see segments and archives as one
+//!   log, in order.
 //! - **Index.** The open log keeps, in memory, which request ids were decided (feedback for an
 //!   unknown id is refused) and which feedback ids were stored (a retried report is acknowledged
 //!   without being stored twice). The index is rebuilt from the segments on open.
@@ -22,16 +26,18 @@
 //! without feedback teaches nothing); feedback is acknowledged only once durable. Because one
 //! writer appends in queue order, a durable feedback implies its decision is durable too.
 
+mod compact;
 mod record;
 mod segment;
 mod store;
 mod writer;
 
+pub use compact::{ArchiveFormat, CompactReport, compact};
 pub use record::{
     DecisionRecord, ErrorKind, FeedbackRecord, LogRecord, LoggedCandidate, decode_features,
     encode_features,
 };
-pub use segment::{SegmentReport, read_log};
+pub use segment::{SegmentReport, read_log, read_log_with};
 pub use store::{
     Durability, EventStore, FeedbackAck, FileEventLog, LogOptions, Ticket, segment_file,
 };

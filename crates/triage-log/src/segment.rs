@@ -5,6 +5,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use crate::LogError;
+use crate::compact::{ArchiveFormat, Source, read_archive, sources};
 use crate::record::LogRecord;
 
 /// Frame header: payload length then CRC-32 of the payload, both u32 little-endian.
@@ -108,6 +109,8 @@ pub(crate) fn scan_segment(path: &Path) -> Result<ScannedSegment, LogError> {
 pub struct SegmentReport {
     /// Segment files read.
     pub segments: usize,
+    /// Archive files (compacted segments) read.
+    pub archives: usize,
     /// Records returned.
     pub records: usize,
     /// Bytes after the last intact frame of a segment (a torn write, or a write in progress).
@@ -117,17 +120,73 @@ pub struct SegmentReport {
 }
 
 /// Reads every record in `dir`, oldest first, without modifying anything: safe while a server
-/// appends (a tail being written reads as torn and is left out).
+/// appends (a tail being written reads as torn and is left out). A log with compacted archives
+/// needs [`read_log_with`] and their format.
 pub fn read_log(dir: &Path) -> Result<(Vec<LogRecord>, SegmentReport), LogError> {
+    read_log_with(dir, None)
+}
+
+/// [`read_log`] for a log whose sealed segments may have been compacted into `archive` files.
+/// Safe during a compaction too: a segment deleted under the reader is read again from the
+/// archive that replaced it.
+pub fn read_log_with(
+    dir: &Path,
+    archive: Option<&dyn ArchiveFormat>,
+) -> Result<(Vec<LogRecord>, SegmentReport), LogError> {
+    // A compaction renames its archive into place before deleting segments, so a second
+    // listing finds what vanished; a third try covers a second compaction in between.
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        match read_sources(dir, archive) {
+            Err(Vanished(path)) if attempts < 3 => {
+                tracing::debug!(segment = %path.display(), "segment compacted while reading; reading again");
+            }
+            Err(Vanished(path)) => {
+                return Err(io_error(
+                    &path,
+                    "segment kept vanishing (compacted) while reading",
+                ));
+            }
+            Ok(read) => return read,
+        }
+    }
+}
+
+/// A segment listed but gone when opened.
+struct Vanished(PathBuf);
+
+type ReadOutcome = Result<(Vec<LogRecord>, SegmentReport), LogError>;
+
+fn read_sources(dir: &Path, archive: Option<&dyn ArchiveFormat>) -> Result<ReadOutcome, Vanished> {
     let mut report = SegmentReport::default();
     let mut records = Vec::new();
-    for (_, path) in segment_paths(dir)? {
-        let scanned = scan_segment(&path)?;
-        report.segments += 1;
-        report.torn_bytes += scanned.file_bytes - scanned.valid_bytes;
-        report.unreadable += scanned.unreadable;
-        records.extend(scanned.records);
+    let listed = match sources(dir) {
+        Ok(listed) => listed,
+        Err(e) => return Ok(Err(e)),
+    };
+    for source in listed {
+        match source {
+            Source::Segment(_, path) => {
+                let scanned = match scan_segment(&path) {
+                    Ok(scanned) => scanned,
+                    Err(_) if !path.exists() => return Err(Vanished(path)),
+                    Err(e) => return Ok(Err(e)),
+                };
+                report.segments += 1;
+                report.torn_bytes += scanned.file_bytes - scanned.valid_bytes;
+                report.unreadable += scanned.unreadable;
+                records.extend(scanned.records);
+            }
+            Source::Archive(run) => match read_archive(&run, archive) {
+                Ok(archived) => {
+                    report.archives += 1;
+                    records.extend(archived);
+                }
+                Err(e) => return Ok(Err(e)),
+            },
+        }
     }
     report.records = records.len();
-    Ok((records, report))
+    Ok(Ok((records, report)))
 }

@@ -11,8 +11,9 @@ use crossbeam_channel::{Sender, TrySendError};
 use tokio::sync::watch;
 
 use crate::LogError;
+use crate::compact::{ArchiveFormat, Source, read_archive, sources};
 use crate::record::{DecisionRecord, FeedbackRecord, LogRecord};
-use crate::segment::{frame, io_error, scan_segment, segment_path, segment_paths};
+use crate::segment::{frame, io_error, scan_segment, segment_path};
 use crate::writer::{Durable, Pending, SegmentWriter, spawn};
 
 /// Position of a record in the log; await it with [`EventStore::wait_durable`].
@@ -62,6 +63,9 @@ pub struct LogOptions {
     pub segment_bytes: u64,
     /// Records waiting for the writer before new ones are refused.
     pub queue_capacity: usize,
+    /// Format of compacted archives in `dir`; without one, a directory holding archives is
+    /// refused rather than half read.
+    pub archive: Option<Arc<dyn ArchiveFormat>>,
 }
 
 /// What the index remembers of a decision: the models feedback may name.
@@ -139,35 +143,56 @@ impl FileEventLog {
         let dir = options.dir.clone();
         std::fs::create_dir_all(&dir).map_err(|e| io_error(&dir, e))?;
         let mut index = Index::default();
-        let segments = segment_paths(&dir)?;
-        let mut tail = (1, 0);
-        for (i, (number, path)) in segments.iter().enumerate() {
-            let scanned = scan_segment(path)?;
-            for record in &scanned.records {
+        let sources = sources(&dir)?;
+        let last_segment = sources.iter().rev().find_map(|s| match s {
+            Source::Segment(n, _) => Some(*n),
+            Source::Archive(_) => None,
+        });
+        let mut next_free = 1;
+        let mut tail = None;
+        let mut add = |records: &[LogRecord], index: &mut Index| {
+            for record in records {
                 visit(record);
                 let ticket = Ticket(index.next_seq);
                 index.next_seq += 1;
                 index.add(record, ticket);
             }
-            if scanned.valid_bytes < scanned.file_bytes {
-                let lost = scanned.file_bytes - scanned.valid_bytes;
-                tracing::warn!(
-                    segment = %path.display(),
-                    bytes = lost,
-                    "torn or corrupt tail skipped (an interrupted write; nothing acknowledged is in it)"
-                );
-                if i + 1 == segments.len() {
-                    cut_tail(path, scanned.valid_bytes)?;
+        };
+        for source in &sources {
+            match source {
+                Source::Archive(run) => {
+                    add(&read_archive(run, options.archive.as_deref())?, &mut index);
+                    next_free = run.last + 1;
+                }
+                Source::Segment(number, path) => {
+                    let scanned = scan_segment(path)?;
+                    add(&scanned.records, &mut index);
+                    if scanned.valid_bytes < scanned.file_bytes {
+                        let lost = scanned.file_bytes - scanned.valid_bytes;
+                        tracing::warn!(
+                            segment = %path.display(),
+                            bytes = lost,
+                            "torn or corrupt tail skipped (an interrupted write; nothing acknowledged is in it)"
+                        );
+                        if Some(*number) == last_segment {
+                            cut_tail(path, scanned.valid_bytes)?;
+                        }
+                    }
+                    next_free = number + 1;
+                    tail = Some((*number, scanned.valid_bytes));
                 }
             }
-            tail = (*number, scanned.valid_bytes);
         }
         // Never append after a sealed segment's damaged tail: a damaged last segment is cut
-        // above; any other keeps its bytes and writing continues in a fresh segment.
-        let (number, bytes) = if segments.is_empty() { (1, 0) } else { tail };
+        // above; any other keeps its bytes and writing continues in a fresh segment. Nor into
+        // a number an archive already covers.
+        let (number, bytes) = match tail {
+            Some((n, bytes)) if n + 1 == next_free => (n, bytes),
+            _ => (next_free, 0),
+        };
         tracing::info!(
             dir = %dir.display(),
-            segments = segments.len(),
+            sources = sources.len(),
             decisions = index.decisions.len(),
             feedback = index.feedback.len(),
             "event log opened"

@@ -12,6 +12,7 @@ fn options(dir: &std::path::Path) -> LogOptions {
         dir: dir.to_path_buf(),
         segment_bytes: 1 << 20,
         queue_capacity: 1024,
+        archive: None,
     }
 }
 

@@ -28,3 +28,5 @@ pub use engine::{RouteOutcome, RoutingEngine, RoutingRequest};
 pub use error::{RouteError, StartupError};
 pub use serve::{ServerHandle, bind_metrics, serve, start};
 pub use service::RouterService;
+/// The archive format [`serve`] takes, so that callers need not depend on `triage-log`.
+pub use triage_log::ArchiveFormat;

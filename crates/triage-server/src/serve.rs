@@ -11,7 +11,7 @@ use tokio::task::JoinHandle;
 use tonic::transport::server::TcpIncoming;
 use triage_core::Settings;
 use triage_guard::AccessControl;
-use triage_log::{FileEventLog, LogOptions};
+use triage_log::{ArchiveFormat, FileEventLog, LogOptions, compact};
 use triage_proto::v1::router_server::RouterServer;
 
 use crate::engine::RoutingEngine;
@@ -21,21 +21,26 @@ use crate::service::RouterService;
 
 /// Serves gRPC on `listener` (and `/metrics` on `metrics_listener`) until `shutdown` resolves,
 /// then drains in-flight calls and flushes the decision and feedback log (`settings.log.dir`).
+/// With an `archive` format the log's compacted archives are read at start, and sealed segments
+/// are compacted into new ones as `log.compact_after_segments` says.
 pub async fn serve(
     engine: RoutingEngine,
     settings: &Settings,
     listener: TcpListener,
     metrics_listener: Option<TcpListener>,
+    archive: Option<Arc<dyn ArchiveFormat>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartupError> {
     let access = Arc::new(AccessControl::new(&settings.auth, Path::new("."))?);
     let log_settings = settings.log.clone();
     let controls_engine = engine.clone();
+    let log_archive = archive.clone();
     let log = tokio::task::spawn_blocking(move || {
         let options = LogOptions {
             dir: log_settings.dir,
             segment_bytes: log_settings.segment_bytes,
             queue_capacity: log_settings.queue_capacity,
+            archive: log_archive,
         };
         // Budgets, alerts and online learning pick up where they were: the log is replayed
         // during the scan that recovers it.
@@ -64,6 +69,7 @@ pub async fn serve(
         )),
         _ => None,
     };
+    let compactor = archive.and_then(|format| compact_periodically(settings, format));
     let max = settings.server.max_message_bytes;
     let service = RouterService::new(
         engine,
@@ -125,14 +131,55 @@ pub async fn serve(
             Ok(())
         }
     };
-    if let Some(watcher) = watcher {
-        watcher.abort();
+    for task in [watcher, compactor].into_iter().flatten() {
+        task.abort();
     }
     if let Some(task) = metrics_task {
         task.abort();
     }
     // The router (and with it the log) is dropped by now: queued records are flushed.
     served
+}
+
+/// Compacts the log's sealed segments every `log.compact_interval_ms` once
+/// `log.compact_after_segments` wait (off at 0). A failed compaction changes nothing on disk
+/// that readers rely on (see `triage_log::compact`), so it is logged and tried again later.
+fn compact_periodically(
+    settings: &Settings,
+    format: Arc<dyn ArchiveFormat>,
+) -> Option<JoinHandle<()>> {
+    let threshold = settings.log.compact_after_segments;
+    if threshold == 0 {
+        return None;
+    }
+    let dir = settings.log.dir.clone();
+    let every = Duration::from_millis(settings.log.compact_interval_ms.max(1));
+    Some(tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            let (dir, format) = (dir.clone(), Arc::clone(&format));
+            let compacted =
+                tokio::task::spawn_blocking(move || compact(&dir, format.as_ref(), threshold))
+                    .await;
+            match compacted {
+                Ok(Ok(report)) if report.archives > 0 || report.leftovers_deleted > 0 => {
+                    tracing::info!(
+                        archives = report.archives,
+                        segments = report.segments,
+                        records = report.records,
+                        segment_bytes = report.segment_bytes,
+                        archive_bytes = report.archive_bytes,
+                        "log segments compacted"
+                    );
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "log compaction failed; will retry"),
+                Err(e) => tracing::warn!(error = %e, "log compaction task failed"),
+            }
+        }
+    }))
 }
 
 /// Binds `metrics.listen` when it is set (port 0 picks a free port).
@@ -218,7 +265,7 @@ pub async fn start(
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let settings = settings.clone();
     let task = tokio::spawn(async move {
-        serve(engine, &settings, listener, metrics_listener, async {
+        serve(engine, &settings, listener, metrics_listener, None, async {
             let _ = stopped.await;
         })
         .await

@@ -1,5 +1,6 @@
 //! Outcomes learned from usage: the server's decision and feedback log as training data.
 //!
+//! The log is read as segments plus any Parquet archives they were compacted into.
 //! A decision joined with a feedback report that carries a quality score is one outcome row (the
 //! same schema as an outcome table): prompt = the request, model = the model that answered,
 //! quality and cost as reported. Feature vectors come from the decision record, so nothing is
@@ -12,7 +13,7 @@ use std::path::Path;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use triage_core::Catalog;
-use triage_log::{DecisionRecord, FeedbackRecord, LogRecord, decode_features, read_log};
+use triage_log::{DecisionRecord, FeedbackRecord, LogRecord, decode_features, read_log_with};
 
 use crate::TrainError;
 use crate::embed::PromptFeatures;
@@ -77,7 +78,8 @@ impl LoggedData {
                 dir.display()
             )));
         }
-        let (records, report) = read_log(dir).map_err(|e| TrainError::Data(e.to_string()))?;
+        let (records, report) = read_log_with(dir, Some(&triage_archive::ParquetArchive))
+            .map_err(|e| TrainError::Data(e.to_string()))?;
         if report.torn_bytes > 0 {
             tracing::info!(
                 bytes = report.torn_bytes,
