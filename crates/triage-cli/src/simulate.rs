@@ -150,8 +150,8 @@ pub fn run(mut settings: Settings, args: SimulateArgs, base: PathBuf) -> anyhow:
     };
     let report = simulate(&options)?;
     println!(
-        "{:>5} {:>8} {:>9} {:>11} {:>8} {:>8}  top models",
-        "round", "requests", "quality", "cost USD", "explored", "AIQ"
+        "{:>5} {:>8} {:>9} {:>11} {:>8} {:>8} {:>9}  top models",
+        "round", "requests", "quality", "cost USD", "explored", "AIQ", "cand. AIQ"
     );
     for r in &report.rounds {
         let mut top: Vec<(&String, &f64)> = r.shares.iter().collect();
@@ -162,13 +162,14 @@ pub fn run(mut settings: Settings, args: SimulateArgs, base: PathBuf) -> anyhow:
             .map(|(m, s)| format!("{m} {:.0}%", *s * 100.0))
             .collect();
         println!(
-            "{:>5} {:>8} {:>9.4} {:>11.6} {:>8} {:>8}  {}",
+            "{:>5} {:>8} {:>9.4} {:>11.6} {:>8} {:>8} {:>9}  {}",
             r.round,
             r.requests,
             r.mean_quality,
             r.mean_cost,
             r.explored,
             r.eval_aiq.map_or("-".into(), |a| format!("{a:.4}")),
+            r.candidate_aiq.map_or("-".into(), |a| format!("{a:.4}")),
             top.join(", ")
         );
         println!("      {}", r.retrain);

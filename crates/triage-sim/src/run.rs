@@ -95,6 +95,9 @@ pub struct Round {
     pub retrain: String,
     /// AIQ on the evaluation split of the policy serving after the retrain.
     pub eval_aiq: Option<f64>,
+    /// AIQ on the evaluation split of the retrained candidate, promoted or not: whether the
+    /// gate's call was right (the gate itself never sees the evaluation split).
+    pub candidate_aiq: Option<f64>,
 }
 
 /// The whole run.
@@ -274,6 +277,7 @@ pub fn simulate(o: &SimOptions) -> Result<SimReport, SimError> {
             version = v;
             served.push(s);
         }
+        let mut candidate_aiq = None;
         let verdict = match train(&TrainOptions {
             from_log: Some(log_dir.clone()),
             ..train_options(
@@ -283,6 +287,11 @@ pub fn simulate(o: &SimOptions) -> Result<SimReport, SimError> {
             )
         }) {
             Ok(report) => {
+                if let Some(prompts) = &eval_prompts {
+                    let candidate = Policy::new(report.policy.clone())
+                        .map_err(|e| SimError::Usage(e.to_string()))?;
+                    candidate_aiq = Some(policy_aiq(&table, &candidate, prompts)?);
+                }
                 if report.verdict.promote {
                     runtime.block_on(wait_for_version(&mut client, &report.policy.version))?;
                 }
@@ -299,7 +308,7 @@ pub fn simulate(o: &SimOptions) -> Result<SimReport, SimError> {
             }
             Err(e) => format!("not retrained: {e}"),
         };
-        let round = summarise(
+        let mut round = summarise(
             r + 1,
             served.len(),
             &served[served.len() - chunk.len()..],
@@ -307,6 +316,7 @@ pub fn simulate(o: &SimOptions) -> Result<SimReport, SimError> {
             verdict,
             aiq_of(&policy_path)?,
         );
+        round.candidate_aiq = candidate_aiq;
         tracing::info!(
             round = round.round,
             requests = round.requests,
@@ -478,6 +488,7 @@ fn summarise(
         policy_version,
         retrain,
         eval_aiq,
+        candidate_aiq: None,
     }
 }
 

@@ -80,7 +80,7 @@ fn row_log_loss(head: &LinearHead, row: ndarray16::ArrayView1<'_, f64>, good: bo
 }
 
 /// Mean log-loss, weighted by `w`.
-fn log_loss(head: &LinearHead, x: &Array2<f64>, y: &[bool], w: &[f64]) -> f64 {
+pub(crate) fn log_loss(head: &LinearHead, x: &Array2<f64>, y: &[bool], w: &[f64]) -> f64 {
     let total: f64 = y
         .iter()
         .zip(w)
@@ -103,7 +103,7 @@ fn constant_head(dim: usize, y: &[bool], w: &[f64]) -> LinearHead {
     }
 }
 
-fn logistic(x: &Array2<f64>, y: &[bool], alpha: f64) -> Result<LinearHead, TrainError> {
+pub(crate) fn logistic(x: &Array2<f64>, y: &[bool], alpha: f64) -> Result<LinearHead, TrainError> {
     let targets = Array1::from_vec(y.to_vec());
     let fitted = LogisticRegression::default()
         .alpha(alpha)
@@ -129,7 +129,15 @@ fn weighted(w: &[f64]) -> bool {
 /// more than that biased base rate. Re-centring under inverse-propensity weights removes the
 /// bias of the base rate while keeping the prompt-dependent part of the fit.
 fn recentre(head: &mut LinearHead, x: &Array2<f64>, y: &[bool], w: &[f64]) {
-    if !weighted(w) || y.is_empty() {
+    if weighted(w) {
+        match_base_rate(head, x, y, w);
+    }
+}
+
+/// Shifts `head`'s intercept so that its mean prediction over `x`, weighted by `w`, equals the
+/// weighted rate of good answers in `y`.
+pub(crate) fn match_base_rate(head: &mut LinearHead, x: &Array2<f64>, y: &[bool], w: &[f64]) {
+    if y.is_empty() {
         return;
     }
     let logits: Vec<f64> = (0..y.len()).map(|i| logit(head, x.row(i))).collect();

@@ -2,7 +2,8 @@
 //!
 //! `triage train` reads an outcome table with polars ([`table`]), embeds every distinct prompt
 //! once through the serving encoder and the shared `triage_core::features` (cached on disk,
-//! [`embed`]), fits per-model heads with linfa ([`fit`]), chooses the BALANCED/COST margins on
+//! [`embed`]), fits per-model heads with linfa ([`fit`]) and shrinks them toward a fit pooled
+//! over all models ([`pooled`]), chooses the BALANCED/COST margins on
 //! the dev split by replaying decisions through the serving decision rule ([`simulate`]), and
 //! writes the policy atomically (temporary file, fsync, rename).
 //!
@@ -16,6 +17,7 @@ pub mod eval;
 pub mod fit;
 pub mod logdata;
 pub mod offpolicy;
+pub mod pooled;
 pub mod promote;
 pub mod simulate;
 pub mod table;

@@ -25,7 +25,9 @@ use triage_policy::{Policy, Prediction, apply_priors, decide};
 
 use crate::eval::baselines::lambda_grid;
 use crate::eval::curve::{Point, aiq, hull};
+use crate::fit::{design, standardizer};
 use crate::logdata::LoggedData;
+use crate::pooled::{ModelRows, pooled_heads};
 use crate::simulate::Knob;
 
 /// Importance weights are clipped here: an exploratory choice made with probability 1% would
@@ -93,40 +95,166 @@ fn predictions<'a>(
     Some(p)
 }
 
-/// The DR direct model: each model's mean logged quality and answer length, whatever the prompt.
-/// Neutral between the policies compared (a policy's own predictions as the direct model would
-/// favour that policy), and fitted on other decisions than the ones evaluated.
+/// The DR direct model, fitted on other decisions than the ones evaluated, and neutral between
+/// the policies compared (a policy's own predictions as the direct model would favour it):
+/// - **quality**: the pooled fit of [`crate::pooled`] (prompt-difficulty weights shared by all
+///   models, one intercept per model) over the logged outcomes, shifted per model to its mean
+///   logged quality. A prompt-blind mean would credit the logging policy with what it actually
+///   observed on easy and hard prompts while a candidate that chooses differently only gets
+///   averages: every candidate would look worse than the policy that logged the data.
+/// - **answer length**: each model's mean.
+///
+/// Means are weighted by inverse propensity, so they are not the serving policy's selection (a
+/// strong model sent mostly the hard prompts would otherwise look weak). With too few outcomes
+/// for a pooled fit, quality is the prompt-blind mean.
 #[derive(Clone, Debug)]
 pub struct RewardModel {
-    by_model: HashMap<String, (f64, f64)>,
+    by_model: HashMap<String, ModelMeans>,
     fallback: (f64, f64),
+    pooled: Option<PooledQuality>,
 }
 
+#[derive(Clone, Copy, Debug)]
+struct ModelMeans {
+    quality: f64,
+    tokens: f64,
+}
+
+#[derive(Clone, Debug)]
+struct PooledQuality {
+    standardize: triage_policy::Standardizer,
+    /// Per model: the pooled head and the shift from its probabilities to mean quality.
+    heads: HashMap<String, (triage_policy::LinearHead, f64)>,
+}
+
+/// Outcomes needed before the direct model uses a pooled fit.
+const MIN_POOLED_OUTCOMES: usize = 100;
+/// L2 strength of the direct model's pooled fit.
+const DIRECT_MODEL_ALPHA: f64 = 300.0;
+
 impl RewardModel {
-    /// Per-model means over `logged`'s outcomes.
+    /// Fits the direct model on `logged`'s outcomes.
     pub fn fit(logged: &LoggedData) -> Self {
         let mut sums: HashMap<String, (f64, f64, f64)> = HashMap::new();
         let (mut q_all, mut t_all, mut n_all) = (0.0, 0.0, 0.0);
         for o in &logged.outcomes {
+            let w = o.outcome.weight;
             let tokens = o.outcome.output_tokens.unwrap_or(0.0);
             let e = sums.entry(o.model.clone()).or_default();
             let q = o.outcome.quality;
-            *e = (e.0 + q, e.1 + tokens, e.2 + 1.0);
-            (q_all, t_all, n_all) = (q_all + q, t_all + tokens, n_all + 1.0);
+            *e = (e.0 + w * q, e.1 + w * tokens, e.2 + w);
+            (q_all, t_all, n_all) = (q_all + w * q, t_all + w * tokens, n_all + w);
         }
         let n_all = f64::max(n_all, 1.0);
+        let by_model: HashMap<String, ModelMeans> = sums
+            .into_iter()
+            .map(|(m, (q, t, n))| {
+                let means = ModelMeans {
+                    quality: q / n,
+                    tokens: t / n,
+                };
+                (m, means)
+            })
+            .collect();
+        let pooled = PooledQuality::fit(logged, &by_model);
         Self {
-            by_model: sums
-                .into_iter()
-                .map(|(m, (q, t, n))| (m, (q / n, t / n)))
-                .collect(),
+            by_model,
             fallback: (q_all / n_all, t_all / n_all),
+            pooled,
         }
     }
 
-    fn expect(&self, model: &str) -> (f64, f64) {
-        self.by_model.get(model).copied().unwrap_or(self.fallback)
+    /// Expected (quality, answer tokens) of `model` on a prompt with `features`.
+    fn expect(&self, model: &str, features: &[f32]) -> (f64, f64) {
+        let Some(means) = self.by_model.get(model) else {
+            return self.fallback;
+        };
+        let quality = self
+            .pooled
+            .as_ref()
+            .and_then(|p| p.quality(model, features))
+            .unwrap_or(means.quality);
+        (quality, means.tokens)
     }
+}
+
+impl PooledQuality {
+    fn fit(logged: &LoggedData, means: &HashMap<String, ModelMeans>) -> Option<Self> {
+        if logged.outcomes.len() < MIN_POOLED_OUTCOMES {
+            return None;
+        }
+        let features: Vec<Option<Vec<f32>>> = logged
+            .decisions
+            .iter()
+            .map(|d| decode_features(&d.features).ok())
+            .collect();
+        let rows: Vec<&[f32]> = features.iter().flatten().map(Vec::as_slice).collect();
+        let standardize = standardizer(&rows);
+        let mut models: Vec<&str> = means.keys().map(String::as_str).collect();
+        models.sort_unstable();
+        let mut per_model = Vec::new();
+        for model in &models {
+            let (mut x, mut y, mut w) = (Vec::new(), Vec::new(), Vec::new());
+            for o in logged.outcomes.iter().filter(|o| o.model == *model) {
+                if let Some(Some(f)) = features.get(o.decision) {
+                    x.push(f.as_slice());
+                    y.push(o.outcome.quality >= 0.5);
+                    w.push(o.outcome.weight);
+                }
+            }
+            per_model.push((design(&x, &standardize), y, w));
+        }
+        let rows: Vec<ModelRows<'_>> = per_model
+            .iter()
+            .map(|(x, y, w)| ModelRows { x, y, w })
+            .collect();
+        let heads = pooled_heads(&rows, DIRECT_MODEL_ALPHA).ok()?;
+        let heads = models
+            .iter()
+            .zip(heads)
+            .zip(&per_model)
+            .map(|((model, head), (x, _, w))| {
+                // σ(head) estimates P(quality ≥ 0.5); shift it to the model's mean quality.
+                let total: f64 = w.iter().sum();
+                let mean_p = (0..x.nrows())
+                    .map(|i| {
+                        w[i] * sigmoid(
+                            x.row(i)
+                                .iter()
+                                .zip(&head.weights)
+                                .map(|(a, b)| a * f64::from(*b))
+                                .sum::<f64>()
+                                + f64::from(head.bias),
+                        )
+                    })
+                    .sum::<f64>()
+                    / total.max(f64::MIN_POSITIVE);
+                let shift = means.get(*model).map_or(0.0, |m| m.quality) - mean_p;
+                ((*model).to_owned(), (head, shift))
+            })
+            .collect();
+        Some(Self { standardize, heads })
+    }
+
+    fn quality(&self, model: &str, features: &[f32]) -> Option<f64> {
+        let (head, shift) = self.heads.get(model)?;
+        if features.len() != self.standardize.mean.len() {
+            return None;
+        }
+        let z: f64 = features
+            .iter()
+            .zip(&self.standardize.mean)
+            .zip(&self.standardize.scale)
+            .zip(&head.weights)
+            .map(|(((v, m), s), w)| f64::from((v - m) / s) * f64::from(*w))
+            .sum::<f64>()
+            + f64::from(head.bias);
+        Some((sigmoid(z) + shift).clamp(0.0, 1.0))
+    }
+}
+
+fn sigmoid(z: f64) -> f64 {
+    1.0 / (1.0 + (-z).exp())
 }
 
 fn usable(reward_model: &RewardModel, catalog: &Catalog, logged: &LoggedData) -> Vec<Usable> {
@@ -150,7 +278,7 @@ fn usable(reward_model: &RewardModel, catalog: &Catalog, logged: &LoggedData) ->
             .models()
             .iter()
             .map(|spec| {
-                let (q, tokens) = reward_model.expect(&spec.name);
+                let (q, tokens) = reward_model.expect(&spec.name, &features);
                 let c = spec.cost_usd(f64::from(d.input_tokens), tokens);
                 (spec.name.clone(), (q, c))
             })
@@ -351,4 +479,43 @@ pub fn compare(
         candidate: curve(new_value, new_points),
         difference_se: variance.sqrt(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::logdata::{LogCounts, LoggedOutcome};
+    use crate::table::Outcome;
+
+    /// A cheap model the serving policy sends the easy prompts (all good, propensity 1) and, by
+    /// exploration only, one hard prompt in ten (bad, propensity 0.1). Over all prompts it is good
+    /// about half the time; its plain logged mean says 0.9.
+    #[test]
+    fn the_direct_model_undoes_the_serving_policys_selection() {
+        let outcome = |quality: f64, weight: f64| LoggedOutcome {
+            decision: 0,
+            model: "small".into(),
+            outcome: Outcome {
+                quality,
+                cost_usd: 0.0,
+                output_tokens: Some(100.0),
+                weight,
+            },
+        };
+        let mut outcomes: Vec<LoggedOutcome> = (0..9).map(|_| outcome(1.0, 1.0)).collect();
+        outcomes.push(outcome(0.0, 10.0));
+        let logged = LoggedData {
+            decisions: Vec::new(),
+            counts: LogCounts {
+                decisions: 0,
+                feedback: outcomes.len(),
+                outcomes: outcomes.len(),
+            },
+            outcomes,
+            sha256: String::new(),
+        };
+        let (quality, tokens) = RewardModel::fit(&logged).expect("small", &[]);
+        assert!((quality - 9.0 / 19.0).abs() < 1e-12, "{quality}");
+        assert!((tokens - 100.0).abs() < 1e-9);
+    }
 }

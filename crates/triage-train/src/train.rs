@@ -3,13 +3,14 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use ndarray16::Array2;
 use sha2::{Digest, Sha256};
 use triage_core::features::FEATURE_SCHEMA;
 use triage_core::{Mode, Settings};
 use triage_encoder::{Embedder, OnnxEmbedder, OnnxOptions, init_onnxruntime};
 use triage_policy::{
-    DecisionParams, ModelHead, NeighbourSet, POLICY_FORMAT, POLICY_FORMAT_VERSION, Policy,
-    PolicyFile,
+    DecisionParams, LengthHead, LinearHead, ModelHead, NeighbourSet, POLICY_FORMAT,
+    POLICY_FORMAT_VERSION, Policy, PolicyFile,
 };
 
 use crate::TrainError;
@@ -18,6 +19,7 @@ use crate::eval::baselines::{cost_range, lambda_grid, single_models};
 use crate::eval::curve::{aiq, hull};
 use crate::fit::{design, length_head, quality_head, standardizer};
 use crate::logdata::{LogCounts, LoggedData, merge};
+use crate::pooled::{ModelRows, Shrinkage, choose_shrinkage, pooled_heads, shrunk};
 use crate::promote::{GateVerdict, gate, pulled_toward_prior};
 use crate::simulate::{Knob, Replay};
 use crate::table::{Outcome, Outcomes, Split};
@@ -228,8 +230,7 @@ pub fn fit_policy(prepared: &Prepared) -> Result<Fitted, TrainError> {
     let train_rows: Vec<&[f32]> = train_idx.iter().map(|&i| feats[i].as_slice()).collect();
     let standardize = standardizer(&train_rows);
 
-    let mut heads = Vec::new();
-    let mut refitted = Vec::new();
+    let mut per_model = Vec::new();
     let mut metrics = serde_json::Map::new();
     for (m, name) in o.models.iter().enumerate() {
         let pick = |idx: &[usize]| -> (Vec<usize>, Vec<bool>, Vec<Option<f64>>, Vec<f64>) {
@@ -257,6 +258,10 @@ pub fn fit_policy(prepared: &Prepared) -> Result<Fitted, TrainError> {
             |rows: &[usize]| -> Vec<&[f32]> { rows.iter().map(|&p| feats[p].as_slice()).collect() };
         let tr_x = design(&as_rows(&tr_rows), &standardize);
         let dv_x = design(&as_rows(&dv_rows), &standardize);
+        let all_x = design(
+            &as_rows(&[tr_rows.as_slice(), &dv_rows].concat()),
+            &standardize,
+        );
         let started = std::time::Instant::now();
         let q = quality_head(&tr_x, &tr_y, &tr_w, &dv_x, &dv_y, &dv_w)?;
         let length = length_head(&tr_x, &tr_tokens)?;
@@ -271,23 +276,31 @@ pub fn fit_policy(prepared: &Prepared) -> Result<Fitted, TrainError> {
             name.clone(),
             serde_json::json!({"alpha": q.alpha, "dev_log_loss": q.dev_log_loss, "train_rows": tr_rows.len()}),
         );
-        refitted.push(if dv_rows.is_empty() {
+        let all_y = [tr_y.as_slice(), &dv_y].concat();
+        let all_w = [tr_w.as_slice(), &dv_w].concat();
+        let refit = if dv_rows.is_empty() {
             None
         } else {
-            let all_rows = [tr_rows.as_slice(), &dv_rows].concat();
-            let all_x = design(&as_rows(&all_rows), &standardize);
-            Some(ModelHead {
-                name: name.clone(),
-                quality: q.refit(&all_x, &[tr_y, dv_y].concat(), &[tr_w, dv_w].concat())?,
-                output_tokens: length_head(&all_x, &[tr_tokens, dv_tokens].concat())?,
-            })
-        });
-        heads.push(ModelHead {
+            Some((
+                q.refit(&all_x, &all_y, &all_w)?,
+                length_head(&all_x, &[tr_tokens, dv_tokens].concat())?,
+            ))
+        };
+        per_model.push(ModelData {
             name: name.clone(),
-            quality: q.head,
-            output_tokens: length,
+            train: (tr_x, tr_y, tr_w),
+            dev: (dv_x, dv_y, dv_w),
+            all: (all_x, all_y, all_w),
+            own: q.head,
+            length,
+            refit,
         });
     }
+    let ShrunkHeads {
+        choice: shrinkage,
+        heads,
+        refitted,
+    } = shrink_toward_pooled(per_model)?;
 
     let mut file = PolicyFile {
         format: POLICY_FORMAT.into(),
@@ -336,6 +349,13 @@ pub fn fit_policy(prepared: &Prepared) -> Result<Fitted, TrainError> {
         "per_model": metrics,
         "neighbour_blend_dev_aiq": blend_report,
         "refit": "heads and neighbours refitted on train + dev with the choices made on dev",
+        "pooled_shrinkage": {
+            "alpha": shrinkage.alpha.is_finite().then_some(shrinkage.alpha),
+            "kappa": if shrinkage.kappa.is_finite() { Some(shrinkage.kappa) } else { None },
+            "kappa_infinite": shrinkage.kappa.is_infinite(),
+            "own_dev_log_loss": shrinkage.own_dev_log_loss,
+            "dev_log_loss": shrinkage.dev_log_loss,
+        },
     });
     let train_and_dev = [train_idx.as_slice(), &dev_idx].concat();
     let deployed = deployed_form(prepared, &file, refitted, &train_and_dev);
@@ -343,6 +363,78 @@ pub fn fit_policy(prepared: &Prepared) -> Result<Fitted, TrainError> {
         validated: file,
         deployed,
     })
+}
+
+/// Standardised rows, good-answer labels and fitting weights of one model.
+type LabelledRows = (Array2<f64>, Vec<bool>, Vec<f64>);
+
+/// One model's rows and fits, between fitting its own heads and shrinking them.
+struct ModelData {
+    name: String,
+    train: LabelledRows,
+    dev: LabelledRows,
+    all: LabelledRows,
+    own: LinearHead,
+    length: LengthHead,
+    /// The own heads refitted on train + dev (`None` without dev rows).
+    refit: Option<(LinearHead, LengthHead)>,
+}
+
+/// Shrinks every model's quality head toward the pooled fit as dev chooses (see `pooled`),
+/// for the train-only heads and, with the same choice, for the train + dev refits.
+fn shrink_toward_pooled(per_model: Vec<ModelData>) -> Result<ShrunkHeads, TrainError> {
+    fn rows(set: &LabelledRows) -> ModelRows<'_> {
+        let (x, y, w) = set;
+        ModelRows { x, y, w }
+    }
+    let train: Vec<ModelRows<'_>> = per_model.iter().map(|d| rows(&d.train)).collect();
+    let dev: Vec<ModelRows<'_>> = per_model.iter().map(|d| rows(&d.dev)).collect();
+    let own: Vec<LinearHead> = per_model.iter().map(|d| d.own.clone()).collect();
+    let (choice, quality) = choose_shrinkage(&own, &train, &dev)?;
+    tracing::info!(
+        alpha = choice.alpha,
+        kappa = choice.kappa,
+        own = format!("{:.4}", choice.own_dev_log_loss),
+        shrunk = format!("{:.4}", choice.dev_log_loss),
+        "quality heads shrunk toward the pooled fit (dev log-loss)"
+    );
+    let refit_pooled = if choice.kappa > 0.0 {
+        let all: Vec<ModelRows<'_>> = per_model.iter().map(|d| rows(&d.all)).collect();
+        Some(pooled_heads(&all, choice.alpha)?)
+    } else {
+        None
+    };
+    let mut heads = Vec::new();
+    let mut refitted = Vec::new();
+    for (m, (d, q)) in per_model.iter().zip(quality).enumerate() {
+        heads.push(ModelHead {
+            name: d.name.clone(),
+            quality: q,
+            output_tokens: d.length.clone(),
+        });
+        refitted.push(d.refit.as_ref().map(|(own, length)| ModelHead {
+            name: d.name.clone(),
+            quality: match &refit_pooled {
+                Some(pooled) => shrunk(own, &pooled[m], choice.kappa, &rows(&d.all)),
+                None => own.clone(),
+            },
+            output_tokens: length.clone(),
+        }));
+    }
+    Ok(ShrunkHeads {
+        choice,
+        heads,
+        refitted,
+    })
+}
+
+/// What [`shrink_toward_pooled`] chose and made.
+struct ShrunkHeads {
+    choice: Shrinkage,
+    /// Train-only heads (what the gate judges).
+    heads: Vec<ModelHead>,
+    /// Train + dev refits (what is written), where dev had rows.
+    refitted: Vec<Option<ModelHead>>,
 }
 
 /// Keeps `current`'s heads for the models `candidate` has no data on (a model nobody routed to

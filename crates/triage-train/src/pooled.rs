@@ -1,0 +1,237 @@
+//! Difficulty shared across models: a pooled quality head, and shrinkage toward it.
+//!
+//! Much of what makes a prompt hard is hard for every model. A head fitted per model on a few
+//! hundred outcomes (a cold start, a new model, a seldom-routed one) cannot learn that from its
+//! own rows; one logistic regression over every model's outcomes (shared feature weights plus
+//! an intercept column per model) can. Each model's own head is then shrunk toward its pooled
+//! form by how much data it has, `t = n / (n + κ)`, with the pooled fit's L2 strength and κ
+//! chosen together on dev log-loss summed over all models. On a complete table dev is free to
+//! choose κ = 0, which leaves the per-model heads as they were.
+
+use ndarray16::Array2;
+use triage_policy::LinearHead;
+
+use crate::TrainError;
+use crate::fit::{log_loss, logistic, match_base_rate};
+
+/// One model's outcomes over standardised features.
+pub struct ModelRows<'a> {
+    /// Design matrix.
+    pub x: &'a Array2<f64>,
+    /// Good answer or not.
+    pub y: &'a [bool],
+    /// Fitting weights.
+    pub w: &'a [f64],
+}
+
+/// Shrinkage constants tried: 0 keeps the own heads, infinity uses the pooled ones.
+pub const SHRINK_KAPPAS: [f64; 7] = [0.0, 30.0, 100.0, 300.0, 1000.0, 3000.0, f64::INFINITY];
+/// L2 strengths tried for the pooled fit.
+pub const POOLED_ALPHAS: [f64; 3] = [100.0, 300.0, 1000.0];
+/// The pooled fit sees at most this many rows (every k-th of each model's), which bounds its
+/// cost on big tables, where the own heads carry the weight anyway.
+const MAX_POOLED_ROWS: usize = 40_000;
+
+/// What dev chose.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Shrinkage {
+    /// L2 strength of the pooled fit.
+    pub alpha: f64,
+    /// κ of `t = n / (n + κ)`.
+    pub kappa: f64,
+    /// Dev log-loss of the own heads.
+    pub own_dev_log_loss: f64,
+    /// Dev log-loss after shrinkage.
+    pub dev_log_loss: f64,
+}
+
+/// Pooled heads, one per model, each re-centred on its own model's rows.
+pub fn pooled_heads(rows: &[ModelRows<'_>], alpha: f64) -> Result<Vec<LinearHead>, TrainError> {
+    let dim = rows.first().map_or(0, |r| r.x.ncols());
+    // linfa-logistic takes no sample weights: an outcome of weight w (an inverse propensity)
+    // enters round(w) times, so the shared weights are not learned from the serving policy's
+    // biased choice of prompts for each model.
+    let weighted: Vec<(usize, usize)> = rows
+        .iter()
+        .enumerate()
+        .flat_map(|(m, r)| {
+            r.w.iter()
+                .enumerate()
+                .flat_map(move |(i, w)| std::iter::repeat_n((m, i), (w.round() as usize).max(1)))
+        })
+        .collect();
+    let stride = weighted.len().div_ceil(MAX_POOLED_ROWS).max(1);
+    let picked: Vec<(usize, usize)> = weighted.into_iter().step_by(stride).collect();
+    let mut x = Array2::<f64>::zeros((picked.len(), dim + rows.len()));
+    let mut y = Vec::with_capacity(picked.len());
+    for (row, &(m, i)) in picked.iter().enumerate() {
+        for (j, v) in rows[m].x.row(i).iter().enumerate() {
+            x[[row, j]] = *v;
+        }
+        x[[row, dim + m]] = 1.0;
+        y.push(rows[m].y[i]);
+    }
+    let shared = if y.iter().all(|g| *g) || y.iter().all(|g| !*g) {
+        LinearHead {
+            weights: vec![0.0; dim + rows.len()],
+            bias: 0.0,
+        }
+    } else {
+        logistic(&x, &y, alpha)?
+    };
+    Ok(rows
+        .iter()
+        .enumerate()
+        .map(|(m, r)| {
+            let mut head = LinearHead {
+                weights: shared.weights[..dim].to_vec(),
+                bias: shared.bias + shared.weights[dim + m],
+            };
+            match_base_rate(&mut head, r.x, r.y, r.w);
+            head
+        })
+        .collect())
+}
+
+/// `own` shrunk toward `pooled` with `t = n / (n + kappa)` (`n`: the model's rows), then
+/// re-centred on those rows.
+pub fn shrunk(
+    own: &LinearHead,
+    pooled: &LinearHead,
+    kappa: f64,
+    rows: &ModelRows<'_>,
+) -> LinearHead {
+    let n = rows.y.len() as f64;
+    let t = if kappa.is_infinite() {
+        0.0
+    } else {
+        n / (n + kappa)
+    };
+    if t >= 1.0 {
+        return own.clone();
+    }
+    let mix = |a: f32, b: f32| (t * f64::from(a) + (1.0 - t) * f64::from(b)) as f32;
+    let mut head = LinearHead {
+        weights: own
+            .weights
+            .iter()
+            .zip(&pooled.weights)
+            .map(|(a, b)| mix(*a, *b))
+            .collect(),
+        bias: mix(own.bias, pooled.bias),
+    };
+    match_base_rate(&mut head, rows.x, rows.y, rows.w);
+    head
+}
+
+/// Dev log-loss over all models, each row weighted by its fitting weight.
+fn total_log_loss(heads: &[LinearHead], dev: &[ModelRows<'_>]) -> f64 {
+    let (mut loss, mut weight) = (0.0, 0.0);
+    for (head, d) in heads.iter().zip(dev) {
+        let w: f64 = d.w.iter().sum();
+        loss += w * log_loss(head, d.x, d.y, d.w);
+        weight += w;
+    }
+    if weight > 0.0 { loss / weight } else { 0.0 }
+}
+
+/// Chooses the pooled fit's strength and κ on dev; returns the choice and the shrunk heads.
+/// Without dev outcomes nothing can be chosen and the own heads stay.
+pub fn choose_shrinkage(
+    own: &[LinearHead],
+    train: &[ModelRows<'_>],
+    dev: &[ModelRows<'_>],
+) -> Result<(Shrinkage, Vec<LinearHead>), TrainError> {
+    let own_loss = total_log_loss(own, dev);
+    let mut best = (
+        Shrinkage {
+            alpha: f64::NAN,
+            kappa: 0.0,
+            own_dev_log_loss: own_loss,
+            dev_log_loss: own_loss,
+        },
+        own.to_vec(),
+    );
+    if dev.iter().all(|d| d.y.is_empty()) {
+        return Ok(best);
+    }
+    for alpha in POOLED_ALPHAS {
+        let pooled = pooled_heads(train, alpha)?;
+        for kappa in SHRINK_KAPPAS.into_iter().filter(|k| *k > 0.0) {
+            let heads: Vec<LinearHead> = own
+                .iter()
+                .zip(&pooled)
+                .zip(train)
+                .map(|((o, p), rows)| shrunk(o, p, kappa, rows))
+                .collect();
+            let loss = total_log_loss(&heads, dev);
+            if loss < best.0.dev_log_loss {
+                best = (
+                    Shrinkage {
+                        alpha,
+                        kappa,
+                        own_dev_log_loss: own_loss,
+                        dev_log_loss: loss,
+                    },
+                    heads,
+                );
+            }
+        }
+    }
+    Ok(best)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Twelve "models" share one difficulty direction; each has only a few rows. Shrinking toward
+    /// the pooled head must beat the own heads on fresh data, and κ = 0 must change nothing.
+    #[test]
+    fn pooling_recovers_shared_difficulty_from_thin_models() {
+        let mut rng = fastrand::Rng::with_seed(7);
+        let dim = 20;
+        let make = |rng: &mut fastrand::Rng, n: usize, skill: f64| {
+            let x = Array2::from_shape_fn((n, dim), |_| rng.f64() * 2.0 - 1.0);
+            let y: Vec<bool> = (0..n)
+                .map(|i| {
+                    let z = skill - 3.0 * x[[i, 0]] + 1.5 * x[[i, 1]];
+                    rng.f64() < 1.0 / (1.0 + (-z).exp())
+                })
+                .collect();
+            (x, y)
+        };
+        let skills: Vec<f64> = (0..12).map(|m| -1.0 + m as f64 * 0.2).collect();
+        let train: Vec<_> = skills.iter().map(|s| make(&mut rng, 40, *s)).collect();
+        let dev: Vec<_> = skills.iter().map(|s| make(&mut rng, 40, *s)).collect();
+        let fresh: Vec<_> = skills.iter().map(|s| make(&mut rng, 400, *s)).collect();
+        let ones = vec![1.0; 400];
+        fn view<'a>(sets: &'a [(Array2<f64>, Vec<bool>)], ones: &'a [f64]) -> Vec<ModelRows<'a>> {
+            sets.iter()
+                .map(|(x, y)| ModelRows {
+                    x,
+                    y,
+                    w: &ones[..y.len()],
+                })
+                .collect()
+        }
+        let (train_rows, dev_rows, fresh_rows) =
+            (view(&train, &ones), view(&dev, &ones), view(&fresh, &ones));
+        let own: Vec<LinearHead> = train_rows
+            .iter()
+            .map(|r| logistic(r.x, r.y, 30.0).expect("fits"))
+            .collect();
+        let (choice, heads) = choose_shrinkage(&own, &train_rows, &dev_rows).expect("chooses");
+        assert!(choice.kappa > 0.0, "{choice:?}");
+        assert!(choice.dev_log_loss < choice.own_dev_log_loss, "{choice:?}");
+        let before = total_log_loss(&own, &fresh_rows);
+        let after = total_log_loss(&heads, &fresh_rows);
+        assert!(
+            after < before - 0.02,
+            "fresh log-loss {before:.4} → {after:.4}"
+        );
+
+        let pooled = pooled_heads(&train_rows, 100.0).expect("fits");
+        assert_eq!(shrunk(&own[0], &pooled[0], 0.0, &train_rows[0]), own[0]);
+    }
+}
