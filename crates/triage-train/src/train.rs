@@ -163,6 +163,23 @@ pub fn train(options: &TrainOptions) -> Result<TrainReport, TrainError> {
             candidate: None,
             pulled: Vec::new(),
         }
+    } else if current
+        .as_ref()
+        .is_some_and(|c| c.version() == policy.version)
+    {
+        // Retraining on the same data with the same code: the current file was refitted on
+        // dev, so a held-out comparison on dev would wrongly refuse its own twin.
+        GateVerdict {
+            promote: true,
+            evidence: "unchanged".into(),
+            reason: format!(
+                "the retrained policy is the one already there (version {})",
+                policy.version
+            ),
+            current: None,
+            candidate: None,
+            pulled: Vec::new(),
+        }
     } else {
         gate(
             current.as_ref(),
