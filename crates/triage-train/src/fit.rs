@@ -60,12 +60,12 @@ pub fn design(rows: &[&[f32]], s: &Standardizer) -> Array2<f64> {
     x
 }
 
-fn sigmoid(z: f64) -> f64 {
+pub(crate) fn sigmoid(z: f64) -> f64 {
     1.0 / (1.0 + (-z).exp())
 }
 
 /// `head`'s logit on one standardised row.
-fn logit(head: &LinearHead, row: ndarray16::ArrayView1<'_, f64>) -> f64 {
+pub(crate) fn logit(head: &LinearHead, row: ndarray16::ArrayView1<'_, f64>) -> f64 {
     row.iter()
         .zip(&head.weights)
         .map(|(a, w)| a * f64::from(*w))

@@ -25,7 +25,7 @@ use triage_policy::{Policy, Prediction, apply_priors, decide};
 
 use crate::eval::baselines::lambda_grid;
 use crate::eval::curve::{Point, aiq, hull};
-use crate::fit::{design, standardizer};
+use crate::fit::{design, logit, sigmoid, standardizer};
 use crate::logdata::LoggedData;
 use crate::pooled::{ModelRows, pooled_heads};
 use crate::simulate::Knob;
@@ -183,10 +183,17 @@ impl PooledQuality {
         if logged.outcomes.len() < MIN_POOLED_OUTCOMES {
             return None;
         }
-        let features: Vec<Option<Vec<f32>>> = logged
+        // One width only: a log spanning an encoder change holds vectors of two widths, and
+        // the newest are the ones the policies compared use.
+        let decoded: Vec<Option<Vec<f32>>> = logged
             .decisions
             .iter()
             .map(|d| decode_features(&d.features).ok())
+            .collect();
+        let width = decoded.iter().rev().flatten().next()?.len();
+        let features: Vec<Option<Vec<f32>>> = decoded
+            .into_iter()
+            .map(|f| f.filter(|f| f.len() == width))
             .collect();
         let rows: Vec<&[f32]> = features.iter().flatten().map(Vec::as_slice).collect();
         let standardize = standardizer(&rows);
@@ -217,16 +224,7 @@ impl PooledQuality {
                 // σ(head) estimates P(quality ≥ 0.5); shift it to the model's mean quality.
                 let total: f64 = w.iter().sum();
                 let mean_p = (0..x.nrows())
-                    .map(|i| {
-                        w[i] * sigmoid(
-                            x.row(i)
-                                .iter()
-                                .zip(&head.weights)
-                                .map(|(a, b)| a * f64::from(*b))
-                                .sum::<f64>()
-                                + f64::from(head.bias),
-                        )
-                    })
+                    .map(|i| w[i] * sigmoid(logit(&head, x.row(i))))
                     .sum::<f64>()
                     / total.max(f64::MIN_POSITIVE);
                 let shift = means.get(*model).map_or(0.0, |m| m.quality) - mean_p;
@@ -241,20 +239,9 @@ impl PooledQuality {
         if features.len() != self.standardize.mean.len() {
             return None;
         }
-        let z: f64 = features
-            .iter()
-            .zip(&self.standardize.mean)
-            .zip(&self.standardize.scale)
-            .zip(&head.weights)
-            .map(|(((v, m), s), w)| f64::from((v - m) / s) * f64::from(*w))
-            .sum::<f64>()
-            + f64::from(head.bias);
-        Some((sigmoid(z) + shift).clamp(0.0, 1.0))
+        let row = design(&[features], &self.standardize);
+        Some((sigmoid(logit(head, row.row(0))) + shift).clamp(0.0, 1.0))
     }
-}
-
-fn sigmoid(z: f64) -> f64 {
-    1.0 / (1.0 + (-z).exp())
 }
 
 fn usable(reward_model: &RewardModel, catalog: &Catalog, logged: &LoggedData) -> Vec<Usable> {
