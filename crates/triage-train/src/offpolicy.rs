@@ -505,4 +505,62 @@ mod tests {
         assert!((quality - 9.0 / 19.0).abs() < 1e-12, "{quality}");
         assert!((tokens - 100.0).abs() < 1e-9);
     }
+
+    /// A log spanning an encoder change holds feature vectors of two widths: the pooled fit
+    /// uses the newest width and answers for it, and nothing panics.
+    #[test]
+    fn a_log_with_two_feature_widths_fits_on_the_newest() {
+        let decision = |i: usize, width: usize| triage_log::DecisionRecord {
+            request_id: format!("r{i}"),
+            time_ms: 0,
+            policy_version: "p".into(),
+            features: triage_log::encode_features(
+                &(0..width)
+                    .map(|j| ((i * 7 + j) % 5) as f32)
+                    .collect::<Vec<_>>(),
+            ),
+            input_tokens: 10,
+            knob: "balanced".into(),
+            cost_weight: None,
+            candidates: Vec::new(),
+            chosen: "m".into(),
+            propensity: 1.0,
+            explored: false,
+            session_id: String::new(),
+            prompt: None,
+            api_key: None,
+        };
+        let decisions: Vec<_> = (0..300)
+            .map(|i| decision(i, if i < 100 { 3 } else { 4 }))
+            .collect();
+        let outcomes: Vec<LoggedOutcome> = (0..300)
+            .map(|i| LoggedOutcome {
+                decision: i,
+                model: if i % 2 == 0 { "a" } else { "b" }.into(),
+                outcome: Outcome {
+                    quality: if i % 3 == 0 { 0.0 } else { 1.0 },
+                    cost_usd: 0.0,
+                    output_tokens: None,
+                    weight: 1.0,
+                },
+            })
+            .collect();
+        let logged = LoggedData {
+            decisions,
+            counts: LogCounts {
+                decisions: 300,
+                feedback: 300,
+                outcomes: 300,
+            },
+            outcomes,
+            sha256: String::new(),
+        };
+        let model = RewardModel::fit(&logged);
+        assert!(model.pooled.is_some(), "pooled direct model fitted");
+        let (q, _) = model.expect("a", &[1.0, 2.0, 0.0, 4.0]);
+        assert!((0.0..=1.0).contains(&q), "{q}");
+        // A vector of the old width falls back to the model's mean.
+        let (old, _) = model.expect("a", &[1.0, 2.0, 0.0]);
+        assert!((old - model.by_model["a"].quality).abs() < 1e-12);
+    }
 }
