@@ -142,7 +142,7 @@ fn cold_start_learns_close_to_the_offline_policy() {
 #[ignore = "issue 4 is open: on this 4-model slice the trust region pulls the new model's \
             head fully back to its prior in the one promotion (AIQ 0.8362 → 0.8323, offline \
             with it 0.8349, so the curve holds, but nothing of the model is learned); at full \
-            size 50% of its learned head is kept. Run with --ignored"]
+            size 25% of its learned head is kept. Run with --ignored"]
 fn a_new_model_is_learned_from_usage() {
     let dir = tempfile::tempdir().expect("tempdir");
     let Some(data) = slice(dir.path()) else {
