@@ -4,44 +4,23 @@
 
 #![cfg(unix)]
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use triage_proto::v1::router_client::RouterClient;
 use triage_proto::v1::{FeedbackRequest, Message, RouteRequest};
 
-fn root() -> &'static Path {
-    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
-}
+mod common;
 
-/// `triage serve` on port 0 with segments of a few records, compacted as soon as two are sealed.
-fn spawn_server(data_dir: &Path) -> (Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_triage"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(data_dir)
-        .current_dir(root())
-        .env("RUST_LOG", "warn")
-        .env("TRIAGE_LOG__SEGMENT_BYTES", "8000")
-        .env("TRIAGE_LOG__COMPACT_AFTER_SEGMENTS", "2")
-        .env("TRIAGE_LOG__COMPACT_INTERVAL_MS", "100")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("triage serve starts");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut line = String::new();
-    BufReader::new(stdout)
-        .read_line(&mut line)
-        .expect("reads the listening line");
-    let addr = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?} (run scripts/setup.sh first)"))
-        .to_owned();
-    (child, format!("http://{addr}"))
-}
+use common::{root, spawn_server};
+
+/// Segments of a few records, compacted as soon as two are sealed.
+const ENV: &[(&str, &str)] = &[
+    ("TRIAGE_LOG__SEGMENT_BYTES", "8000"),
+    ("TRIAGE_LOG__COMPACT_AFTER_SEGMENTS", "2"),
+    ("TRIAGE_LOG__COMPACT_INTERVAL_MS", "100"),
+];
 
 fn report(request_id: &str, feedback_id: &str, model: &str, quality: f64) -> FeedbackRequest {
     FeedbackRequest {
@@ -81,7 +60,7 @@ fn triage(args: &[&str]) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_server_compacts_its_log_and_still_knows_it_after_a_crash() {
     let data = tempfile::tempdir().expect("tempdir");
-    let (mut child, url) = spawn_server(data.path());
+    let (mut child, url) = spawn_server(data.path(), ENV);
     let mut client = RouterClient::connect(url).await.expect("connects");
     let mut routed = Vec::new();
     for i in 0..24 {
@@ -116,7 +95,7 @@ async fn the_server_compacts_its_log_and_still_knows_it_after_a_crash() {
     child.kill().expect("SIGKILL");
     child.wait().expect("reaped");
 
-    let (mut child, url) = spawn_server(data.path());
+    let (mut child, url) = spawn_server(data.path(), ENV);
     let mut client = RouterClient::connect(url).await.expect("reconnects");
     let (first_id, first_model) = &routed[0];
     // The first decision and its report now live in an archive: a retry is still recognised

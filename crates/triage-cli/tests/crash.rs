@@ -5,9 +5,7 @@
 #![cfg(unix)]
 
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -15,35 +13,12 @@ use triage_log::{LogRecord, read_log};
 use triage_proto::v1::router_client::RouterClient;
 use triage_proto::v1::{FeedbackRequest, Message, RouteRequest};
 
-fn root() -> &'static Path {
-    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
-}
+mod common;
 
-/// Starts `triage serve` on port 0 and returns it with the address it printed.
-fn spawn_server(data_dir: &Path) -> (Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_triage"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(data_dir)
-        .current_dir(root())
-        .env("RUST_LOG", "warn")
-        // The drain test queues long prompts on purpose: no shedding by queue wait here.
-        .env("TRIAGE_ENCODER__MAX_QUEUE_WAIT_MS", "0")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("triage serve starts");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut line = String::new();
-    BufReader::new(stdout)
-        .read_line(&mut line)
-        .expect("reads the listening line");
-    let addr = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?} (run scripts/setup.sh first)"))
-        .to_owned();
-    (child, format!("http://{addr}"))
-}
+use common::spawn_server;
+
+/// The drain test queues long prompts on purpose: no shedding by queue wait here.
+const ENV: &[(&str, &str)] = &[("TRIAGE_ENCODER__MAX_QUEUE_WAIT_MS", "0")];
 
 fn route_request(i: usize) -> RouteRequest {
     RouteRequest {
@@ -70,7 +45,7 @@ fn report(request_id: &str, feedback_id: &str, model: &str) -> FeedbackRequest {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_loses_no_acknowledged_feedback_and_duplicates_none() {
     let data = tempfile::tempdir().expect("tempdir");
-    let (mut child, url) = spawn_server(data.path());
+    let (mut child, url) = spawn_server(data.path(), ENV);
     let client = RouterClient::connect(url).await.expect("connects");
 
     // Route a pool of requests first, then stream feedback on them from several clients.
@@ -134,7 +109,7 @@ async fn sigkill_loses_no_acknowledged_feedback_and_duplicates_none() {
     );
 
     // Restart on the same directory: recovery, then every acknowledged report exactly once.
-    let (mut child, url) = spawn_server(data.path());
+    let (mut child, url) = spawn_server(data.path(), ENV);
     let mut client = RouterClient::connect(url).await.expect("reconnects");
     let (records, _) = read_log(data.path()).expect("log reads");
     let mut seen = HashSet::new();
@@ -169,7 +144,7 @@ async fn sigkill_loses_no_acknowledged_feedback_and_duplicates_none() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_in_flight_requests_and_flushes_the_log() {
     let data = tempfile::tempdir().expect("tempdir");
-    let (mut child, url) = spawn_server(data.path());
+    let (mut child, url) = spawn_server(data.path(), ENV);
     let client = RouterClient::connect(url).await.expect("connects");
     let first = client
         .clone()
