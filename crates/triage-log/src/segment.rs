@@ -139,54 +139,35 @@ pub fn read_log_with(
     loop {
         attempts += 1;
         match read_sources(dir, archive) {
-            Err(Vanished(path)) if attempts < 3 => {
-                tracing::debug!(segment = %path.display(), "segment compacted while reading; reading again");
+            Err(LogError::Io { path, .. }) if attempts < 3 && !Path::new(&path).exists() => {
+                tracing::debug!(segment = %path, "segment compacted while reading; reading again");
             }
-            Err(Vanished(path)) => {
-                return Err(io_error(
-                    &path,
-                    "segment kept vanishing (compacted) while reading",
-                ));
-            }
-            Ok(read) => return read,
+            read => return read,
         }
     }
 }
 
-/// A segment listed but gone when opened.
-struct Vanished(PathBuf);
-
-type ReadOutcome = Result<(Vec<LogRecord>, SegmentReport), LogError>;
-
-fn read_sources(dir: &Path, archive: Option<&dyn ArchiveFormat>) -> Result<ReadOutcome, Vanished> {
+fn read_sources(
+    dir: &Path,
+    archive: Option<&dyn ArchiveFormat>,
+) -> Result<(Vec<LogRecord>, SegmentReport), LogError> {
     let mut report = SegmentReport::default();
     let mut records = Vec::new();
-    let listed = match sources(dir) {
-        Ok(listed) => listed,
-        Err(e) => return Ok(Err(e)),
-    };
-    for source in listed {
+    for source in sources(dir)? {
         match source {
             Source::Segment(_, path) => {
-                let scanned = match scan_segment(&path) {
-                    Ok(scanned) => scanned,
-                    Err(_) if !path.exists() => return Err(Vanished(path)),
-                    Err(e) => return Ok(Err(e)),
-                };
+                let scanned = scan_segment(&path)?;
                 report.segments += 1;
                 report.torn_bytes += scanned.file_bytes - scanned.valid_bytes;
                 report.unreadable += scanned.unreadable;
                 records.extend(scanned.records);
             }
-            Source::Archive(run) => match read_archive(&run, archive) {
-                Ok(archived) => {
-                    report.archives += 1;
-                    records.extend(archived);
-                }
-                Err(e) => return Ok(Err(e)),
-            },
+            Source::Archive(run) => {
+                records.extend(read_archive(&run, archive)?);
+                report.archives += 1;
+            }
         }
     }
     report.records = records.len();
-    Ok(Ok((records, report)))
+    Ok((records, report))
 }
