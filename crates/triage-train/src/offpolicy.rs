@@ -18,6 +18,7 @@
 
 use std::collections::HashMap;
 
+use ndarray16::Array2;
 use serde::Serialize;
 use triage_core::{Catalog, Mode};
 use triage_log::decode_features;
@@ -164,15 +165,24 @@ impl RewardModel {
         }
     }
 
-    /// Expected (quality, answer tokens) of `model` on a prompt with `features`.
-    fn expect(&self, model: &str, features: &[f32]) -> (f64, f64) {
+    /// A prompt's feature vector standardised for the pooled fit, once for all models (`None`
+    /// without a pooled fit or for a vector of another width: then the means answer).
+    fn prompt(&self, features: &[f32]) -> Option<Array2<f64>> {
+        let pooled = self.pooled.as_ref()?;
+        (features.len() == pooled.standardize.mean.len())
+            .then(|| design(&[features], &pooled.standardize))
+    }
+
+    /// Expected (quality, answer tokens) of `model` on a [`prompt`](Self::prompt).
+    fn expect(&self, model: &str, prompt: Option<&Array2<f64>>) -> (f64, f64) {
         let Some(means) = self.by_model.get(model) else {
             return self.fallback;
         };
         let quality = self
             .pooled
             .as_ref()
-            .and_then(|p| p.quality(model, features))
+            .zip(prompt)
+            .and_then(|(p, row)| p.quality(model, row))
             .unwrap_or(means.quality);
         (quality, means.tokens)
     }
@@ -234,12 +244,8 @@ impl PooledQuality {
         Some(Self { standardize, heads })
     }
 
-    fn quality(&self, model: &str, features: &[f32]) -> Option<f64> {
+    fn quality(&self, model: &str, row: &Array2<f64>) -> Option<f64> {
         let (head, shift) = self.heads.get(model)?;
-        if features.len() != self.standardize.mean.len() {
-            return None;
-        }
-        let row = design(&[features], &self.standardize);
         Some((sigmoid(logit(head, row.row(0))) + shift).clamp(0.0, 1.0))
     }
 }
@@ -261,11 +267,12 @@ fn usable(reward_model: &RewardModel, catalog: &Catalog, logged: &LoggedData) ->
         let Ok(features) = decode_features(&d.features) else {
             continue;
         };
+        let prompt = reward_model.prompt(&features);
         let expected = catalog
             .models()
             .iter()
             .map(|spec| {
-                let (q, tokens) = reward_model.expect(&spec.name, &features);
+                let (q, tokens) = reward_model.expect(&spec.name, prompt.as_ref());
                 let c = spec.cost_usd(f64::from(d.input_tokens), tokens);
                 (spec.name.clone(), (q, c))
             })
@@ -501,7 +508,7 @@ mod tests {
             outcomes,
             sha256: String::new(),
         };
-        let (quality, tokens) = RewardModel::fit(&logged).expect("small", &[]);
+        let (quality, tokens) = RewardModel::fit(&logged).expect("small", None);
         assert!((quality - 9.0 / 19.0).abs() < 1e-12, "{quality}");
         assert!((tokens - 100.0).abs() < 1e-9);
     }
@@ -557,10 +564,11 @@ mod tests {
         };
         let model = RewardModel::fit(&logged);
         assert!(model.pooled.is_some(), "pooled direct model fitted");
-        let (q, _) = model.expect("a", &[1.0, 2.0, 0.0, 4.0]);
+        let newest = model.prompt(&[1.0, 2.0, 0.0, 4.0]);
+        let (q, _) = model.expect("a", newest.as_ref());
         assert!((0.0..=1.0).contains(&q), "{q}");
         // A vector of the old width falls back to the model's mean.
-        let (old, _) = model.expect("a", &[1.0, 2.0, 0.0]);
+        let (old, _) = model.expect("a", model.prompt(&[1.0, 2.0, 0.0]).as_ref());
         assert!((old - model.by_model["a"].quality).abs() < 1e-12);
     }
 }
