@@ -275,10 +275,6 @@ pub fn fit_policy(prepared: &Prepared) -> Result<Fitted, TrainError> {
             |rows: &[usize]| -> Vec<&[f32]> { rows.iter().map(|&p| feats[p].as_slice()).collect() };
         let tr_x = design(&as_rows(&tr_rows), &standardize);
         let dv_x = design(&as_rows(&dv_rows), &standardize);
-        let all_x = design(
-            &as_rows(&[tr_rows.as_slice(), &dv_rows].concat()),
-            &standardize,
-        );
         let started = std::time::Instant::now();
         let q = quality_head(&tr_x, &tr_y, &tr_w, &dv_x, &dv_y, &dv_w)?;
         let length = length_head(&tr_x, &tr_tokens)?;
@@ -293,21 +289,25 @@ pub fn fit_policy(prepared: &Prepared) -> Result<Fitted, TrainError> {
             name.clone(),
             serde_json::json!({"alpha": q.alpha, "dev_log_loss": q.dev_log_loss, "train_rows": tr_rows.len()}),
         );
-        let all_y = [tr_y.as_slice(), &dv_y].concat();
-        let all_w = [tr_w.as_slice(), &dv_w].concat();
-        let refit = if dv_rows.is_empty() {
-            None
+        // Train + dev, stacked from the rows already standardised.
+        let (all, refit) = if dv_rows.is_empty() {
+            (None, None)
         } else {
-            Some((
+            let all_x = ndarray16::concatenate(ndarray16::Axis(0), &[tr_x.view(), dv_x.view()])
+                .map_err(|e| TrainError::Fit(format!("stacking train and dev rows: {e}")))?;
+            let all_y = [tr_y.as_slice(), &dv_y].concat();
+            let all_w = [tr_w.as_slice(), &dv_w].concat();
+            let refit = (
                 q.refit(&all_x, &all_y, &all_w)?,
                 length_head(&all_x, &[tr_tokens, dv_tokens].concat())?,
-            ))
+            );
+            (Some((all_x, all_y, all_w)), Some(refit))
         };
         per_model.push(ModelData {
             name: name.clone(),
             train: (tr_x, tr_y, tr_w),
             dev: (dv_x, dv_y, dv_w),
-            all: (all_x, all_y, all_w),
+            all,
             own: q.head,
             length,
             refit,
@@ -390,11 +390,18 @@ struct ModelData {
     name: String,
     train: LabelledRows,
     dev: LabelledRows,
-    all: LabelledRows,
+    /// Train + dev (`None` without dev rows: then train alone).
+    all: Option<LabelledRows>,
     own: LinearHead,
     length: LengthHead,
     /// The own heads refitted on train + dev (`None` without dev rows).
     refit: Option<(LinearHead, LengthHead)>,
+}
+
+impl ModelData {
+    fn train_and_dev(&self) -> &LabelledRows {
+        self.all.as_ref().unwrap_or(&self.train)
+    }
 }
 
 /// Shrinks every model's quality head toward the pooled fit as dev chooses (see `pooled`),
@@ -416,7 +423,7 @@ fn shrink_toward_pooled(per_model: Vec<ModelData>) -> Result<ShrunkHeads, TrainE
         "quality heads shrunk toward the pooled fit (dev log-loss)"
     );
     let refit_pooled = if choice.kappa > 0.0 {
-        let all: Vec<ModelRows<'_>> = per_model.iter().map(|d| rows(&d.all)).collect();
+        let all: Vec<ModelRows<'_>> = per_model.iter().map(|d| rows(d.train_and_dev())).collect();
         Some(pooled_heads(&all, choice.alpha)?)
     } else {
         None
@@ -432,7 +439,7 @@ fn shrink_toward_pooled(per_model: Vec<ModelData>) -> Result<ShrunkHeads, TrainE
         refitted.push(d.refit.as_ref().map(|(own, length)| ModelHead {
             name: d.name.clone(),
             quality: match &refit_pooled {
-                Some(pooled) => shrunk(own, &pooled[m], choice.kappa, &rows(&d.all)),
+                Some(pooled) => shrunk(own, &pooled[m], choice.kappa, &rows(d.train_and_dev())),
                 None => own.clone(),
             },
             output_tokens: length.clone(),
