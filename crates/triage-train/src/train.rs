@@ -163,31 +163,31 @@ pub fn train(options: &TrainOptions) -> Result<TrainReport, TrainError> {
             candidate: None,
             pulled: Vec::new(),
         }
-    } else if current
-        .as_ref()
-        .is_some_and(|c| c.version() == policy.version)
-    {
-        // Retraining on the same data with the same code: the current file was refitted on
-        // dev, so a held-out comparison on dev would wrongly refuse its own twin.
-        GateVerdict {
-            promote: true,
-            evidence: "unchanged".into(),
-            reason: format!(
-                "the retrained policy is the one already there (version {})",
-                policy.version
-            ),
-            current: None,
-            candidate: None,
-            pulled: Vec::new(),
-        }
     } else {
-        gate(
+        // A current policy fitted on this very table was refitted on its dev split, so it is
+        // judged against the candidate's refit, which has seen dev too: the dev-blind form
+        // would lose to its own twin.
+        let same_table = current.as_ref().is_some_and(|c| {
+            c.file()
+                .training
+                .get("data_sha256")
+                .and_then(|v| v.as_str())
+                == Some(prepared.outcomes.data_sha256.as_str())
+        });
+        let judged = if same_table { &policy } else { &validated };
+        let mut verdict = gate(
             current.as_ref(),
-            &validated,
+            judged,
             &prepared,
             logged.as_ref(),
             &catalog,
-        )?
+        )?;
+        if same_table {
+            verdict.reason.push_str(
+                " (both refitted on this table's dev split, so their refits are compared)",
+            );
+        }
+        verdict
     };
     for (model, kept) in &verdict.pulled {
         if let Some(pulled) = pulled_toward_prior(&policy, model, *kept, &catalog) {

@@ -115,11 +115,17 @@ fn trains_on_a_slice_beats_the_cheapest_model_and_serving_agrees_with_eval() {
     let report = train(&opts).expect("training succeeds");
     assert_eq!(report.policy.models.len(), 3);
     let policy = Policy::load(&policy_path).expect("written policy loads");
-    // Retraining the same data into the same file is recognised, not refused by a dev
-    // comparison against its own refitted twin.
+    // Retraining the same data into the same file compares the refits (both saw dev), so the
+    // twin is not refused by a dev comparison of its dev-blind form against the refit.
     let again = train(&opts).expect("retraining succeeds");
     assert!(again.verdict.promote, "{:?}", again.verdict);
-    assert_eq!(again.verdict.evidence, "unchanged");
+    assert_eq!(again.verdict.evidence, "held-out");
+    assert!(
+        again.verdict.reason.contains("both refitted"),
+        "{}",
+        again.verdict.reason
+    );
+    assert_eq!(again.policy.version, report.policy.version);
 
     let prepared = prepare(&opts).expect("prepare");
     // What is written is the train + dev refit of what dev chose.
