@@ -58,6 +58,8 @@ pub const THIN_OUTCOMES: usize = 200;
 /// Most traffic (a share of decisions at any of the compared cost settings) a thin model may
 /// gain in one promotion.
 pub const MAX_THIN_SHARE_STEP: f64 = 0.2;
+/// Halvings of the weight kept on a thin model's learned head (precision 1/64).
+const KEPT_BISECTION_STEPS: usize = 6;
 /// Prompts the share comparison looks at, at most.
 const SHARE_PROMPTS: usize = 2000;
 
@@ -113,19 +115,32 @@ pub fn gate(
     let mut adjusted = candidate.clone();
     let mut pulled = Vec::new();
     for (model, was, share, n) in tripping {
-        // The least pull toward the prior that keeps the step inside the region.
-        let mut fitted_in = None;
-        for kept in [0.75, 0.5, 0.25, 0.0] {
+        let within = |kept: f64| -> Result<Option<PolicyFile>, TrainError> {
             let Some(trial) = pulled_toward_prior(&adjusted, model, kept, catalog) else {
-                break;
+                return Ok(None);
             };
             let policy = Policy::new(trial.clone()).map_err(|e| TrainError::Fit(e.to_string()))?;
             let (from, to) = largest_gain(&before, &knob_shares(&policy, prepared, catalog), model);
-            if to - from <= MAX_THIN_SHARE_STEP {
-                fitted_in = Some((trial, kept));
-                break;
+            Ok((to - from <= MAX_THIN_SHARE_STEP).then_some(trial))
+        };
+        // The least pull toward the prior that keeps the step inside the region: the prior
+        // itself must fit, then bisection on the weight kept on what was learned (the whole of
+        // it does not fit, or the model would not be tripping). A coarse grid would throw away
+        // learning the region allows, down to all of it on a small table.
+        let fitted_in = match within(0.0)? {
+            None => None,
+            Some(prior_only) => {
+                let (mut fits, mut lo, mut hi) = (prior_only, 0.0, 1.0);
+                for _ in 0..KEPT_BISECTION_STEPS {
+                    let mid = 0.5 * (lo + hi);
+                    match within(mid)? {
+                        Some(trial) => (fits, lo) = (trial, mid),
+                        None => hi = mid,
+                    }
+                }
+                Some((fits, lo))
             }
-        }
+        };
         let Some((trial, kept)) = fitted_in else {
             return Ok(GateVerdict {
                 promote: false,
