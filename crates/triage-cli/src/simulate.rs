@@ -180,6 +180,23 @@ pub fn run(mut settings: Settings, args: SimulateArgs, base: PathBuf) -> anyhow:
     if let Some(a) = report.reference_aiq {
         println!("reference policy AIQ: {a:.4}");
     }
+    if let Some(hidden) = &args.hide {
+        // Choices on the evaluation split in the run's mode, without exploration.
+        let share = |shares: &std::collections::BTreeMap<String, f64>| {
+            format!("{:.1}%", 100.0 * shares.get(hidden).copied().unwrap_or(0.0))
+        };
+        let per_round: Vec<String> = report
+            .rounds
+            .iter()
+            .filter_map(|r| r.eval_shares.as_ref().map(share))
+            .collect();
+        println!(
+            "{hidden}'s share of the serving policy's choices (evaluation split) by round: {}; \
+             reference policy: {}",
+            per_round.join(" → "),
+            report.reference_shares.as_ref().map_or("-".into(), share)
+        );
+    }
     if let Some(d) = &report.drift {
         println!(
             "drift: {} had {:.1}% of traffic before; {} (trailing {} requests); {:.1}% at the end",

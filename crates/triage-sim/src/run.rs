@@ -12,6 +12,7 @@ use triage_policy::Policy;
 use triage_proto::v1;
 use triage_proto::v1::router_client::RouterClient;
 use triage_server::RoutingEngine;
+use triage_train::simulate::Knob;
 use triage_train::table::Split;
 use triage_train::{Prepared, TrainOptions, policy_aiq, prepare, prior_policy, train};
 
@@ -98,6 +99,9 @@ pub struct Round {
     /// AIQ on the evaluation split of the retrained candidate, promoted or not: whether the
     /// gate's call was right (the gate itself never sees the evaluation split).
     pub candidate_aiq: Option<f64>,
+    /// Share per model of the serving policy's choices on the evaluation split in the run's
+    /// mode, without exploration: what `reference_shares` is compared with.
+    pub eval_shares: Option<BTreeMap<String, f64>>,
 }
 
 /// The whole run.
@@ -107,6 +111,9 @@ pub struct SimReport {
     pub start_aiq: Option<f64>,
     /// AIQ of the reference policy on the evaluation split.
     pub reference_aiq: Option<f64>,
+    /// Share per model of the reference policy's choices on the evaluation split in the run's
+    /// mode (a new model's share converges to this when it is learned).
+    pub reference_shares: Option<BTreeMap<String, f64>>,
     /// The rounds.
     pub rounds: Vec<Round>,
     /// The drifted model, its share before the drift, and the requests after the drift until
@@ -213,16 +220,27 @@ pub fn simulate(o: &SimOptions) -> Result<SimReport, SimError> {
         }
     }
     let eval_prompts = o.eval_split.map(|s| table.outcomes.indices(s));
-    let aiq_of = |path: &Path| -> Result<Option<f64>, SimError> {
+    // AIQ over the λ sweep, and each model's share of the choices in the run's mode.
+    let evaluate = |path: &Path| -> Result<Option<Evaluated>, SimError> {
         let Some(prompts) = &eval_prompts else {
             return Ok(None);
         };
         let policy = Policy::load(path).map_err(|e| SimError::Usage(e.to_string()))?;
-        Ok(Some(policy_aiq(&table, &policy, prompts)?))
+        let choices = table
+            .replay(&policy, prompts.clone())?
+            .choices(Knob::Mode(o.mode));
+        let mut shares: BTreeMap<String, f64> = BTreeMap::new();
+        for model in choices.into_iter().flatten() {
+            *shares.entry(model).or_default() += 1.0 / prompts.len().max(1) as f64;
+        }
+        Ok(Some(Evaluated {
+            aiq: policy_aiq(&table, &policy, prompts)?,
+            shares,
+        }))
     };
-    let start_aiq = aiq_of(&policy_path)?;
-    let reference_aiq = match &o.reference {
-        Some(path) => aiq_of(path)?,
+    let start_aiq = evaluate(&policy_path)?.map(|e| e.aiq);
+    let reference = match &o.reference {
+        Some(path) => evaluate(path)?,
         None => None,
     };
 
@@ -308,14 +326,16 @@ pub fn simulate(o: &SimOptions) -> Result<SimReport, SimError> {
             }
             Err(e) => format!("not retrained: {e}"),
         };
+        let serving = evaluate(&policy_path)?;
         let mut round = summarise(
             r + 1,
             served.len(),
             &served[served.len() - chunk.len()..],
             version,
             verdict,
-            aiq_of(&policy_path)?,
         );
+        round.eval_aiq = serving.as_ref().map(|e| e.aiq);
+        round.eval_shares = serving.map(|e| e.shares);
         round.candidate_aiq = candidate_aiq;
         tracing::info!(
             round = round.round,
@@ -335,9 +355,11 @@ pub fn simulate(o: &SimOptions) -> Result<SimReport, SimError> {
         o.drift.as_ref().zip(drift_model).map(|(d, model)| {
             drift_report(&served, &model, d.after, o.retrain_every.clamp(50, 200))
         });
+    let (reference_aiq, reference_shares) = reference.map(|e| (e.aiq, e.shares)).unzip();
     Ok(SimReport {
         start_aiq,
         reference_aiq,
+        reference_shares,
         rounds,
         drift,
     })
@@ -465,13 +487,18 @@ async fn wait_for_version(
     )))
 }
 
+/// A policy judged on the evaluation split.
+struct Evaluated {
+    aiq: f64,
+    shares: BTreeMap<String, f64>,
+}
+
 fn summarise(
     round: usize,
     requests: usize,
     chunk: &[Served],
     policy_version: String,
     retrain: String,
-    eval_aiq: Option<f64>,
 ) -> Round {
     let n = chunk.len().max(1) as f64;
     let mut shares: BTreeMap<String, f64> = BTreeMap::new();
@@ -487,8 +514,9 @@ fn summarise(
         explored: chunk.iter().filter(|s| s.explored).count(),
         policy_version,
         retrain,
-        eval_aiq,
+        eval_aiq: None,
         candidate_aiq: None,
+        eval_shares: None,
     }
 }
 
