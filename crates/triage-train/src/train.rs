@@ -365,7 +365,7 @@ pub fn fit_policy(prepared: &Prepared) -> Result<Fitted, TrainError> {
                          cost: widest within 0.05",
         "per_model": metrics,
         "neighbour_blend_dev_aiq": blend_report,
-        "refit": "heads and neighbours refitted on train + dev with the choices made on dev",
+        "refit": "none: heads and neighbours fitted on train, every choice made on dev",
         "pooled_shrinkage": {
             "alpha": shrinkage.alpha.is_finite().then_some(shrinkage.alpha),
             "kappa": if shrinkage.kappa.is_finite() { Some(shrinkage.kappa) } else { None },
@@ -717,6 +717,8 @@ fn deployed_form(
             *head = refit;
         }
     }
+    file.training["refit"] =
+        "heads and neighbours refitted on train + dev with the choices made on dev".into();
     if let Some(chosen) = &validated.neighbours {
         file.neighbours = Some(NeighbourSet {
             length_weight: chosen.length_weight,

@@ -140,6 +140,11 @@ fn trains_on_a_slice_beats_the_cheapest_model_and_serving_agrees_with_eval() {
             .any(|(d, v)| d.quality != v.quality),
         "dev rows changed no head"
     );
+    let refit = |f: &triage_policy::PolicyFile| f.training["refit"].as_str().map(str::to_owned);
+    assert!(refit(&fitted.validated).is_some_and(|r| r.starts_with("none")));
+    assert!(
+        refit(&fitted.deployed).is_some_and(|r| r.starts_with("heads and neighbours refitted"))
+    );
     let (train_n, dev_n, _) = report.prompts;
     if let (Some(d), Some(v)) = (&fitted.deployed.neighbours, &fitted.validated.neighbours) {
         assert_eq!((v.rows, d.rows), (train_n, train_n + dev_n));
