@@ -14,7 +14,7 @@ use triage_proto::v1::router_client::RouterClient;
 use triage_server::RoutingEngine;
 use triage_train::simulate::Knob;
 use triage_train::table::Split;
-use triage_train::{Prepared, TrainOptions, policy_aiq, prepare, prior_policy, train};
+use triage_train::{Prepared, TrainOptions, policy_aiq, prepare, prior_policy, replay_aiq, train};
 
 use crate::SimError;
 
@@ -226,15 +226,13 @@ pub fn simulate(o: &SimOptions) -> Result<SimReport, SimError> {
             return Ok(None);
         };
         let policy = Policy::load(path).map_err(|e| SimError::Usage(e.to_string()))?;
-        let choices = table
-            .replay(&policy, prompts.clone())?
-            .choices(Knob::Mode(o.mode));
+        let replay = table.replay(&policy, prompts.clone())?;
         let mut shares: BTreeMap<String, f64> = BTreeMap::new();
-        for model in choices.into_iter().flatten() {
+        for model in replay.choices(Knob::Mode(o.mode)).into_iter().flatten() {
             *shares.entry(model).or_default() += 1.0 / prompts.len().max(1) as f64;
         }
         Ok(Some(Evaluated {
-            aiq: policy_aiq(&table, &policy, prompts)?,
+            aiq: replay_aiq(&table, &replay),
             shares,
         }))
     };

@@ -555,13 +555,18 @@ pub fn policy_aiq(
     prompts: &[usize],
 ) -> Result<f64, TrainError> {
     let replay = prepared.replay(policy, prompts.to_vec())?;
+    Ok(replay_aiq(prepared, &replay))
+}
+
+/// AIQ of an existing replay (see [`policy_aiq`]), for callers that also need its choices.
+pub fn replay_aiq(prepared: &Prepared, replay: &Replay<'_>) -> f64 {
     let points: Vec<_> = lambda_grid()
         .into_iter()
         .map(|l| replay.point(Knob::CostWeight(l)))
         .collect();
-    let singles = single_models(&prepared.outcomes, prompts);
+    let singles = single_models(&prepared.outcomes, replay.prompts());
     let (lo, hi) = cost_range(&singles);
-    Ok(aiq(&hull(&points), lo, hi))
+    aiq(&hull(&points), lo, hi)
 }
 
 /// A policy that knows nothing about prompts: every model predicts `quality` and
@@ -717,8 +722,12 @@ fn deployed_form(
             *head = refit;
         }
     }
-    file.training["refit"] =
-        "heads and neighbours refitted on train + dev with the choices made on dev".into();
+    if let Some(training) = file.training.as_object_mut() {
+        training.insert(
+            "refit".into(),
+            "heads and neighbours refitted on train + dev with the choices made on dev".into(),
+        );
+    }
     if let Some(chosen) = &validated.neighbours {
         file.neighbours = Some(NeighbourSet {
             length_weight: chosen.length_weight,
