@@ -15,7 +15,7 @@ use triage_policy::{
 
 use crate::TrainError;
 use crate::embed::{EmbeddingCache, PromptFeatures, prompt_features};
-use crate::eval::baselines::{cost_range, lambda_grid, single_models};
+use crate::eval::baselines::{cost_range, lambda_grid, neighbourhood_sizes, single_models};
 use crate::eval::curve::{aiq, hull};
 use crate::fit::{design, length_head, quality_head, standardizer};
 use crate::logdata::{LogCounts, LoggedData, merge};
@@ -524,7 +524,9 @@ fn content_hash(file: &PolicyFile) -> String {
 }
 
 /// Neighbourhood sizes and blend weights searched on dev.
-const NEIGHBOUR_KS: [usize; 4] = [20, 40, 80, 160];
+/// Smallest neighbourhood blended into the heads (then doubling, see `neighbourhood_sizes`):
+/// fewer than 20 neighbours are too noisy to move a calibrated head.
+const SMALLEST_NEIGHBOUR_K: usize = 20;
 const NEIGHBOUR_WEIGHTS: [f64; 5] = [0.0, 0.25, 0.5, 0.75, 1.0];
 
 /// Replays a candidate policy file over `prompts` through the serving decision rule.
@@ -628,7 +630,7 @@ fn choose_neighbours(
     let base = neighbour_set(prepared, file, train, 1, 0.0);
     let mut best = (None, dev_aiq(prepared, file, dev)?);
     let mut tried = vec![serde_json::json!({"k": 0, "weight": 0.0, "aiq": best.1})];
-    for k in NEIGHBOUR_KS {
+    for k in neighbourhood_sizes(SMALLEST_NEIGHBOUR_K, train.len()) {
         for weight in NEIGHBOUR_WEIGHTS.into_iter().filter(|w| *w > 0.0) {
             let set = NeighbourSet {
                 k,

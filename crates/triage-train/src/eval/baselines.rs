@@ -11,6 +11,16 @@ pub fn lambda_grid() -> Vec<f64> {
     grid
 }
 
+/// Neighbourhood sizes worth trying on `train_prompts` prompts: doubling from `smallest` up to a
+/// quarter of them. A fixed list stopped at 160, where dev AIQ was still rising on larger tables
+/// (MMLU-Pro's 8,446 train prompts); a quarter keeps every neighbourhood local.
+pub fn neighbourhood_sizes(smallest: usize, train_prompts: usize) -> Vec<usize> {
+    let largest = (train_prompts / 4).max(smallest.max(1));
+    std::iter::successors(Some(smallest.max(1)), |k| Some(k * 2))
+        .take_while(|k| *k <= largest)
+        .collect()
+}
+
 /// Share of prompts a model must have outcomes on to count as a single-model baseline.
 const MIN_COVERAGE: f64 = 0.99;
 
@@ -167,4 +177,21 @@ pub fn knn_estimates(
             (q, c)
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::neighbourhood_sizes;
+
+    #[test]
+    fn neighbourhood_sizes_double_up_to_a_quarter_of_train() {
+        assert_eq!(neighbourhood_sizes(20, 1988), vec![20, 40, 80, 160, 320]);
+        assert_eq!(
+            neighbourhood_sizes(20, 8446),
+            vec![20, 40, 80, 160, 320, 640, 1280]
+        );
+        // A tiny table still tries the smallest size.
+        assert_eq!(neighbourhood_sizes(20, 30), vec![20]);
+        assert_eq!(neighbourhood_sizes(5, 0), vec![5]);
+    }
 }

@@ -21,7 +21,8 @@ use crate::simulate::{Knob, Replay};
 use crate::table::Split;
 use crate::train::Prepared;
 use baselines::{
-    cost_range, knn_estimates, lambda_grid, oracle_estimates, random_mix, single_models, sweep,
+    cost_range, knn_estimates, lambda_grid, neighbourhood_sizes, oracle_estimates, random_mix,
+    single_models, sweep,
 };
 use curve::{Point, aiq, hull, pair_metrics};
 
@@ -34,8 +35,8 @@ pub struct EvalOptions {
     pub pair: Option<(String, String)>,
 }
 
-/// kNN neighbourhood sizes tried on dev.
-const KNN_KS: [usize; 6] = [5, 10, 20, 40, 80, 160];
+/// Smallest kNN neighbourhood tried on dev (then doubling, see `neighbourhood_sizes`).
+const SMALLEST_KNN_K: usize = 5;
 
 /// Evaluates `policy` and the baselines on `options.split` of a prepared table.
 pub fn evaluate(
@@ -172,8 +173,8 @@ fn tune_knn(
     let o = &prepared.outcomes;
     let singles = single_models(o, dev);
     let (lo, hi) = cost_range(&singles);
-    let mut best = (KNN_KS[0], f64::MIN);
-    for k in KNN_KS {
+    let mut best = (SMALLEST_KNN_K, f64::MIN);
+    for k in neighbourhood_sizes(SMALLEST_KNN_K, train.len()) {
         let est = knn_estimates(o, &prepared.features.features, dim, train, dev, k);
         let score = aiq(&hull(&sweep(o, dev, &est, models, lambdas)), lo, hi);
         if score > best.1 {
