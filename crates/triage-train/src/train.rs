@@ -589,10 +589,10 @@ fn content_hash(file: &PolicyFile) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
-/// Neighbourhood sizes and blend weights searched on dev.
 /// Smallest neighbourhood blended into the heads (then doubling, see `neighbourhood_sizes`):
 /// fewer than 20 neighbours are too noisy to move a calibrated head.
 const SMALLEST_NEIGHBOUR_K: usize = 20;
+/// Blend weights of the neighbours' quality searched on dev, at every size.
 const NEIGHBOUR_WEIGHTS: [f64; 5] = [0.0, 0.25, 0.5, 0.75, 1.0];
 
 /// Replays a candidate policy file over `prompts` through the serving decision rule.
