@@ -25,7 +25,7 @@ mod train;
 
 pub use train::{
     Fitted, Prepared, TrainOptions, TrainReport, candidate_path, fit_policy, policy_aiq, prepare,
-    prior_policy, replay_aiq, train, validated_path, write_policy_atomically,
+    prior_policy, replay_aiq, train, write_policy_atomically,
 };
 
 /// Why training or evaluation failed.

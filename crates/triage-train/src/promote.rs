@@ -68,18 +68,14 @@ const SHARE_PROMPTS: usize = 2000;
 /// fine to a noisy estimate and still be badly over-confident; one promotion must not hand
 /// such a model a large share of traffic. Exploration keeps feeding it, so it can grow by
 /// [`MAX_THIN_SHARE_STEP`] per retrain until it has [`THIN_OUTCOMES`] outcomes.
-///
-/// `judged_current` is the form of the serving policy `current` that the evidence compares
-/// with `candidate` (see `train::judged_forms`); traffic shares are `current`'s own.
 pub fn gate(
     current: Option<&Policy>,
-    judged_current: Option<&Policy>,
     candidate: &PolicyFile,
     prepared: &Prepared,
     logged: Option<&LoggedData>,
     catalog: &Catalog,
 ) -> Result<GateVerdict, TrainError> {
-    let verdict = evidence(judged_current, candidate, prepared, logged, catalog)?;
+    let verdict = evidence(current, candidate, prepared, logged, catalog)?;
     let Some(current) = current.filter(|_| verdict.promote) else {
         return Ok(verdict);
     };

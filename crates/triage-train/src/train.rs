@@ -164,39 +164,37 @@ pub fn train(options: &TrainOptions) -> Result<TrainReport, TrainError> {
             pulled: Vec::new(),
         }
     } else {
-        let (judged_current, judged, how) = judged_forms(
-            current.as_ref(),
-            &validated,
-            &policy,
-            &prepared,
-            &options.out,
-        );
+        // A current policy fitted on this very table was refitted on its dev split, so it is
+        // judged against the candidate's refit, which has seen dev too: the dev-blind form
+        // would lose to its own twin.
+        let same_table = current.as_ref().is_some_and(|c| {
+            c.file()
+                .training
+                .get("data_sha256")
+                .and_then(|v| v.as_str())
+                == Some(prepared.outcomes.data_sha256.as_str())
+        });
+        let judged = if same_table { &policy } else { &validated };
         let mut verdict = gate(
             current.as_ref(),
-            judged_current.as_ref().or(current.as_ref()),
             judged,
             &prepared,
             logged.as_ref(),
             &catalog,
         )?;
-        verdict.reason.push_str(how);
+        if same_table {
+            verdict.reason.push_str(
+                " (both refitted on this table's dev split, so their refits are compared)",
+            );
+        }
         verdict
     };
     for (model, kept) in &verdict.pulled {
         if let Some(pulled) = pulled_toward_prior(&policy, model, *kept, &catalog) {
             policy = pulled;
         }
-        if let Some(pulled) = pulled_toward_prior(&validated, model, *kept, &catalog) {
-            validated = pulled;
-        }
     }
     if verdict.promote {
-        // The train-only form goes first, bound to the version it stands for: a crash between
-        // the two writes leaves a form the next gate ignores, never a wrong one.
-        if let Some(training) = validated.training.as_object_mut() {
-            training.insert("deployed_version".into(), policy.version.clone().into());
-        }
-        write_policy_atomically(&validated, &validated_path(&options.out))?;
         write_policy_atomically(&policy, &options.out)?;
     } else {
         // Kept aside so an operator can inspect it or promote it by hand.
@@ -213,70 +211,6 @@ pub fn train(options: &TrainOptions) -> Result<TrainReport, TrainError> {
         verdict,
         log_counts: logged.map(|l| l.counts),
     })
-}
-
-/// Where the train-only form of the written policy is kept for the next gate:
-/// `policy.json` → `policy.validated.json`.
-pub fn validated_path(out: &Path) -> PathBuf {
-    out.with_extension("validated.json")
-}
-
-/// Which forms of the current and the candidate policy the gate compares, and what to add to
-/// its reason. The deployed forms are refitted on their dev splits, which, on a log, hold the
-/// same held-out decisions the gate estimates on (the split hashes each decision): a current
-/// policy judged in its deployed form would be judged on its own training data. So, when the
-/// current policy's train-only form was kept beside it, the two train-only forms are compared,
-/// neither having seen the held-out data. Without it (a policy written by hand or by an older
-/// version), a current policy fitted on this very table meets the candidate's refit, which has
-/// seen the same dev split.
-fn judged_forms<'a>(
-    current: Option<&Policy>,
-    validated: &'a PolicyFile,
-    deployed: &'a PolicyFile,
-    prepared: &Prepared,
-    out: &Path,
-) -> (Option<Policy>, &'a PolicyFile, &'static str) {
-    let Some(current) = current else {
-        return (None, validated, "");
-    };
-    let path = validated_path(out);
-    let kept = path
-        .is_file()
-        .then(|| Policy::load(&path))
-        .transpose()
-        .unwrap_or_else(|e| {
-            tracing::warn!(error = %e, "the kept train-only form does not load; ignoring it");
-            None
-        })
-        .filter(|v| {
-            v.file()
-                .training
-                .get("deployed_version")
-                .and_then(|v| v.as_str())
-                == Some(current.file().version.as_str())
-        });
-    if let Some(kept) = kept {
-        return (
-            Some(kept),
-            validated,
-            " (train-only forms compared: neither has seen the held-out data)",
-        );
-    }
-    let same_table = current
-        .file()
-        .training
-        .get("data_sha256")
-        .and_then(|v| v.as_str())
-        == Some(prepared.outcomes.data_sha256.as_str());
-    if same_table {
-        (
-            None,
-            deployed,
-            " (both refitted on this table's dev split, so their refits are compared)",
-        )
-    } else {
-        (None, validated, "")
-    }
 }
 
 /// Where a candidate the gate refused is written: `policy.json` → `policy.candidate.json`.
