@@ -227,13 +227,10 @@ pub fn simulate(o: &SimOptions) -> Result<SimReport, SimError> {
         };
         let policy = Policy::load(path).map_err(|e| SimError::Usage(e.to_string()))?;
         let replay = table.replay(&policy, prompts.clone())?;
-        let mut shares: BTreeMap<String, f64> = BTreeMap::new();
-        for model in replay.choices(Knob::Mode(o.mode)).into_iter().flatten() {
-            *shares.entry(model).or_default() += 1.0 / prompts.len().max(1) as f64;
-        }
+        let chosen = replay.choices(Knob::Mode(o.mode)).into_iter().flatten();
         Ok(Some(Evaluated {
             aiq: replay_aiq(&table, &replay),
-            shares,
+            shares: shares_of(chosen, prompts.len()),
         }))
     };
     let start_aiq = evaluate(&policy_path)?.map(|e| e.aiq);
@@ -491,6 +488,16 @@ struct Evaluated {
     shares: BTreeMap<String, f64>,
 }
 
+/// Each model's share of `out_of` decisions, given the models chosen (decisions without a
+/// choice count in `out_of` but in no share).
+fn shares_of(chosen: impl IntoIterator<Item = String>, out_of: usize) -> BTreeMap<String, f64> {
+    let mut shares: BTreeMap<String, f64> = BTreeMap::new();
+    for model in chosen {
+        *shares.entry(model).or_default() += 1.0 / out_of.max(1) as f64;
+    }
+    shares
+}
+
 fn summarise(
     round: usize,
     requests: usize,
@@ -499,10 +506,7 @@ fn summarise(
     retrain: String,
 ) -> Round {
     let n = chunk.len().max(1) as f64;
-    let mut shares: BTreeMap<String, f64> = BTreeMap::new();
-    for s in chunk {
-        *shares.entry(s.model.clone()).or_default() += 1.0 / n;
-    }
+    let shares = shares_of(chunk.iter().map(|s| s.model.clone()), chunk.len());
     Round {
         round,
         requests,
