@@ -134,6 +134,7 @@ impl LoggedData {
                         cost_usd: f.cost_usd,
                         output_tokens: (f.output_tokens > 0).then_some(f64::from(f.output_tokens)),
                         weight: fitting_weight(&decisions[decision], &f.model),
+                        logged: true,
                     },
                 },
             );

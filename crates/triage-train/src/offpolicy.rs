@@ -223,7 +223,12 @@ impl PooledQuality {
         }
         let rows: Vec<ModelRows<'_>> = per_model
             .iter()
-            .map(|(x, y, w)| ModelRows { x, y, w })
+            .map(|(x, y, w)| ModelRows {
+                x,
+                y,
+                w,
+                bandit: true,
+            })
             .collect();
         let heads = pooled_heads(&rows, DIRECT_MODEL_ALPHA).ok()?;
         let heads = models
@@ -494,6 +499,7 @@ mod tests {
                 cost_usd: 0.0,
                 output_tokens: Some(100.0),
                 weight,
+                logged: true,
             },
         };
         let mut outcomes: Vec<LoggedOutcome> = (0..9).map(|_| outcome(1.0, 1.0)).collect();
@@ -549,6 +555,7 @@ mod tests {
                     cost_usd: 0.0,
                     output_tokens: None,
                     weight: 1.0,
+                    logged: true,
                 },
             })
             .collect();

@@ -76,6 +76,9 @@ pub struct Outcome {
     /// the inverse of the probability with which the router chose that model (clipped), so
     /// models seen mostly on prompts the router picked them for are not judged by those alone.
     pub weight: f64,
+    /// Whether it came from the server's log (bandit feedback: only the chosen model's outcome
+    /// is known) rather than from a full-information table.
+    pub logged: bool,
 }
 
 /// The table as a prompt × model matrix.
@@ -295,6 +298,7 @@ impl Outcomes {
                     cost_usd,
                     output_tokens: out_tok,
                     weight: 1.0,
+                    logged: false,
                 },
             ));
         }

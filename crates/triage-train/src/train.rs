@@ -19,7 +19,9 @@ use crate::eval::baselines::{cost_range, lambda_grid, neighbourhood_sizes, singl
 use crate::eval::curve::{aiq, hull};
 use crate::fit::{design, length_head, quality_head, standardizer};
 use crate::logdata::{LogCounts, LoggedData, merge};
-use crate::pooled::{ModelRows, Shrinkage, choose_shrinkage, pooled_heads, shrunk};
+use crate::pooled::{
+    BANDIT_MIN_KAPPA, ModelRows, Shrinkage, choose_shrinkage, pooled_heads, shrunk,
+};
 use crate::promote::{GateVerdict, gate, pulled_toward_prior};
 use crate::simulate::{Knob, Replay};
 use crate::table::{Outcome, Outcomes, Split};
@@ -266,6 +268,9 @@ pub fn fit_policy(prepared: &Prepared) -> Result<Fitted, TrainError> {
             (rows, good, tokens, weights)
         };
         let (tr_rows, tr_y, tr_tokens, tr_w) = pick(&train_idx);
+        let bandit = tr_rows
+            .iter()
+            .all(|&p| o.cells[p][m].is_some_and(|c| c.logged));
         if tr_rows.is_empty() {
             tracing::warn!(model = %name, "no train outcomes: model left out of the policy");
             continue;
@@ -305,6 +310,7 @@ pub fn fit_policy(prepared: &Prepared) -> Result<Fitted, TrainError> {
         };
         per_model.push(ModelData {
             name: name.clone(),
+            bandit,
             train: (tr_x, tr_y, tr_w),
             dev: (dv_x, dv_y, dv_w),
             all,
@@ -313,6 +319,19 @@ pub fn fit_policy(prepared: &Prepared) -> Result<Fitted, TrainError> {
             refit,
         });
     }
+    let bandit_only: Vec<&str> = per_model
+        .iter()
+        .filter(|d| d.bandit)
+        .map(|d| d.name.as_str())
+        .collect();
+    if !bandit_only.is_empty() {
+        tracing::info!(
+            models = ?bandit_only,
+            min_kappa = BANDIT_MIN_KAPPA,
+            "known only from the log: shrunk toward the pooled fit at least this much"
+        );
+    }
+    let bandit_only = serde_json::json!(bandit_only);
     let ShrunkHeads {
         choice: shrinkage,
         heads,
@@ -372,6 +391,8 @@ pub fn fit_policy(prepared: &Prepared) -> Result<Fitted, TrainError> {
             "kappa_infinite": shrinkage.kappa.is_infinite(),
             "own_dev_log_loss": shrinkage.own_dev_log_loss,
             "dev_log_loss": shrinkage.dev_log_loss,
+            "bandit_only_models": bandit_only,
+            "bandit_min_kappa": BANDIT_MIN_KAPPA,
         },
     });
     let train_and_dev = [train_idx.as_slice(), &dev_idx].concat();
@@ -388,6 +409,8 @@ type LabelledRows = (Array2<f64>, Vec<bool>, Vec<f64>);
 /// One model's rows and fits, between fitting its own heads and shrinking them.
 struct ModelData {
     name: String,
+    /// Every train outcome is logged bandit feedback (see `pooled`).
+    bandit: bool,
     train: LabelledRows,
     dev: LabelledRows,
     /// Train + dev (`None` without dev rows: then train alone).
@@ -407,12 +430,12 @@ impl ModelData {
 /// Shrinks every model's quality head toward the pooled fit as dev chooses (see `pooled`),
 /// for the train-only heads and, with the same choice, for the train + dev refits.
 fn shrink_toward_pooled(per_model: Vec<ModelData>) -> Result<ShrunkHeads, TrainError> {
-    fn rows(set: &LabelledRows) -> ModelRows<'_> {
+    fn rows(set: &LabelledRows, bandit: bool) -> ModelRows<'_> {
         let (x, y, w) = set;
-        ModelRows { x, y, w }
+        ModelRows { x, y, w, bandit }
     }
-    let train: Vec<ModelRows<'_>> = per_model.iter().map(|d| rows(&d.train)).collect();
-    let dev: Vec<ModelRows<'_>> = per_model.iter().map(|d| rows(&d.dev)).collect();
+    let train: Vec<ModelRows<'_>> = per_model.iter().map(|d| rows(&d.train, d.bandit)).collect();
+    let dev: Vec<ModelRows<'_>> = per_model.iter().map(|d| rows(&d.dev, d.bandit)).collect();
     let own: Vec<LinearHead> = per_model.iter().map(|d| d.own.clone()).collect();
     let (choice, quality) = choose_shrinkage(&own, &train, &dev)?;
     tracing::info!(
@@ -422,8 +445,11 @@ fn shrink_toward_pooled(per_model: Vec<ModelData>) -> Result<ShrunkHeads, TrainE
         shrunk = format!("{:.4}", choice.dev_log_loss),
         "quality heads shrunk toward the pooled fit (dev log-loss)"
     );
-    let refit_pooled = if choice.kappa > 0.0 {
-        let all: Vec<ModelRows<'_>> = per_model.iter().map(|d| rows(d.train_and_dev())).collect();
+    let refit_pooled = if choice.kappa > 0.0 || per_model.iter().any(|d| d.bandit) {
+        let all: Vec<ModelRows<'_>> = per_model
+            .iter()
+            .map(|d| rows(d.train_and_dev(), d.bandit))
+            .collect();
         Some(pooled_heads(&all, choice.alpha)?)
     } else {
         None
@@ -439,7 +465,12 @@ fn shrink_toward_pooled(per_model: Vec<ModelData>) -> Result<ShrunkHeads, TrainE
         refitted.push(d.refit.as_ref().map(|(own, length)| ModelHead {
             name: d.name.clone(),
             quality: match &refit_pooled {
-                Some(pooled) => shrunk(own, &pooled[m], choice.kappa, &rows(d.train_and_dev())),
+                Some(pooled) => shrunk(
+                    own,
+                    &pooled[m],
+                    choice.kappa,
+                    &rows(d.train_and_dev(), d.bandit),
+                ),
                 None => own.clone(),
             },
             output_tokens: length.clone(),
