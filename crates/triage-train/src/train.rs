@@ -268,13 +268,13 @@ pub fn fit_policy(prepared: &Prepared) -> Result<Fitted, TrainError> {
             (rows, good, tokens, weights)
         };
         let (tr_rows, tr_y, tr_tokens, tr_w) = pick(&train_idx);
-        let bandit = tr_rows
-            .iter()
-            .all(|&p| o.cells[p][m].is_some_and(|c| c.logged));
         if tr_rows.is_empty() {
             tracing::warn!(model = %name, "no train outcomes: model left out of the policy");
             continue;
         }
+        let bandit = tr_rows
+            .iter()
+            .all(|&p| o.cells[p][m].is_some_and(|c| c.logged));
         let (dv_rows, dv_y, dv_tokens, dv_w) = pick(&dev_idx);
         let as_rows =
             |rows: &[usize]| -> Vec<&[f32]> { rows.iter().map(|&p| feats[p].as_slice()).collect() };
