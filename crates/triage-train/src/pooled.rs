@@ -187,10 +187,22 @@ pub fn choose_shrinkage(
     if let Some(own_heads) = best.take_if(|_| dev.iter().all(|d| d.y.is_empty())) {
         return Ok(own_heads);
     }
+    // κ = 0 differs from the own heads only by shrinking the bandit-only models. Values that
+    // give every model the same κ as the one before (all below the bandit floor, when every
+    // model is bandit-only) would only repeat the same heads.
+    let effective = |kappa: f64| -> Vec<f64> { train.iter().map(|r| r.kappa(kappa)).collect() };
+    let mut kappas: Vec<f64> = Vec::new();
+    for kappa in SHRINK_KAPPAS.into_iter().filter(|k| *k > 0.0 || any_bandit) {
+        if kappas
+            .last()
+            .is_none_or(|&last| effective(last) != effective(kappa))
+        {
+            kappas.push(kappa);
+        }
+    }
     for alpha in POOLED_ALPHAS {
         let pooled = pooled_heads(train, alpha)?;
-        // κ = 0 differs from the own heads only by shrinking the bandit-only models.
-        for kappa in SHRINK_KAPPAS.into_iter().filter(|k| *k > 0.0 || any_bandit) {
+        for &kappa in &kappas {
             let heads: Vec<LinearHead> = own
                 .iter()
                 .zip(&pooled)
