@@ -445,11 +445,12 @@ fn shrink_toward_pooled(per_model: Vec<ModelData>) -> Result<ShrunkHeads, TrainE
         shrunk = format!("{:.4}", choice.dev_log_loss),
         "quality heads shrunk toward the pooled fit (dev log-loss)"
     );
-    let refit_pooled = if choice.kappa > 0.0 || per_model.iter().any(|d| d.bandit) {
-        let all: Vec<ModelRows<'_>> = per_model
-            .iter()
-            .map(|d| rows(d.train_and_dev(), d.bandit))
-            .collect();
+    let all: Vec<ModelRows<'_>> = per_model
+        .iter()
+        .map(|d| rows(d.train_and_dev(), d.bandit))
+        .collect();
+    // The pooled refit is needed only where some model is shrunk at all (κ as `shrunk` applies it).
+    let refit_pooled = if all.iter().any(|r| r.kappa(choice.kappa) > 0.0) {
         Some(pooled_heads(&all, choice.alpha)?)
     } else {
         None
@@ -465,12 +466,7 @@ fn shrink_toward_pooled(per_model: Vec<ModelData>) -> Result<ShrunkHeads, TrainE
         refitted.push(d.refit.as_ref().map(|(own, length)| ModelHead {
             name: d.name.clone(),
             quality: match &refit_pooled {
-                Some(pooled) => shrunk(
-                    own,
-                    &pooled[m],
-                    choice.kappa,
-                    &rows(d.train_and_dev(), d.bandit),
-                ),
+                Some(pooled) => shrunk(own, &pooled[m], choice.kappa, &all[m]),
                 None => own.clone(),
             },
             output_tokens: length.clone(),
