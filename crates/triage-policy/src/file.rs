@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use triage_core::features::{FEATURE_SCHEMA, feature_dim};
 
 use crate::neighbours::{NeighbourSet, Neighbours};
+use crate::shared::SharedClassifier;
 
 /// Value of the `format` field.
 pub const POLICY_FORMAT: &str = "triage-policy";
@@ -92,6 +93,9 @@ pub struct PolicyFile {
     /// Neighbourhood evidence blended into the quality heads, if any.
     #[serde(default)]
     pub neighbours: Option<NeighbourSet>,
+    /// A classifier over all models blended into the quality heads, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shared: Option<SharedClassifier>,
     /// Free-form training metadata (data hash, rows, metrics).
     #[serde(default)]
     pub training: serde_json::Value,
@@ -233,6 +237,9 @@ impl Policy {
                 )));
             }
         }
+        if let Some(shared) = &file.shared {
+            shared.validate(dim, file.models.len()).map_err(invalid)?;
+        }
         let neighbours = match &file.neighbours {
             Some(set) => Some(
                 set.decode(file.embedding_dim, file.models.len())
@@ -288,6 +295,7 @@ impl Policy {
             .collect();
         let dot = |w: &[f32]| -> f64 { w.iter().zip(&x).map(|(a, b)| f64::from(a * b)).sum() };
         let local = self.neighbours.as_ref().map(|n| n.estimate(features));
+        let shared = self.file.shared.as_ref().map(|c| (c, c.hidden_layer(&x)));
         let (weight, length_weight) = self
             .neighbours
             .as_ref()
@@ -302,7 +310,11 @@ impl Policy {
             .map(|(i, m)| {
                 let near = local.as_ref().map(|estimates| estimates[i]);
                 let logit = dot(&m.quality.weights) + f64::from(m.quality.bias);
-                let head = 1.0 / (1.0 + (-logit).exp());
+                let own = 1.0 / (1.0 + (-logit).exp());
+                let head = shared.as_ref().map_or(own, |(c, hidden)| {
+                    let share = c.share[i];
+                    (1.0 - share) * own + share * c.probability(hidden, i)
+                });
                 let support = near.map_or(0.0, |l| l.support);
                 let quality = blend(head, near.and_then(|l| l.quality), weight * support);
                 let l = &m.output_tokens;

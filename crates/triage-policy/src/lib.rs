@@ -3,7 +3,8 @@
 //! A policy file ([`PolicyFile`], JSON, versioned) holds, per model, a logistic model of the
 //! probability of a good answer and a log-linear model of the answer length, both over the
 //! standardised feature vector of `triage_core::features`, optionally blended with the outcomes
-//! of the most similar training prompts ([`NeighbourSet`]). [`Policy`] is a validated, loaded file.
+//! of the most similar training prompts ([`NeighbourSet`]) and with a classifier shared by all
+//! models ([`SharedClassifier`]). [`Policy`] is a validated, loaded file.
 //!
 //! [`decide`] turns predictions plus the catalog and the caller's preferences into a ranked
 //! candidate list: hard constraints first (each exclusion with its reason), then the trade-off
@@ -17,6 +18,7 @@ mod decide;
 mod file;
 mod neighbours;
 mod online;
+mod shared;
 
 pub use decide::{
     Availability, Candidate, Decision, DecisionError, Exclusion, Rule, decide, decide_with,
@@ -27,3 +29,4 @@ pub use file::{
 };
 pub use neighbours::{Local, NeighbourSet, Neighbours};
 pub use online::{Draw, OnlineLearner, apply_priors};
+pub use shared::SharedClassifier;

@@ -2,8 +2,9 @@
 //!
 //! `triage train` reads an outcome table with polars ([`table`]), embeds every distinct prompt
 //! once through the serving encoder and the shared `triage_core::features` (cached on disk,
-//! [`embed`]), fits per-model heads with linfa ([`fit`]) and shrinks them toward a fit pooled
-//! over all models ([`pooled`]), chooses the BALANCED/COST margins on
+//! [`embed`]), fits per-model heads with linfa ([`fit`]), shrinks them toward a fit pooled
+//! over all models ([`pooled`]) and blends in a classifier shared by all models ([`shared`]),
+//! chooses the BALANCED/COST margins on
 //! the dev split by replaying decisions through the serving decision rule ([`simulate`]), and
 //! writes the policy atomically (temporary file, fsync, rename).
 //!
@@ -19,6 +20,7 @@ pub mod logdata;
 pub mod offpolicy;
 pub mod pooled;
 pub mod promote;
+pub mod shared;
 pub mod simulate;
 pub mod table;
 mod train;

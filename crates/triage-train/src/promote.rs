@@ -215,6 +215,16 @@ pub fn pulled_toward_prior(
         *w = mix(*w, f64::from(*p));
     }
     length.bias = mix(length.bias, f64::from(prior.output_tokens.bias));
+    // The shared classifier's say in this model shrinks with what is kept of its learning.
+    let position = file.models.iter().position(|m| m.name == model);
+    if let Some(share) = out
+        .shared
+        .as_mut()
+        .zip(position)
+        .and_then(|(c, m)| c.share.get_mut(m))
+    {
+        *share *= kept;
+    }
     out.version = format!("{}-p{}", file.version, (100.0 * kept).round());
     Some(out)
 }
@@ -429,6 +439,14 @@ mod tests {
         file.models[1].quality.weights = vec![-0.4; width];
         file.models[1].quality.bias = 3.0;
         file.models[1].output_tokens.bias = 2.0;
+        file.shared = Some(triage_policy::SharedClassifier {
+            hidden: 1,
+            w1: vec![0.0; width],
+            b1: vec![0.0],
+            w2: vec![0.0, 0.0],
+            b2: vec![0.0, 0.0],
+            share: vec![0.5, 0.5],
+        });
         let mut settings = triage_core::Settings::load(None).expect("defaults");
         let mut spec = settings.models[0].clone();
         spec.name = "new".into();
@@ -455,6 +473,10 @@ mod tests {
             file.models[0].output_tokens.bias
         );
         assert_ne!(half.version, file.version);
+        // The shared classifier's say in the pulled model shrinks with it, and only there.
+        let share = |f: &PolicyFile| f.shared.as_ref().map(|c| c.share.clone());
+        assert_eq!(share(&half), Some(vec![0.5, 0.25]));
+        assert_eq!(share(&none), Some(vec![0.5, 0.0]));
         // A model without prior_from cannot be pulled.
         assert!(pulled_toward_prior(&file, "known", 0.5, &catalog).is_none());
     }

@@ -23,6 +23,7 @@ use crate::pooled::{
     BANDIT_MIN_KAPPA, ModelRows, Shrinkage, choose_shrinkage, pooled_heads, shrunk,
 };
 use crate::promote::{GateVerdict, gate, pulled_toward_prior};
+use crate::shared::choose_shared;
 use crate::simulate::{Knob, Replay};
 use crate::table::{Outcome, Outcomes, Split};
 
@@ -331,6 +332,7 @@ pub fn fit_policy(prepared: &Prepared) -> Result<Fitted, TrainError> {
             "known only from the log: shrunk toward the pooled fit at least this much"
         );
     }
+    let bandit_flags: Vec<bool> = per_model.iter().map(|d| d.bandit).collect();
     let bandit_only = serde_json::json!(bandit_only);
     let ShrunkHeads {
         choice: shrinkage,
@@ -351,6 +353,7 @@ pub fn fit_policy(prepared: &Prepared) -> Result<Fitted, TrainError> {
         },
         models: heads,
         neighbours: None,
+        shared: None,
         training: serde_json::Value::Null,
     };
     // Replays only tell policies apart on prompts with several outcomes: logged prompts (one
@@ -360,7 +363,20 @@ pub fn fit_policy(prepared: &Prepared) -> Result<Fitted, TrainError> {
         .copied()
         .filter(|&p| o.cells[p].iter().flatten().count() >= 2)
         .collect();
+    let mut shared_refit = None;
+    let mut shared_report = serde_json::Value::Null;
     let blend_report = if informative.len() >= MIN_INFORMATIVE_DEV {
+        let shared = choose_shared(
+            prepared,
+            &file,
+            &train_idx,
+            &dev_idx,
+            &informative,
+            &bandit_flags,
+        )?;
+        file.shared = shared.classifier;
+        shared_refit = shared.refit;
+        shared_report = shared.report;
         let (neighbours, blend_report) =
             choose_neighbours(prepared, &file, &train_idx, &informative)?;
         file.neighbours = neighbours;
@@ -384,6 +400,7 @@ pub fn fit_policy(prepared: &Prepared) -> Result<Fitted, TrainError> {
                          cost: widest within 0.05",
         "per_model": metrics,
         "neighbour_blend_dev_aiq": blend_report,
+        "shared_classifier": shared_report,
         "refit": "none: heads and neighbours fitted on train, every choice made on dev",
         "pooled_shrinkage": {
             "alpha": shrinkage.alpha.is_finite().then_some(shrinkage.alpha),
@@ -396,7 +413,7 @@ pub fn fit_policy(prepared: &Prepared) -> Result<Fitted, TrainError> {
         },
     });
     let train_and_dev = [train_idx.as_slice(), &dev_idx].concat();
-    let deployed = deployed_form(prepared, &file, refitted, &train_and_dev);
+    let deployed = deployed_form(prepared, &file, refitted, shared_refit, &train_and_dev);
     Ok(Fitted {
         validated: file,
         deployed,
@@ -532,6 +549,12 @@ fn carry_over_heads(candidate: &mut PolicyFile, current: &PolicyFile) -> Vec<Str
             n.quality.push(vec![-1.0; n.rows]);
             n.output_tokens.push(vec![-1.0; n.rows]);
         }
+        // The classifier never saw this model: its own head alone speaks for it.
+        if let Some(c) = &mut candidate.shared {
+            c.w2.extend(std::iter::repeat_n(0.0, c.hidden));
+            c.b2.push(0.0);
+            c.share.push(0.0);
+        }
         carried.push(head.name.clone());
     }
     if !carried.is_empty() {
@@ -545,8 +568,13 @@ fn data_label(o: &Outcomes) -> String {
 }
 
 fn content_hash(file: &PolicyFile) -> String {
-    let bytes =
-        serde_json::to_vec(&(&file.models, &file.standardize, &file.decision)).unwrap_or_default();
+    let core = (&file.models, &file.standardize, &file.decision);
+    // Without a shared classifier the hash stays what it was before classifiers existed.
+    let bytes = match &file.shared {
+        None => serde_json::to_vec(&core),
+        Some(shared) => serde_json::to_vec(&(core, shared)),
+    }
+    .unwrap_or_default();
     hex::encode(Sha256::digest(bytes))
 }
 
@@ -635,6 +663,7 @@ pub fn prior_policy(models: &[String], quality: f64, output_tokens: f64) -> Poli
             })
             .collect(),
         neighbours: None,
+        shared: None,
         training: serde_json::json!({"prior_only": {"quality": quality, "output_tokens": output_tokens}}),
     };
     file.version = format!("prior-{}", &content_hash(&file)[..10]);
@@ -743,9 +772,13 @@ fn deployed_form(
     prepared: &Prepared,
     validated: &PolicyFile,
     refitted: Vec<Option<ModelHead>>,
+    shared_refit: Option<triage_policy::SharedClassifier>,
     train_and_dev: &[usize],
 ) -> PolicyFile {
     let mut file = validated.clone();
+    if shared_refit.is_some() {
+        file.shared = shared_refit;
+    }
     for (head, refit) in file.models.iter_mut().zip(refitted) {
         if let Some(refit) = refit {
             *head = refit;
@@ -860,8 +893,21 @@ mod tests {
         let mut candidate = prior_policy(&models[..1], 0.5, 100.0);
         candidate.standardize.mean = vec![0.3; width];
         candidate.standardize.scale = vec![2.0; width];
+        // The candidate's shared classifier never saw "b": it must gain a silent output for it.
+        candidate.shared = Some(triage_policy::SharedClassifier {
+            hidden: 2,
+            w1: vec![0.01; 2 * width],
+            b1: vec![0.1, -0.1],
+            w2: vec![1.0, -1.0],
+            b2: vec![0.2],
+            share: vec![1.0],
+        });
         let carried = carry_over_heads(&mut candidate, &current);
         assert_eq!(carried, ["b"]);
+        assert_eq!(
+            candidate.shared.as_ref().map(|c| c.share.clone()),
+            Some(vec![1.0, 0.0])
+        );
 
         let x: Vec<f32> = (0..width)
             .map(|j| ((j * 13) % 11) as f32 * 0.1 - 0.5)

@@ -150,6 +150,17 @@ fn trains_on_a_slice_beats_the_cheapest_model_and_serving_agrees_with_eval() {
         assert_eq!((v.rows, d.rows), (train_n, train_n + dev_n));
         assert_eq!((d.k, d.weight), (v.k, v.weight));
     }
+    // The shared classifier's share is a dev choice: kept by the refit, whose weights saw dev.
+    let tried = &fitted.validated.training["shared_classifier"]["share_dev_aiq"];
+    assert!(tried.as_array().is_some_and(|t| t.len() == 5), "{tried}");
+    match (&fitted.validated.shared, &fitted.deployed.shared) {
+        (Some(v), Some(d)) => {
+            assert_eq!(v.share, d.share);
+            assert_ne!(v.w1, d.w1, "the classifier was not refitted on train + dev");
+        }
+        (None, None) => {}
+        _ => panic!("the train-only and the written forms disagree on the shared classifier"),
+    }
     assert_eq!(report.policy.version, fitted.deployed.version);
     let eval = evaluate(
         &prepared,
