@@ -185,6 +185,10 @@ fn trains_on_a_slice_beats_the_cheapest_model_and_serving_agrees_with_eval() {
         cheap.quality
     );
     let triage = &eval.routers[0];
+    // The λ sweep alone is a subset of Triage's operating points: its hull cannot be higher.
+    let lambda_only = &eval.routers[1];
+    assert_eq!(lambda_only.name, "triage, λ sweep only");
+    assert!(lambda_only.aiq <= triage.aiq + 1e-12);
     assert!(triage.max_quality >= eval.best_single.1.quality - 0.02);
 
     // Train → serve: the real server with this policy picks what eval replayed.

@@ -128,8 +128,12 @@ pub fn evaluate(
         .cloned()
         .ok_or_else(|| TrainError::Data("no single models".into()))?;
     let result = |name: &str, points: Vec<Point>| RouterResult::new(name, points, lo, hi, best.1);
+    // The modes are routable settings, so they count in Triage's hull; the λ sweep alone is
+    // what training's dev choices, the promotion gate and `simulate` measure, shown beside it.
+    let lambda_points = triage_points[mode_points.len()..].to_vec();
     let routers = vec![
         result("triage", triage_points),
+        result("triage, λ sweep only", lambda_points),
         result("zero router (single-model hull)", single_points),
         result("random mix", vec![random_mix(&singles)]),
         result(&format!("kNN (k={best_k}, tuned on dev)"), knn_points),
