@@ -196,8 +196,9 @@ pub fn pulled_toward_prior(
     let spec = catalog.get(model)?;
     let from = spec.prior_from.as_deref()?;
     let prior = file.models.iter().find(|m| m.name == from)?.clone();
+    let position = file.models.iter().position(|m| m.name == model)?;
     let mut out = file.clone();
-    let target = out.models.iter_mut().find(|m| m.name == model)?;
+    let target = &mut out.models[position];
     let mix =
         |learned: f32, borrowed: f64| (kept * f64::from(learned) + (1.0 - kept) * borrowed) as f32;
     let quality = &mut target.quality;
@@ -216,13 +217,7 @@ pub fn pulled_toward_prior(
     }
     length.bias = mix(length.bias, f64::from(prior.output_tokens.bias));
     // The shared classifier's say in this model shrinks with what is kept of its learning.
-    let position = file.models.iter().position(|m| m.name == model);
-    if let Some(share) = out
-        .shared
-        .as_mut()
-        .zip(position)
-        .and_then(|(c, m)| c.share.get_mut(m))
-    {
+    if let Some(share) = out.shared.as_mut().and_then(|c| c.share.get_mut(position)) {
         *share *= kept;
     }
     out.version = format!("{}-p{}", file.version, (100.0 * kept).round());

@@ -60,6 +60,7 @@ pub struct SharedFit {
     pub dev_log_loss: f64,
 }
 
+#[derive(Clone)]
 struct Params {
     w1: Array2<f32>,
     b1: Array1<f32>,
@@ -238,15 +239,7 @@ fn train(
                     break;
                 }
             }
-            _ => {
-                let snapshot = Params {
-                    w1: params.w1.clone(),
-                    b1: params.b1.clone(),
-                    w2: params.w2.clone(),
-                    b2: params.b2.clone(),
-                };
-                best = Some((snapshot, epoch, loss));
-            }
+            _ => best = Some((params.clone(), epoch, loss)),
         }
     }
     best.unwrap_or((params, epochs, f64::NAN))
@@ -280,18 +273,20 @@ pub fn fit_shared(train_cells: &Cells, dev: &Cells) -> Result<SharedFit, TrainEr
             "the shared classifier needs train and dev outcomes".into(),
         ));
     }
-    let mut chosen: Option<(f32, f64)> = None;
+    // The first member is the run that chose the decay.
+    let mut chosen: Option<(f32, f64, Params, usize)> = None;
     for decay in DECAYS {
-        let (_, epochs, loss) = train(train_cells, Some(dev), decay, MAX_EPOCHS, SEED);
+        let (params, epochs, loss) = train(train_cells, Some(dev), decay, MAX_EPOCHS, SEED);
         tracing::debug!(decay, epochs, dev_log_loss = loss, "shared classifier");
-        if chosen.is_none_or(|(_, l)| loss < l) {
-            chosen = Some((decay, loss));
+        if chosen.as_ref().is_none_or(|(_, l, _, _)| loss < *l) {
+            chosen = Some((decay, loss, params, epochs));
         }
     }
-    let (decay, _) = chosen.ok_or_else(|| TrainError::Fit("no weight decay to try".into()))?;
-    let mut members = Vec::new();
-    let mut epochs = Vec::new();
-    for member in 0..MEMBERS {
+    let (decay, _, first, first_epochs) =
+        chosen.ok_or_else(|| TrainError::Fit("no weight decay to try".into()))?;
+    let mut members = vec![first];
+    let mut epochs = vec![first_epochs];
+    for member in 1..MEMBERS {
         let (params, at, _) = train(train_cells, Some(dev), decay, MAX_EPOCHS, SEED + member);
         members.push(params);
         epochs.push(at);
