@@ -2,7 +2,6 @@
 import os
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -11,11 +10,12 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="session")
-def server_addr():
+def server_addr(tmp_path_factory):
     binary = os.environ.get("TRIAGE_TEST_BIN")
     if not binary:
         pytest.fail("set TRIAGE_TEST_BIN to the triage binary (scripts/test.sh does)")
-    data_dir = tempfile.mkdtemp(prefix="triage-py-log-")
+    # pytest's temporary directories are kept for the last three runs only.
+    data_dir = tmp_path_factory.mktemp("log")
     proc = subprocess.Popen(
         [binary, "serve", "--listen", "127.0.0.1:0", "--data-dir", data_dir],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=sys.stderr, text=True,

@@ -3,10 +3,10 @@ import importlib
 import os
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import grpc
+import pytest
 from google.protobuf import descriptor_pool, json_format, message_factory
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
@@ -23,8 +23,9 @@ PROOF = (
 )
 
 
-def generated_stubs():
-    out = tempfile.mkdtemp(prefix="triage-py-")
+@pytest.fixture(scope="session")
+def generated_stubs(tmp_path_factory):
+    out = tmp_path_factory.mktemp("stubs")
     from grpc_tools import protoc
 
     rc = protoc.main([
@@ -32,14 +33,14 @@ def generated_stubs():
         str(ROOT / "proto/triage/v1/router.proto"),
     ])
     assert rc == 0, "grpc_tools.protoc failed"
-    sys.path.insert(0, out)
+    sys.path.insert(0, str(out))
     return importlib.import_module("triage.v1.router_pb2"), importlib.import_module(
         "triage.v1.router_pb2_grpc"
     )
 
 
-def test_generated_client_routes_a_prompt(server_addr):
-    pb, pb_grpc = generated_stubs()
+def test_generated_client_routes_a_prompt(server_addr, generated_stubs):
+    pb, pb_grpc = generated_stubs
     with grpc.insecure_channel(server_addr) as channel:
         stub = pb_grpc.RouterStub(channel)
         reply = stub.Route(pb.RouteRequest(
@@ -63,8 +64,8 @@ def test_generated_client_routes_a_prompt(server_addr):
         assert len(models.models) == 12
 
 
-def test_generated_client_sends_feedback(server_addr):
-    pb, pb_grpc = generated_stubs()
+def test_generated_client_sends_feedback(server_addr, generated_stubs):
+    pb, pb_grpc = generated_stubs
     with grpc.insecure_channel(server_addr) as channel:
         stub = pb_grpc.RouterStub(channel)
         routed = stub.Route(pb.RouteRequest(messages=[pb.Message(role="user", content=PROOF)]),

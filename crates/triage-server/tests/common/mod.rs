@@ -14,8 +14,9 @@ pub fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-/// Default settings, with the decision log in a fresh temporary directory (kept after the test,
-/// like any server's data, so a failure can be inspected).
+/// Default settings, with the decision log in a fresh directory under Cargo's scratch space for
+/// integration tests (`target/tmp`, removed by `cargo clean`), not the system's temporary
+/// directory: it is kept after the test, like any server's data, so a failure can be inspected.
 pub fn settings() -> Settings {
     let mut s = Settings::load(None).expect("default settings");
     // Tests run many servers at once on two cores: no shedding by queue wait unless a test
@@ -23,7 +24,7 @@ pub fn settings() -> Settings {
     s.encoder.max_queue_wait_ms = 0;
     s.log.dir = tempfile::Builder::new()
         .prefix("triage-test-log-")
-        .tempdir()
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
         .expect("tempdir")
         .keep();
     s
