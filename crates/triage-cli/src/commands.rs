@@ -336,15 +336,20 @@ pub fn eval(
         use triage_train::eval::folds::{cross_validate, mean_sd};
         let (_, summary) = cross_validate(&prepared, k)?;
         println!("\n{k}-fold cross-validation (policy refitted per fold; mean ± sd):");
-        println!("{:<36} {:>18} {:>22}", "router", "AIQ", "cost@parity");
+        println!(
+            "{:<36} {:>18} {:>29}  AIQ per fold",
+            "router", "AIQ", "cost@parity"
+        );
         for s in &summary {
             let reached: Vec<f64> = s.cost_at_parity_pct.iter().flatten().copied().collect();
+            let per_fold: Vec<String> = s.aiq.iter().map(|a| format!("{a:.4}")).collect();
             println!(
-                "{:<36} {:>18} {:>15} ({}/{k} reached)",
+                "{:<36} {:>18} {:>15} ({}/{k} reached)  {}",
                 s.name,
                 mean_sd(&s.aiq),
                 mean_sd(&reached),
-                reached.len()
+                reached.len(),
+                per_fold.join(" ")
             );
         }
         fold_summary = Some(summary);
