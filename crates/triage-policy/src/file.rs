@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use triage_core::features::{FEATURE_SCHEMA, feature_dim};
 
 use crate::neighbours::{NeighbourSet, Neighbours};
+use crate::online::sigmoid;
 use crate::shared::SharedClassifier;
 
 /// Value of the `format` field.
@@ -310,7 +311,7 @@ impl Policy {
             .map(|(i, m)| {
                 let near = local.as_ref().map(|estimates| estimates[i]);
                 let logit = dot(&m.quality.weights) + f64::from(m.quality.bias);
-                let own = 1.0 / (1.0 + (-logit).exp());
+                let own = sigmoid(logit);
                 let head = shared.as_ref().map_or(own, |(c, hidden)| {
                     let share = c.share[i];
                     (1.0 - share) * own + share * c.probability(hidden, i)

@@ -10,6 +10,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::online::sigmoid;
+
 /// The stored classifier. Matrices are row-major.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -86,7 +88,7 @@ impl SharedClassifier {
             .map(|(w, h)| f64::from(w * h))
             .sum::<f64>()
             + f64::from(self.b2[m]);
-        1.0 / (1.0 + (-logit).exp())
+        sigmoid(logit)
     }
 }
 
