@@ -3,14 +3,15 @@
 //! Quality: one L2-regularised logistic regression per model (linfa-logistic) of
 //! `quality >= 0.5`, with the regularisation strength chosen per model by dev log-loss, then
 //! Platt-scaled on dev (the decision compares probabilities across models).
-//! Length: one ridge regression per model of the answer's log length (linfa-linear), corrected
-//! to a mean, so `exp(w·x + b)` is the expected length that cost depends on.
+//! Length: one ridge regression per model of the answer's log length (normal equations solved
+//! by linfa-linalg's Cholesky), corrected to a mean, so `exp(w·x + b)` is the expected length
+//! that cost depends on.
 
 use linfa::Dataset;
 use linfa::traits::Fit;
-use linfa_linear::LinearRegression;
+use linfa_linalg::cholesky::SolveCInplace;
 use linfa_logistic::LogisticRegression;
-use ndarray16::{Array1, Array2};
+use ndarray16::{Array1, Array2, Axis, ShapeBuilder};
 use triage_policy::{LengthHead, LinearHead, Standardizer};
 
 use crate::TrainError;
@@ -104,11 +105,38 @@ fn constant_head(dim: usize, y: &[bool], w: &[f64]) -> LinearHead {
 }
 
 pub(crate) fn logistic(x: &Array2<f64>, y: &[bool], alpha: f64) -> Result<LinearHead, TrainError> {
+    logistic_from(x, y, alpha, None)
+}
+
+/// [`logistic`] started from `start` instead of zero. The L2 grid runs from the strongest
+/// strength to the weakest, and each fit starts where the stronger one ended: the problem is
+/// convex, so the optimum is the same, but L-BFGS reaches it in far fewer steps.
+pub(crate) fn logistic_from(
+    x: &Array2<f64>,
+    y: &[bool],
+    alpha: f64,
+    start: Option<&LinearHead>,
+) -> Result<LinearHead, TrainError> {
     let targets = Array1::from_vec(y.to_vec());
-    let fitted = LogisticRegression::default()
+    let mut params = LogisticRegression::default()
         .alpha(alpha)
-        .max_iterations(200)
-        .fit(&Dataset::new(x.clone(), targets))
+        .max_iterations(200);
+    if let Some(head) = start.filter(|h| h.weights.len() == x.ncols()) {
+        let sign = if linfa_positive_is_good(y) { 1.0 } else { -1.0 };
+        let init: Array1<f64> = head
+            .weights
+            .iter()
+            .chain(std::iter::once(&head.bias))
+            .map(|v| sign * f64::from(*v))
+            .collect();
+        params = params.initial_params(init);
+    }
+    // Column-major rows: linfa's gradient multiplies by `xᵀ`, which is then row-major, and
+    // ndarray's matrix–vector product is several times faster along contiguous rows.
+    let mut columns = Array2::zeros(x.raw_dim().f());
+    columns.assign(x);
+    let fitted = params
+        .fit(&Dataset::new(columns, targets))
         .map_err(|e| TrainError::Fit(format!("logistic regression: {e}")))?;
     // linfa's positive class is the more frequent label; we always predict P(good).
     let sign = if fitted.labels().pos.class { 1.0 } else { -1.0 };
@@ -116,6 +144,18 @@ pub(crate) fn logistic(x: &Array2<f64>, y: &[bool], alpha: f64) -> Result<Linear
         weights: fitted.params().iter().map(|w| (sign * w) as f32).collect(),
         bias: (sign * fitted.intercept()) as f32,
     })
+}
+
+/// Whether linfa-logistic will take "good" as its positive class for `y`: the more frequent
+/// label, or on a tie the first one seen. A wrong guess only costs a worse starting point.
+fn linfa_positive_is_good(y: &[bool]) -> bool {
+    let good = y.iter().filter(|g| **g).count();
+    let bad = y.len() - good;
+    if good == bad {
+        y.first().copied().unwrap_or(true)
+    } else {
+        good > bad
+    }
 }
 
 /// Whether `w` holds importance weights (logged outcomes) rather than equal ones.
@@ -181,6 +221,8 @@ pub struct QualityFit {
     pub dev_log_loss: f64,
     /// Platt map `(a, b)` learned on dev (`sigmoid(a·z + b)`), if one was applied.
     pub platt: Option<(f64, f64)>,
+    /// The head before the Platt map: where the refit on more rows starts from.
+    unscaled: LinearHead,
 }
 
 impl QualityFit {
@@ -189,7 +231,7 @@ impl QualityFit {
     pub fn refit(&self, x: &Array2<f64>, y: &[bool], w: &[f64]) -> Result<LinearHead, TrainError> {
         let all_same = y.iter().all(|g| *g) || y.iter().all(|g| !*g);
         let mut head = match self.alpha {
-            Some(alpha) if !all_same => logistic(x, y, alpha)?,
+            Some(alpha) if !all_same => logistic_from(x, y, alpha, Some(&self.unscaled))?,
             _ => return Ok(constant_head(x.ncols(), y, w)),
         };
         recentre(&mut head, x, y, w);
@@ -215,6 +257,7 @@ pub fn quality_head(
     if all_same {
         let dev_log_loss = log_loss(&constant, dev_x, dev_y, dev_w);
         return Ok(QualityFit {
+            unscaled: constant.clone(),
             head: constant,
             alpha: None,
             dev_log_loss,
@@ -222,8 +265,10 @@ pub fn quality_head(
         });
     }
     let mut best: Option<QualityFit> = None;
-    for alpha in QUALITY_ALPHAS {
-        let mut head = logistic(train_x, train_y, alpha)?;
+    let mut previous: Option<LinearHead> = None;
+    for alpha in QUALITY_ALPHAS.into_iter().rev() {
+        let mut head = logistic_from(train_x, train_y, alpha, previous.as_ref())?;
+        previous = Some(head.clone());
         recentre(&mut head, train_x, train_y, train_w);
         let loss = if dev_y.is_empty() {
             0.0
@@ -232,6 +277,7 @@ pub fn quality_head(
         };
         if best.as_ref().is_none_or(|b| loss < b.dev_log_loss) {
             best = Some(QualityFit {
+                unscaled: head.clone(),
                 head,
                 alpha: Some(alpha),
                 dev_log_loss: loss,
@@ -246,6 +292,7 @@ pub fn quality_head(
     let constant_loss = log_loss(&constant, dev_x, dev_y, dev_w);
     if !dev_y.is_empty() && constant_loss < best.dev_log_loss {
         return Ok(QualityFit {
+            unscaled: constant.clone(),
             head: constant,
             alpha: None,
             dev_log_loss: constant_loss,
@@ -296,10 +343,9 @@ fn scaled(head: &LinearHead, a: f64, b: f64) -> LinearHead {
     }
 }
 
-/// Fits a length head: ridge regression of `ln(1 + tokens)` (least squares on data augmented
-/// with `sqrt(alpha)·I` rows, solved by linfa-linear), with the log-normal mean correction
-/// `exp(σ²/2)` so `exp(w·x + b)` estimates the mean length that cost depends on. With fewer
-/// than ten known lengths, a constant (their mean, or 256 tokens).
+/// Fits a length head: ridge regression of `ln(1 + tokens)` (intercept unpenalised), with the
+/// log-normal mean correction `exp(σ²/2)` so `exp(w·x + b)` estimates the mean length that cost
+/// depends on. With fewer than ten known lengths, a constant (their mean, or 256 tokens).
 pub fn length_head(x: &Array2<f64>, tokens: &[Option<f64>]) -> Result<LengthHead, TrainError> {
     let (n, dim) = x.dim();
     let known: Vec<usize> = (0..n).filter(|&i| tokens[i].is_some()).collect();
@@ -322,39 +368,31 @@ pub fn length_head(x: &Array2<f64>, tokens: &[Option<f64>]) -> Result<LengthHead
             max_tokens: MAX_TOKENS_FIT as f32,
         });
     }
-    let rows = known.len();
-    let penalty = LENGTH_ALPHA.sqrt();
-    let mut design = Array2::<f64>::zeros((rows + dim, dim + 1));
-    let mut target = Array1::<f64>::zeros(rows + dim);
-    for (r, (&i, t)) in known.iter().zip(&observed).enumerate() {
-        for j in 0..dim {
-            design[[r, j]] = x[[i, j]];
-        }
-        design[[r, dim]] = 1.0; // intercept column, left out of the penalty rows
-        target[r] = t.ln_1p();
-    }
+    // Ridge through the normal equations of the centred rows, (XcᵀXc + αI)·w = Xcᵀ·yc, with
+    // the intercept ȳ − x̄·w left unpenalised. One d×d Cholesky solve: a QR of the rows augmented
+    // with √α·I (the same solution) took most of MMLU-Pro's training time.
+    let xs = x.select(Axis(0), &known);
+    let target: Array1<f64> = observed.iter().map(|t| t.ln_1p()).collect();
+    let mean_x = xs
+        .mean_axis(Axis(0))
+        .ok_or_else(|| TrainError::Fit("length model: no rows".into()))?;
+    let mean_y = target.mean().unwrap_or(0.0);
+    let centred = &xs - &mean_x;
+    let mut gram = centred.t().dot(&centred);
     for j in 0..dim {
-        design[[rows + j, j]] = penalty;
+        gram[[j, j]] += LENGTH_ALPHA;
     }
-    let fitted = LinearRegression::new()
-        .with_intercept(false)
-        .fit(&Dataset::new(design.clone(), target.clone()))
-        .map_err(|e| TrainError::Fit(format!("length model: {e}")))?;
-    let params = fitted.params();
-    let mut residual_sq = 0.0;
-    for r in 0..rows {
-        let pred: f64 = design
-            .row(r)
-            .iter()
-            .zip(params.iter())
-            .map(|(a, b)| a * b)
-            .sum();
-        residual_sq += (target[r] - pred).powi(2);
-    }
-    let sigma2 = residual_sq / rows as f64;
+    let rhs = centred.t().dot(&(&target - mean_y)).insert_axis(Axis(1));
+    let weights = gram
+        .solvec_into(rhs)
+        .map_err(|e| TrainError::Fit(format!("length model: {e}")))?
+        .remove_axis(Axis(1));
+    let intercept = mean_y - mean_x.dot(&weights);
+    let residuals = &target - &xs.dot(&weights) - intercept;
+    let sigma2 = residuals.mapv(|r| r * r).mean().unwrap_or(0.0);
     Ok(LengthHead {
-        weights: params.iter().take(dim).map(|w| *w as f32).collect(),
-        bias: (params[dim] + sigma2 / 2.0) as f32,
+        weights: weights.iter().map(|w| *w as f32).collect(),
+        bias: (intercept + sigma2 / 2.0) as f32,
         min_tokens: 1.0,
         max_tokens: max_seen as f32,
     })
@@ -400,5 +438,87 @@ mod tests {
         let bias = same.bias;
         recentre(&mut same, &x, &y, &[1.0; 100]);
         assert_eq!(same.bias, bias);
+    }
+
+    #[test]
+    fn a_warm_start_reaches_the_cold_optimum_in_either_orientation() {
+        let x = Array2::from_shape_fn((300, 4), |(i, j)| {
+            (((i * 13 + j * 7) % 17) as f64 / 17.0 - 0.5) * (j + 1) as f64
+        });
+        let score = |i: usize| x[[i, 0]] - 0.5 * x[[i, 2]] + ((i * 5) % 3) as f64 * 0.3;
+        // Mostly good answers (linfa's positive class is "good"), then mostly bad ones (it is
+        // "bad", so the start must be flipped into linfa's orientation).
+        for threshold in [-0.6, 0.6] {
+            let y: Vec<bool> = (0..300).map(|i| score(i) > threshold).collect();
+            let strong = logistic(&x, &y, 100.0).expect("fits");
+            let cold = logistic(&x, &y, 1.0).expect("fits");
+            let warm = logistic_from(&x, &y, 1.0, Some(&strong)).expect("fits");
+            assert!(cold.weights.iter().any(|w| w.abs() > 0.1), "{cold:?}");
+            for (c, w) in cold.weights.iter().zip(&warm.weights) {
+                assert!((c - w).abs() < 1e-2, "{cold:?} vs {warm:?}");
+            }
+            assert!((cold.bias - warm.bias).abs() < 1e-2, "{cold:?} vs {warm:?}");
+        }
+    }
+
+    #[test]
+    fn the_guessed_orientation_is_linfas() {
+        let x = Array2::from_shape_fn((4, 1), |(i, _)| i as f64);
+        for y in [
+            [true, true, true, false],
+            [true, false, false, false],
+            [true, false, true, false],
+            [false, true, false, true],
+        ] {
+            let fitted = LogisticRegression::default()
+                .fit(&Dataset::new(x.clone(), Array1::from_vec(y.to_vec())))
+                .expect("fits");
+            assert_eq!(
+                fitted.labels().pos.class,
+                linfa_positive_is_good(&y),
+                "{y:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_length_head_is_the_ridge_optimum_with_a_free_intercept() {
+        let x = Array2::from_shape_fn((200, 3), |(i, j)| ((i * (j + 3) * 7) % 23) as f64 / 23.0);
+        let tokens: Vec<Option<f64>> = (0..200)
+            .map(|i| {
+                let noise = ((i * 11) % 5) as f64 * 0.1;
+                (i % 9 != 0).then(|| (3.0 + x[[i, 0]] - 2.0 * x[[i, 1]] + noise).exp() - 1.0)
+            })
+            .collect();
+        let head = length_head(&x, &tokens).expect("fits");
+        let known: Vec<usize> = (0..200).filter(|&i| tokens[i].is_some()).collect();
+        let residual = |i: usize| {
+            let fitted: f64 = (0..3).map(|j| x[[i, j]] * f64::from(head.weights[j])).sum();
+            tokens[i].map_or(0.0, f64::ln_1p) - fitted
+        };
+        let residuals: Vec<f64> = known.iter().map(|&i| residual(i)).collect();
+        let n = residuals.len() as f64;
+        let mean = residuals.iter().sum::<f64>() / n;
+        let sigma2 = residuals.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / n;
+        // The bias is the free intercept plus the log-normal correction.
+        assert!(
+            (f64::from(head.bias) - (mean + sigma2 / 2.0)).abs() < 1e-4,
+            "{head:?}"
+        );
+        // Zero gradient: each weight's penalty balances its feature's correlation with the
+        // residuals once the intercept is taken out.
+        for j in 0..3 {
+            let pull: f64 = known
+                .iter()
+                .zip(&residuals)
+                .map(|(&i, r)| x[[i, j]] * (r - mean))
+                .sum();
+            let penalty = LENGTH_ALPHA * f64::from(head.weights[j]);
+            assert!(
+                (pull - penalty).abs() < 1e-3,
+                "feature {j}: {pull} vs {penalty}"
+            );
+        }
+        assert!(head.weights[0] > 0.0 && head.weights[1] < 0.0, "{head:?}");
     }
 }
