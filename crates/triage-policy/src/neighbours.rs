@@ -2,7 +2,8 @@
 //!
 //! The policy file carries the training prompts' embeddings (int8, base64) and each model's
 //! quality on them. At prediction time the `k` nearest prompts by cosine similarity give a
-//! per-model mean quality that is blended with the logistic head. Nearest-neighbour estimates
+//! per-model mean quality (each weighted `exp((s − s_max) / τ)` when training chose a
+//! temperature τ) that is blended with the logistic head. Nearest-neighbour estimates
 //! capture local structure a linear head misses; the blend weight is chosen on dev data. A model
 //! only some of the neighbours have an outcome for (one learned from logged traffic) gets the
 //! weight in proportion: two lucky answers among 160 neighbours must not outvote its head.
@@ -25,6 +26,10 @@ pub struct NeighbourSet {
     /// Blend weight of the neighbours' answer length into the length head.
     #[serde(default)]
     pub length_weight: f64,
+    /// Similarity temperature: each of the `k` neighbours counts `exp((s − s_max) / τ)`, so the
+    /// closest count most. Absent: all `k` count the same.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f64>,
     /// Stored prompts.
     pub rows: usize,
     /// `rows × embedding_dim` int8 components (value × 127), row-major, base64.
@@ -55,6 +60,7 @@ impl NeighbourSet {
             k,
             weight,
             length_weight: 0.0,
+            temperature: None,
             rows: embeddings.len(),
             embeddings_i8: STANDARD.encode(bytes),
             quality,
@@ -85,11 +91,18 @@ impl NeighbourSet {
         {
             return Err("neighbours: k must be positive and weights within 0..1".into());
         }
+        if self
+            .temperature
+            .is_some_and(|t| !(t.is_finite() && t > 0.0))
+        {
+            return Err("neighbours: temperature must be a positive number".into());
+        }
         let embeddings = bytes.iter().map(|b| f32::from(*b as i8) / SCALE).collect();
         Ok(Neighbours {
             k: self.k,
             weight: self.weight,
             length_weight: self.length_weight,
+            temperature: self.temperature,
             dim,
             embeddings,
             quality: self.quality.clone(),
@@ -104,6 +117,7 @@ pub struct Neighbours {
     k: usize,
     weight: f64,
     length_weight: f64,
+    temperature: Option<f64>,
     dim: usize,
     embeddings: Vec<f32>,
     quality: Vec<Vec<f32>>,
@@ -152,15 +166,28 @@ impl Neighbours {
             sims.select_nth_unstable_by(k - 1, |a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
         }
         let near = &sims[..k];
+        let top = near
+            .iter()
+            .map(|(s, _)| *s)
+            .fold(f32::NEG_INFINITY, f32::max);
+        let counts: Vec<f64> = near
+            .iter()
+            .map(|(s, _)| match self.temperature {
+                Some(t) => (f64::from(s - top) / t).exp(),
+                None => 1.0,
+            })
+            .collect();
+        let all: f64 = counts.iter().sum();
         let mean = |values: &[f32]| {
-            let known: Vec<f64> = near
-                .iter()
-                .map(|&(_, r)| values[r])
-                .filter(|v| *v >= 0.0)
-                .map(f64::from)
-                .collect();
-            let support = known.len() as f64 / k.max(1) as f64;
-            let mean = (!known.is_empty()).then(|| known.iter().sum::<f64>() / known.len() as f64);
+            let (mut total, mut weight) = (0.0, 0.0);
+            for (&(_, r), c) in near.iter().zip(&counts) {
+                if values[r] >= 0.0 {
+                    total += c * f64::from(values[r]);
+                    weight += c;
+                }
+            }
+            let support = if all > 0.0 { weight / all } else { 0.0 };
+            let mean = (weight > 0.0).then(|| total / weight);
             (mean, support)
         };
         self.quality
@@ -211,5 +238,41 @@ mod tests {
         );
         assert!(set.decode(3, 2).is_err());
         assert!(set.decode(2, 3).is_err());
+    }
+
+    #[test]
+    fn a_temperature_lets_the_closest_neighbours_count_most() {
+        let a = [1.0f32, 0.0];
+        let b = [0.8f32, 0.6];
+        let c = [0.0f32, 1.0];
+        // The second model has no outcome on b, the less similar of the two nearest.
+        let quality = vec![vec![1.0, 0.0, 0.0], vec![1.0, -1.0, 0.0]];
+        let tokens = vec![vec![10.0, 30.0, 50.0], vec![-1.0, -1.0, -1.0]];
+        let uniform = NeighbourSet::new(2, 0.5, &[&a, &b, &c], quality, tokens);
+        let sharp = NeighbourSet {
+            temperature: Some(0.05),
+            ..uniform.clone()
+        };
+        let query = [1.0, 0.0];
+        let even = uniform.decode(2, 2).expect("decodes").estimate(&query);
+        assert_eq!(even[0].quality, Some(0.5));
+        assert_eq!(even[1].support, 0.5);
+        let near = sharp.decode(2, 2).expect("decodes").estimate(&query);
+        // b is about 0.2 less similar: it counts e^-4 of a.
+        let q = near[0].quality.expect("has outcomes");
+        assert!(q > 0.97 && q < 0.99, "{q}");
+        let t = near[0].output_tokens.expect("has lengths");
+        assert!(t > 10.0 && t < 10.5, "{t}");
+        assert!(near[1].support > 0.97 && near[1].support < 0.99, "{near:?}");
+        // Without a temperature the file reads and writes as before.
+        let json = serde_json::to_string(&uniform).expect("serialises");
+        assert!(!json.contains("temperature"));
+        for bad in [0.0, -0.1, f64::NAN] {
+            let set = NeighbourSet {
+                temperature: Some(bad),
+                ..uniform.clone()
+            };
+            assert!(set.decode(2, 2).is_err(), "temperature {bad} accepted");
+        }
     }
 }

@@ -581,6 +581,9 @@ fn content_hash(file: &PolicyFile) -> String {
 /// Smallest neighbourhood blended into the heads (then doubling, see `neighbourhood_sizes`):
 /// fewer than 20 neighbours are too noisy to move a calibrated head.
 const SMALLEST_NEIGHBOUR_K: usize = 20;
+/// Similarity temperatures tried on dev for the chosen neighbourhood (cosine similarities of
+/// the nearest prompts spread over a few tenths).
+const NEIGHBOUR_TEMPERATURES: [f64; 3] = [0.1, 0.05, 0.02];
 /// Blend weights of the neighbours' quality searched on dev, at every size.
 const NEIGHBOUR_WEIGHTS: [f64; 5] = [0.0, 0.25, 0.5, 0.75, 1.0];
 
@@ -703,6 +706,22 @@ fn choose_neighbours(
             }
         }
     }
+    // Then whether the closest of the k neighbours should count more.
+    if let Some(set) = best.0.clone() {
+        for temperature in NEIGHBOUR_TEMPERATURES {
+            let sharper = NeighbourSet {
+                temperature: Some(temperature),
+                ..set.clone()
+            };
+            let mut candidate = file.clone();
+            candidate.neighbours = Some(sharper.clone());
+            let score = dev_aiq(prepared, &candidate, dev)?;
+            tried.push(serde_json::json!({"k": set.k, "weight": set.weight, "temperature": temperature, "aiq": score}));
+            if score > best.1 {
+                best = (Some(sharper), score);
+            }
+        }
+    }
     // Then whether the neighbours' answer lengths help the cost estimate too.
     if let Some(set) = &best.0 {
         let mut with_length = set.clone();
@@ -793,6 +812,7 @@ fn deployed_form(
     if let Some(chosen) = &validated.neighbours {
         file.neighbours = Some(NeighbourSet {
             length_weight: chosen.length_weight,
+            temperature: chosen.temperature,
             ..neighbour_set(prepared, &file, train_and_dev, chosen.k, chosen.weight)
         });
     }
