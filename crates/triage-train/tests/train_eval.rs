@@ -148,7 +148,10 @@ fn trains_on_a_slice_beats_the_cheapest_model_and_serving_agrees_with_eval() {
     let (train_n, dev_n, _) = report.prompts;
     if let (Some(d), Some(v)) = (&fitted.deployed.neighbours, &fitted.validated.neighbours) {
         assert_eq!((v.rows, d.rows), (train_n, train_n + dev_n));
-        assert_eq!((d.k, d.weight), (v.k, v.weight));
+        assert_eq!(
+            (d.k, d.weight, d.length_weight, d.temperature),
+            (v.k, v.weight, v.length_weight, v.temperature)
+        );
     }
     // The shared classifier's share is a dev choice: kept by the refit, whose weights saw dev.
     let tried = &fitted.validated.training["shared_classifier"]["share_dev_aiq"];
