@@ -689,6 +689,26 @@ fn choose_neighbours(
     let base = neighbour_set(prepared, file, train, 1, 0.0);
     let mut best = (None, dev_aiq(prepared, file, dev)?);
     let mut tried = vec![serde_json::json!({"k": 0, "weight": 0.0, "aiq": best.1})];
+    // Scores one candidate neighbourhood on dev, records it, and keeps it if it is the best yet.
+    let mut consider =
+        |set: NeighbourSet, best: &mut (Option<NeighbourSet>, f64)| -> Result<(), TrainError> {
+            let mut candidate = file.clone();
+            candidate.neighbours = Some(set.clone());
+            let score = dev_aiq(prepared, &candidate, dev)?;
+            let mut entry = serde_json::json!({"k": set.k, "weight": set.weight, "aiq": score});
+            if set.length_weight > 0.0 {
+                entry["length_weight"] = set.length_weight.into();
+            }
+            if let Some(temperature) = set.temperature {
+                entry["temperature"] = temperature.into();
+            }
+            tracing::debug!(%entry, "neighbour blend");
+            tried.push(entry);
+            if score > best.1 {
+                *best = (Some(set), score);
+            }
+            Ok(())
+        };
     for k in neighbourhood_sizes(SMALLEST_NEIGHBOUR_K, train.len()) {
         for weight in NEIGHBOUR_WEIGHTS.into_iter().filter(|w| *w > 0.0) {
             let set = NeighbourSet {
@@ -696,14 +716,7 @@ fn choose_neighbours(
                 weight,
                 ..base.clone()
             };
-            let mut candidate = file.clone();
-            candidate.neighbours = Some(set.clone());
-            let score = dev_aiq(prepared, &candidate, dev)?;
-            tried.push(serde_json::json!({"k": k, "weight": weight, "aiq": score}));
-            tracing::debug!(k, weight, dev_aiq = score, "neighbour blend");
-            if score > best.1 {
-                best = (Some(set), score);
-            }
+            consider(set, &mut best)?;
         }
     }
     // Then whether the closest of the k neighbours should count more.
@@ -713,26 +726,16 @@ fn choose_neighbours(
                 temperature: Some(temperature),
                 ..set.clone()
             };
-            let mut candidate = file.clone();
-            candidate.neighbours = Some(sharper.clone());
-            let score = dev_aiq(prepared, &candidate, dev)?;
-            tried.push(serde_json::json!({"k": set.k, "weight": set.weight, "temperature": temperature, "aiq": score}));
-            if score > best.1 {
-                best = (Some(sharper), score);
-            }
+            consider(sharper, &mut best)?;
         }
     }
     // Then whether the neighbours' answer lengths help the cost estimate too.
-    if let Some(set) = &best.0 {
-        let mut with_length = set.clone();
-        with_length.length_weight = set.weight;
-        let mut candidate = file.clone();
-        candidate.neighbours = Some(with_length.clone());
-        let score = dev_aiq(prepared, &candidate, dev)?;
-        tried.push(serde_json::json!({"k": set.k, "weight": set.weight, "length_weight": set.weight, "aiq": score}));
-        if score > best.1 {
-            best = (Some(with_length), score);
-        }
+    if let Some(set) = best.0.clone() {
+        let with_length = NeighbourSet {
+            length_weight: set.weight,
+            ..set
+        };
+        consider(with_length, &mut best)?;
     }
     match &best.0 {
         Some(set) => tracing::info!(
