@@ -26,8 +26,8 @@ pub mod table;
 mod train;
 
 pub use train::{
-    Fitted, Prepared, TrainOptions, TrainReport, candidate_path, fit_policy, policy_aiq, prepare,
-    prior_policy, replay_aiq, train, write_policy_atomically,
+    Fitted, Prepared, TrainOptions, TrainReport, candidate_path, fit_policy, neighbour_set,
+    policy_aiq, prepare, prior_policy, replay_aiq, train, write_policy_atomically,
 };
 
 /// Why training or evaluation failed.

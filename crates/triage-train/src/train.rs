@@ -750,8 +750,9 @@ fn choose_neighbours(
     Ok((best.0, serde_json::Value::Array(tried)))
 }
 
-/// The neighbourhood of `prompts` (their embeddings and each policy model's outcomes on them).
-fn neighbour_set(
+/// The neighbourhood of `prompts` (their embeddings and each outcome of `file`'s models on
+/// them), averaging `k` neighbours blended in at `weight`.
+pub fn neighbour_set(
     prepared: &Prepared,
     file: &PolicyFile,
     prompts: &[usize],

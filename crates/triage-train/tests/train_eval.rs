@@ -9,9 +9,10 @@ use std::path::{Path, PathBuf};
 use polars::prelude::*;
 use triage_core::Settings;
 use triage_policy::Policy;
+use triage_train::eval::ablation::{HEADS_ONLY, NO_NEIGHBOURHOOD, NO_SHARED};
 use triage_train::eval::{EvalOptions, evaluate};
 use triage_train::table::Split;
-use triage_train::{TrainOptions, fit_policy, prepare, train};
+use triage_train::{TrainOptions, fit_policy, neighbour_set, prepare, train};
 
 const MODELS: [&str; 3] = [
     "claude-3-5-sonnet-20241022",
@@ -193,6 +194,48 @@ fn trains_on_a_slice_beats_the_cheapest_model_and_serving_agrees_with_eval() {
     assert_eq!(lambda_only.name, "triage, λ sweep only");
     assert!(lambda_only.aiq <= triage.aiq + 1e-12);
     assert!(triage.max_quality >= eval.best_single.1.quality - 0.02);
+
+    // Ablations: a row without a part the policy lacks is the policy's own λ sweep.
+    let names: Vec<&str> = eval.ablations.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, [HEADS_ONLY, NO_NEIGHBOURHOOD, NO_SHARED]);
+    let file = policy.file();
+    let lacks = [
+        file.neighbours.is_none() && file.shared.is_none(),
+        file.neighbours.is_none(),
+        file.shared.is_none(),
+    ];
+    for (row, lacks) in eval.ablations.iter().zip(lacks) {
+        if lacks {
+            assert_eq!(row.points, lambda_only.points, "{}", row.name);
+        }
+    }
+    // With a neighbourhood of the train prompts blended in, the ablations take it out again.
+    let mut blended = file.clone();
+    let train_prompts = prepared.outcomes.indices(Split::Train);
+    blended.neighbours = Some(neighbour_set(&prepared, file, &train_prompts, 20, 0.5));
+    let blended = Policy::new(blended).expect("blended policy loads");
+    let blended_eval = evaluate(
+        &prepared,
+        &blended,
+        &EvalOptions {
+            split: Split::Test,
+            pair: None,
+        },
+    )
+    .expect("eval of the blended policy");
+    let blended_lambda = &blended_eval.routers[1];
+    assert_ne!(
+        blended_lambda.points, lambda_only.points,
+        "the neighbourhood changed nothing"
+    );
+    let [heads, no_neighbourhood, no_shared] = &blended_eval.ablations[..] else {
+        panic!("three ablations expected");
+    };
+    assert_eq!(no_neighbourhood.points, lambda_only.points);
+    if file.shared.is_none() {
+        assert_eq!(heads.points, lambda_only.points);
+        assert_eq!(no_shared.points, blended_lambda.points);
+    }
 
     // Train → serve: the real server with this policy picks what eval replayed.
     let (_, prompt_ids, chosen) = eval

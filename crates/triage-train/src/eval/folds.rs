@@ -8,7 +8,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::TrainError;
-use crate::eval::{EvalOptions, EvalReport, evaluate};
+use crate::eval::{EvalOptions, EvalReport, RouterResult, evaluate};
 use crate::table::Split;
 use crate::train::{Prepared, fit_policy};
 
@@ -69,15 +69,21 @@ pub fn cross_validate(
         tracing::info!(fold, triage_aiq = report.routers[0].aiq, "fold done");
         reports.push(report);
     }
+    // Every fold reports the same routers and ablations in the same order.
+    let rows = |r: &EvalReport| {
+        r.routers
+            .iter()
+            .chain(&r.ablations)
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    let per_fold: Vec<Vec<RouterResult>> = reports.iter().map(rows).collect();
     let mut summary: Vec<FoldSummary> = Vec::new();
-    for (i, router) in reports[0].routers.iter().enumerate() {
+    for (i, router) in per_fold[0].iter().enumerate() {
         summary.push(FoldSummary {
             name: router.name.clone(),
-            aiq: reports.iter().map(|r| r.routers[i].aiq).collect(),
-            cost_at_parity_pct: reports
-                .iter()
-                .map(|r| r.routers[i].cost_at_parity_pct)
-                .collect(),
+            aiq: per_fold.iter().map(|r| r[i].aiq).collect(),
+            cost_at_parity_pct: per_fold.iter().map(|r| r[i].cost_at_parity_pct).collect(),
         });
     }
     Ok((reports, summary))

@@ -1,8 +1,10 @@
 //! `triage eval`: Triage against baselines on one split of an outcome table.
 //!
 //! Every router is swept over its cost knob on the evaluated split; the metrics come from
-//! [`curve`]. Baselines are fitted on the same train split and tuned on dev ([`baselines`]).
+//! [`curve`]. Baselines are fitted on the same train split and tuned on dev ([`baselines`]);
+//! [`ablation`] sweeps the policy again with parts of its blend taken out.
 
+pub mod ablation;
 pub mod baselines;
 pub mod curve;
 pub mod folds;
@@ -131,6 +133,16 @@ pub fn evaluate(
     // The modes are routable settings, so they count in Triage's hull; the λ sweep alone is
     // what training's dev choices, the promotion gate and `simulate` measure, shown beside it.
     let lambda_points = triage_points[mode_points.len()..].to_vec();
+    let mut ablations = Vec::new();
+    for (name, file) in ablation::variants(policy.file()) {
+        let ablated = Policy::new(file).map_err(|e| TrainError::Fit(e.to_string()))?;
+        let replay = prepared.replay(&ablated, prompts.clone())?;
+        let points = lambdas
+            .iter()
+            .map(|&l| crate::simulate::realised(o, &prompts, &replay.choices(Knob::CostWeight(l))))
+            .collect();
+        ablations.push(result(name, points));
+    }
     let routers = vec![
         result("triage", triage_points),
         result("triage, λ sweep only", lambda_points),
@@ -155,6 +167,7 @@ pub fn evaluate(
         singles,
         modes: mode_points,
         routers,
+        ablations,
         pair,
         choices: choices
             .into_iter()

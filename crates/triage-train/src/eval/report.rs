@@ -87,6 +87,8 @@ pub struct EvalReport {
     pub modes: Vec<(String, Point)>,
     /// Routers with metrics.
     pub routers: Vec<RouterResult>,
+    /// The policy with parts taken out (see [`crate::eval::ablation`]), λ sweep only.
+    pub ablations: Vec<RouterResult>,
     /// Pair metrics, when asked for.
     pub pair: Option<PairReport>,
     /// Per knob setting: prompt ids and Triage's choices.
@@ -123,7 +125,7 @@ pub fn render_table(r: &EvalReport) -> String {
         "{:<36} {:>7} {:>14} {:>12} {:>12} {:>8}",
         "router", "AIQ", "cost@parity", "cost@95%", "cost@90%", "max q"
     );
-    for x in &r.routers {
+    let row = |s: &mut String, x: &RouterResult| {
         let _ = writeln!(
             s,
             "{:<36} {:>7.4} {:>14} {:>12} {:>12} {:>8.3}",
@@ -134,6 +136,16 @@ pub fn render_table(r: &EvalReport) -> String {
             pct(x.cost_at_90_pct),
             x.max_quality
         );
+    };
+    for x in &r.routers {
+        row(&mut s, x);
+    }
+    let _ = writeln!(
+        s,
+        "\nwhat each part adds (the policy with parts taken out; compare with \"triage, λ sweep only\"):"
+    );
+    for x in &r.ablations {
+        row(&mut s, x);
     }
     let _ = writeln!(s, "\ntriage modes:");
     for (m, p) in &r.modes {
