@@ -8,14 +8,14 @@
 
 use triage_policy::PolicyFile;
 
-/// Row names, in report order.
+/// The policy's per-model heads alone: no neighbourhood, no shared classifier.
 pub const HEADS_ONLY: &str = "ablation: heads only";
 /// The policy without its neighbourhood.
 pub const NO_NEIGHBOURHOOD: &str = "ablation: no neighbourhood";
 /// The policy without its shared classifier.
 pub const NO_SHARED: &str = "ablation: no shared classifier";
 
-/// The policy's ablated forms, named as in the report.
+/// The policy's ablated forms, named and ordered as in the report.
 pub fn variants(file: &PolicyFile) -> Vec<(&'static str, PolicyFile)> {
     let keeping = |neighbours: bool, shared: bool| {
         let mut f = file.clone();
