@@ -70,14 +70,10 @@ pub fn cross_validate(
         reports.push(report);
     }
     // Every fold reports the same routers and ablations in the same order.
-    let rows = |r: &EvalReport| {
-        r.routers
-            .iter()
-            .chain(&r.ablations)
-            .cloned()
-            .collect::<Vec<_>>()
-    };
-    let per_fold: Vec<Vec<RouterResult>> = reports.iter().map(rows).collect();
+    let per_fold: Vec<Vec<&RouterResult>> = reports
+        .iter()
+        .map(|r| r.routers.iter().chain(&r.ablations).collect())
+        .collect();
     let mut summary: Vec<FoldSummary> = Vec::new();
     for (i, router) in per_fold[0].iter().enumerate() {
         summary.push(FoldSummary {

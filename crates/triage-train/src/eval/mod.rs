@@ -139,7 +139,7 @@ pub fn evaluate(
         let replay = prepared.replay(&ablated, prompts.clone())?;
         let points = lambdas
             .iter()
-            .map(|&l| crate::simulate::realised(o, &prompts, &replay.choices(Knob::CostWeight(l))))
+            .map(|&l| replay.point(Knob::CostWeight(l)))
             .collect();
         ablations.push(result(name, points));
     }
