@@ -347,9 +347,13 @@ fn scaled(head: &LinearHead, a: f64, b: f64) -> LinearHead {
     }
 }
 
+/// Answer length assumed for a model whose outcomes carry no token counts.
+pub const UNKNOWN_LENGTH_TOKENS: f64 = 256.0;
+
 /// Fits a length head: ridge regression of `ln(1 + tokens)` (intercept unpenalised), with the
 /// log-normal mean correction `exp(σ²/2)` so `exp(w·x + b)` estimates the mean length that cost
-/// depends on. With fewer than ten known lengths, a constant (their mean, or 256 tokens).
+/// depends on. With fewer than ten known lengths, a constant (their mean, or
+/// [`UNKNOWN_LENGTH_TOKENS`]).
 pub fn length_head(x: &Array2<f64>, tokens: &[Option<f64>]) -> Result<LengthHead, TrainError> {
     let (n, dim) = x.dim();
     let known: Vec<usize> = (0..n).filter(|&i| tokens[i].is_some()).collect();
@@ -361,7 +365,7 @@ pub fn length_head(x: &Array2<f64>, tokens: &[Option<f64>]) -> Result<LengthHead
     let max_seen = observed.iter().copied().fold(1.0, f64::max);
     if known.len() < 10 {
         let guess = if observed.is_empty() {
-            256.0
+            UNKNOWN_LENGTH_TOKENS
         } else {
             observed.iter().sum::<f64>() / observed.len() as f64
         };

@@ -11,6 +11,7 @@ use polars::prelude::*;
 use triage_core::Catalog;
 
 use crate::TrainError;
+use crate::fit::UNKNOWN_LENGTH_TOKENS;
 
 /// Which part of the data a prompt belongs to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -172,6 +173,29 @@ fn sha256_file(path: &Path) -> Result<String, TrainError> {
     Ok(hex::encode(sha2::Sha256::digest(&bytes)))
 }
 
+/// A price for a model the table gives only `cost_usd` for (no price columns, not in the
+/// catalog), so that decisions can be replayed on it: all of the cost put on output tokens, at the
+/// rate its rows paid per output token, or, without token counts, at its mean cost per call over
+/// the length the policy assumes when it has none ([`UNKNOWN_LENGTH_TOKENS`]). Either way the
+/// policy's cost estimate for the model averages its observed cost.
+fn implied_price(rows: impl Iterator<Item = Outcome>) -> (f64, f64) {
+    let (mut cost, mut calls, mut counted_cost, mut tokens) = (0.0, 0.0, 0.0, 0.0);
+    for o in rows {
+        cost += o.cost_usd;
+        calls += 1.0;
+        if let Some(t) = o.output_tokens.filter(|t| *t > 0.0) {
+            counted_cost += o.cost_usd;
+            tokens += t;
+        }
+    }
+    let per_token = if tokens > 0.0 {
+        counted_cost / tokens
+    } else {
+        cost / f64::max(calls, 1.0) / UNKNOWN_LENGTH_TOKENS
+    };
+    (0.0, per_token * 1e6)
+}
+
 impl Outcomes {
     /// Reads and validates an outcome table. `catalog` prices rows that carry token counts but
     /// neither `cost_usd` nor per-row prices. Only `models` are kept when given.
@@ -318,6 +342,12 @@ impl Outcomes {
         let mut cells = vec![vec![None; names.len()]; prompts.len()];
         for (p, m, o) in &rows_kept {
             cells[*p][model_index[m.as_str()]] = Some(*o);
+        }
+        for (m, name) in names.iter().enumerate() {
+            if !prices.contains_key(name) {
+                let rows = cells.iter().filter_map(|row| row[m]);
+                prices.insert(name.clone(), implied_price(rows));
+            }
         }
         if !prompts.iter().any(|p| p.split == Split::Dev) {
             carve_dev(&mut prompts);

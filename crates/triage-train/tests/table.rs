@@ -1,4 +1,5 @@
-//! Outcome tables from any source: prices from the catalog, a dev split carved when absent.
+//! Outcome tables from any source: prices from the catalog or implied by the costs, a dev split
+//! carved when absent.
 
 use std::path::PathBuf;
 
@@ -53,5 +54,41 @@ fn token_counts_are_priced_from_the_catalog_and_dev_is_carved_deterministically(
     assert!(
         err.contains("mystery-model") && err.contains("no price"),
         "{err}"
+    );
+}
+
+#[test]
+fn models_known_only_by_their_costs_get_the_price_their_rows_paid() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut csv = String::from("prompt_id,prompt,model,quality,cost_usd,output_tokens\n");
+    for i in 0..20 {
+        // $0.001 for 100 output tokens, then $0.005 for 200: $20 per 1M over both (the cost
+        // per token of the rows together, not the mean of their $10 and $25).
+        let (cost, tokens) = if i % 2 == 0 {
+            (0.001, 100)
+        } else {
+            (0.005, 200)
+        };
+        csv.push_str(&format!("p{i},question {i},counted,1,{cost},{tokens}\n"));
+        csv.push_str(&format!("p{i},question {i},uncounted,0,0.001,\n"));
+        csv.push_str(&format!("p{i},question {i},gpt-4o-2024-08-06,1,0.01,\n"));
+    }
+    let path = write(&dir, "c.csv", &csv);
+    let catalog = Settings::load(None)
+        .expect("settings")
+        .catalog()
+        .expect("catalog");
+    let o = Outcomes::load(&path, &catalog, None).expect("loads");
+    let price = |m: &str| o.prices.get(m).copied().expect("priced");
+    let (input, output) = price("counted");
+    assert_eq!(input, 0.0);
+    assert!((output - 20.0).abs() < 1e-9, "{output}");
+    // No token counts: its mean cost per call over the 256 tokens assumed for it.
+    assert!((price("uncounted").1 - 0.001 / 256.0 * 1e6).abs() < 1e-9);
+    // A catalog model keeps its catalog price whatever its rows cost.
+    let listed = catalog.get("gpt-4o-2024-08-06").expect("in the catalog");
+    assert_eq!(
+        price("gpt-4o-2024-08-06"),
+        (listed.input_usd_per_1m, listed.output_usd_per_1m)
     );
 }
