@@ -302,6 +302,7 @@ pub struct EvalFiles {
     pub json: Option<PathBuf>,
     pub export_choices: Option<PathBuf>,
     pub folds: Option<usize>,
+    pub bootstrap: usize,
 }
 
 #[cfg(feature = "train")]
@@ -329,7 +330,12 @@ pub fn eval(
         progress: true,
     };
     let prepared = triage_train::prepare(&options)?;
-    let report = evaluate(&prepared, &policy, &EvalOptions { split, pair })?;
+    let options = EvalOptions {
+        split,
+        pair,
+        resamples: files.bootstrap,
+    };
+    let report = evaluate(&prepared, &policy, &options)?;
     print!("{}", render_table(&report));
     let mut fold_summary = None;
     if let Some(k) = files.folds {

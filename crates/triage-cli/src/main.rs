@@ -155,6 +155,10 @@ enum Command {
         /// Also refit and evaluate over K prompt-disjoint folds and report mean ± spread.
         #[arg(long)]
         folds: Option<usize>,
+        /// Paired-bootstrap resamples of the evaluated prompts for Triage's intervals against the
+        /// other routers (0: none).
+        #[arg(long, default_value_t = 1000)]
+        bootstrap: usize,
         /// Embedding cache directory.
         #[arg(long, default_value = ".cache/embeddings")]
         cache_dir: PathBuf,
@@ -239,6 +243,7 @@ fn main() -> anyhow::Result<()> {
             json,
             export_choices,
             folds,
+            bootstrap,
             cache_dir,
         } => {
             let pair = match pair.as_deref() {
@@ -251,6 +256,7 @@ fn main() -> anyhow::Result<()> {
                 json,
                 export_choices,
                 folds,
+                bootstrap,
             };
             commands::eval(settings, data, policy, &split, pair, outputs, cache_dir)
         }

@@ -190,14 +190,27 @@ impl<'a> Replay<'a> {
 /// Mean realised cost and quality of per-prompt choices (prompts without a choice count as
 /// quality 0 and cost 0).
 pub fn realised(outcomes: &Outcomes, prompts: &[usize], choices: &[Option<String>]) -> Point {
+    realised_by_index(outcomes, prompts, &model_indices(outcomes, choices))
+}
+
+/// Per-prompt choices by model name as indices into `outcomes.models`.
+pub fn model_indices(outcomes: &Outcomes, choices: &[Option<String>]) -> Vec<Option<usize>> {
+    choices
+        .iter()
+        .map(|c| c.as_deref().and_then(|m| outcomes.model_index(m)))
+        .collect()
+}
+
+/// [`realised`] for choices given as model indices.
+pub fn realised_by_index(
+    outcomes: &Outcomes,
+    prompts: &[usize],
+    choices: &[Option<usize>],
+) -> Point {
     let n = prompts.len().max(1) as f64;
     let (mut cost, mut quality) = (0.0, 0.0);
     for (&p, choice) in prompts.iter().zip(choices) {
-        let cell = choice
-            .as_deref()
-            .and_then(|m| outcomes.model_index(m))
-            .and_then(|i| outcomes.cells[p][i]);
-        if let Some(o) = cell {
+        if let Some(o) = choice.and_then(|m| outcomes.cells[p][m]) {
             cost += o.cost_usd;
             quality += o.quality;
         }

@@ -172,6 +172,7 @@ fn trains_on_a_slice_beats_the_cheapest_model_and_serving_agrees_with_eval() {
         &EvalOptions {
             split: Split::Test,
             pair: None,
+            resamples: 200,
         },
     )
     .expect("eval");
@@ -194,6 +195,43 @@ fn trains_on_a_slice_beats_the_cheapest_model_and_serving_agrees_with_eval() {
     assert_eq!(lambda_only.name, "triage, λ sweep only");
     assert!(lambda_only.aiq <= triage.aiq + 1e-12);
     assert!(triage.max_quality >= eval.best_single.1.quality - 0.02);
+
+    // The bootstrap re-scores the very choices the rows were built from: with every prompt
+    // counted once it gives back each row's AIQ.
+    let boot = eval.bootstrap.as_ref().expect("bootstrap asked for");
+    assert_eq!(boot.resamples, 200);
+    assert!((boot.triage_aiq - triage.aiq).abs() < 1e-12);
+    assert!(boot.triage_aiq_95[0] <= boot.triage_aiq_95[1]);
+    let against: Vec<&str> = boot
+        .comparisons
+        .iter()
+        .map(|c| c.against.as_str())
+        .collect();
+    assert_eq!(
+        against,
+        [
+            eval.routers[2].name.as_str(),
+            eval.routers[4].name.as_str(),
+            HEADS_ONLY,
+            NO_NEIGHBOURHOOD,
+            NO_SHARED
+        ]
+    );
+    for c in &boot.comparisons {
+        let row = eval
+            .routers
+            .iter()
+            .chain(&eval.ablations)
+            .find(|r| r.name == c.against)
+            .expect("a row per comparison");
+        assert!(
+            (c.aiq_difference - (triage.aiq - row.aiq)).abs() < 1e-12,
+            "{}",
+            c.against
+        );
+        assert!(c.difference_95[0] <= c.difference_95[1]);
+        assert!((0.0..=1.0).contains(&c.share_triage_ahead));
+    }
 
     // Ablations: a row without a part the policy lacks is the policy's own λ sweep.
     let names: Vec<&str> = eval.ablations.iter().map(|r| r.name.as_str()).collect();
@@ -220,9 +258,14 @@ fn trains_on_a_slice_beats_the_cheapest_model_and_serving_agrees_with_eval() {
         &EvalOptions {
             split: Split::Test,
             pair: None,
+            resamples: 0,
         },
     )
     .expect("eval of the blended policy");
+    assert!(
+        blended_eval.bootstrap.is_none(),
+        "no resamples were asked for"
+    );
     let blended_lambda = &blended_eval.routers[1];
     assert_ne!(
         blended_lambda.points, lambda_only.points,

@@ -2,6 +2,7 @@
 //! (their hull), a uniform random mix, kNN on the same embeddings, and the oracle.
 
 use crate::eval::curve::Point;
+use crate::simulate::realised_by_index;
 use crate::table::Outcomes;
 
 /// The cost-weight grid every λ-swept router is evaluated on (quality points per USD).
@@ -73,6 +74,34 @@ fn argmax_utility(q: &[f64], c: &[f64], models: &[usize], lambda: f64) -> Option
     })
 }
 
+/// Per λ, the model chosen for each prompt by maximising `q̂ - λ ĉ` over `models` that have an
+/// outcome for it, with per-prompt estimates `(q̂, ĉ)` (indexed by model).
+pub fn sweep_choices(
+    o: &Outcomes,
+    prompts: &[usize],
+    estimates: &[(Vec<f64>, Vec<f64>)],
+    models: &[usize],
+    lambdas: &[f64],
+) -> Vec<Vec<Option<usize>>> {
+    lambdas
+        .iter()
+        .map(|&lambda| {
+            prompts
+                .iter()
+                .zip(estimates)
+                .map(|(&p, (q, c))| {
+                    let available: Vec<usize> = models
+                        .iter()
+                        .copied()
+                        .filter(|&m| o.cells[p][m].is_some())
+                        .collect();
+                    argmax_utility(q, c, &available, lambda)
+                })
+                .collect()
+        })
+        .collect()
+}
+
 /// Sweeps λ with per-prompt estimates `(q̂, ĉ)` (indexed by model) and realised outcomes.
 pub fn sweep(
     o: &Outcomes,
@@ -81,30 +110,9 @@ pub fn sweep(
     models: &[usize],
     lambdas: &[f64],
 ) -> Vec<Point> {
-    lambdas
+    sweep_choices(o, prompts, estimates, models, lambdas)
         .iter()
-        .map(|&lambda| {
-            let (mut cost, mut quality) = (0.0, 0.0);
-            for (k, &p) in prompts.iter().enumerate() {
-                let (q, c) = &estimates[k];
-                let available: Vec<usize> = models
-                    .iter()
-                    .copied()
-                    .filter(|&m| o.cells[p][m].is_some())
-                    .collect();
-                if let Some(cell) =
-                    argmax_utility(q, c, &available, lambda).and_then(|m| o.cells[p][m])
-                {
-                    cost += cell.cost_usd;
-                    quality += cell.quality;
-                }
-            }
-            let n = prompts.len().max(1) as f64;
-            Point {
-                cost: cost / n,
-                quality: quality / n,
-            }
-        })
+        .map(|chosen| realised_by_index(o, prompts, chosen))
         .collect()
 }
 

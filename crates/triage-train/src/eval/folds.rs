@@ -64,6 +64,8 @@ pub fn cross_validate(
             &EvalOptions {
                 split: Split::Test,
                 pair: None,
+                // The folds show the spread over refits; the bootstrap is for one split.
+                resamples: 0,
             },
         )?;
         tracing::info!(fold, triage_aiq = report.routers[0].aiq, "fold done");

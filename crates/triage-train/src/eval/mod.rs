@@ -6,6 +6,7 @@
 
 pub mod ablation;
 pub mod baselines;
+pub mod bootstrap;
 pub mod curve;
 pub mod folds;
 pub mod plot;
@@ -19,13 +20,14 @@ use triage_core::Mode;
 use triage_policy::Policy;
 
 use crate::TrainError;
-use crate::simulate::{Knob, Replay};
-use crate::table::Split;
+use crate::simulate::{Knob, Replay, model_indices, realised_by_index};
+use crate::table::{Outcomes, Split};
 use crate::train::Prepared;
 use baselines::{
     cost_range, knn_estimates, lambda_grid, neighbourhood_sizes, oracle_estimates, random_mix,
-    single_models, sweep,
+    single_models, sweep, sweep_choices,
 };
+use bootstrap::{RouterSettings, Setting, paired_bootstrap};
 use curve::{Point, aiq, hull, pair_metrics};
 
 /// What to evaluate.
@@ -35,6 +37,8 @@ pub struct EvalOptions {
     pub split: Split,
     /// Strong and weak model for APGR / CPT.
     pub pair: Option<(String, String)>,
+    /// Paired-bootstrap resamples of the evaluated prompts (0: none).
+    pub resamples: usize,
 }
 
 /// Smallest kNN neighbourhood tried on dev (then doubling, see `neighbourhood_sizes`).
@@ -87,25 +91,32 @@ pub fn evaluate(
         .chain(lambdas.iter().map(|&l| Knob::CostWeight(l)))
         .collect();
     let mut mode_points = Vec::new();
+    let mut triage_settings = Vec::new();
     for knob in &knobs {
         let chosen = replay.choices(*knob);
-        let point = crate::simulate::realised(o, &prompts, &chosen);
+        let by_index = model_indices(o, &chosen);
+        let point = realised_by_index(o, &prompts, &by_index);
         if let Knob::Mode(m) = knob {
             mode_points.push((m.to_string(), point));
         }
         triage_points.push(point);
+        triage_settings.push(Setting::from_choices(o, &prompts, &by_index));
         choices.push((knob.label(), chosen));
     }
 
     let dim = policy.file().embedding_dim;
     let best_k = tune_knn(prepared, &train, &dev, &models, dim, &lambdas);
-    let knn_points = sweep(
+    let knn_choices = sweep_choices(
         o,
         &prompts,
         &knn_estimates(o, &feats.features, dim, &train, &prompts, best_k),
         &models,
         &lambdas,
     );
+    let knn_points = knn_choices
+        .iter()
+        .map(|c| realised_by_index(o, &prompts, c))
+        .collect();
     let oracle_points = sweep(
         o,
         &prompts,
@@ -133,22 +144,48 @@ pub fn evaluate(
     // The modes are routable settings, so they count in Triage's hull; the λ sweep alone is
     // what training's dev choices, the promotion gate and `simulate` measure, shown beside it.
     let lambda_points = triage_points[mode_points.len()..].to_vec();
+    // What the bootstrap compares Triage with: every row but its own λ sweep, the random mix
+    // (one expected point) and the oracle (an upper bound, not a rival).
+    let single_settings: Vec<Setting> = singles
+        .iter()
+        .filter_map(|(m, _)| o.model_index(m))
+        .map(|m| Setting::single(o, &prompts, m))
+        .collect();
+    let zero_name = "zero router (single-model hull)";
+    let knn_name = format!("kNN (k={best_k}, tuned on dev)");
+    let mut rivals: Vec<RouterSettings> = vec![
+        ("triage".into(), triage_settings),
+        (zero_name.into(), single_settings.clone()),
+        (knn_name.clone(), settings_of(o, &prompts, &knn_choices)),
+    ];
     let mut ablations = Vec::new();
     for (name, file) in ablation::variants(policy.file()) {
         let ablated = Policy::new(file).map_err(|e| TrainError::Fit(e.to_string()))?;
         let replay = prepared.replay(&ablated, prompts.clone())?;
-        let points = lambdas
+        let chosen: Vec<Vec<Option<usize>>> = lambdas
             .iter()
-            .map(|&l| replay.point(Knob::CostWeight(l)))
+            .map(|&l| model_indices(o, &replay.choices(Knob::CostWeight(l))))
+            .collect();
+        let points = chosen
+            .iter()
+            .map(|c| realised_by_index(o, &prompts, c))
             .collect();
         ablations.push(result(name, points));
+        rivals.push((name.into(), settings_of(o, &prompts, &chosen)));
     }
+    let bootstrap = paired_bootstrap(
+        &single_settings,
+        &rivals,
+        prompts.len(),
+        options.resamples,
+        bootstrap::SEED,
+    );
     let routers = vec![
         result("triage", triage_points),
         result("triage, λ sweep only", lambda_points),
-        result("zero router (single-model hull)", single_points),
+        result(zero_name, single_points),
         result("random mix", vec![random_mix(&singles)]),
-        result(&format!("kNN (k={best_k}, tuned on dev)"), knn_points),
+        result(&knn_name, knn_points),
         result("oracle (upper bound)", oracle_points),
     ];
 
@@ -168,6 +205,7 @@ pub fn evaluate(
         modes: mode_points,
         routers,
         ablations,
+        bootstrap,
         pair,
         choices: choices
             .into_iter()
@@ -177,6 +215,13 @@ pub fn evaluate(
             })
             .collect(),
     })
+}
+
+fn settings_of(o: &Outcomes, prompts: &[usize], choices: &[Vec<Option<usize>>]) -> Vec<Setting> {
+    choices
+        .iter()
+        .map(|c| Setting::from_choices(o, prompts, c))
+        .collect()
 }
 
 fn tune_knn(

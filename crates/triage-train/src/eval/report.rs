@@ -7,6 +7,7 @@ use polars::prelude::*;
 use serde::Serialize;
 
 use crate::TrainError;
+use crate::eval::bootstrap::Bootstrap;
 use crate::eval::curve::{PairMetrics, Point, aiq, cost_to_reach, hull, max_quality};
 
 /// One router's curve and metrics.
@@ -89,6 +90,8 @@ pub struct EvalReport {
     pub routers: Vec<RouterResult>,
     /// The policy with parts taken out (see [`crate::eval::ablation`]), λ sweep only.
     pub ablations: Vec<RouterResult>,
+    /// Paired bootstrap of Triage against the other rows, when resamples were asked for.
+    pub bootstrap: Option<Bootstrap>,
     /// Pair metrics, when asked for.
     pub pair: Option<PairReport>,
     /// Per knob setting: prompt ids and Triage's choices.
@@ -147,6 +150,9 @@ pub fn render_table(r: &EvalReport) -> String {
     for x in &r.ablations {
         row(&mut s, x);
     }
+    if let Some(b) = &r.bootstrap {
+        render_bootstrap(&mut s, b, r.prompts);
+    }
     let _ = writeln!(s, "\ntriage modes:");
     for (m, p) in &r.modes {
         let _ = writeln!(
@@ -180,6 +186,30 @@ pub fn render_table(r: &EvalReport) -> String {
         }
     }
     s
+}
+
+fn render_bootstrap(s: &mut String, b: &Bootstrap, prompts: usize) {
+    let _ = writeln!(
+        s,
+        "\npaired bootstrap, {} resamples of the {prompts} prompts (seed {}): triage AIQ {:.4}, 95% {:.4} to {:.4}",
+        b.resamples, b.seed, b.triage_aiq, b.triage_aiq_95[0], b.triage_aiq_95[1]
+    );
+    let _ = writeln!(
+        s,
+        "{:<36} {:>9} {:>21} {:>16}",
+        "triage minus", "AIQ", "95% interval", "triage ahead"
+    );
+    for c in &b.comparisons {
+        let _ = writeln!(
+            s,
+            "{:<36} {:>+9.4} {:>+10.4} to {:>+7.4} {:>15.1}%",
+            c.against,
+            c.aiq_difference,
+            c.difference_95[0],
+            c.difference_95[1],
+            100.0 * c.share_triage_ahead
+        );
+    }
 }
 
 /// Writes Triage's per-prompt choices, one row per (prompt, knob setting); Parquet when the

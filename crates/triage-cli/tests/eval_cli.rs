@@ -1,0 +1,103 @@
+//! `triage train` then `triage eval` as a user runs them, on a small table written here whose
+//! models are known only by their `cost_usd` (not in the catalog, no prices): both commands work
+//! on it, and the evaluation's JSON carries the paired bootstrap asked for with `--bootstrap`, and
+//! none with 0.
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::process::{Command, Output};
+
+/// Arithmetic prompts only the dear model gets right; writing prompts both get right. Enough dev
+/// prompts that training chooses its blend and margins by replaying decisions.
+fn write_table(path: &Path) {
+    let mut csv = String::from("prompt_id,prompt,model,quality,cost_usd,split\n");
+    for i in 0..200 {
+        let split = ["train", "train", "train", "dev", "test"][i % 5];
+        let (prompt, small_right) = if i % 2 == 0 {
+            (format!("What is {i} times {} plus 17?", i + 3), 0)
+        } else {
+            (
+                format!("Write a short friendly note to neighbour number {i}."),
+                1,
+            )
+        };
+        let _ = writeln!(csv, "p{i},{prompt},big,1,0.01,{split}");
+        let _ = writeln!(csv, "p{i},{prompt},small,{small_right},0.001,{split}");
+    }
+    std::fs::write(path, csv).expect("write table");
+}
+
+fn triage(args: &[&str], cache: &Path) -> Output {
+    let out = Command::new(env!("CARGO_BIN_EXE_triage"))
+        .args(args)
+        .arg("--cache-dir")
+        .arg(cache)
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("triage runs");
+    assert!(
+        out.status.success(),
+        "triage {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn report(path: &Path) -> serde_json::Value {
+    let text = std::fs::read(path).expect("eval wrote its JSON");
+    let json: serde_json::Value = serde_json::from_slice(&text).expect("valid JSON");
+    json["report"].clone()
+}
+
+#[test]
+fn eval_reports_the_bootstrap_it_is_asked_for() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (table, policy, cache) = (
+        dir.path().join("table.csv"),
+        dir.path().join("policy.json"),
+        dir.path().join("cache"),
+    );
+    write_table(&table);
+    let path = |p: &Path| p.to_str().expect("utf-8 path").to_owned();
+    triage(
+        &["train", "--data", &path(&table), "--out", &path(&policy)],
+        &cache,
+    );
+
+    let json = dir.path().join("eval.json");
+    let eval = |resamples: &str| {
+        let args = [
+            "eval",
+            "--data",
+            &path(&table),
+            "--policy",
+            &path(&policy),
+            "--bootstrap",
+            resamples,
+            "--json",
+            &path(&json),
+        ];
+        String::from_utf8_lossy(&triage(&args, &cache).stdout).into_owned()
+    };
+    let stdout = eval("50");
+    assert!(
+        stdout.contains("paired bootstrap, 50 resamples of the 40 prompts"),
+        "{stdout}"
+    );
+    let r = report(&json);
+    let boot = &r["bootstrap"];
+    assert_eq!(boot["resamples"], 50);
+    assert_eq!(boot["triage_aiq"], r["routers"][0]["aiq"]);
+    let against: Vec<&str> = boot["comparisons"]
+        .as_array()
+        .expect("comparisons")
+        .iter()
+        .filter_map(|c| c["against"].as_str())
+        .collect();
+    assert!(against.iter().any(|a| a.starts_with("kNN")), "{against:?}");
+
+    let stdout = eval("0");
+    assert!(!stdout.contains("paired bootstrap"), "{stdout}");
+    assert!(report(&json)["bootstrap"].is_null());
+}
