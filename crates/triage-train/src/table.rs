@@ -242,6 +242,10 @@ impl Outcomes {
         let mut prompt_index: HashMap<String, usize> = HashMap::new();
         let mut prompts: Vec<Prompt> = Vec::new();
         let mut rows_kept = Vec::new();
+        // The first row (and its prompt_id) that named a prompt_id again with another text, and
+        // how many did: some public tables carry such variants.
+        let mut other_texts: Option<(usize, String)> = None;
+        let mut other_text_rows = 0usize;
         let mut prices: HashMap<String, (f64, f64)> = HashMap::new();
         for row in 0..df.height() {
             let at = |what: &str| TrainError::Data(format!("row {row}: `{what}` is empty"));
@@ -292,7 +296,15 @@ impl Outcomes {
                 )));
             }
             let p = match prompt_index.get(&id) {
-                Some(&p) => p,
+                Some(&p) => {
+                    if texts[row].as_deref().is_some_and(|t| t != prompts[p].text) {
+                        if other_texts.is_none() {
+                            other_texts = Some((row, id.clone()));
+                        }
+                        other_text_rows += 1;
+                    }
+                    p
+                }
                 None => {
                     let text = texts[row].clone().ok_or_else(|| at("prompt"))?;
                     let s = match split.as_ref().and_then(|s| s[row].as_deref()) {
@@ -315,6 +327,7 @@ impl Outcomes {
                 }
             };
             rows_kept.push((
+                row,
                 p,
                 model,
                 Outcome {
@@ -331,7 +344,15 @@ impl Outcomes {
                 "no rows left after selecting models".into(),
             ));
         }
-        let mut names: Vec<String> = rows_kept.iter().map(|(_, m, _)| m.clone()).collect();
+        if let Some((row, id)) = other_texts {
+            tracing::warn!(
+                rows = other_text_rows,
+                example_row = row,
+                example_prompt_id = %id,
+                "rows give another prompt text for a prompt_id seen before; the first text is used"
+            );
+        }
+        let mut names: Vec<String> = rows_kept.iter().map(|(_, _, m, _)| m.clone()).collect();
         names.sort();
         names.dedup();
         let model_index: HashMap<&str, usize> = names
@@ -340,8 +361,17 @@ impl Outcomes {
             .map(|(i, m)| (m.as_str(), i))
             .collect();
         let mut cells = vec![vec![None; names.len()]; prompts.len()];
-        for (p, m, o) in &rows_kept {
-            cells[*p][model_index[m.as_str()]] = Some(*o);
+        let mut first_row = vec![vec![0; names.len()]; prompts.len()];
+        for (row, p, m, o) in &rows_kept {
+            let m = model_index[m.as_str()];
+            if cells[*p][m].replace(*o).is_some() {
+                return Err(TrainError::Data(format!(
+                    "rows {} and {row}: prompt_id {:?} has two rows for model {:?}; give one \
+                     row per (prompt, model), averaging repeated samples into it",
+                    first_row[*p][m], prompts[*p].id, names[m]
+                )));
+            }
+            first_row[*p][m] = *row;
         }
         for (m, name) in names.iter().enumerate() {
             if !prices.contains_key(name) {

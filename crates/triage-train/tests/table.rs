@@ -92,3 +92,21 @@ fn models_known_only_by_their_costs_get_the_price_their_rows_paid() {
         (listed.input_usd_per_1m, listed.output_usd_per_1m)
     );
 }
+
+#[test]
+fn a_prompt_id_seen_again_with_another_text_keeps_its_first_text() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = write(
+        &dir,
+        "variants.csv",
+        "prompt_id,prompt,model,quality,cost_usd\np1,first text,a,1,0.1\np1,second text,b,0,0.2\n",
+    );
+    let catalog = Settings::load(None)
+        .expect("settings")
+        .catalog()
+        .expect("catalog");
+    let o = Outcomes::load(&path, &catalog, None).expect("variants load");
+    assert_eq!(o.prompts.len(), 1);
+    assert_eq!(o.prompts[0].text, "first text");
+    assert!(o.cells[0].iter().all(Option::is_some), "both models kept");
+}

@@ -367,6 +367,11 @@ fn malformed_tables_are_refused_and_no_policy_is_written() {
             "prompt_id,prompt,model,quality,cost_usd\n",
             "no rows",
         ),
+        (
+            "repeated.csv",
+            "prompt_id,prompt,model,quality,cost_usd\np1,hi,m,1,0.1\np2,yo,m,1,0.1\np1,hi,m,0,0.1\n",
+            "rows 0 and 2: prompt_id \"p1\" has two rows for model \"m\"",
+        ),
         ("table.xlsx", "whatever", "unknown file type"),
     ];
     for (name, text, expected) in cases {
