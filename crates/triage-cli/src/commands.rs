@@ -329,7 +329,24 @@ pub fn eval(
         cache_dir,
         progress: true,
     };
+    // Refuse what would fail only after minutes of evaluation.
+    for path in [&files.json, &files.plot, &files.export_choices]
+        .into_iter()
+        .flatten()
+    {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            anyhow::ensure!(
+                dir.is_dir(),
+                "cannot write {}: directory {} does not exist",
+                path.display(),
+                dir.display()
+            );
+        }
+    }
     let prepared = triage_train::prepare(&options)?;
+    if let Some(k) = files.folds {
+        triage_train::eval::folds::check_folds(&prepared, k)?;
+    }
     let options = EvalOptions {
         split,
         pair,

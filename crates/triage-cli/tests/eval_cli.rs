@@ -27,15 +27,20 @@ fn write_table(path: &Path) {
     std::fs::write(path, csv).expect("write table");
 }
 
-fn triage(args: &[&str], cache: &Path) -> Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_triage"))
+fn run(args: &[&str], cache: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_triage"))
         .args(args)
         .arg("--cache-dir")
         .arg(cache)
         .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
         .env("RUST_LOG", "warn")
+        .env("RUST_BACKTRACE", "0")
         .output()
-        .expect("triage runs");
+        .expect("triage runs")
+}
+
+fn triage(args: &[&str], cache: &Path) -> Output {
+    let out = run(args, cache);
     assert!(
         out.status.success(),
         "triage {args:?} failed: {}",
@@ -100,4 +105,68 @@ fn eval_reports_the_bootstrap_it_is_asked_for() {
     let stdout = eval("0");
     assert!(!stdout.contains("paired bootstrap"), "{stdout}");
     assert!(report(&json)["bootstrap"].is_null());
+}
+
+#[test]
+fn eval_refuses_bad_options_before_evaluating() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (table, cache) = (dir.path().join("table.csv"), dir.path().join("cache"));
+    write_table(&table);
+    let table = table.to_str().expect("utf-8 path");
+    let refused = |extra: &[&str], expected: &str| {
+        let mut args = vec!["eval", "--data", table, "--policy", "models/policy.json"];
+        args.extend_from_slice(extra);
+        let out = run(&args, &cache);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{extra:?} was accepted");
+        assert!(stderr.contains(expected), "{extra:?}: {stderr}");
+        assert!(
+            !String::from_utf8_lossy(&out.stdout).contains("router"),
+            "{extra:?}: evaluated before refusing"
+        );
+    };
+    refused(
+        &["--json", "/no/such/dir/eval.json"],
+        "cannot write /no/such/dir/eval.json: directory /no/such/dir does not exist",
+    );
+    // The bundled policy's models are not this table's.
+    refused(&[], "none of the selected models");
+    refused(&[], "which has: big, small");
+}
+
+#[test]
+fn folds_are_checked_before_the_evaluation_runs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (table, policy, cache) = (
+        dir.path().join("table.csv"),
+        dir.path().join("policy.json"),
+        dir.path().join("cache"),
+    );
+    write_table(&table);
+    let path = |p: &Path| p.to_str().expect("utf-8 path").to_owned();
+    triage(
+        &["train", "--data", &path(&table), "--out", &path(&policy)],
+        &cache,
+    );
+    for (folds, expected) in [
+        ("1", "--folds needs at least 2 folds"),
+        ("5000", "--folds 5000: fold"),
+    ] {
+        let args = [
+            "eval",
+            "--data",
+            &path(&table),
+            "--policy",
+            &path(&policy),
+            "--folds",
+            folds,
+        ];
+        let out = run(&args, &cache);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && stderr.contains(expected),
+            "{stderr}"
+        );
+        assert!(String::from_utf8_lossy(&out.stdout).is_empty());
+    }
 }

@@ -48,8 +48,8 @@ pub enum TrainError {
     /// A model fit failed.
     #[error("fitting: {0}")]
     Fit(String),
-    /// Writing the policy failed.
-    #[error("writing policy {path}: {message}")]
+    /// Writing an output (the policy, a plot, exported choices) failed.
+    #[error("cannot write {path}: {message}")]
     Write {
         /// Destination.
         path: String,

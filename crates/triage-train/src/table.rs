@@ -340,9 +340,14 @@ impl Outcomes {
             ));
         }
         if rows_kept.is_empty() {
-            return Err(TrainError::Data(
-                "no rows left after selecting models".into(),
-            ));
+            let mut present: Vec<&str> = model_col.iter().flatten().map(String::as_str).collect();
+            present.sort_unstable();
+            present.dedup();
+            return Err(TrainError::Data(format!(
+                "none of the selected models ({}) is in the table, which has: {}",
+                models.unwrap_or_default().join(", "),
+                present.join(", ")
+            )));
         }
         if let Some((row, id)) = other_texts {
             tracing::warn!(

@@ -31,19 +31,42 @@ fn hash_mod(id: &str, salt: &[u8], k: u64) -> u64 {
     u64::from_be_bytes([h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7]]) % k
 }
 
+/// Checks that `k` folds can be run on `prepared`: at least two, and none without prompts. Cheap,
+/// so a caller can check before its other work.
+pub fn check_folds(prepared: &Prepared, k: usize) -> Result<(), TrainError> {
+    if k < 2 {
+        return Err(TrainError::Usage("--folds needs at least 2 folds".into()));
+    }
+    let prompts = &prepared.outcomes.prompts;
+    let mut sizes = vec![0usize; k];
+    for p in prompts {
+        sizes[fold_of(&p.id, k)] += 1;
+    }
+    if let Some(empty) = sizes.iter().position(|&n| n == 0) {
+        return Err(TrainError::Usage(format!(
+            "--folds {k}: fold {empty} gets none of the table's {} prompts; use fewer folds",
+            prompts.len()
+        )));
+    }
+    Ok(())
+}
+
+fn fold_of(id: &str, k: usize) -> usize {
+    // k fits in u64 and the remainder is below k, so both conversions are lossless.
+    hash_mod(id, b"fold", k as u64) as usize
+}
+
 /// Runs `k` folds; returns each fold's report and a per-router summary.
 pub fn cross_validate(
     prepared: &Prepared,
     k: usize,
 ) -> Result<(Vec<EvalReport>, Vec<FoldSummary>), TrainError> {
-    if k < 2 {
-        return Err(TrainError::Usage("--folds needs at least 2 folds".into()));
-    }
+    check_folds(prepared, k)?;
     let mut reports = Vec::with_capacity(k);
-    for fold in 0..k as u64 {
+    for fold in 0..k {
         let mut outcomes = prepared.outcomes.clone();
         for p in &mut outcomes.prompts {
-            p.split = if hash_mod(&p.id, b"fold", k as u64) == fold {
+            p.split = if fold_of(&p.id, k) == fold {
                 Split::Test
             } else if hash_mod(&p.id, b"dev", 100) < 15 {
                 Split::Dev
