@@ -135,6 +135,20 @@ pub fn train(options: &TrainOptions) -> Result<TrainReport, TrainError> {
             ));
         }
     };
+    if let Some(wanted) = &options.models {
+        let missing: Vec<&str> = wanted
+            .iter()
+            .filter(|m| prepared.outcomes.model_index(m).is_none())
+            .map(String::as_str)
+            .collect();
+        if !missing.is_empty() {
+            return Err(TrainError::Usage(format!(
+                "--models: {} not in the data, which has: {}",
+                missing.join(", "),
+                prepared.outcomes.models.join(", ")
+            )));
+        }
+    }
     // The gate judges the train-only form on held-out data; the train + dev refit of the same
     // recipe is what gets written.
     let Fitted {

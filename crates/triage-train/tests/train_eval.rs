@@ -386,4 +386,20 @@ fn malformed_tables_are_refused_and_no_policy_is_written() {
         );
         assert!(!out.exists(), "{name}: no policy may be written");
     }
+    let data = write(
+        dir.path(),
+        "one_model.csv",
+        "prompt_id,prompt,model,quality,cost_usd\np1,hi,m,1,0.1\n",
+    );
+    let mut asked = options(data, out.clone());
+    asked.models = Some(vec!["m".into(), "nope".into()]);
+    let err = train(&asked)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(
+        err.contains("--models: nope not in the data, which has: m"),
+        "{err}"
+    );
+    assert!(!out.exists(), "no policy may be written");
 }
