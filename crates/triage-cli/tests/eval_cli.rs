@@ -125,10 +125,14 @@ fn eval_refuses_bad_options_before_evaluating() {
             "{extra:?}: evaluated before refusing"
         );
     };
-    refused(
-        &["--json", "/no/such/dir/eval.json"],
-        "cannot write /no/such/dir/eval.json: directory /no/such/dir does not exist",
+    let missing = dir.path().join("missing");
+    let json = missing.join("eval.json");
+    let expected = format!(
+        "cannot write {}: directory {} does not exist",
+        json.display(),
+        missing.display()
     );
+    refused(&["--json", json.to_str().expect("utf-8 path")], &expected);
     // The bundled policy's models are not this table's.
     refused(&[], "none of the selected models");
     refused(&[], "which has: big, small");

@@ -196,6 +196,34 @@ fn implied_price(rows: impl Iterator<Item = Outcome>) -> (f64, f64) {
     (0.0, per_token * 1e6)
 }
 
+/// The prompt × model matrix of the kept rows (table row, prompt, model, outcome); a second row
+/// for the same cell is an error naming both rows.
+fn pivot(
+    rows: &[(usize, usize, String, Outcome)],
+    prompts: &[Prompt],
+    names: &[String],
+) -> Result<Vec<Vec<Option<Outcome>>>, TrainError> {
+    let model_index: HashMap<&str, usize> = names
+        .iter()
+        .enumerate()
+        .map(|(i, m)| (m.as_str(), i))
+        .collect();
+    let mut cells = vec![vec![None; names.len()]; prompts.len()];
+    let mut first_row = vec![vec![0; names.len()]; prompts.len()];
+    for (row, p, m, o) in rows {
+        let m = model_index[m.as_str()];
+        if cells[*p][m].replace(*o).is_some() {
+            return Err(TrainError::Data(format!(
+                "rows {} and {row}: prompt_id {:?} has two rows for model {:?}; give one row per \
+                 (prompt, model), averaging repeated samples into it",
+                first_row[*p][m], prompts[*p].id, names[m]
+            )));
+        }
+        first_row[*p][m] = *row;
+    }
+    Ok(cells)
+}
+
 impl Outcomes {
     /// Reads and validates an outcome table. `catalog` prices rows that carry token counts but
     /// neither `cost_usd` nor per-row prices. Only `models` are kept when given.
@@ -360,24 +388,7 @@ impl Outcomes {
         let mut names: Vec<String> = rows_kept.iter().map(|(_, _, m, _)| m.clone()).collect();
         names.sort();
         names.dedup();
-        let model_index: HashMap<&str, usize> = names
-            .iter()
-            .enumerate()
-            .map(|(i, m)| (m.as_str(), i))
-            .collect();
-        let mut cells = vec![vec![None; names.len()]; prompts.len()];
-        let mut first_row = vec![vec![0; names.len()]; prompts.len()];
-        for (row, p, m, o) in &rows_kept {
-            let m = model_index[m.as_str()];
-            if cells[*p][m].replace(*o).is_some() {
-                return Err(TrainError::Data(format!(
-                    "rows {} and {row}: prompt_id {:?} has two rows for model {:?}; give one \
-                     row per (prompt, model), averaging repeated samples into it",
-                    first_row[*p][m], prompts[*p].id, names[m]
-                )));
-            }
-            first_row[*p][m] = *row;
-        }
+        let cells = pivot(&rows_kept, &prompts, &names)?;
         for (m, name) in names.iter().enumerate() {
             if !prices.contains_key(name) {
                 let rows = cells.iter().filter_map(|row| row[m]);
