@@ -329,18 +329,20 @@ pub fn eval(
         cache_dir,
         progress: true,
     };
-    // Refuse what would fail only after minutes of evaluation.
+    // Output directories are made now, as `train` makes its --out's, so that one that cannot be
+    // fails before minutes of evaluation rather than after.
     for path in [&files.json, &files.plot, &files.export_choices]
         .into_iter()
         .flatten()
     {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            anyhow::ensure!(
-                dir.is_dir(),
-                "cannot write {}: directory {} does not exist",
-                path.display(),
-                dir.display()
-            );
+            std::fs::create_dir_all(dir).with_context(|| {
+                format!(
+                    "cannot write {}: cannot create directory {}",
+                    path.display(),
+                    dir.display()
+                )
+            })?;
         }
     }
     let prepared = triage_train::prepare(&options)?;

@@ -70,7 +70,8 @@ fn eval_reports_the_bootstrap_it_is_asked_for() {
         &cache,
     );
 
-    let json = dir.path().join("eval.json");
+    // Its directory does not exist yet: eval makes it, as train does for --out.
+    let json = dir.path().join("reports").join("eval.json");
     let eval = |resamples: &str| {
         let args = [
             "eval",
@@ -125,12 +126,14 @@ fn eval_refuses_bad_options_before_evaluating() {
             "{extra:?}: evaluated before refusing"
         );
     };
-    let missing = dir.path().join("missing");
-    let json = missing.join("eval.json");
+    // An output under a file cannot have its directory made.
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, "").expect("write");
+    let json = file.join("eval.json");
     let expected = format!(
-        "cannot write {}: directory {} does not exist",
+        "cannot write {}: cannot create directory {}",
         json.display(),
-        missing.display()
+        file.display()
     );
     refused(&["--json", json.to_str().expect("utf-8 path")], &expected);
     // The bundled policy's models are not this table's.
