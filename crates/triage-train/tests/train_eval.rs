@@ -202,6 +202,11 @@ fn trains_on_a_slice_beats_the_cheapest_model_and_serving_agrees_with_eval() {
     assert_eq!(boot.resamples, 200);
     assert!((boot.triage_aiq - triage.aiq).abs() < 1e-12);
     assert!(boot.triage_aiq_95[0] <= boot.triage_aiq_95[1]);
+    match (boot.triage_cost_at_parity_pct, triage.cost_at_parity_pct) {
+        (Some(b), Some(r)) => assert!((b - r).abs() < 1e-9, "{b} vs {r}"),
+        (b, r) => assert_eq!(b, r),
+    }
+    assert!((0.0..=1.0).contains(&boot.share_parity_reached));
     let against: Vec<&str> = boot
         .comparisons
         .iter()

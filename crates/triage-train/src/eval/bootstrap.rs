@@ -10,7 +10,7 @@
 
 use serde::Serialize;
 
-use crate::eval::curve::{Point, aiq, hull};
+use crate::eval::curve::{Point, aiq, cost_to_reach, hull};
 use crate::table::Outcomes;
 
 /// Per-prompt realised cost and quality of one operating setting (one knob value of one router,
@@ -98,6 +98,14 @@ pub struct Bootstrap {
     pub triage_aiq: f64,
     /// 2.5th and 97.5th percentile of Triage's AIQ over the resamples.
     pub triage_aiq_95: [f64; 2],
+    /// Triage's cost at parity on the evaluated split (% of the best single model's cost; `None`
+    /// where not reached), from the settings (equals its row's).
+    pub triage_cost_at_parity_pct: Option<f64>,
+    /// 2.5th and 97.5th percentile of it over the resamples, each resample against its own best
+    /// single model; `None` where not reached.
+    pub triage_cost_at_parity_95: [Option<f64>; 2],
+    /// Share of resamples in which Triage reaches the best single model's quality at all.
+    pub share_parity_reached: f64,
     /// Triage against each other router.
     pub comparisons: Vec<Comparison>,
 }
@@ -105,19 +113,45 @@ pub struct Bootstrap {
 /// Seed of the draws: fixed, so a rerun reproduces the report.
 pub const SEED: u64 = 20_241_022;
 
-/// AIQ of each router under `weights`, over the cost range of the singles under the same weights.
-fn aiqs(singles: &[Setting], routers: &[RouterSettings], weights: &[f64]) -> Vec<f64> {
-    let single_points: Vec<Point> = singles.iter().map(|s| s.point(weights)).collect();
-    let costs = single_points.iter().map(|p| p.cost).filter(|c| !c.is_nan());
-    let lo = costs.clone().fold(f64::INFINITY, f64::min);
-    let hi = costs.fold(f64::NEG_INFINITY, f64::max);
-    routers
+/// One draw's scores: the AIQ of each router under `weights`, over the cost range of the singles
+/// under the same weights, and Triage's cost at parity with the best of those singles (% of its
+/// cost; infinite where Triage's hull does not reach its quality).
+fn scores(singles: &[Setting], routers: &[RouterSettings], weights: &[f64]) -> (Vec<f64>, f64) {
+    let single_points: Vec<Point> = singles
         .iter()
-        .map(|(_, settings)| {
-            let points: Vec<Point> = settings.iter().map(|s| s.point(weights)).collect();
-            aiq(&hull(&points), lo, hi)
-        })
-        .collect()
+        .map(|s| s.point(weights))
+        .filter(|p| !p.cost.is_nan())
+        .collect();
+    let lo = single_points
+        .iter()
+        .map(|p| p.cost)
+        .fold(f64::INFINITY, f64::min);
+    let hi = single_points
+        .iter()
+        .map(|p| p.cost)
+        .fold(f64::NEG_INFINITY, f64::max);
+    // The best single model as `evaluate` picks it: highest quality, then cheapest.
+    let best = single_points.iter().max_by(|a, b| {
+        a.quality
+            .total_cmp(&b.quality)
+            .then(b.cost.total_cmp(&a.cost))
+    });
+    let mut parity = f64::INFINITY;
+    let mut aiqs = Vec::with_capacity(routers.len());
+    for (r, (_, settings)) in routers.iter().enumerate() {
+        let points: Vec<Point> = settings.iter().map(|s| s.point(weights)).collect();
+        let h = hull(&points);
+        if let (0, Some(best)) = (r, best) {
+            parity =
+                cost_to_reach(&h, best.quality).map_or(f64::INFINITY, |c| 100.0 * c / best.cost);
+        }
+        aiqs.push(aiq(&h, lo, hi));
+    }
+    (aiqs, parity)
+}
+
+fn reached(parity: f64) -> Option<f64> {
+    parity.is_finite().then_some(parity)
 }
 
 /// Nearest-rank percentile of sorted `values`.
@@ -141,18 +175,21 @@ pub fn paired_bootstrap(
     if prompts == 0 || resamples == 0 || routers.is_empty() || singles.is_empty() {
         return None;
     }
-    let observed = aiqs(singles, routers, &vec![1.0; prompts]);
+    let (observed, observed_parity) = scores(singles, routers, &vec![1.0; prompts]);
     let mut rng = fastrand::Rng::with_seed(seed);
     let mut draws: Vec<Vec<f64>> = vec![Vec::with_capacity(resamples); routers.len()];
+    let mut parities = Vec::with_capacity(resamples);
     let mut weights = vec![0.0; prompts];
     for _ in 0..resamples {
         weights.iter_mut().for_each(|w| *w = 0.0);
         for _ in 0..prompts {
             weights[rng.usize(..prompts)] += 1.0;
         }
-        for (r, a) in aiqs(singles, routers, &weights).into_iter().enumerate() {
+        let (aiqs, parity) = scores(singles, routers, &weights);
+        for (r, a) in aiqs.into_iter().enumerate() {
             draws[r].push(a);
         }
+        parities.push(parity);
     }
     let interval = |mut v: Vec<f64>| {
         v.sort_by(f64::total_cmp);
@@ -173,11 +210,17 @@ pub fn paired_bootstrap(
             }
         })
         .collect();
+    let share_parity_reached =
+        parities.iter().filter(|p| p.is_finite()).count() as f64 / resamples as f64;
+    let [parity_lo, parity_hi] = interval(parities);
     Some(Bootstrap {
         resamples,
         seed,
         triage_aiq: observed[0],
         triage_aiq_95: interval(draws[0].clone()),
+        triage_cost_at_parity_pct: reached(observed_parity),
+        triage_cost_at_parity_95: [reached(parity_lo), reached(parity_hi)],
+        share_parity_reached,
         comparisons,
     })
 }
@@ -248,6 +291,13 @@ mod tests {
         assert!(c.difference_95[0] > 0.0, "{c:?}");
         assert_eq!(c.share_triage_ahead, 1.0);
         assert!(b.triage_aiq_95[0] <= b.triage_aiq && b.triage_aiq <= b.triage_aiq_95[1]);
+        // Its mixed setting beats the dear model's quality at about half its cost in every draw.
+        assert_eq!(b.share_parity_reached, 1.0);
+        let [Some(lo), Some(hi)] = b.triage_cost_at_parity_95 else {
+            panic!("parity reached in every draw: {b:?}");
+        };
+        let observed = b.triage_cost_at_parity_pct.expect("reached");
+        assert!(lo <= observed && observed <= hi && hi < 100.0, "{b:?}");
     }
 
     #[test]
@@ -271,6 +321,9 @@ mod tests {
         let a = paired_bootstrap(&s, &r, 100, 50, SEED).expect("resampled");
         let b = paired_bootstrap(&s, &r, 100, 50, SEED).expect("resampled");
         assert_eq!(a.triage_aiq_95, b.triage_aiq_95);
+        // Right on half the prompts, it never reaches the dear model's 80%.
+        assert_eq!(a.triage_cost_at_parity_95, [None, None]);
+        assert_eq!(a.share_parity_reached, 0.0);
         assert_eq!(
             paired_bootstrap(&s, &r, 100, 0, SEED).map(|b| b.resamples),
             None

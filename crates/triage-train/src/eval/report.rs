@@ -196,6 +196,14 @@ fn render_bootstrap(s: &mut String, b: &Bootstrap, prompts: usize) {
     );
     let _ = writeln!(
         s,
+        "triage cost at parity {}, 95% {} to {}; reached in {:.1}% of resamples",
+        pct(b.triage_cost_at_parity_pct),
+        pct(b.triage_cost_at_parity_95[0]),
+        pct(b.triage_cost_at_parity_95[1]),
+        100.0 * b.share_parity_reached
+    );
+    let _ = writeln!(
+        s,
         "{:<36} {:>9} {:>21} {:>16}",
         "triage minus", "AIQ", "95% interval", "triage ahead"
     );
