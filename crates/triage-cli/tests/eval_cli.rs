@@ -157,7 +157,9 @@ fn folds_are_checked_before_the_evaluation_runs() {
     );
     for (folds, expected) in [
         ("1", "--folds needs at least 2 folds"),
-        ("5000", "--folds 5000: fold"),
+        ("150", "--folds 150: fold"),
+        ("5000", "--folds 5000: the table has only 200 prompts"),
+        ("18446744073709551615", "the table has only 200 prompts"),
     ] {
         let args = [
             "eval",

@@ -96,6 +96,11 @@ pub fn prepare(options: &TrainOptions) -> Result<Prepared, TrainError> {
         .as_deref()
         .ok_or_else(|| TrainError::Usage("an outcome table (--data FILE) is needed".into()))?;
     let outcomes = Outcomes::load(data, &catalog, options.models.as_deref())?;
+    embed_table(options, outcomes)
+}
+
+/// Embeds every distinct prompt of `outcomes` (through the cache) into the features serving uses.
+fn embed_table(options: &TrainOptions, outcomes: Outcomes) -> Result<Prepared, TrainError> {
     let enc = &options.settings.encoder;
     let library = enc.onnxruntime.as_ref().map(|p| options.base.join(p));
     init_onnxruntime(library.as_deref()).map_err(|e| TrainError::Encoder(e.to_string()))?;
@@ -113,6 +118,26 @@ pub fn prepare(options: &TrainOptions) -> Result<Prepared, TrainError> {
     Ok(Prepared { outcomes, features })
 }
 
+/// Refuses a `--models` entry the data lacks, rather than training without it.
+fn check_requested_models(outcomes: &Outcomes, options: &TrainOptions) -> Result<(), TrainError> {
+    let Some(wanted) = &options.models else {
+        return Ok(());
+    };
+    let missing: Vec<&str> = wanted
+        .iter()
+        .filter(|m| outcomes.model_index(m).is_none())
+        .map(String::as_str)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(TrainError::Usage(format!(
+        "--models: {} not in the data, which has: {}",
+        missing.join(", "),
+        outcomes.models.join(", ")
+    )))
+}
+
 /// Trains a policy from a table, the log, or both, and writes it to `options.out` if the
 /// promotion gate (or `force`) allows.
 pub fn train(options: &TrainOptions) -> Result<TrainReport, TrainError> {
@@ -126,7 +151,12 @@ pub fn train(options: &TrainOptions) -> Result<TrainReport, TrainError> {
         .map(LoggedData::read)
         .transpose()?;
     let prepared = match (&options.data, &logged) {
-        (Some(_), None) => prepare(options)?,
+        (Some(data), None) => {
+            let outcomes = Outcomes::load(data, &catalog, options.models.as_deref())?;
+            // Before embedding, which can take minutes on a new table.
+            check_requested_models(&outcomes, options)?;
+            embed_table(options, outcomes)?
+        }
         (None, Some(log)) => log.prepared(&catalog)?,
         (Some(_), Some(log)) => merge(prepare(options)?, log.prepared(&catalog)?)?,
         (None, None) => {
@@ -135,20 +165,7 @@ pub fn train(options: &TrainOptions) -> Result<TrainReport, TrainError> {
             ));
         }
     };
-    if let Some(wanted) = &options.models {
-        let missing: Vec<&str> = wanted
-            .iter()
-            .filter(|m| prepared.outcomes.model_index(m).is_none())
-            .map(String::as_str)
-            .collect();
-        if !missing.is_empty() {
-            return Err(TrainError::Usage(format!(
-                "--models: {} not in the data, which has: {}",
-                missing.join(", "),
-                prepared.outcomes.models.join(", ")
-            )));
-        }
-    }
+    check_requested_models(&prepared.outcomes, options)?;
     // The gate judges the train-only form on held-out data; the train + dev refit of the same
     // recipe is what gets written.
     let Fitted {

@@ -38,6 +38,12 @@ pub fn check_folds(prepared: &Prepared, k: usize) -> Result<(), TrainError> {
         return Err(TrainError::Usage("--folds needs at least 2 folds".into()));
     }
     let prompts = &prepared.outcomes.prompts;
+    if k > prompts.len() {
+        return Err(TrainError::Usage(format!(
+            "--folds {k}: the table has only {} prompts; use fewer folds",
+            prompts.len()
+        )));
+    }
     let mut sizes = vec![0usize; k];
     for p in prompts {
         sizes[fold_of(&p.id, k)] += 1;
