@@ -1,7 +1,8 @@
 //! `triage train` then `triage eval` as a user runs them, on a small table written here whose
 //! models are known only by their `cost_usd` (not in the catalog, no prices): both commands work
-//! on it, and the evaluation's JSON carries the paired bootstrap asked for with `--bootstrap`, and
-//! none with 0.
+//! on it, the evaluation's JSON carries the paired bootstrap asked for with `--bootstrap` (none
+//! with 0), and options that could only fail late (an output directory that cannot be made, a
+//! policy of other models, impossible `--folds`) are refused before anything is evaluated.
 
 use std::fmt::Write as _;
 use std::path::Path;
