@@ -1,5 +1,5 @@
-//! How much of an AIQ difference is the luck of one test split: a paired bootstrap over its
-//! prompts.
+//! How much of an AIQ difference, and of Triage's cost at parity, is the luck of one test split:
+//! a paired bootstrap over its prompts.
 //!
 //! Each resample draws the evaluated prompts with replacement and re-scores every router on
 //! that draw, with the same per-prompt choices the report was built from: every router, the
