@@ -5,7 +5,7 @@
 //! policy of other models, impossible `--folds`) are refused before anything is evaluated.
 
 use std::fmt::Write as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 /// Arithmetic prompts only the dear model gets right; writing prompts both get right. Enough dev
@@ -50,6 +50,23 @@ fn triage(args: &[&str], cache: &Path) -> Output {
     out
 }
 
+/// The table written under `dir` and a policy trained on it with `triage train`, as a user
+/// would: (table, policy, embedding cache).
+fn trained(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let (table, policy, cache) = (
+        dir.join("table.csv"),
+        dir.join("policy.json"),
+        dir.join("cache"),
+    );
+    write_table(&table);
+    let path = |p: &Path| p.to_str().expect("utf-8 path").to_owned();
+    triage(
+        &["train", "--data", &path(&table), "--out", &path(&policy)],
+        &cache,
+    );
+    (table, policy, cache)
+}
+
 fn report(path: &Path) -> serde_json::Value {
     let text = std::fs::read(path).expect("eval wrote its JSON");
     let json: serde_json::Value = serde_json::from_slice(&text).expect("valid JSON");
@@ -59,17 +76,8 @@ fn report(path: &Path) -> serde_json::Value {
 #[test]
 fn eval_reports_the_bootstrap_it_is_asked_for() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (table, policy, cache) = (
-        dir.path().join("table.csv"),
-        dir.path().join("policy.json"),
-        dir.path().join("cache"),
-    );
-    write_table(&table);
+    let (table, policy, cache) = trained(dir.path());
     let path = |p: &Path| p.to_str().expect("utf-8 path").to_owned();
-    triage(
-        &["train", "--data", &path(&table), "--out", &path(&policy)],
-        &cache,
-    );
 
     // Its directory does not exist yet: eval makes it, as train does for --out.
     let json = dir.path().join("reports").join("eval.json");
@@ -145,17 +153,8 @@ fn eval_refuses_bad_options_before_evaluating() {
 #[test]
 fn folds_are_checked_before_the_evaluation_runs() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (table, policy, cache) = (
-        dir.path().join("table.csv"),
-        dir.path().join("policy.json"),
-        dir.path().join("cache"),
-    );
-    write_table(&table);
+    let (table, policy, cache) = trained(dir.path());
     let path = |p: &Path| p.to_str().expect("utf-8 path").to_owned();
-    triage(
-        &["train", "--data", &path(&table), "--out", &path(&policy)],
-        &cache,
-    );
     for (folds, expected) in [
         ("1", "--folds needs at least 2 folds"),
         ("150", "--folds 150: fold"),

@@ -3,8 +3,16 @@
 
 use std::path::PathBuf;
 
-use triage_core::Settings;
+use triage_core::{Catalog, Settings};
 use triage_train::table::{Outcomes, Split};
+
+/// The catalog the embedded defaults ship.
+fn default_catalog() -> Catalog {
+    Settings::load(None)
+        .expect("settings")
+        .catalog()
+        .expect("catalog")
+}
 
 fn write(dir: &tempfile::TempDir, name: &str, text: &str) -> PathBuf {
     let p = dir.path().join(name);
@@ -23,10 +31,7 @@ fn token_counts_are_priced_from_the_catalog_and_dev_is_carved_deterministically(
         ));
     }
     let path = write(&dir, "t.csv", &csv);
-    let catalog = Settings::load(None)
-        .expect("settings")
-        .catalog()
-        .expect("catalog");
+    let catalog = default_catalog();
     let a = Outcomes::load(&path, &catalog, None).expect("loads");
     let b = Outcomes::load(&path, &catalog, None).expect("loads");
     assert_eq!(a.models, ["gpt-4o-2024-08-06", "gpt-4o-mini-2024-07-18"]);
@@ -74,10 +79,7 @@ fn models_known_only_by_their_costs_get_the_price_their_rows_paid() {
         csv.push_str(&format!("p{i},question {i},gpt-4o-2024-08-06,1,0.01,\n"));
     }
     let path = write(&dir, "c.csv", &csv);
-    let catalog = Settings::load(None)
-        .expect("settings")
-        .catalog()
-        .expect("catalog");
+    let catalog = default_catalog();
     let o = Outcomes::load(&path, &catalog, None).expect("loads");
     let price = |m: &str| o.prices.get(m).copied().expect("priced");
     let (input, output) = price("counted");
@@ -101,10 +103,7 @@ fn a_prompt_id_seen_again_with_another_text_keeps_its_first_text() {
         "variants.csv",
         "prompt_id,prompt,model,quality,cost_usd\np1,first text,a,1,0.1\np1,second text,b,0,0.2\n",
     );
-    let catalog = Settings::load(None)
-        .expect("settings")
-        .catalog()
-        .expect("catalog");
+    let catalog = default_catalog();
     let o = Outcomes::load(&path, &catalog, None).expect("variants load");
     assert_eq!(o.prompts.len(), 1);
     assert_eq!(o.prompts[0].text, "first text");
