@@ -138,6 +138,11 @@ fn check_requested_models(outcomes: &Outcomes, options: &TrainOptions) -> Result
     )))
 }
 
+fn checked(prepared: Prepared, options: &TrainOptions) -> Result<Prepared, TrainError> {
+    check_requested_models(&prepared.outcomes, options)?;
+    Ok(prepared)
+}
+
 /// Trains a policy from a table, the log, or both, and writes it to `options.out` if the
 /// promotion gate (or `force`) allows.
 pub fn train(options: &TrainOptions) -> Result<TrainReport, TrainError> {
@@ -157,15 +162,17 @@ pub fn train(options: &TrainOptions) -> Result<TrainReport, TrainError> {
             check_requested_models(&outcomes, options)?;
             embed_table(options, outcomes)?
         }
-        (None, Some(log)) => log.prepared(&catalog)?,
-        (Some(_), Some(log)) => merge(prepare(options)?, log.prepared(&catalog)?)?,
+        // With the log, the models come from both sources, so they are checked once merged.
+        (None, Some(log)) => checked(log.prepared(&catalog)?, options)?,
+        (Some(_), Some(log)) => {
+            checked(merge(prepare(options)?, log.prepared(&catalog)?)?, options)?
+        }
         (None, None) => {
             return Err(TrainError::Usage(
                 "nothing to train on: give --data FILE, --from-log DIR, or both".into(),
             ));
         }
     };
-    check_requested_models(&prepared.outcomes, options)?;
     // The gate judges the train-only form on held-out data; the train + dev refit of the same
     // recipe is what gets written.
     let Fitted {

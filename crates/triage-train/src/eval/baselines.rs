@@ -49,9 +49,22 @@ pub fn single_models(o: &Outcomes, prompts: &[usize]) -> Vec<(String, Point)> {
 
 /// The cheapest and dearest single model's mean cost: the range AIQ is measured over.
 pub fn cost_range(singles: &[(String, Point)]) -> (f64, f64) {
-    let lo = singles.iter().map(|(_, p)| p.cost).fold(f64::MAX, f64::min);
-    let hi = singles.iter().map(|(_, p)| p.cost).fold(f64::MIN, f64::max);
+    point_cost_range(singles.iter().map(|(_, p)| p))
+}
+
+/// [`cost_range`] of bare points.
+pub fn point_cost_range<'a>(points: impl Iterator<Item = &'a Point> + Clone) -> (f64, f64) {
+    let lo = points.clone().map(|p| p.cost).fold(f64::MAX, f64::min);
+    let hi = points.map(|p| p.cost).fold(f64::MIN, f64::max);
     (lo, hi)
+}
+
+/// Orders single models' points so that the greatest is the best single model: the highest
+/// quality, then the cheaper.
+pub fn by_quality_then_cheapness(a: &Point, b: &Point) -> std::cmp::Ordering {
+    a.quality
+        .total_cmp(&b.quality)
+        .then(b.cost.total_cmp(&a.cost))
 }
 
 /// Expected point of choosing uniformly at random among `singles`.

@@ -10,6 +10,7 @@
 
 use serde::Serialize;
 
+use crate::eval::baselines::{by_quality_then_cheapness, point_cost_range};
 use crate::eval::curve::{Point, aiq, cost_to_reach, hull};
 use crate::table::Outcomes;
 
@@ -122,20 +123,10 @@ fn scores(singles: &[Setting], routers: &[RouterSettings], weights: &[f64]) -> (
         .map(|s| s.point(weights))
         .filter(|p| !p.cost.is_nan())
         .collect();
-    let lo = single_points
+    let (lo, hi) = point_cost_range(single_points.iter());
+    let best = single_points
         .iter()
-        .map(|p| p.cost)
-        .fold(f64::INFINITY, f64::min);
-    let hi = single_points
-        .iter()
-        .map(|p| p.cost)
-        .fold(f64::NEG_INFINITY, f64::max);
-    // The best single model as `evaluate` picks it: highest quality, then cheapest.
-    let best = single_points.iter().max_by(|a, b| {
-        a.quality
-            .total_cmp(&b.quality)
-            .then(b.cost.total_cmp(&a.cost))
-    });
+        .max_by(|a, b| by_quality_then_cheapness(a, b));
     let mut parity = f64::INFINITY;
     let mut aiqs = Vec::with_capacity(routers.len());
     for (r, (_, settings)) in routers.iter().enumerate() {

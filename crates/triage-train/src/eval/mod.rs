@@ -24,8 +24,8 @@ use crate::simulate::{Knob, Replay, model_indices, realised_by_index};
 use crate::table::{Outcomes, Split};
 use crate::train::Prepared;
 use baselines::{
-    cost_range, knn_estimates, lambda_grid, neighbourhood_sizes, oracle_estimates, random_mix,
-    single_models, sweep, sweep_choices,
+    by_quality_then_cheapness, cost_range, knn_estimates, lambda_grid, neighbourhood_sizes,
+    oracle_estimates, random_mix, single_models, sweep, sweep_choices,
 };
 use bootstrap::{RouterSettings, Setting, paired_bootstrap};
 use curve::{Point, aiq, hull, pair_metrics};
@@ -128,11 +128,7 @@ pub fn evaluate(
 
     let best = singles
         .iter()
-        .max_by(|a, b| {
-            a.1.quality
-                .total_cmp(&b.1.quality)
-                .then(b.1.cost.total_cmp(&a.1.cost))
-        })
+        .max_by(|a, b| by_quality_then_cheapness(&a.1, &b.1))
         .cloned()
         .ok_or_else(|| TrainError::Data("no single models".into()))?;
     let cheapest = singles
