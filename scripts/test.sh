@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Sets up everything (idempotent), then runs the whole test suite: formatting, clippy, the Rust
-# tests (real ONNX encoder, real gRPC server on loopback port 0) and the Python client tests.
+# tests (real ONNX encoder, real gRPC and HTTP servers on loopback port 0, a local LLM upstream)
+# and the client tests in Python and Node (official `openai` packages, gRPC clients).
 # The cargo target directory defaults to one outside the clone so that fresh clones on the same
 # machine reuse compiled dependencies (polars takes long to build the first time).
 set -euo pipefail
@@ -13,6 +14,7 @@ export CARGO_INCREMENTAL=${CARGO_INCREMENTAL:-0}
 
 bash scripts/setup.sh
 bash scripts/setup-python.sh
+bash scripts/setup-node.sh
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
@@ -28,5 +30,9 @@ echo "== cargo test"
 cargo test --locked --workspace --all-targets
 echo "== OpenTelemetry export test (otel feature)"
 cargo test --locked -p triage-cli --features otel --test otel
+export TRIAGE_TEST_BIN="$CARGO_TARGET_DIR/debug/triage"
+export TRIAGE_TEST_UPSTREAM_BIN="$CARGO_TARGET_DIR/debug/triage-local-upstream"
 echo "== python client tests"
-TRIAGE_TEST_BIN="$CARGO_TARGET_DIR/debug/triage" .cache/pyvenv/bin/python -m pytest -q tests/python
+.cache/pyvenv/bin/python -m pytest -q tests/python
+echo "== node client tests"
+(cd tests/node && node --test)

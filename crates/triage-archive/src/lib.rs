@@ -18,7 +18,8 @@
 //!           candidate_predicted_cost_usd[] · candidate_eligible[] · chosen · propensity ·
 //!           explored · session_id · prompt · api_key
 //! feedback: feedback_id · model · quality · output_tokens · cost_usd · latency_ms · error ·
-//!           retry_after_ms
+//!           retry_after_ms · first_byte_ms · tokens_estimated (the last two absent in older
+//!           archives: read as null and false)
 //! ```
 
 mod read;

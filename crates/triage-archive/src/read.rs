@@ -27,6 +27,14 @@ impl Frame<'_> {
         Ok(self.0.column(name)?.u32()?.iter().collect())
     }
 
+    /// A column that archives written before it existed lack: all nulls there.
+    fn optional_u32s(&self, name: &str) -> PolarsResult<Vec<Option<u32>>> {
+        match self.0.column(name) {
+            Ok(c) => Ok(c.u32()?.iter().collect()),
+            Err(_) => Ok(vec![None; self.0.height()]),
+        }
+    }
+
     fn lists(&self, name: &str) -> PolarsResult<Vec<Option<Series>>> {
         let lists = self.0.column(name)?.list()?;
         Ok((0..lists.len()).map(|i| lists.get_as_series(i)).collect())
@@ -61,6 +69,11 @@ pub(crate) fn records(df: &DataFrame) -> PolarsResult<Vec<LogRecord>> {
     let latency_ms = f.u32s("latency_ms")?;
     let error = f.strings("error")?;
     let retry_after_ms = f.u32s("retry_after_ms")?;
+    let first_byte_ms = f.optional_u32s("first_byte_ms")?;
+    let tokens_estimated: Vec<Option<bool>> = match df.column("tokens_estimated") {
+        Ok(c) => c.bool()?.iter().collect(),
+        Err(_) => vec![None; df.height()],
+    };
     let features = f.lists("features")?;
     let candidates = CandidateLists {
         model: f.lists("candidate_model")?,
@@ -112,6 +125,8 @@ pub(crate) fn records(df: &DataFrame) -> PolarsResult<Vec<LogRecord>> {
                         malformed(format!("row {row}: unknown error kind {error_name:?}"))
                     })?,
                     retry_after_ms: retry_after_ms[row],
+                    first_byte_ms: first_byte_ms[row],
+                    tokens_estimated: tokens_estimated[row].unwrap_or(false),
                 })
             }
             other => return Err(malformed(format!("row {row} has kind {other:?}"))),

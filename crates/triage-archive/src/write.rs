@@ -28,6 +28,8 @@ struct Columns<'a> {
     latency_ms: Vec<Option<u32>>,
     error: Vec<Option<&'static str>>,
     retry_after_ms: Vec<Option<u32>>,
+    first_byte_ms: Vec<Option<u32>>,
+    tokens_estimated: Vec<Option<bool>>,
 }
 
 /// The list columns of decisions.
@@ -132,6 +134,8 @@ impl<'a> Columns<'a> {
         self.latency_ms.push(None);
         self.error.push(None);
         self.retry_after_ms.push(None);
+        self.first_byte_ms.push(None);
+        self.tokens_estimated.push(None);
     }
 
     fn push_feedback(&mut self, f: &'a FeedbackRecord) {
@@ -156,6 +160,8 @@ impl<'a> Columns<'a> {
         self.latency_ms.push(Some(f.latency_ms));
         self.error.push(Some(f.error.as_str()));
         self.retry_after_ms.push(f.retry_after_ms);
+        self.first_byte_ms.push(f.first_byte_ms);
+        self.tokens_estimated.push(Some(f.tokens_estimated));
     }
 
     fn finish(self) -> Vec<Column> {
@@ -181,6 +187,8 @@ impl<'a> Columns<'a> {
             Column::new("latency_ms".into(), self.latency_ms),
             Column::new("error".into(), self.error),
             Column::new("retry_after_ms".into(), self.retry_after_ms),
+            Column::new("first_byte_ms".into(), self.first_byte_ms),
+            Column::new("tokens_estimated".into(), self.tokens_estimated),
         ]
     }
 }

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use triage_core::{Conversation, Preferences, Settings};
+use triage_engine::startup::{self, Background};
 use triage_server::{RoutingEngine, RoutingRequest};
 
 fn base_dir() -> anyhow::Result<PathBuf> {
@@ -38,29 +39,57 @@ pub fn serve(
         let listener = tokio::net::TcpListener::bind(settings.server.listen)
             .await
             .with_context(|| format!("cannot listen on {}", settings.server.listen))?;
-        let addr = listener.local_addr()?;
-        // A plain line on stdout so scripts can find the port when listening on port 0.
-        println!("listening on {addr}");
-        tracing::info!(
-            %addr,
-            policy = engine.policy().version(),
-            log = %settings.log.dir.display(),
-            models = engine.catalog().models().len(),
-            "triage serving gRPC (triage.v1.Router, grpc.health.v1, reflection)"
-        );
-        let metrics = triage_server::bind_metrics(&settings).await?;
+        let http = startup::bind_optional(settings.gateway.listen, "gateway").await?;
+        let metrics = startup::bind_metrics(&settings).await?;
+        let service = startup::open(engine, &settings, log_archive()).await?;
+        let gateway = match http {
+            Some(l) => Some((triage_gateway::Gateway::new(service.clone(), &settings)?, l)),
+            None => None,
+        };
+        // Plain lines on stdout so scripts can find the ports when listening on port 0.
+        println!("listening on {}", listener.local_addr()?);
+        if let Some((_, l)) = &gateway {
+            println!("gateway on http://{}", l.local_addr()?);
+        }
         if let Some(m) = &metrics {
             println!("metrics on http://{}/metrics", m.local_addr()?);
         }
-        triage_server::serve(
-            engine,
-            &settings,
-            listener,
-            metrics,
-            log_archive(),
-            shutdown_signal(),
-        )
-        .await?;
+        tracing::info!(
+            grpc = %listener.local_addr()?,
+            http = ?gateway.as_ref().and_then(|(_, l)| l.local_addr().ok()),
+            policy = service.engine().policy().version(),
+            log = %settings.log.dir.display(),
+            models = service.engine().catalog().models().len(),
+            providers = settings.providers.len(),
+            "triage serving: gRPC (triage.v1.Router, grpc.health.v1, reflection) and the HTTP \
+             gateway (/v1/chat/completions)"
+        );
+        let _background = Background::start(&service, &settings, metrics, log_archive());
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let signal = async move {
+            shutdown_signal().await;
+            let _ = stop.send(true);
+        };
+        tokio::spawn(signal);
+        let when = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        let http_door = async {
+            match gateway {
+                Some((g, l)) => triage_gateway::serve(g, l, when(stopped.clone()))
+                    .await
+                    .context("HTTP gateway failed"),
+                None => Ok(()),
+            }
+        };
+        let grpc_door = async {
+            triage_server::serve_grpc(service, &settings, listener, when(stopped.clone()))
+                .await
+                .context("gRPC server failed")
+        };
+        let (grpc, http) = tokio::join!(grpc_door, http_door);
+        grpc?;
+        http?;
         tracing::info!("stopped");
         Ok(())
     })
@@ -107,6 +136,8 @@ pub fn route(settings: Settings, prompt: &str, preferences: Preferences) -> anyh
         metadata: Default::default(),
         caller: Default::default(),
         session_affinity: false,
+        pinned: None,
+        reachable: None,
     };
     let outcome = runtime()?.block_on(engine.route("cli", &request))?;
     let d = &outcome.decision;

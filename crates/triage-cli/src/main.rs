@@ -57,11 +57,14 @@ enum LogCommand {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the gRPC server.
+    /// Run the server: gRPC and the OpenAI-compatible HTTP gateway, over one engine.
     Serve {
         /// Listen address, e.g. 127.0.0.1:50051 (overrides server.listen).
         #[arg(long)]
         listen: Option<SocketAddr>,
+        /// HTTP gateway address, e.g. 127.0.0.1:8080, or `off` (overrides gateway.listen).
+        #[arg(long, value_parser = parse_http_listen)]
+        http_listen: Option<HttpListen>,
         /// Directory of the decision and feedback log (overrides log.dir).
         #[arg(long)]
         data_dir: Option<PathBuf>,
@@ -165,6 +168,20 @@ enum Command {
     },
 }
 
+/// `--http-listen`: an address, or `off`.
+#[derive(Clone, Debug)]
+struct HttpListen(Option<SocketAddr>);
+
+fn parse_http_listen(value: &str) -> Result<HttpListen, String> {
+    if value == "off" {
+        return Ok(HttpListen(None));
+    }
+    value
+        .parse()
+        .map(|a| HttpListen(Some(a)))
+        .map_err(|e| format!("{e}: give HOST:PORT, or `off` for no gateway"))
+}
+
 fn main() -> anyhow::Result<()> {
     let _telemetry = telemetry::init()?;
     let cli = Cli::parse();
@@ -172,9 +189,16 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve {
             listen,
+            http_listen,
             data_dir,
             metrics_listen,
-        } => commands::serve(settings, listen, data_dir, metrics_listen),
+        } => {
+            let mut settings = settings;
+            if let Some(HttpListen(addr)) = http_listen {
+                settings.gateway.listen = addr;
+            }
+            commands::serve(settings, listen, data_dir, metrics_listen)
+        }
         Command::Keys {
             command: KeysCommand::Hash { key },
         } => {

@@ -58,6 +58,8 @@ fn report(
             ErrorKind::RateLimited
         },
         retry_after_ms: None,
+        first_byte_ms: None,
+        tokens_estimated: false,
     }
 }
 

@@ -56,7 +56,14 @@ async fn route_spans_reach_an_otlp_collector() {
 
     let data = tempfile::tempdir().expect("tempdir");
     let mut child = Command::new(env!("CARGO_BIN_EXE_triage"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "off",
+            "--data-dir",
+        ])
         .arg(data.path())
         .current_dir(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../..")))
         .env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)

@@ -43,8 +43,12 @@ pub struct LatencyProfile {
 pub struct ModelSpec {
     /// The name clients use and the policy is keyed by.
     pub name: String,
-    /// Who serves it (informational).
+    /// Who serves it: the name of a `[[providers]]` entry, through which the HTTP gateway calls
+    /// it (without a matching entry the model is still routable over gRPC).
     pub provider: String,
+    /// The provider's own name for the model (default: `name`).
+    #[serde(default)]
+    pub upstream_model: Option<String>,
     /// List price in USD per one million input tokens.
     pub input_usd_per_1m: f64,
     /// List price in USD per one million output tokens.
@@ -72,6 +76,11 @@ fn enabled_by_default() -> bool {
 }
 
 impl ModelSpec {
+    /// The name the provider knows the model by.
+    pub fn upstream_name(&self) -> &str {
+        self.upstream_model.as_deref().unwrap_or(&self.name)
+    }
+
     /// USD cost of a request with these token counts at this model's list prices.
     pub fn cost_usd(&self, input_tokens: f64, output_tokens: f64) -> f64 {
         (input_tokens * self.input_usd_per_1m + output_tokens * self.output_usd_per_1m) / 1e6
@@ -215,6 +224,7 @@ mod tests {
             },
             prior_from: None,
             prior_offset: 0.0,
+            upstream_model: None,
         }
     }
 

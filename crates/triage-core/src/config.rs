@@ -137,6 +137,83 @@ pub struct LogSettings {
     pub compact_interval_ms: u64,
 }
 
+/// The OpenAI-compatible HTTP gateway (`POST /v1/chat/completions` and friends).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewaySettings {
+    /// Address the HTTP gateway listens on (`triage serve --http-listen`); unset: no gateway.
+    #[serde(default)]
+    pub listen: Option<SocketAddr>,
+    /// Most models one request tries (the chosen one and its fallbacks).
+    pub max_attempts: usize,
+    /// Largest accepted request body, bytes (413 beyond).
+    pub max_body_bytes: usize,
+    /// Longest a whole request may take, fallbacks included, ms.
+    pub deadline_ms: u64,
+}
+
+impl Default for GatewaySettings {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            max_attempts: 3,
+            max_body_bytes: 4 * 1024 * 1024,
+            deadline_ms: 600_000,
+        }
+    }
+}
+
+/// The API an upstream speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProviderKind {
+    /// OpenAI chat completions: OpenAI, Azure OpenAI, vLLM, Ollama, DeepSeek, Together, ...
+    Openai,
+    /// Anthropic's native Messages API.
+    Anthropic,
+}
+
+/// One upstream LLM endpoint (`[[providers]]`); catalog models name it in `provider`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderSettings {
+    /// The name `[[models]]` entries refer to.
+    pub name: String,
+    /// Which API it speaks.
+    pub kind: ProviderKind,
+    /// Base URL, e.g. `https://api.openai.com/v1` (the gateway appends `/chat/completions` or
+    /// `/messages`).
+    pub base_url: String,
+    /// Name of the environment variable holding the upstream API key (keys never live in the
+    /// config file); unset: no key is sent.
+    #[serde(default)]
+    pub api_key_env: Option<String>,
+    /// Extra headers sent on every call (e.g. `api-version`, `anthropic-version`).
+    #[serde(default)]
+    pub headers: std::collections::BTreeMap<String, String>,
+    /// Connection timeout, ms.
+    #[serde(default = "default_connect_ms")]
+    pub connect_ms: u64,
+    /// Longest wait for the response's first byte, ms (then the next model is tried).
+    #[serde(default = "default_first_byte_ms")]
+    pub first_byte_ms: u64,
+    /// Longest a whole upstream call may take, ms.
+    #[serde(default = "default_total_ms")]
+    pub total_ms: u64,
+}
+
+fn default_connect_ms() -> u64 {
+    2_000
+}
+
+fn default_first_byte_ms() -> u64 {
+    30_000
+}
+
+fn default_total_ms() -> u64 {
+    300_000
+}
+
 /// Online learning between retrains.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -193,6 +270,12 @@ pub struct Settings {
     /// Prometheus metrics.
     #[serde(default)]
     pub metrics: MetricsSettings,
+    /// The HTTP gateway.
+    #[serde(default)]
+    pub gateway: GatewaySettings,
+    /// Upstream LLM endpoints the gateway calls.
+    #[serde(default)]
+    pub providers: Vec<ProviderSettings>,
     /// The catalog.
     pub models: Vec<ModelSpec>,
 }
@@ -322,7 +405,52 @@ impl Settings {
                 problem: format!("alert for {:?}: threshold_usd must be >= 0", a.scope),
             });
         }
+        self.check_gateway()?;
         self.catalog().map(|_| ())
+    }
+
+    fn check_gateway(&self) -> Result<(), ConfigError> {
+        let g = &self.gateway;
+        if g.max_attempts == 0 || g.max_body_bytes == 0 || g.deadline_ms == 0 {
+            return Err(ConfigError::OutOfRange {
+                key: "gateway",
+                problem: "max_attempts, max_body_bytes and deadline_ms must be at least 1".into(),
+            });
+        }
+        let mut seen = std::collections::HashSet::new();
+        for p in &self.providers {
+            if p.name.trim().is_empty() || !seen.insert(p.name.as_str()) {
+                return Err(ConfigError::OutOfRange {
+                    key: "providers",
+                    problem: format!("provider name {:?} is empty or listed twice", p.name),
+                });
+            }
+            let scheme_ok = p.base_url.starts_with("http://") || p.base_url.starts_with("https://");
+            if !scheme_ok {
+                return Err(ConfigError::OutOfRange {
+                    key: "providers",
+                    problem: format!(
+                        "provider {:?}: base_url {:?} must start with http:// or https://",
+                        p.name, p.base_url
+                    ),
+                });
+            }
+            if p.connect_ms == 0 || p.first_byte_ms == 0 || p.total_ms == 0 {
+                return Err(ConfigError::OutOfRange {
+                    key: "providers",
+                    problem: format!(
+                        "provider {:?}: connect_ms, first_byte_ms and total_ms must be at least 1",
+                        p.name
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The `[[providers]]` entry that serves `model`, if any.
+    pub fn provider_of(&self, model: &ModelSpec) -> Option<&ProviderSettings> {
+        self.providers.iter().find(|p| p.name == model.provider)
     }
 
     /// The validated catalog.

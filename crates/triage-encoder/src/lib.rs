@@ -11,9 +11,11 @@
 //!
 //! Training uses [`OnnxEmbedder`] directly (it is already off any runtime) with large batches.
 
+mod count;
 mod onnx;
 mod pool;
 
+pub use count::TokenCounter;
 pub use onnx::{OnnxEmbedder, OnnxOptions, init_onnxruntime};
 pub use pool::{EncodeError, EncoderPool, PoolOptions};
 

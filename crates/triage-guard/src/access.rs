@@ -47,7 +47,10 @@ pub struct AuthSettings {
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]
 pub enum AccessError {
     /// No key, and anonymous access is off.
-    #[error("this server needs an API key: send the metadata header `authorization: Bearer <key>`")]
+    #[error(
+        "this server needs an API key: send `authorization: Bearer <key>` (gRPC metadata or an \
+         HTTP header; the HTTP gateway also takes `api-key: <key>`)"
+    )]
     Missing,
     /// The key is not configured.
     #[error("unknown API key (check for typos; keys are configured under [[auth.keys]])")]
@@ -170,6 +173,11 @@ impl AccessControl {
                 Err(AccessError::Missing)
             };
         };
+        if self.by_hash.is_empty() && self.allow_anonymous {
+            // No keys are configured: every caller is anonymous. OpenAI SDKs always send some
+            // key (`api_key="unused"`), and a server without keys must not refuse them.
+            return Ok(Caller::default());
+        }
         let key = header
             .strip_prefix("Bearer ")
             .or_else(|| header.strip_prefix("bearer "))
@@ -219,6 +227,20 @@ mod tests {
             Err(AccessError::Malformed)
         );
         assert!(caller.require_admin(false).is_err());
+    }
+
+    #[test]
+    fn without_keys_any_presented_key_is_anonymous() {
+        let open = AuthSettings {
+            allow_anonymous: true,
+            ..AuthSettings::default()
+        };
+        let access = AccessControl::new(&open, Path::new(".")).expect("valid");
+        let caller = access.authenticate(Some("Bearer unused")).expect("served");
+        assert!(caller.key.is_none() && caller.may_use("anything"));
+        let closed = AuthSettings::default();
+        let access = AccessControl::new(&closed, Path::new(".")).expect("valid");
+        assert!(access.authenticate(Some("Bearer unused")).is_err());
     }
 
     #[test]

@@ -41,6 +41,11 @@ impl<V> BoundedMap<V> {
         self.map.get(key)
     }
 
+    /// The value of `key` to change in place, if still remembered.
+    pub fn get_mut(&mut self, key: &str) -> Option<&mut V> {
+        self.map.get_mut(key)
+    }
+
     /// Takes `key` out.
     pub fn remove(&mut self, key: &str) -> Option<V> {
         self.map.remove(key)

@@ -53,6 +53,8 @@ struct Pending {
     key: String,
     usd: f64,
     at: DateTime<Utc>,
+    /// Whether a report has replaced the prediction already.
+    settled: bool,
 }
 
 struct Inner {
@@ -97,25 +99,30 @@ impl Ledger {
                 key: key.to_owned(),
                 usd,
                 at: now,
+                settled: false,
             },
         );
     }
 
-    /// Replaces `request_id`'s predicted charge by the `reported` cost. Returns the key charged,
-    /// or `None` when the request is unknown or already settled.
+    /// Books a reported cost for `request_id`: the first report replaces the predicted charge,
+    /// later ones (further attempts of the same request at other models) add to it, so the
+    /// spend of a request is the sum of what its reports say it cost. Returns the key charged,
+    /// or `None` when the request is unknown (never routed here, or long forgotten).
     pub fn settle(&self, request_id: &str, reported: f64, now: DateTime<Utc>) -> Option<String> {
         let mut inner = self.lock();
-        let p = inner.pending.remove(request_id)?;
+        let p = inner.pending.get_mut(request_id)?;
         // The correction belongs to the period the request was charged in.
         let same_period = periods(p.at) == periods(now);
-        let delta = if same_period { reported - p.usd } else { 0.0 };
-        inner
-            .by_key
-            .entry(p.key.clone())
-            .or_default()
-            .add(delta, now);
+        let delta = match (same_period, p.settled) {
+            (false, _) => 0.0,
+            (true, false) => reported - p.usd,
+            (true, true) => reported,
+        };
+        p.settled = true;
+        let key = p.key.clone();
+        inner.by_key.entry(key.clone()).or_default().add(delta, now);
         inner.global.add(delta, now);
-        Some(p.key)
+        Some(key)
     }
 
     /// Spend of `key` now.
@@ -149,10 +156,18 @@ mod tests {
         ledger.charge("a", "r1", 0.5, t);
         ledger.charge("b", "r2", 0.25, t);
         assert_eq!(ledger.settle("r1", 0.125, t), Some("a".into()));
-        assert_eq!(ledger.settle("r1", 9.0, t), None, "settled once");
+        assert_eq!(
+            ledger.settle("r1", 0.0, t),
+            Some("a".into()),
+            "a later report adds its own cost (here none), never refunds the first"
+        );
         let s = ledger.spent("a", t);
         assert!((s.day_usd - 0.125).abs() < 1e-12 && (s.month_usd - 0.125).abs() < 1e-12);
         assert!((ledger.global(t).day_usd - 0.375).abs() < 1e-12);
+        // A failed attempt reports nothing spent, the fallback that answered its real cost.
+        ledger.settle("r2", 0.0, t);
+        ledger.settle("r2", 0.0625, t);
+        assert!((ledger.spent("b", t).day_usd - 0.0625).abs() < 1e-12);
         let next_day = t + chrono::Duration::hours(2); // February 1st
         let s = ledger.spent("a", next_day);
         assert_eq!((s.day_usd, s.month_usd), (0.0, 0.0));

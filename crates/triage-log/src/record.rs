@@ -109,6 +109,12 @@ pub struct FeedbackRecord {
     /// Provider's retry-after for a rate limit, ms.
     #[serde(default)]
     pub retry_after_ms: Option<u32>,
+    /// Time to the upstream's first byte, ms (the gateway measures it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_byte_ms: Option<u32>,
+    /// The token counts are the encoder tokenizer's estimate: the upstream reported none.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tokens_estimated: bool,
 }
 
 impl ErrorKind {

@@ -52,6 +52,8 @@ pub trait EventStore: Send + Sync {
     fn wait_durable(&self, ticket: Ticket) -> Durability<'_>;
     /// Decisions and distinct feedback reports held.
     fn counts(&self) -> (usize, usize);
+    /// Why the store can take no more records, if it cannot (readiness probes ask).
+    fn failure(&self) -> Option<String>;
 }
 
 /// Settings of [`FileEventLog`].
@@ -232,7 +234,7 @@ impl FileEventLog {
             .try_send(Pending { seq, framed })
             .map_err(|e| match e {
                 TrySendError::Full(_) => LogError::Full,
-                TrySendError::Disconnected(_) => LogError::WriterStopped(self.failure()),
+                TrySendError::Disconnected(_) => LogError::WriterStopped(self.failure_message()),
             })?;
         index.next_seq += 1;
         let ticket = Ticket(seq);
@@ -240,7 +242,7 @@ impl FileEventLog {
         Ok(ticket)
     }
 
-    fn failure(&self) -> String {
+    fn failure_message(&self) -> String {
         match &*self.durable.borrow() {
             Durable::Failed(message) => message.clone(),
             Durable::UpTo(_) => "the writer has ended".into(),
@@ -316,6 +318,14 @@ impl EventStore for FileEventLog {
     fn counts(&self) -> (usize, usize) {
         let index = self.lock();
         (index.decisions.len(), index.feedback.len())
+    }
+
+    fn failure(&self) -> Option<String> {
+        match &*self.durable.borrow() {
+            Durable::Failed(message) => Some(message.clone()),
+            Durable::UpTo(_) if self.queue.is_none() => Some("the log is closed".into()),
+            Durable::UpTo(_) => None,
+        }
     }
 }
 

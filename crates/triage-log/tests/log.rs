@@ -57,6 +57,8 @@ fn feedback(request_id: &str, feedback_id: &str, quality: f64) -> FeedbackRecord
         latency_ms: 300,
         error: ErrorKind::None,
         retry_after_ms: None,
+        first_byte_ms: None,
+        tokens_estimated: false,
     }
 }
 

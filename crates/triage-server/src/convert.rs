@@ -4,12 +4,11 @@
 use triage_core::catalog::Capability;
 use triage_core::request::RequestLimits;
 use triage_core::{Catalog, Conversation, InvalidRequest, Mode, Preferences};
+use triage_engine::{RouteOutcome, RoutingRequest};
 use triage_guard::Caller;
-use triage_log::{DecisionRecord, ErrorKind, FeedbackRecord, LoggedCandidate, encode_features};
-use triage_policy::{Candidate, Exclusion, Rule};
+use triage_log::{ErrorKind, FeedbackRecord};
+use triage_policy::{Candidate, Exclusion};
 use triage_proto::v1;
-
-use crate::engine::{RouteOutcome, RoutingRequest};
 
 /// Validates a wire request into a domain request.
 pub fn routing_request(
@@ -41,6 +40,8 @@ pub fn routing_request(
         metadata: request.metadata.into_iter().collect(),
         caller,
         session_affinity,
+        pinned: None,
+        reachable: None,
     })
 }
 
@@ -114,91 +115,9 @@ pub fn route_response(
     }
 }
 
-/// What the log keeps of a decision. The prompt text only when `store_prompt` is set.
-pub fn decision_record(
-    request_id: &str,
-    request: &RoutingRequest,
-    outcome: &RouteOutcome,
-    store_prompt: bool,
-) -> DecisionRecord {
-    let decision = &outcome.decision;
-    let (knob, cost_weight) = match decision.rule {
-        Rule::Mode(Mode::Quality) => ("quality", None),
-        Rule::Mode(Mode::Balanced) => ("balanced", None),
-        Rule::Mode(Mode::Cost) => ("cost", None),
-        Rule::CostWeight(lambda) => ("lambda", Some(lambda)),
-    };
-    DecisionRecord {
-        request_id: request_id.to_owned(),
-        time_ms: now_ms(),
-        policy_version: outcome.policy_version.clone(),
-        features: encode_features(&outcome.features),
-        input_tokens: outcome.input_tokens,
-        knob: knob.into(),
-        cost_weight,
-        candidates: decision
-            .candidates
-            .iter()
-            .map(|c| LoggedCandidate {
-                model: c.model.clone(),
-                predicted_quality: c.quality,
-                base_quality: outcome
-                    .base_quality
-                    .iter()
-                    .find(|(m, _)| *m == c.model)
-                    .map(|(_, q)| *q),
-                predicted_cost_usd: c.cost_usd,
-                eligible: c.exclusion.is_none(),
-            })
-            .collect(),
-        chosen: decision.chosen().model.clone(),
-        propensity: outcome.propensity,
-        explored: outcome.explored,
-        session_id: request.session_id.clone(),
-        prompt: store_prompt.then(|| request.conversation.transcript()),
-        api_key: request.caller.key.as_ref().map(|k| k.name.clone()),
-    }
-}
-
-/// Longest accepted `feedback_id`.
-const MAX_FEEDBACK_ID_BYTES: usize = 128;
-
-/// Validates a wire feedback report.
+/// Translates a wire feedback report; the checks on its values are the engine's
+/// (`triage_engine::feedback::check`), shared with the HTTP gateway.
 pub fn feedback_record(f: v1::FeedbackRequest) -> Result<FeedbackRecord, InvalidRequest> {
-    if f.request_id.trim().is_empty() {
-        return Err(InvalidRequest::new(
-            "request_id",
-            "is empty; send the request_id that Route returned",
-        ));
-    }
-    if f.feedback_id.trim().is_empty() || f.feedback_id.len() > MAX_FEEDBACK_ID_BYTES {
-        return Err(InvalidRequest::new(
-            "feedback_id",
-            format!(
-                "must be 1..={MAX_FEEDBACK_ID_BYTES} bytes; use a fresh id (e.g. a UUID) per                  report and the same id when retrying it"
-            ),
-        ));
-    }
-    if f.model.trim().is_empty() {
-        return Err(InvalidRequest::new(
-            "model",
-            "is empty; name the model that actually answered",
-        ));
-    }
-    if let Some(q) = f.quality
-        && !(0.0..=1.0).contains(&q)
-    {
-        return Err(InvalidRequest::new(
-            "quality",
-            format!("{q} is outside 0..1; scale the score to 0 (bad) ..1 (good) or leave it unset"),
-        ));
-    }
-    if !f.cost_usd.is_finite() || f.cost_usd < 0.0 {
-        return Err(InvalidRequest::new(
-            "cost_usd",
-            format!("{} must be a finite number >= 0", f.cost_usd),
-        ));
-    }
     let error = match v1::ErrorKind::try_from(f.error) {
         Ok(v1::ErrorKind::ErrorUnspecified) => ErrorKind::None,
         Ok(v1::ErrorKind::ErrorRateLimited) => ErrorKind::RateLimited,
@@ -218,7 +137,7 @@ pub fn feedback_record(f: v1::FeedbackRequest) -> Result<FeedbackRecord, Invalid
     Ok(FeedbackRecord {
         request_id: f.request_id,
         feedback_id: f.feedback_id,
-        time_ms: now_ms(),
+        time_ms: triage_engine::feedback::now_ms(),
         model: f.model,
         quality: f.quality,
         input_tokens: f.input_tokens,
@@ -227,13 +146,9 @@ pub fn feedback_record(f: v1::FeedbackRequest) -> Result<FeedbackRecord, Invalid
         latency_ms: f.latency_ms,
         error,
         retry_after_ms: f.retry_after_ms,
+        first_byte_ms: None,
+        tokens_estimated: false,
     })
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 fn candidate(c: Candidate) -> v1::Candidate {

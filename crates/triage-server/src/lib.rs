@@ -1,32 +1,25 @@
-//! The serving path: gRPC `triage.v1.Router` on tonic, with standard health and reflection.
+//! The gRPC front door: `triage.v1.Router` on tonic, with standard health and reflection.
 //!
-//! Layers, outermost first:
-//! - [`serve`] wires the tonic server: message size limits, `grpc.health.v1`, server reflection
-//!   (both `v1` and `v1alpha`, so every generic client finds the schema), graceful shutdown.
+//! A thin adapter over `triage_engine` (the HTTP gateway, `triage_gateway`, is its sibling):
+//! - [`serve_grpc`] wires the tonic server: message size limits, `grpc.health.v1`, server
+//!   reflection (both `v1` and `v1alpha`, so every generic client finds the schema), TLS,
+//!   graceful shutdown with a drain deadline.
 //! - `service` holds the RPC handlers. They only convert wire types to domain types
-//!   (`convert`) and back, and map errors through the one exhaustive [`RouteError`] → `Status`
-//!   conversion.
-//! - [`RoutingEngine`] does the work, independent of gRPC (the CLI's `triage route` calls it
-//!   in-process): prompt → encoder pool (off the async runtime, bounded) → features → policy →
-//!   decision, then exploration and online corrections (`triage_policy::OnlineLearner`).
-//! - Every decision and feedback report goes to the durable log (`triage_log`); feedback is
-//!   acknowledged once it is on disk.
-//! - `reload` watches the policy file and swaps a new policy in without a restart; a file that
-//!   fails to load is logged and the old policy keeps serving.
+//!   (`convert`) and back, call the engine's [`Service`], and map errors through the one
+//!   exhaustive `RouteError` → `Status` function (`error`).
+//! - [`serve`] and [`start`] also open the service and its background tasks, for a process
+//!   (or a test) that serves gRPC alone.
 
-mod controls;
 mod convert;
-mod engine;
 mod error;
-mod metrics;
-mod recent;
-mod reload;
 mod serve;
 mod service;
 
-pub use engine::{RouteOutcome, RoutingEngine, RoutingRequest};
-pub use error::{RouteError, StartupError};
-pub use serve::{ServerHandle, bind_metrics, serve, start};
+pub use error::status;
+pub use serve::{ServerHandle, serve, serve_grpc, start};
 pub use service::RouterService;
-/// The archive format [`serve`] takes, so that callers need not depend on `triage-log`.
-pub use triage_log::ArchiveFormat;
+pub use triage_engine::startup::bind_metrics;
+/// Re-exported so that callers of [`serve`] and [`start`] need not name `triage-engine`.
+pub use triage_engine::{
+    ArchiveFormat, RouteError, RouteOutcome, RoutingEngine, RoutingRequest, Service, StartupError,
+};

@@ -74,6 +74,7 @@ pub fn replay_catalog(outcomes: &Outcomes, policy: &Policy) -> Result<Catalog, T
             },
             prior_from: None,
             prior_offset: 0.0,
+            upstream_model: None,
         });
     }
     Catalog::new(specs).map_err(|e| {

@@ -1,5 +1,7 @@
 //! A real `triage serve` child process for the integration tests.
 
+#![allow(dead_code)]
+
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -9,12 +11,37 @@ pub fn root() -> &'static Path {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
 }
 
-/// Starts `triage serve` on port 0 over `data_dir`, with `env` set (on top of `RUST_LOG=warn`),
-/// and returns it with the address it printed.
+/// Starts `triage serve` on port 0 over `data_dir` (gRPC only), with `env` set (on top of
+/// `RUST_LOG=warn`), and returns it with the address it printed.
 pub fn spawn_server(data_dir: &Path, env: &[(&str, &str)]) -> (Child, String) {
+    let (child, mut urls) = spawn(data_dir, env, &["--http-listen", "off"], 1);
+    (child, urls.remove(0))
+}
+
+/// Starts `triage serve` with its HTTP gateway on port 0 and `config`; returns it with the
+/// gRPC and gateway URLs.
+pub fn spawn_with_gateway(data_dir: &Path, config: &Path) -> (Child, String, String) {
+    let config = config.to_string_lossy().into_owned();
+    let args = ["--config", config.as_str(), "--http-listen", "127.0.0.1:0"];
+    let (child, urls) = spawn(data_dir, &[], &args, 2);
+    (child, urls[0].clone(), urls[1].clone())
+}
+
+fn spawn(
+    data_dir: &Path,
+    env: &[(&str, &str)],
+    args: &[&str],
+    lines: usize,
+) -> (Child, Vec<String>) {
+    let (global, serve): (Vec<&str>, Vec<&str>) = match args.first() {
+        Some(&"--config") => (args[..2].to_vec(), args[2..].to_vec()),
+        _ => (Vec::new(), args.to_vec()),
+    };
     let mut child = Command::new(env!("CARGO_BIN_EXE_triage"))
+        .args(global)
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(data_dir)
+        .args(serve)
         .current_dir(root())
         .env("RUST_LOG", "warn")
         .envs(env.iter().copied())
@@ -22,15 +49,22 @@ pub fn spawn_server(data_dir: &Path, env: &[(&str, &str)]) -> (Child, String) {
         .stderr(Stdio::inherit())
         .spawn()
         .expect("triage serve starts");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut line = String::new();
-    BufReader::new(stdout)
-        .read_line(&mut line)
-        .expect("reads the listening line");
-    let addr = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?} (run scripts/setup.sh first)"))
-        .to_owned();
-    (child, format!("http://{addr}"))
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut urls = Vec::new();
+    for _ in 0..lines {
+        let mut line = String::new();
+        stdout
+            .read_line(&mut line)
+            .expect("reads the address lines");
+        let addr = line
+            .trim()
+            .strip_prefix("listening on ")
+            .map(|a| format!("http://{a}"))
+            .or_else(|| line.trim().strip_prefix("gateway on ").map(str::to_owned))
+            .unwrap_or_else(|| panic!("unexpected line {line:?} (run scripts/setup.sh first)"));
+        urls.push(addr);
+    }
+    // Keep reading so that later lines never meet a closed pipe.
+    std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
+    (child, urls)
 }

@@ -71,6 +71,27 @@ pub struct AlertLabels {
     pub period: String,
 }
 
+/// `model`, `provider` and `outcome` of one upstream call by the gateway.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamLabels {
+    /// Catalog model.
+    pub model: String,
+    /// `[[providers]]` name.
+    pub provider: String,
+    /// `ok`, `rate_limited`, `unavailable`, `timeout`, `client_error`, `bad_response`,
+    /// `cancelled`.
+    pub outcome: String,
+}
+
+/// `model` and `direction` (`input`, `output`) of counted tokens.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TokenLabels {
+    /// Catalog model.
+    pub model: String,
+    /// `input` or `output`.
+    pub direction: String,
+}
+
 type FloatCounter = Counter<f64, AtomicU64>;
 
 fn latency_histogram() -> Histogram {
@@ -106,6 +127,18 @@ pub struct Metrics {
     pub cost_alerts: Family<AlertLabels, Counter>,
     /// Requests the bandit explored.
     pub explorations: Counter,
+    /// Gateway calls to upstream models by model, provider and outcome.
+    pub upstream_requests: Family<UpstreamLabels, Counter>,
+    /// Time from sending an upstream request to its first response byte, by model, seconds.
+    pub upstream_first_byte_seconds: Family<ModelLabel, Histogram, fn() -> Histogram>,
+    /// Whole upstream call, by model, seconds.
+    pub upstream_seconds: Family<ModelLabel, Histogram, fn() -> Histogram>,
+    /// Gateway requests answered by a model other than the first one tried.
+    pub fallbacks: Counter,
+    /// Tokens by model and direction, as the upstream reported them (or estimated).
+    pub tokens: Family<TokenLabels, Counter>,
+    /// The gateway's own time per request: everything but the encoder and the upstream.
+    pub gateway_overhead_seconds: Histogram,
 }
 
 impl Metrics {
@@ -124,6 +157,12 @@ impl Metrics {
             feedback_quality: Family::new_with_constructor(quality_histogram),
             cost_alerts: Family::default(),
             explorations: Counter::default(),
+            upstream_requests: Family::default(),
+            upstream_first_byte_seconds: Family::new_with_constructor(latency_histogram),
+            upstream_seconds: Family::new_with_constructor(latency_histogram),
+            fallbacks: Counter::default(),
+            tokens: Family::default(),
+            gateway_overhead_seconds: latency_histogram(),
             registry: Registry::default(),
         };
         registry.register(
@@ -133,7 +172,7 @@ impl Metrics {
         );
         registry.register(
             "errors",
-            "Failed calls by method and gRPC status code",
+            "Failed calls by method and status code (gRPC code name, or HTTP status)",
             m.errors.clone(),
         );
         registry.register(
@@ -180,6 +219,36 @@ impl Metrics {
             "explorations",
             "Requests routed by exploration",
             m.explorations.clone(),
+        );
+        registry.register(
+            "upstream_requests",
+            "Gateway calls to upstream models by model, provider and outcome",
+            m.upstream_requests.clone(),
+        );
+        registry.register(
+            "upstream_first_byte_seconds",
+            "Gateway: time to the upstream's first response byte by model",
+            m.upstream_first_byte_seconds.clone(),
+        );
+        registry.register(
+            "upstream_seconds",
+            "Gateway: whole upstream call by model",
+            m.upstream_seconds.clone(),
+        );
+        registry.register(
+            "fallbacks",
+            "Gateway requests answered by a fallback model",
+            m.fallbacks.clone(),
+        );
+        registry.register(
+            "tokens",
+            "Tokens by model and direction (input, output)",
+            m.tokens.clone(),
+        );
+        registry.register(
+            "gateway_overhead_seconds",
+            "Gateway time per request other than the encoder and the upstream",
+            m.gateway_overhead_seconds.clone(),
         );
         Self { registry, ..m }
     }

@@ -1,6 +1,6 @@
 //! Prompt → decision, with no gRPC in sight.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -9,7 +9,9 @@ use arc_swap::ArcSwap;
 use triage_core::config::ExplorationSettings;
 use triage_core::features::{PromptStats, features};
 use triage_core::{Catalog, Conversation, EncoderInput, Preferences, Settings};
-use triage_encoder::{EncoderPool, OnnxEmbedder, OnnxOptions, PoolOptions, init_onnxruntime};
+use triage_encoder::{
+    EncoderPool, OnnxEmbedder, OnnxOptions, PoolOptions, TokenCounter, init_onnxruntime,
+};
 use triage_guard::{Caller, FiredAlert};
 use triage_log::{FeedbackRecord, LogRecord};
 use triage_policy::{
@@ -35,6 +37,13 @@ pub struct RoutingRequest {
     pub caller: Caller,
     /// Keep the session on its previous model when possible.
     pub session_affinity: bool,
+    /// The caller asked for this model by name: it is chosen when the request's constraints
+    /// allow it (no exploration, no session affinity); the rest of the ranking stays as the
+    /// fallback order.
+    pub pinned: Option<String>,
+    /// Only these models can be called by the front door asking (the gateway: models with a
+    /// provider); the others count as unavailable. `None`: every catalog model.
+    pub reachable: Option<Arc<HashSet<String>>>,
 }
 
 /// A decision with the facts that produced it.
@@ -77,6 +86,7 @@ pub struct RoutingEngine {
     learner: Arc<OnlineLearner>,
     recent: Arc<RecentPredictions>,
     controls: Arc<Controls>,
+    tokens: Option<Arc<TokenCounter>>,
 }
 
 impl RoutingEngine {
@@ -100,6 +110,7 @@ impl RoutingEngine {
         let policy = Policy::load(&path)?;
         let mut engine = Self::new(catalog, pool, policy, settings)?;
         engine.policy_path = Some(path);
+        engine.tokens = Some(Arc::new(TokenCounter::load(&options.tokenizer)?));
         Ok(engine)
     }
 
@@ -120,7 +131,16 @@ impl RoutingEngine {
             learner: Arc::new(OnlineLearner::new(exploration)),
             recent: Arc::new(RecentPredictions::new(RECENT_DECISIONS)),
             controls: Arc::new(Controls::new(settings)),
+            tokens: None,
         })
+    }
+
+    /// Tokens in `text` by the encoder's tokenizer (one per four bytes without one).
+    pub fn count_tokens(&self, text: &str) -> u32 {
+        match &self.tokens {
+            Some(t) => t.count(text),
+            None => u32::try_from(text.len().div_ceil(4)).unwrap_or(u32::MAX),
+        }
     }
 
     /// Health, budgets, alerts and sessions.
@@ -232,7 +252,10 @@ impl RoutingEngine {
         let caller = &request.caller;
         let not_permitted = |m: &str| (!caller.may_use(m)).then(|| caller.name().to_owned());
         let now = Instant::now();
-        let down = |m: &str| self.controls.health.check(m, now).err();
+        let down = |m: &str| match &request.reachable {
+            Some(r) if !r.contains(m) => Some(UNREACHABLE.to_owned()),
+            _ => self.controls.health.check(m, now).err(),
+        };
         let decided = decide_with(
             &self.catalog,
             &predictions,
@@ -270,9 +293,13 @@ impl RoutingEngine {
                 });
             }
         };
-        let sticky =
-            request.session_affinity && self.controls.stick(&request.session_id, &mut decision);
-        let draw = if sticky {
+        if let Some(model) = &request.pinned {
+            pin(&mut decision, model)?;
+        }
+        let sticky = request.pinned.is_none()
+            && request.session_affinity
+            && self.controls.stick(&request.session_id, &mut decision);
+        let draw = if sticky || request.pinned.is_some() {
             triage_policy::Draw {
                 propensity: 1.0,
                 explored: false,
@@ -306,6 +333,27 @@ impl RoutingEngine {
             fired_alerts,
         })
     }
+}
+
+/// Why a model the front door cannot call is left out.
+const UNREACHABLE: &str = "no [[providers]] entry serves it, so the gateway cannot call it";
+
+/// Moves `model` to the head of the ranking when it is eligible; otherwise says why it cannot
+/// serve the request.
+fn pin(decision: &mut Decision, model: &str) -> Result<(), RouteError> {
+    let Some(i) = decision.candidates.iter().position(|c| c.model == model) else {
+        return Err(RouteError::UnknownModel(model.to_owned()));
+    };
+    if let Some(why) = &decision.candidates[i].exclusion {
+        return Err(RouteError::ModelExcluded {
+            model: model.to_owned(),
+            reason: why.to_string(),
+        });
+    }
+    let chosen = decision.candidates.remove(i);
+    decision.candidates.insert(0, chosen);
+    decision.explanation = format!("{model} was asked for by name");
+    Ok(())
 }
 
 /// Decisions whose uncorrected predictions are kept for online learning from their feedback.

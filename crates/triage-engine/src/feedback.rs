@@ -1,0 +1,54 @@
+//! The one set of checks on a feedback report, whichever door it came through.
+
+use triage_core::InvalidRequest;
+use triage_log::FeedbackRecord;
+
+/// Longest accepted `feedback_id`.
+pub const MAX_FEEDBACK_ID_BYTES: usize = 128;
+
+/// Refuses a report that names no request, model or id, or carries an impossible number.
+pub fn check(f: &FeedbackRecord) -> Result<(), InvalidRequest> {
+    if f.request_id.trim().is_empty() {
+        return Err(InvalidRequest::new(
+            "request_id",
+            "is empty; send the request_id that the routed call returned",
+        ));
+    }
+    if f.feedback_id.trim().is_empty() || f.feedback_id.len() > MAX_FEEDBACK_ID_BYTES {
+        return Err(InvalidRequest::new(
+            "feedback_id",
+            format!(
+                "must be 1..={MAX_FEEDBACK_ID_BYTES} bytes; use a fresh id (e.g. a UUID) per \
+                 report and the same id when retrying it"
+            ),
+        ));
+    }
+    if f.model.trim().is_empty() {
+        return Err(InvalidRequest::new(
+            "model",
+            "is empty; name the model that actually answered",
+        ));
+    }
+    if let Some(q) = f.quality
+        && !(0.0..=1.0).contains(&q)
+    {
+        return Err(InvalidRequest::new(
+            "quality",
+            format!("{q} is outside 0..1; scale the score to 0 (bad) ..1 (good) or leave it unset"),
+        ));
+    }
+    if !f.cost_usd.is_finite() || f.cost_usd < 0.0 {
+        return Err(InvalidRequest::new(
+            "cost_usd",
+            format!("{} must be a finite number >= 0", f.cost_usd),
+        ));
+    }
+    Ok(())
+}
+
+/// Milliseconds since the Unix epoch, as records carry them.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}

@@ -1,0 +1,326 @@
+//! What every front door calls: authenticate, route and log, take feedback, list models, health
+//! overrides. The gRPC handlers and the HTTP gateway only translate their wire forms to these
+//! calls and the errors back, so both doors log, learn, charge and count alike.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use triage_core::Mode;
+use triage_core::catalog::ModelSpec;
+use triage_core::request::RequestLimits;
+use triage_guard::{AccessControl, Caller, FiredAlert, Override};
+use triage_log::{
+    DecisionRecord, EventStore, FeedbackAck, FeedbackRecord, LoggedCandidate, encode_features,
+};
+use triage_policy::Rule;
+
+use crate::engine::{RouteOutcome, RoutingEngine, RoutingRequest};
+use crate::error::RouteError;
+use crate::metrics::{AlertLabels, FeedbackLabels, Metrics, ModelLabel, RouteLabels, StageLabel};
+
+/// A decision that was made, logged and counted.
+#[derive(Clone, Debug)]
+pub struct Routed {
+    /// The id feedback refers to.
+    pub request_id: String,
+    /// The decision and its facts.
+    pub outcome: RouteOutcome,
+    /// Time spent in [`Service::route`], µs.
+    pub total_us: u64,
+}
+
+/// A catalog model as a caller sees it.
+#[derive(Clone, Debug)]
+pub struct ModelView {
+    /// The catalog entry.
+    pub spec: ModelSpec,
+    /// Whether the serving policy scores it.
+    pub in_policy: bool,
+    /// Breaker state: `closed`, `half_open`, `open` or an override.
+    pub health: &'static str,
+}
+
+/// The engine with its log, keys and metrics: one per process, shared by both doors.
+#[derive(Clone)]
+pub struct Service {
+    engine: RoutingEngine,
+    limits: RequestLimits,
+    log: Arc<dyn EventStore>,
+    store_prompts: bool,
+    access: Arc<AccessControl>,
+    metrics: Arc<Metrics>,
+}
+
+impl Service {
+    /// A service over `engine`, enforcing `limits` on every request, recording decisions and
+    /// feedback in `log` (prompt text too when `store_prompts`), authenticating with `access`
+    /// and counting into `metrics`.
+    pub fn new(
+        engine: RoutingEngine,
+        limits: RequestLimits,
+        log: Arc<dyn EventStore>,
+        store_prompts: bool,
+        access: Arc<AccessControl>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            engine,
+            limits,
+            log,
+            store_prompts,
+            access,
+            metrics,
+        }
+    }
+
+    /// The routing engine.
+    pub fn engine(&self) -> &RoutingEngine {
+        &self.engine
+    }
+
+    /// Request size limits.
+    pub fn limits(&self) -> RequestLimits {
+        self.limits
+    }
+
+    /// The metrics registry.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The metrics registry, shared (for the `/metrics` endpoint).
+    pub fn metrics_arc(&self) -> Arc<Metrics> {
+        Arc::clone(&self.metrics)
+    }
+
+    /// Why the decision and feedback log cannot take records now, if it cannot.
+    pub fn log_failure(&self) -> Option<String> {
+        self.log.failure()
+    }
+
+    /// Decisions and distinct feedback reports the log holds.
+    pub fn log_counts(&self) -> (usize, usize) {
+        self.log.counts()
+    }
+
+    /// The caller behind an `Authorization` header value (`None`: no header).
+    pub fn authenticate(&self, authorization: Option<&str>) -> Result<Caller, RouteError> {
+        Ok(self.access.authenticate(authorization)?)
+    }
+
+    /// Whether callers without a key are served.
+    pub fn allows_anonymous(&self) -> bool {
+        self.access.allows_anonymous()
+    }
+
+    /// Decides, logs the decision and counts it.
+    pub async fn route(&self, routing: &RoutingRequest) -> Result<Routed, RouteError> {
+        let started = Instant::now();
+        let request_id = uuid::Uuid::new_v4().to_string();
+        let outcome = self.engine.route(&request_id, routing).await?;
+        self.log.record_decision(decision_record(
+            &request_id,
+            routing,
+            &outcome,
+            self.store_prompts,
+        ))?;
+        let total_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.count_route(routing.caller.name(), &outcome, total_us);
+        tracing::debug!(
+            %request_id,
+            model = %outcome.decision.chosen().model,
+            key = routing.caller.name(),
+            encoder_us = outcome.encoder_us,
+            policy_us = outcome.policy_us,
+            "routed"
+        );
+        Ok(Routed {
+            request_id,
+            outcome,
+            total_us,
+        })
+    }
+
+    fn count_route(&self, key: &str, outcome: &RouteOutcome, total_us: u64) {
+        let m = &self.metrics;
+        let chosen = outcome.decision.chosen();
+        let mode = match outcome.decision.rule {
+            Rule::Mode(mode) => mode.to_string(),
+            Rule::CostWeight(_) => "lambda".into(),
+        };
+        m.routes
+            .get_or_create(&RouteLabels {
+                model: chosen.model.clone(),
+                mode,
+                key: key.into(),
+            })
+            .inc();
+        m.predicted_cost
+            .get_or_create(&ModelLabel {
+                model: chosen.model.clone(),
+            })
+            .inc_by(chosen.cost_usd);
+        for (stage, us) in [
+            ("encoder", outcome.encoder_us),
+            ("policy", outcome.policy_us),
+            ("total", total_us),
+        ] {
+            m.decision_seconds
+                .get_or_create(&StageLabel {
+                    stage: stage.into(),
+                })
+                .observe(us as f64 / 1e6);
+        }
+        if outcome.explored {
+            m.explorations.inc();
+        }
+        self.fire(&outcome.fired_alerts);
+    }
+
+    /// Cost alerts go to the log (target `triage::alert`) and to `triage_cost_alerts_total`.
+    fn fire(&self, alerts: &[FiredAlert]) {
+        for a in alerts {
+            tracing::warn!(
+                target: "triage::alert",
+                scope = %a.spec.scope,
+                period = a.spec.period.as_str(),
+                threshold_usd = a.spec.threshold_usd,
+                spent_usd = a.spent_usd,
+                "cost alert: spend crossed its threshold"
+            );
+            self.metrics
+                .cost_alerts
+                .get_or_create(&AlertLabels {
+                    scope: a.spec.scope.clone(),
+                    period: a.spec.period.as_str().into(),
+                })
+                .inc();
+        }
+    }
+
+    /// Stores a feedback report durably, then learns from it (breakers, budgets, online
+    /// corrections). Returns whether it was a retry of a report already stored, which is
+    /// acknowledged without being counted again.
+    pub async fn feedback(&self, record: FeedbackRecord) -> Result<bool, RouteError> {
+        crate::feedback::check(&record)?;
+        let ack = self.log.record_feedback(record.clone())?;
+        self.log.wait_durable(ack.ticket()).await?;
+        let duplicate = matches!(ack, FeedbackAck::Duplicate(_));
+        if !duplicate {
+            let fired = self.engine.observe_feedback(&record);
+            self.count_feedback(&record);
+            self.fire(&fired);
+        }
+        Ok(duplicate)
+    }
+
+    /// Records what one upstream call by a front door did (the gateway's own feedback): queued
+    /// behind its decision in the log without waiting for `fsync` (a later durable report
+    /// implies it is durable too, since one writer appends in order), and learned from at once.
+    pub fn record_attempt(&self, record: FeedbackRecord) -> Result<(), RouteError> {
+        crate::feedback::check(&record)?;
+        if let FeedbackAck::Stored(_) = self.log.record_feedback(record.clone())? {
+            let fired = self.engine.observe_feedback(&record);
+            self.count_feedback(&record);
+            self.fire(&fired);
+        }
+        Ok(())
+    }
+
+    fn count_feedback(&self, f: &FeedbackRecord) {
+        let m = &self.metrics;
+        let model = ModelLabel {
+            model: f.model.clone(),
+        };
+        m.feedback
+            .get_or_create(&FeedbackLabels {
+                model: f.model.clone(),
+                error: f.error.as_str().into(),
+            })
+            .inc();
+        m.reported_cost.get_or_create(&model).inc_by(f.cost_usd);
+        if let Some(q) = f.quality {
+            m.feedback_quality.get_or_create(&model).observe(q);
+        }
+    }
+
+    /// Sets or clears an operator's health override; admin keys only. Returns the new state.
+    pub fn report_health(
+        &self,
+        caller: &Caller,
+        model: &str,
+        manual: Option<Override>,
+    ) -> Result<&'static str, RouteError> {
+        caller.require_admin(self.access.allows_anonymous())?;
+        if self.engine.catalog().get(model).is_none() {
+            return Err(RouteError::UnknownModel(model.to_owned()));
+        }
+        tracing::info!(%model, ?manual, "health override");
+        let health = &self.engine.controls().health;
+        health.set_override(model, manual);
+        Ok(health.state(model))
+    }
+
+    /// The catalog models `caller` may use, with policy coverage and health.
+    pub fn models(&self, caller: &Caller) -> Vec<ModelView> {
+        let policy = self.engine.policy();
+        let health = &self.engine.controls().health;
+        self.engine
+            .catalog()
+            .models()
+            .iter()
+            .filter(|m| caller.may_use(&m.name))
+            .map(|m| ModelView {
+                spec: m.clone(),
+                in_policy: policy.model_names().any(|p| p == m.name),
+                health: health.state(&m.name),
+            })
+            .collect()
+    }
+}
+
+/// What the log keeps of a decision. The prompt text only when `store_prompt` is set.
+fn decision_record(
+    request_id: &str,
+    request: &RoutingRequest,
+    outcome: &RouteOutcome,
+    store_prompt: bool,
+) -> DecisionRecord {
+    let decision = &outcome.decision;
+    let (knob, cost_weight) = match decision.rule {
+        Rule::Mode(Mode::Quality) => ("quality", None),
+        Rule::Mode(Mode::Balanced) => ("balanced", None),
+        Rule::Mode(Mode::Cost) => ("cost", None),
+        Rule::CostWeight(lambda) => ("lambda", Some(lambda)),
+    };
+    DecisionRecord {
+        request_id: request_id.to_owned(),
+        time_ms: crate::feedback::now_ms(),
+        policy_version: outcome.policy_version.clone(),
+        features: encode_features(&outcome.features),
+        input_tokens: outcome.input_tokens,
+        knob: knob.into(),
+        cost_weight,
+        candidates: decision
+            .candidates
+            .iter()
+            .map(|c| LoggedCandidate {
+                model: c.model.clone(),
+                predicted_quality: c.quality,
+                base_quality: outcome
+                    .base_quality
+                    .iter()
+                    .find(|(m, _)| *m == c.model)
+                    .map(|(_, q)| *q),
+                predicted_cost_usd: c.cost_usd,
+                eligible: c.exclusion.is_none(),
+            })
+            .collect(),
+        chosen: decision.chosen().model.clone(),
+        propensity: outcome.propensity,
+        explored: outcome.explored,
+        session_id: request.session_id.clone(),
+        prompt: store_prompt.then(|| request.conversation.transcript()),
+        api_key: request.caller.key.as_ref().map(|k| k.name.clone()),
+    }
+}

@@ -1,0 +1,190 @@
+//! Start-up wiring shared by every way of serving: open (and replay) the log, build the
+//! [`Service`], and run the background tasks (policy reload, log compaction, `/metrics`).
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use triage_core::Settings;
+use triage_guard::AccessControl;
+use triage_log::{ArchiveFormat, FileEventLog, LogOptions, compact};
+
+use crate::engine::RoutingEngine;
+use crate::error::StartupError;
+use crate::metrics::{Metrics, ModelLabel, serve_metrics};
+use crate::service::Service;
+
+/// Opens the decision and feedback log (`settings.log.dir`), replaying it into budgets, alerts
+/// and online learning, and returns the service both doors share. With an `archive` format the
+/// log's compacted archives are read too.
+pub async fn open(
+    engine: RoutingEngine,
+    settings: &Settings,
+    archive: Option<Arc<dyn ArchiveFormat>>,
+) -> Result<Service, StartupError> {
+    let access = Arc::new(AccessControl::new(&settings.auth, Path::new("."))?);
+    let log_settings = settings.log.clone();
+    let replay_engine = engine.clone();
+    let log = tokio::task::spawn_blocking(move || {
+        let options = LogOptions {
+            dir: log_settings.dir,
+            segment_bytes: log_settings.segment_bytes,
+            queue_capacity: log_settings.queue_capacity,
+            archive,
+        };
+        // Budgets, alerts and online learning pick up where they were: the log is replayed
+        // during the scan that recovers it.
+        let controls = replay_engine.controls();
+        let now = chrono::Utc::now();
+        FileEventLog::open_visiting(&options, |record| {
+            controls.replay(record, now);
+            replay_engine.replay_learning(record);
+        })
+    })
+    .await
+    .map_err(|e| StartupError::Transport(e.to_string()))??;
+    Ok(Service::new(
+        engine,
+        settings.server.limits(),
+        Arc::new(log),
+        settings.log.store_prompts,
+        access,
+        Arc::new(Metrics::new()),
+    ))
+}
+
+/// Tasks that run beside the front doors; stopped by [`Background::stop`] or on drop.
+pub struct Background {
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Background {
+    /// Starts the policy watcher (`policy.reload_interval_ms`), the log compactor (with an
+    /// `archive` format and `log.compact_after_segments`) and `/metrics` on `metrics_listener`.
+    pub fn start(
+        service: &Service,
+        settings: &Settings,
+        metrics_listener: Option<TcpListener>,
+        archive: Option<Arc<dyn ArchiveFormat>>,
+    ) -> Self {
+        let engine = service.engine();
+        let mut tasks = Vec::new();
+        if let Some(listener) = metrics_listener {
+            tasks.push(serve_metrics(
+                listener,
+                service.metrics_arc(),
+                scrape_refresh(engine.clone()),
+            ));
+        }
+        if let (Some(path), ms) = (engine.policy_path(), settings.policy.reload_interval_ms)
+            && ms > 0
+        {
+            tasks.push(crate::reload::watch_policy(
+                engine.clone(),
+                path.to_path_buf(),
+                Duration::from_millis(ms),
+            ));
+        }
+        if let Some(task) = archive.and_then(|format| compact_periodically(settings, format)) {
+            tasks.push(task);
+        }
+        Self { tasks }
+    }
+
+    /// Stops every task.
+    pub fn stop(&mut self) {
+        for task in self.tasks.drain(..) {
+            task.abort();
+        }
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Compacts the log's sealed segments every `log.compact_interval_ms` once
+/// `log.compact_after_segments` wait (off at 0). A failed compaction changes nothing on disk
+/// that readers rely on (see `triage_log::compact`), so it is logged and tried again later.
+fn compact_periodically(
+    settings: &Settings,
+    format: Arc<dyn ArchiveFormat>,
+) -> Option<JoinHandle<()>> {
+    let threshold = settings.log.compact_after_segments;
+    if threshold == 0 {
+        return None;
+    }
+    let dir = settings.log.dir.clone();
+    let every = Duration::from_millis(settings.log.compact_interval_ms.max(1));
+    Some(tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            let (dir, format) = (dir.clone(), Arc::clone(&format));
+            let compacted =
+                tokio::task::spawn_blocking(move || compact(&dir, format.as_ref(), threshold))
+                    .await;
+            match compacted {
+                Ok(Ok(report)) if report.archives > 0 || report.leftovers_deleted > 0 => {
+                    tracing::info!(
+                        archives = report.archives,
+                        segments = report.segments,
+                        records = report.records,
+                        segment_bytes = report.segment_bytes,
+                        archive_bytes = report.archive_bytes,
+                        "log segments compacted"
+                    );
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "log compaction failed; will retry"),
+                Err(e) => tracing::warn!(error = %e, "log compaction task failed"),
+            }
+        }
+    }))
+}
+
+/// Binds an optional listener (port 0 picks a free port); `what` names it in the error.
+pub async fn bind_optional(
+    addr: Option<SocketAddr>,
+    what: &str,
+) -> Result<Option<TcpListener>, StartupError> {
+    let Some(addr) = addr else {
+        return Ok(None);
+    };
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|e| StartupError::Transport(format!("cannot bind {what} address {addr}: {e}")))?;
+    Ok(Some(listener))
+}
+
+/// Binds `metrics.listen` when it is set (port 0 picks a free port).
+pub async fn bind_metrics(settings: &Settings) -> Result<Option<TcpListener>, StartupError> {
+    bind_optional(settings.metrics.listen, "metrics").await
+}
+
+/// Gauges read at scrape time: queue depth and breaker states.
+fn scrape_refresh(engine: RoutingEngine) -> Arc<dyn Fn(&Metrics) + Send + Sync> {
+    Arc::new(move |m: &Metrics| {
+        m.queue_depth
+            .set(i64::try_from(engine.queue_depth()).unwrap_or(i64::MAX));
+        let health = &engine.controls().health;
+        for spec in engine.catalog().models() {
+            let value = match health.state(&spec.name) {
+                "open" => 2,
+                "half_open" => 1,
+                _ => 0,
+            };
+            m.breaker_state
+                .get_or_create(&ModelLabel {
+                    model: spec.name.clone(),
+                })
+                .set(value);
+        }
+    })
+}

@@ -1,0 +1,259 @@
+//! `POST /v1/chat/completions`: authenticate, parse, route through the engine, then call the
+//! ranked models in order until one answers.
+
+use std::time::{Duration, Instant};
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use triage_engine::{RouteError, Routed, RoutingRequest};
+use triage_guard::Caller;
+use triage_log::ErrorKind;
+
+use crate::Gateway;
+use crate::call::{Answer, Reply, call};
+use crate::error::{AttemptSummary, GatewayError};
+use crate::record::{Attempt, Outcome};
+use crate::relay::Relay;
+use crate::wire::{self, ChatRequest, Target};
+
+/// The handler.
+pub async fn chat_completions(
+    State(gw): State<Gateway>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let started = Instant::now();
+    match answer(&gw, &headers, body, started).await {
+        Ok(response) => response,
+        Err(e) => gw.refuse("chat.completions", e),
+    }
+}
+
+async fn answer(
+    gw: &Gateway,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+    started: Instant,
+) -> Result<Response, GatewayError> {
+    let body = gw.body(body)?;
+    let caller = gw.caller(headers)?;
+    let request = wire::parse(&body, gw.service.limits())?;
+    if gw.upstreams.provider_count() == 0 {
+        return Err(GatewayError::NoProviders);
+    }
+    let routing = routing_request(gw, &request, caller)?;
+    let routed = gw.service.route(&routing).await?;
+    let order = attempt_order(gw, &request, &routed);
+    let deadline = started + Duration::from_millis(gw.settings.deadline_ms);
+    let mut failures = Vec::new();
+    let mut upstream_time = Duration::ZERO;
+    for (i, model) in order.iter().enumerate() {
+        if Instant::now() >= deadline {
+            break;
+        }
+        let Some(target) = gw.upstreams.target(model) else {
+            continue;
+        };
+        let mut attempt = Attempt::start(
+            &gw.service,
+            &routed.request_id,
+            i + 1,
+            model,
+            &target.provider.name,
+            routed.outcome.input_tokens,
+        );
+        let Answer { result, first_byte } = call(target, &request, model, deadline).await;
+        attempt.first_byte = first_byte;
+        upstream_time += attempt.elapsed();
+        let reply = match result {
+            Ok(reply) => reply,
+            Err(failure) => {
+                attempt.finish(&Outcome {
+                    error: failure.kind,
+                    label: failure.outcome,
+                    usage: Default::default(),
+                    answer: "",
+                    extra_tokens: 0,
+                    retry_after: failure.retry_after,
+                    billed: false,
+                });
+                tracing::info!(request_id = %routed.request_id, %model, outcome = failure.outcome,
+                    detail = %failure.detail, "upstream attempt failed; trying the next model");
+                failures.push(AttemptSummary {
+                    model: model.clone(),
+                    outcome: failure.outcome,
+                    detail: failure.detail,
+                });
+                continue;
+            }
+        };
+        if i > 0 {
+            gw.service.metrics().fallbacks.inc();
+        }
+        let overhead = started
+            .elapsed()
+            .saturating_sub(upstream_time)
+            .saturating_sub(Duration::from_micros(routed.outcome.encoder_us));
+        gw.service
+            .metrics()
+            .gateway_overhead_seconds
+            .observe(overhead.as_secs_f64());
+        let mut response = respond(reply, attempt, &routed, request.include_usage);
+        // Where the time went, for clients and benchmarks (the W3C Server-Timing header).
+        let timing = format!(
+            "encoder;dur={:.3}, route;dur={:.3}, upstream;dur={:.3}",
+            routed.outcome.encoder_us as f64 / 1e3,
+            routed.total_us as f64 / 1e3,
+            upstream_time.as_secs_f64() * 1e3,
+        );
+        if let Ok(v) = HeaderValue::from_str(&timing) {
+            response.headers_mut().insert("server-timing", v);
+        }
+        return Ok(response);
+    }
+    let unavailable = failures.iter().all(|f| f.outcome != "bad_response");
+    Err(GatewayError::AllAttemptsFailed {
+        attempts: failures,
+        unavailable,
+    })
+}
+
+/// The engine request: virtual models route in their mode; a model named by the caller is
+/// pinned, with fallback only when the caller allows it (`triage.fallback`).
+fn routing_request(
+    gw: &Gateway,
+    request: &ChatRequest,
+    caller: Caller,
+) -> Result<RoutingRequest, GatewayError> {
+    let catalog = gw.service.engine().catalog();
+    let (mode, pinned) = match &request.target {
+        Target::Route(mode) => (*mode, None),
+        Target::Named(model) => {
+            if catalog.get(model).is_none() {
+                return Err(RouteError::UnknownModel(model.clone()).into());
+            }
+            if !caller.may_use(model) {
+                return Err(RouteError::ModelNotPermitted {
+                    key: caller.name().to_owned(),
+                    model: model.clone(),
+                }
+                .into());
+            }
+            if gw.upstreams.target(model).is_none() {
+                return Err(GatewayError::NotServed(model.clone()));
+            }
+            (Default::default(), Some(model.clone()))
+        }
+    };
+    let mut preferences = request.options.preferences(mode);
+    if let (Some(model), false) = (&pinned, request.options.fallback) {
+        preferences.allowed_models = vec![model.clone()];
+    }
+    preferences.validate(catalog, "triage.")?;
+    Ok(RoutingRequest {
+        conversation: request.conversation.clone(),
+        preferences,
+        session_id: request.options.session_id.clone().unwrap_or_default(),
+        metadata: Default::default(),
+        caller,
+        session_affinity: !request.options.no_session_affinity,
+        pinned,
+        reachable: Some(gw.upstreams.reachable().clone()),
+    })
+}
+
+/// The eligible candidates in ranked order, at most `gateway.max_attempts`.
+fn attempt_order(gw: &Gateway, request: &ChatRequest, routed: &Routed) -> Vec<String> {
+    let pinned_only = matches!(request.target, Target::Named(_)) && !request.options.fallback;
+    let limit = if pinned_only {
+        1
+    } else {
+        gw.settings.max_attempts
+    };
+    routed
+        .outcome
+        .decision
+        .candidates
+        .iter()
+        .take_while(|c| c.exclusion.is_none())
+        .take(limit)
+        .map(|c| c.model.clone())
+        .collect()
+}
+
+fn respond(reply: Reply, attempt: Attempt, routed: &Routed, include_usage: bool) -> Response {
+    let (model, attempts) = (attempt.model.clone(), attempt.number);
+    let mut response = match reply {
+        Reply::Complete { body, usage } => {
+            let cost = attempt.finish(&Outcome {
+                error: ErrorKind::None,
+                label: "ok",
+                usage,
+                answer: body
+                    .pointer("/choices/0/message/content")
+                    .and_then(serde_json::Value::as_str)
+                    .unwrap_or_default(),
+                extra_tokens: 0,
+                retry_after: None,
+                billed: true,
+            });
+            let mut r = axum::Json(body).into_response();
+            if let Ok(v) = HeaderValue::from_str(&format!("{cost:.8}")) {
+                r.headers_mut().insert("x-triage-cost-usd", v);
+            }
+            r
+        }
+        Reply::Refused { status, body } => {
+            // The caller's own request was refused: its fault, not the model's.
+            attempt.finish(&Outcome {
+                error: ErrorKind::Other,
+                label: "client_error",
+                usage: Default::default(),
+                answer: "",
+                extra_tokens: 0,
+                retry_after: None,
+                billed: false,
+            });
+            let mut r = (status, body).into_response();
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            r
+        }
+        Reply::Stream {
+            first,
+            rest,
+            translator,
+            usage,
+        } => {
+            let relay = Relay::new(first, rest, translator, usage, attempt, include_usage);
+            let mut r = Response::new(Body::from_stream(relay.into_stream()));
+            let h = r.headers_mut();
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/event-stream"),
+            );
+            h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+            r
+        }
+    };
+    let h = response.headers_mut();
+    for (name, value) in [
+        ("x-triage-request-id", routed.request_id.as_str()),
+        ("x-triage-model", model.as_str()),
+        (
+            "x-triage-policy-version",
+            routed.outcome.policy_version.as_str(),
+        ),
+        ("x-triage-attempts", &attempts.to_string()),
+    ] {
+        if let Ok(v) = HeaderValue::from_str(value) {
+            h.insert(name, v);
+        }
+    }
+    response
+}

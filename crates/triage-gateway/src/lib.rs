@@ -1,0 +1,175 @@
+//! The OpenAI-compatible HTTP front door: applications call Triage *as if it were a model*.
+//!
+//! `POST /v1/chat/completions` with `model: "triage"` (or `triage-quality`, `triage-cost`, or
+//! a catalog model by name) is routed by the same engine as gRPC `Route`, then answered by the
+//! chosen model's provider. When that model is rate-limited, down or slow to start, the next
+//! model of the ranking answers instead, up to `gateway.max_attempts`; the response's `model`
+//! and the `x-triage-*` headers say who answered. Each upstream call records its own feedback
+//! (tokens, cost, latency, errors) in the durable log, so breakers, budgets, online learning
+//! and retraining see gateway traffic exactly as they see gRPC feedback.
+//!
+//! Layout, a thin adapter over `triage_engine` like `triage-server` (text-embeddings-inference's
+//! `router/http` beside `router/grpc`):
+//! - `wire`: reads the request body, keeping unknown fields for the upstream;
+//! - `chat`: the handler and the attempt loop; `call`: one upstream call and how it ended;
+//!   `relay`: streaming to the client as events arrive; `record`: the per-attempt feedback;
+//! - `anthropic` / `openai`: the two upstream dialects; `upstreams`: providers and clients;
+//! - `error`: the one mapping of errors to HTTP statuses and OpenAI error bodies.
+
+mod anthropic;
+mod call;
+mod chat;
+mod error;
+mod handlers;
+mod openai;
+mod record;
+mod relay;
+mod upstreams;
+mod wire;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::DefaultBodyLimit;
+use axum::extract::rejection::BytesRejection;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use triage_core::InvalidRequest;
+use triage_core::Settings;
+use triage_core::config::GatewaySettings;
+use triage_engine::Service;
+use triage_engine::metrics::ErrorLabels;
+use triage_guard::{AccessError, Caller};
+
+pub use error::{AttemptSummary, GatewayError};
+pub use upstreams::ProviderError;
+pub use wire::VIRTUAL_MODELS;
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct Gateway {
+    service: Service,
+    upstreams: Arc<upstreams::Upstreams>,
+    settings: Arc<GatewaySettings>,
+}
+
+impl Gateway {
+    /// The gateway over `service`, calling the providers `settings` configures.
+    pub fn new(service: Service, settings: &Settings) -> Result<Self, ProviderError> {
+        Ok(Self {
+            service,
+            upstreams: Arc::new(upstreams::Upstreams::from_settings(settings)?),
+            settings: Arc::new(settings.gateway.clone()),
+        })
+    }
+
+    /// The axum router with every endpoint.
+    pub fn router(self) -> Router {
+        let limit = self.settings.max_body_bytes;
+        Router::new()
+            .route("/v1/chat/completions", post(chat::chat_completions))
+            .route("/v1/models", get(handlers::models))
+            .route("/v1/feedback", post(handlers::feedback))
+            .route("/healthz", get(handlers::healthz))
+            .route("/readyz", get(handlers::readyz))
+            .layer(DefaultBodyLimit::max(limit))
+            .with_state(self)
+    }
+
+    /// The caller behind `Authorization: Bearer KEY` or Azure-style `api-key: KEY`.
+    fn caller(&self, headers: &HeaderMap) -> Result<Caller, GatewayError> {
+        let value = |name: &str| -> Result<Option<String>, GatewayError> {
+            headers
+                .get(name)
+                .map(|v| {
+                    v.to_str()
+                        .map(str::to_owned)
+                        .map_err(|_| triage_engine::RouteError::from(AccessError::Malformed).into())
+                })
+                .transpose()
+        };
+        let authorization = match (value("authorization")?, value("api-key")?) {
+            (Some(a), _) => Some(a),
+            (None, Some(key)) => Some(format!("Bearer {key}")),
+            (None, None) => None,
+        };
+        Ok(self.service.authenticate(authorization.as_deref())?)
+    }
+
+    /// The request body, or why it cannot be read.
+    fn body(&self, body: Result<Bytes, BytesRejection>) -> Result<Bytes, GatewayError> {
+        body.map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                GatewayError::BodyTooLarge {
+                    limit: self.settings.max_body_bytes,
+                }
+            } else {
+                GatewayError::Invalid(InvalidRequest::new("body", rejection.body_text()))
+            }
+        })
+    }
+
+    /// Counts a refused request and answers with its error.
+    fn refuse(&self, method: &str, error: GatewayError) -> Response {
+        self.service
+            .metrics()
+            .errors
+            .get_or_create(&ErrorLabels {
+                method: method.into(),
+                code: error.status().as_u16().to_string(),
+            })
+            .inc();
+        error.into_response()
+    }
+}
+
+/// Serves the gateway on `listener` until `shutdown` resolves, then lets in-flight requests
+/// finish.
+pub async fn serve(
+    gateway: Gateway,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, gateway.router())
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// A gateway running on a background task (tests, embedding).
+pub struct GatewayHandle {
+    /// The bound address (useful with port 0).
+    pub addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: JoinHandle<std::io::Result<()>>,
+}
+
+impl GatewayHandle {
+    /// Stops accepting, lets in-flight requests finish, and waits.
+    pub async fn shutdown(mut self) -> std::io::Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.task.await.map_err(std::io::Error::other)?
+    }
+}
+
+/// Binds `addr` (port 0 picks a free port) and serves `gateway` in the background.
+pub async fn start(gateway: Gateway, addr: SocketAddr) -> std::io::Result<GatewayHandle> {
+    let listener = TcpListener::bind(addr).await?;
+    let addr = listener.local_addr()?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(serve(gateway, listener, async {
+        let _ = stopped.await;
+    }));
+    Ok(GatewayHandle {
+        addr,
+        stop: Some(stop),
+        task,
+    })
+}

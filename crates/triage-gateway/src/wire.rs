@@ -1,0 +1,306 @@
+//! The chat-completions request as the gateway reads it.
+//!
+//! The body stays a JSON object: the gateway reads what it needs (`model`, `messages`,
+//! `stream`, `n`, the `triage` preferences) and forwards every other field unchanged, so
+//! options it does not know (`response_format`, `seed`, `logprobs`, ...) still reach the model.
+
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use triage_core::catalog::Capability;
+use triage_core::request::RequestLimits;
+use triage_core::{Conversation, InvalidRequest, Mode, Preferences};
+
+/// The virtual models and the mode each routes in.
+pub const VIRTUAL_MODELS: [(&str, Mode); 3] = [
+    ("triage", Mode::Balanced),
+    ("triage-quality", Mode::Quality),
+    ("triage-cost", Mode::Cost),
+];
+
+/// What `model` asks for.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Target {
+    /// A virtual model: route in this mode.
+    Route(Mode),
+    /// A model asked for by name.
+    Named(String),
+}
+
+/// A parsed chat request.
+#[derive(Debug)]
+pub struct ChatRequest {
+    /// The body without `triage`, forwarded (with `model` replaced).
+    pub body: Map<String, Value>,
+    /// What `model` asked for.
+    pub target: Target,
+    /// The conversation's text, for the encoder.
+    pub conversation: Conversation,
+    /// Stream server-sent events.
+    pub stream: bool,
+    /// The client asked for a final usage chunk.
+    pub include_usage: bool,
+    /// Routing preferences from the `triage` object.
+    pub options: TriageOptions,
+}
+
+/// The `triage` object of a request body (what OpenAI SDKs send with `extra_body`): the same
+/// preferences as gRPC `Preferences`, validated the same way.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TriageOptions {
+    /// `quality`, `balanced` or `cost`; overrides the virtual model's mode.
+    #[serde(default)]
+    pub mode: Option<WireMode>,
+    /// λ ≥ 0, quality points traded per USD; overrides `mode`.
+    #[serde(default)]
+    pub cost_weight: Option<f64>,
+    /// Only these catalog models.
+    #[serde(default)]
+    pub allowed_models: Vec<String>,
+    /// Hard limit on predicted cost, USD.
+    #[serde(default)]
+    pub max_cost_usd: Option<f64>,
+    /// Hard limit on predicted latency, ms.
+    #[serde(default)]
+    pub max_latency_ms: Option<u32>,
+    /// `vision`, `tools`, `json_output`.
+    #[serde(default)]
+    pub required_capabilities: Vec<Capability>,
+    /// Smallest context window.
+    #[serde(default)]
+    pub min_context_tokens: Option<u32>,
+    /// Caller's answer-length estimate.
+    #[serde(default)]
+    pub expected_output_tokens: Option<u32>,
+    /// Conversation id for session affinity.
+    #[serde(default)]
+    pub session_id: Option<String>,
+    /// Route each turn on its own even within a session.
+    #[serde(default)]
+    pub no_session_affinity: bool,
+    /// With a model asked for by name: fall back to the ranking's next models when it fails.
+    #[serde(default)]
+    pub fallback: bool,
+}
+
+/// `mode` as written in JSON.
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WireMode {
+    /// Highest quality.
+    Quality,
+    /// The default trade-off.
+    Balanced,
+    /// Cheapest within the wide margin.
+    Cost,
+}
+
+impl TriageOptions {
+    /// The engine's preferences, with `mode` as the default when none is given.
+    pub fn preferences(&self, mode: Mode) -> Preferences {
+        Preferences {
+            mode: match self.mode {
+                Some(WireMode::Quality) => Mode::Quality,
+                Some(WireMode::Balanced) => Mode::Balanced,
+                Some(WireMode::Cost) => Mode::Cost,
+                None => mode,
+            },
+            cost_weight: self.cost_weight,
+            max_cost_usd: self.max_cost_usd,
+            max_latency_ms: self.max_latency_ms,
+            allowed_models: self.allowed_models.clone(),
+            required_capabilities: self.required_capabilities.clone(),
+            min_context_tokens: self.min_context_tokens,
+            expected_output_tokens: self.expected_output_tokens,
+        }
+    }
+}
+
+/// Longest accepted `triage.session_id`.
+pub const MAX_SESSION_ID_BYTES: usize = 256;
+
+/// Parses and checks a request body.
+pub fn parse(body: &[u8], limits: RequestLimits) -> Result<ChatRequest, InvalidRequest> {
+    let text = std::str::from_utf8(body)
+        .map_err(|e| InvalidRequest::new("body", format!("is not UTF-8 ({e}); send JSON text")))?;
+    let value: Value = serde_json::from_str(text).map_err(|e| {
+        InvalidRequest::new(
+            "body",
+            format!("is not valid JSON ({e}); send a chat-completions request object"),
+        )
+    })?;
+    let Value::Object(mut body) = value else {
+        return Err(InvalidRequest::new("body", "must be a JSON object"));
+    };
+    let options = match body.remove("triage") {
+        None | Some(Value::Null) => TriageOptions::default(),
+        Some(v) => {
+            serde_json::from_value(v).map_err(|e| InvalidRequest::new("triage", format!("{e}")))?
+        }
+    };
+    if options
+        .session_id
+        .as_ref()
+        .is_some_and(|s| s.len() > MAX_SESSION_ID_BYTES)
+    {
+        return Err(InvalidRequest::new(
+            "triage.session_id",
+            format!("is longer than {MAX_SESSION_ID_BYTES} bytes; use a short id"),
+        ));
+    }
+    let target = match body.get("model") {
+        Some(Value::String(m)) => VIRTUAL_MODELS
+            .iter()
+            .find(|(name, _)| name == m)
+            .map_or_else(
+                || Target::Named(m.clone()),
+                |(_, mode)| Target::Route(*mode),
+            ),
+        _ => {
+            return Err(InvalidRequest::new(
+                "model",
+                "is missing or not a string; use \"triage\" (or triage-quality, triage-cost, or a \
+                 catalog model)",
+            ));
+        }
+    };
+    match body.get("n") {
+        None | Some(Value::Null) => {}
+        Some(n) if n.as_u64() == Some(1) => {}
+        Some(n) => {
+            return Err(InvalidRequest::new(
+                "n",
+                format!("{n} is not supported: the gateway returns one choice; send n=1"),
+            ));
+        }
+    }
+    let stream = match body.get("stream") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => return Err(InvalidRequest::new("stream", "must be true or false")),
+    };
+    let include_usage = body
+        .get("stream_options")
+        .and_then(|o| o.get("include_usage"))
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    let conversation = conversation(&body, limits)?;
+    Ok(ChatRequest {
+        body,
+        target,
+        conversation,
+        stream,
+        include_usage,
+        options,
+    })
+}
+
+/// The messages' roles and text, as the encoder reads them.
+fn conversation(
+    body: &Map<String, Value>,
+    limits: RequestLimits,
+) -> Result<Conversation, InvalidRequest> {
+    let Some(Value::Array(messages)) = body.get("messages") else {
+        return Err(InvalidRequest::new(
+            "messages",
+            "is missing or not an array; send at least one {\"role\": \"user\", \"content\": ...}",
+        ));
+    };
+    let mut turns: Vec<(String, String)> = Vec::with_capacity(messages.len());
+    for (i, m) in messages.iter().enumerate() {
+        let role = match m.get("role").and_then(Value::as_str) {
+            // OpenAI's newer name for system instructions, and its older name for tool output.
+            Some("developer") => "system",
+            Some("function") => "tool",
+            Some(r) => r,
+            None => {
+                return Err(InvalidRequest::new(
+                    format!("messages[{i}].role"),
+                    "is missing or not a string",
+                ));
+            }
+        };
+        turns.push((role.to_owned(), text_of(m.get("content"), i)?));
+    }
+    Conversation::from_wire(turns.iter().map(|(r, c)| (r.as_str(), c.as_str())), limits)
+}
+
+/// A message's text: a string, or the text parts of a content array (images carry no text).
+fn text_of(content: Option<&Value>, i: usize) -> Result<String, InvalidRequest> {
+    match content {
+        None | Some(Value::Null) => Ok(String::new()),
+        Some(Value::String(s)) => Ok(s.clone()),
+        Some(Value::Array(parts)) => Ok(parts
+            .iter()
+            .filter_map(|p| p.get("text").and_then(Value::as_str))
+            .collect::<Vec<_>>()
+            .join("\n")),
+        Some(_) => Err(InvalidRequest::new(
+            format!("messages[{i}].content"),
+            "must be a string or an array of content parts",
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: RequestLimits = RequestLimits {
+        max_messages: 8,
+        max_text_bytes: 1000,
+    };
+
+    fn err(body: &str) -> String {
+        parse(body.as_bytes(), LIMITS)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn reads_model_stream_preferences_and_keeps_the_rest() {
+        let body = r#"{"model":"triage-cost","messages":[{"role":"developer","content":"be brief"},
+            {"role":"user","content":[{"type":"text","text":"hi"},{"type":"image_url"}]}],
+            "stream":true,"stream_options":{"include_usage":true},"seed":7,
+            "triage":{"max_cost_usd":0.01,"required_capabilities":["tools"],"session_id":"s"}}"#;
+        let r = parse(body.as_bytes(), LIMITS).expect("parses");
+        assert_eq!(r.target, Target::Route(Mode::Cost));
+        assert!(r.stream && r.include_usage);
+        assert_eq!(r.body.get("seed"), Some(&Value::from(7)));
+        assert!(
+            r.body.get("triage").is_none(),
+            "preferences are not forwarded"
+        );
+        let p = r.options.preferences(Mode::Cost);
+        assert_eq!(p.max_cost_usd, Some(0.01));
+        assert_eq!(p.required_capabilities, vec![Capability::Tools]);
+        assert_eq!(r.conversation.messages().len(), 2);
+    }
+
+    #[test]
+    fn bad_bodies_name_the_field() {
+        assert!(err("{").contains("body: is not valid JSON"));
+        assert!(parse(&[0xff, 0xfe], LIMITS).is_err_and(|e| e.field == "body"));
+        assert!(err("[]").contains("JSON object"));
+        assert!(err(r#"{"messages":[]}"#).starts_with("model"));
+        assert!(err(r#"{"model":"triage","messages":[]}"#).starts_with("messages"));
+        assert!(
+            err(r#"{"model":"triage","messages":[{"role":"robot","content":"x"}]}"#)
+                .starts_with("messages[0].role")
+        );
+        assert!(
+            err(r#"{"model":"triage","n":2,"messages":[{"role":"user","content":"x"}]}"#)
+                .starts_with("n:")
+        );
+        assert!(err(r#"{"model":"triage","triage":{"mode":"fast"},"messages":[{"role":"user","content":"x"}]}"#)
+            .starts_with("triage:"));
+        assert!(err(r#"{"model":"triage","triage":{"budget":1},"messages":[{"role":"user","content":"x"}]}"#)
+            .contains("unknown field `budget`"));
+        let long = "x".repeat(MAX_SESSION_ID_BYTES + 1);
+        let body = format!(
+            r#"{{"model":"triage","triage":{{"session_id":"{long}"}},"messages":[{{"role":"user","content":"x"}}]}}"#
+        );
+        assert!(err(&body).starts_with("triage.session_id"));
+    }
+}

@@ -1,0 +1,397 @@
+//! A local LLM upstream for tests and benchmarks, since real providers cannot be reached here.
+//!
+//! It speaks the OpenAI chat-completions API (`POST /v1/chat/completions`) and Anthropic's
+//! Messages API (`POST /v1/messages`), streaming (server-sent events, sent as they are made)
+//! and not, with realistic `usage`. Its answer names the model and echoes the start of the
+//! prompt, so a test can tell which model answered what. Faults are scripted per model over
+//! HTTP (`POST /_script`), so Rust, Python and Node tests drive it alike:
+//! `{"model": "m", "faults": [{"kind": "status", "status": 429, "retry_after": 7}]}` queues
+//! faults that the next calls to `m` consume in order. Kinds: `status` (any status, with an
+//! optional `retry_after` in seconds), `slow_first_byte` (`ms`), `cut_stream` (after `chunks`
+//! chunks the connection breaks), `malformed` (a 200 whose body is not JSON), `no_usage`.
+//! `GET /_calls` counts calls per model; `POST /_reset` clears scripts and counts.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+
+/// One scripted fault.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Fault {
+    /// Answer with this status (and `retry-after` seconds, if given).
+    Status {
+        /// HTTP status.
+        status: u16,
+        /// `retry-after` header, seconds.
+        #[serde(default)]
+        retry_after: Option<u32>,
+    },
+    /// Wait this long before the response head.
+    SlowFirstByte {
+        /// Delay, ms.
+        ms: u64,
+    },
+    /// Stream this many chunks, then break the connection.
+    CutStream {
+        /// Chunks sent before the cut.
+        chunks: usize,
+    },
+    /// A 200 whose body is not JSON.
+    Malformed,
+    /// Answer normally but report no token usage.
+    NoUsage,
+}
+
+/// How the upstream answers when no fault is scripted.
+#[derive(Clone, Debug)]
+pub struct Behaviour {
+    /// Delay before the response head.
+    pub first_byte: Duration,
+    /// Delay between streamed chunks.
+    pub chunk_delay: Duration,
+    /// Words in an answer (besides the echo of the prompt).
+    pub answer_words: usize,
+}
+
+impl Default for Behaviour {
+    fn default() -> Self {
+        Self {
+            first_byte: Duration::ZERO,
+            chunk_delay: Duration::ZERO,
+            answer_words: 12,
+        }
+    }
+}
+
+#[derive(Default)]
+struct Script {
+    faults: HashMap<String, VecDeque<Fault>>,
+    calls: HashMap<String, u64>,
+}
+
+#[derive(Clone)]
+struct Upstream {
+    script: Arc<Mutex<Script>>,
+    behaviour: Arc<Behaviour>,
+}
+
+impl Upstream {
+    /// Counts the call and takes the model's next fault.
+    fn next_fault(&self, model: &str) -> Option<Fault> {
+        let mut s = self.script.lock().unwrap_or_else(PoisonError::into_inner);
+        *s.calls.entry(model.to_owned()).or_default() += 1;
+        s.faults.get_mut(model).and_then(VecDeque::pop_front)
+    }
+}
+
+/// A running local upstream.
+pub struct LocalUpstream {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl LocalUpstream {
+    /// Starts one on `127.0.0.1` on a free port.
+    pub async fn start(behaviour: Behaviour) -> std::io::Result<Self> {
+        Self::bind(
+            "127.0.0.1:0".parse().map_err(std::io::Error::other)?,
+            behaviour,
+        )
+        .await
+    }
+
+    /// Starts one on `addr`.
+    pub async fn bind(addr: SocketAddr, behaviour: Behaviour) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let state = Upstream {
+            script: Arc::default(),
+            behaviour: Arc::new(behaviour),
+        };
+        let app = Router::new()
+            .route("/v1/chat/completions", post(openai))
+            .route("/v1/messages", post(anthropic))
+            .route("/_script", post(script))
+            .route("/_reset", post(reset))
+            .route("/_calls", get(calls))
+            .with_state(state);
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(Self { addr, task })
+    }
+
+    /// Base URL of its OpenAI-style API (`…/v1`); the Anthropic one is the same.
+    pub fn base_url(&self) -> String {
+        format!("http://{}/v1", self.addr)
+    }
+}
+
+impl Drop for LocalUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[derive(Deserialize)]
+struct ScriptBody {
+    model: String,
+    faults: Vec<Fault>,
+}
+
+async fn script(State(up): State<Upstream>, body: axum::Json<ScriptBody>) -> StatusCode {
+    let mut s = up.script.lock().unwrap_or_else(PoisonError::into_inner);
+    s.faults
+        .entry(body.0.model)
+        .or_default()
+        .extend(body.0.faults);
+    StatusCode::NO_CONTENT
+}
+
+async fn reset(State(up): State<Upstream>) -> StatusCode {
+    *up.script.lock().unwrap_or_else(PoisonError::into_inner) = Script::default();
+    StatusCode::NO_CONTENT
+}
+
+async fn calls(State(up): State<Upstream>) -> axum::Json<HashMap<String, u64>> {
+    axum::Json(
+        up.script
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .calls
+            .clone(),
+    )
+}
+
+/// The prompt's last user text.
+fn prompt_of(body: &Value) -> String {
+    let last = body
+        .get("messages")
+        .and_then(Value::as_array)
+        .and_then(|m| {
+            m.iter()
+                .rev()
+                .find(|m| m.get("role").and_then(Value::as_str) == Some("user"))
+        });
+    match last.and_then(|m| m.get("content")) {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Array(parts)) => parts
+            .iter()
+            .filter_map(|p| p.get("text").and_then(Value::as_str))
+            .collect::<Vec<_>>()
+            .join(" "),
+        _ => String::new(),
+    }
+}
+
+/// The answer's words: the model's name, an echo of the prompt's start, then filler.
+fn answer_words(model: &str, prompt: &str, n: usize) -> Vec<String> {
+    let mut words = vec![format!("[{model}]")];
+    words.extend(prompt.split_whitespace().take(6).map(str::to_owned));
+    words.extend((0..n).map(|i| format!("w{i}")));
+    words
+}
+
+/// Roughly 4 bytes a token, at least 1.
+fn tokens(text: &str) -> u64 {
+    (text.len() as u64).div_ceil(4).max(1)
+}
+
+struct Call {
+    model: String,
+    stream: bool,
+    words: Vec<String>,
+    input_tokens: u64,
+    fault: Option<Fault>,
+}
+
+async fn prepare(up: &Upstream, body: &Bytes) -> Result<Call, Response> {
+    let body: Value = serde_json::from_slice(body)
+        .map_err(|e| (StatusCode::BAD_REQUEST, format!("bad JSON: {e}")).into_response())?;
+    let model = body
+        .get("model")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    let prompt = prompt_of(&body);
+    let fault = up.next_fault(&model);
+    let delay = match &fault {
+        Some(Fault::SlowFirstByte { ms }) => Duration::from_millis(*ms),
+        _ => up.behaviour.first_byte,
+    };
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    if let Some(Fault::Status {
+        status,
+        retry_after,
+    }) = &fault
+    {
+        let status = StatusCode::from_u16(*status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let mut r = (
+            status,
+            axum::Json(json!({"error": {"message": "scripted fault", "type": "scripted"}})),
+        )
+            .into_response();
+        if let Some(s) = retry_after {
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(*s));
+        }
+        return Err(r);
+    }
+    if let Some(Fault::Malformed) = &fault {
+        return Err((StatusCode::OK, "this is { not json").into_response());
+    }
+    let all_text = body
+        .get("messages")
+        .map(Value::to_string)
+        .unwrap_or_default();
+    Ok(Call {
+        stream: body.get("stream").and_then(Value::as_bool).unwrap_or(false),
+        words: answer_words(&model, &prompt, up.behaviour.answer_words),
+        input_tokens: tokens(&all_text),
+        model,
+        fault,
+    })
+}
+
+async fn openai(State(up): State<Upstream>, body: Bytes) -> Response {
+    let call = match prepare(&up, &body).await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let text = call.words.join(" ");
+    let usage = json!({"prompt_tokens": call.input_tokens, "completion_tokens": tokens(&text),
+                       "total_tokens": call.input_tokens + tokens(&text)});
+    let with_usage = !matches!(call.fault, Some(Fault::NoUsage));
+    if !call.stream {
+        let mut v = json!({"id": "chatcmpl-local", "object": "chat.completion", "created": 1,
+            "model": call.model, "choices": [{"index": 0, "finish_reason": "stop",
+            "message": {"role": "assistant", "content": text}}]});
+        if with_usage {
+            v["usage"] = usage;
+        }
+        return axum::Json(v).into_response();
+    }
+    let chunk = |delta: Value, finish: Value| {
+        json!({"id": "chatcmpl-local", "object": "chat.completion.chunk", "created": 1,
+               "model": call.model, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+    };
+    let mut events = vec![chunk(
+        json!({"role": "assistant", "content": ""}),
+        Value::Null,
+    )];
+    for (i, w) in call.words.iter().enumerate() {
+        let sep = if i == 0 { "" } else { " " };
+        events.push(chunk(json!({"content": format!("{sep}{w}")}), Value::Null));
+    }
+    events.push(chunk(json!({}), "stop".into()));
+    if with_usage {
+        events.push(
+            json!({"id": "chatcmpl-local", "object": "chat.completion.chunk", "created": 1,
+                           "model": call.model, "choices": [], "usage": usage}),
+        );
+    }
+    let frames: Vec<String> = events
+        .iter()
+        .map(|e| format!("data: {e}\n\n"))
+        .chain(["data: [DONE]\n\n".to_owned()])
+        .collect();
+    sse(frames, &call, up.behaviour.chunk_delay)
+}
+
+async fn anthropic(State(up): State<Upstream>, body: Bytes) -> Response {
+    let call = match prepare(&up, &body).await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let text = call.words.join(" ");
+    let out = tokens(&text);
+    if !call.stream {
+        return axum::Json(json!({"id": "msg_local", "type": "message", "role": "assistant",
+            "model": call.model, "content": [{"type": "text", "text": text}],
+            "stop_reason": "end_turn", "usage": {"input_tokens": call.input_tokens, "output_tokens": out}}))
+        .into_response();
+    }
+    let mut frames = vec![event(
+        "message_start",
+        json!({"type": "message_start", "message": {"id": "msg_local",
+        "type": "message", "role": "assistant", "model": call.model, "content": [],
+        "usage": {"input_tokens": call.input_tokens, "output_tokens": 1}}}),
+    )];
+    frames.push(event(
+        "content_block_start",
+        json!({"type": "content_block_start", "index": 0,
+        "content_block": {"type": "text", "text": ""}}),
+    ));
+    for (i, w) in call.words.iter().enumerate() {
+        let sep = if i == 0 { "" } else { " " };
+        frames.push(event(
+            "content_block_delta",
+            json!({"type": "content_block_delta", "index": 0,
+            "delta": {"type": "text_delta", "text": format!("{sep}{w}")}}),
+        ));
+    }
+    frames.push(event(
+        "content_block_stop",
+        json!({"type": "content_block_stop", "index": 0}),
+    ));
+    frames.push(event(
+        "message_delta",
+        json!({"type": "message_delta", "delta": {"stop_reason": "end_turn"},
+        "usage": {"output_tokens": out}}),
+    ));
+    frames.push(event("message_stop", json!({"type": "message_stop"})));
+    sse(frames, &call, up.behaviour.chunk_delay)
+}
+
+fn event(name: &str, data: Value) -> String {
+    format!("event: {name}\ndata: {data}\n\n")
+}
+
+/// Sends `frames` one by one, `delay` apart; a `cut_stream` fault breaks the body part-way.
+fn sse(frames: Vec<String>, call: &Call, delay: Duration) -> Response {
+    let cut = match call.fault {
+        Some(Fault::CutStream { chunks }) => Some(chunks),
+        _ => None,
+    };
+    let stream = futures::stream::unfold(
+        (frames.into_iter().enumerate(), cut, delay),
+        |(mut it, cut, delay)| async move {
+            let (i, frame) = it.next()?;
+            if i > 0 && !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            if cut.is_some_and(|c| i >= c) {
+                // Let what was sent reach the client first, as when a real upstream dies.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                // An error ends the body without its terminating chunk: the client sees a broken
+                // connection, as with a real upstream that dies mid-answer.
+                return Some((Err(std::io::Error::other("scripted cut")), (it, cut, delay)));
+            }
+            Some((
+                Ok::<_, std::io::Error>(Bytes::from(frame)),
+                (it, cut, delay),
+            ))
+        },
+    );
+    let mut r = Response::new(Body::from_stream(stream));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    r
+}

@@ -1,0 +1,88 @@
+"""The official `openai` Python package against Triage's HTTP gateway, as applications use it:
+`model="triage"`, streaming, preferences through `extra_body`, errors as typed exceptions, and a
+rate-limited model answered by the next one."""
+import json
+import urllib.request
+
+import openai
+import pytest
+from openai import OpenAI
+
+FRANCE = "What is the capital of France?"
+PROOF = (
+    "Let $a, b, c$ be positive reals with $abc = 1$. Prove that "
+    "$\\frac{1}{a^3(b+c)} + \\frac{1}{b^3(c+a)} + \\frac{1}{c^3(a+b)} \\ge \\frac{3}{2}$. "
+    "Give a complete, rigorous proof, justifying every step and stating which inequalities "
+    "(AM-GM, Cauchy-Schwarz, Muirhead) you use and why their conditions hold."
+)
+
+
+@pytest.fixture(scope="module")
+def client(gateway):
+    http, _, _ = gateway
+    return OpenAI(base_url=f"http://{http}/v1", api_key="unused", max_retries=0, timeout=60)
+
+
+def ask(client, prompt, **kw):
+    return client.chat.completions.create(
+        model="triage", messages=[{"role": "user", "content": prompt}], **kw
+    )
+
+
+def test_easy_and_hard_prompts_are_answered_by_different_models(client):
+    easy, hard = ask(client, FRANCE), ask(client, PROOF)
+    assert easy.model != hard.model, (easy.model, hard.model)
+    for r in (easy, hard):
+        assert r.choices[0].message.content.startswith(f"[{r.model}]")
+        assert r.usage.prompt_tokens > 0 and r.usage.completion_tokens > 0
+    assert {m.id for m in client.models.list()} >= {"triage", "triage-quality", "triage-cost", easy.model}
+
+
+def test_streaming_names_the_model_in_every_chunk(client):
+    chunks = list(ask(client, FRANCE, stream=True, stream_options={"include_usage": True}))
+    models = {c.model for c in chunks}
+    assert len(models) == 1, models
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text.startswith(f"[{models.pop()}]")
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
+
+
+def test_preferences_ride_in_extra_body(client):
+    allowed = ["gpt-4o-mini-2024-07-18", "claude-3-haiku-20240307"]
+    r = ask(client, PROOF, extra_body={"triage": {"allowed_models": allowed, "mode": "quality"}})
+    assert r.model in allowed
+    with pytest.raises(openai.BadRequestError) as bad:
+        ask(client, FRANCE, extra_body={"triage": {"max_cost_usd": -1}})
+    assert "max_cost_usd" in str(bad.value)
+
+
+def test_errors_arrive_as_typed_exceptions(client):
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="gpt-9", messages=[{"role": "user", "content": "x"}])
+    with pytest.raises(openai.BadRequestError) as bad:
+        client.chat.completions.create(model="triage", messages=[{"role": "robot", "content": "x"}])
+    assert "messages[0].role" in str(bad.value)
+
+
+def test_a_rate_limited_model_is_answered_by_the_next(client, gateway):
+    _, _, upstream = gateway
+    chosen = ask(client, FRANCE).model
+    script = json.dumps({"model": chosen, "faults": [{"kind": "status", "status": 429, "retry_after": 3}]})
+    urllib.request.urlopen(urllib.request.Request(
+        f"{upstream}/_script", data=script.encode(), headers={"content-type": "application/json"},
+    ), timeout=10)
+    raw = client.chat.completions.with_raw_response.create(
+        model="triage", messages=[{"role": "user", "content": FRANCE}]
+    )
+    answer = raw.parse()
+    assert raw.headers["x-triage-attempts"] == "2"
+    assert answer.model == raw.headers["x-triage-model"] != chosen
+
+    # A quality score for that answer joins its decision.
+    score = json.dumps({"request_id": raw.headers["x-triage-request-id"], "model": answer.model,
+                        "quality": 1.0, "feedback_id": "py-score"}).encode()
+    http, _, _ = gateway
+    reply = urllib.request.urlopen(urllib.request.Request(
+        f"http://{http}/v1/feedback", data=score, headers={"content-type": "application/json"},
+    ), timeout=10)
+    assert json.load(reply) == {"duplicate": False}
