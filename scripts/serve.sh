@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Sets up everything (idempotent) and starts the gRPC server on the embedded defaults
-# (127.0.0.1:50051; see crates/triage-core/default.toml). Extra arguments go to `triage serve`,
-# e.g. scripts/serve.sh --listen 0.0.0.0:50051 --config my.toml
+# Sets up everything (idempotent) and starts the server on the embedded defaults: gRPC on
+# 127.0.0.1:50051 and the OpenAI-compatible HTTP gateway on 127.0.0.1:8080 (see
+# crates/triage-core/default.toml; the gateway answers once [[providers]] are configured).
+# Extra arguments go to `triage serve`, e.g.
+#   scripts/serve.sh --config my.toml --listen 0.0.0.0:50051 --http-listen 0.0.0.0:8080
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"

@@ -25,7 +25,10 @@ pub fn init() -> anyhow::Result<Telemetry> {
             .with_writer(std::io::stderr)
             .boxed()
     } else {
+        // Colours only for a person at a terminal; plain text in files, pipes and CI logs.
+        use std::io::IsTerminal;
         tracing_subscriber::fmt::layer()
+            .with_ansi(std::io::stderr().is_terminal())
             .with_writer(std::io::stderr)
             .boxed()
     };

@@ -3,6 +3,10 @@
 
 use std::process::Command;
 
+mod common;
+
+use common::dry_run_counts;
+
 use triage_log::{
     DecisionRecord, ErrorKind, EventStore, FeedbackAck, FeedbackRecord, FileEventLog, LogOptions,
     LoggedCandidate, encode_features,
@@ -97,18 +101,7 @@ async fn dry_run_prints_distinct_counts_as_json() {
             .await
             .expect("durable");
     }
-    let out = Command::new(env!("CARGO_BIN_EXE_triage"))
-        .args(["train", "--from-log"])
-        .arg(dir.path())
-        .args(["--dry-run", "--json"])
-        .output()
-        .expect("triage runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let counts: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
+    let counts = dry_run_counts(dir.path());
     // r3 was decided twice (one request), f1 was retried (one report), r2's report has no
     // quality, and r1/small was reported twice (one outcome: the latest).
     assert_eq!(

@@ -5,15 +5,13 @@
 
 #![cfg(unix)]
 
-use std::process::Command;
-
 use triage_proto::v1::FeedbackRequest;
 use triage_proto::v1::router_client::RouterClient;
 use triage_testkit::{Behaviour, LocalUpstream};
 
 mod common;
 
-use common::spawn_with_gateway;
+use common::{dry_run_counts, spawn_with_gateway};
 
 const CALLS: usize = 6;
 
@@ -87,18 +85,7 @@ async fn gateway_calls_survive_sigkill_with_their_feedback() {
     child.kill().expect("SIGKILL");
     let _ = child.wait();
 
-    let out = Command::new(env!("CARGO_BIN_EXE_triage"))
-        .args(["train", "--from-log"])
-        .arg(&log)
-        .args(["--dry-run", "--json"])
-        .output()
-        .expect("triage runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let counts: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
+    let counts = dry_run_counts(&log);
     assert_eq!(counts["decisions"], CALLS, "{counts}");
     assert!(
         counts["feedback"].as_u64() >= Some(CALLS as u64 + 1),

@@ -160,8 +160,17 @@ impl Controls {
         fired
     }
 
-    /// Learns from a stored report: breaker state and the real cost. Returns alerts that fired.
-    pub fn feedback(&self, f: &FeedbackRecord, now: DateTime<Utc>) -> Vec<FiredAlert> {
+    /// Learns from a stored report: breaker state (when `counts_outcome`: the first report on
+    /// its request and model) and the real cost. Returns alerts that fired.
+    pub fn feedback(
+        &self,
+        f: &FeedbackRecord,
+        counts_outcome: bool,
+        now: DateTime<Utc>,
+    ) -> Vec<FiredAlert> {
+        if !counts_outcome {
+            return self.settle(f, now);
+        }
         let failure = match f.error {
             ErrorKind::None => None,
             ErrorKind::RateLimited => Some(FailureKind::RateLimited),

@@ -19,6 +19,7 @@ use triage_policy::{
 };
 
 use crate::controls::Controls;
+use crate::counted::{CountedPairs, Counts};
 use crate::error::{RouteError, StartupError};
 use crate::recent::RecentPredictions;
 
@@ -87,6 +88,7 @@ pub struct RoutingEngine {
     recent: Arc<RecentPredictions>,
     controls: Arc<Controls>,
     tokens: Option<Arc<TokenCounter>>,
+    counted: Arc<CountedPairs>,
 }
 
 impl RoutingEngine {
@@ -132,6 +134,7 @@ impl RoutingEngine {
             recent: Arc::new(RecentPredictions::new(RECENT_DECISIONS)),
             controls: Arc::new(Controls::new(settings)),
             tokens: None,
+            counted: Arc::new(CountedPairs::new(RECENT_DECISIONS)),
         })
     }
 
@@ -182,16 +185,26 @@ impl RoutingEngine {
     /// Learns from a stored feedback report: quality correction, breaker, real cost. Returns
     /// spend alerts the real cost set off.
     pub fn observe_feedback(&self, report: &FeedbackRecord) -> Vec<FiredAlert> {
-        self.learn(report);
-        self.controls.feedback(report, chrono::Utc::now())
+        let counts = self.learn(report);
+        self.controls
+            .feedback(report, counts.outcome, chrono::Utc::now())
     }
 
-    fn learn(&self, report: &FeedbackRecord) {
+    /// Online learning from one report, each (request, model) counted once; returns what the
+    /// report counted for.
+    fn learn(&self, report: &FeedbackRecord) -> Counts {
+        let counts = self
+            .counted
+            .mark(&report.request_id, &report.model, report.quality.is_some());
         if report.error == triage_log::ErrorKind::None {
             let predicted = self.recent.get(&report.request_id, &report.model);
-            self.learner
-                .observe(&report.model, predicted, report.quality);
+            let score = report.quality.filter(|_| counts.score);
+            match counts.outcome {
+                true => self.learner.observe(&report.model, predicted, score),
+                false => self.learner.observe_score(&report.model, predicted, score),
+            }
         }
+        counts
     }
 
     /// Replays one logged record (at start-up, oldest first) into the online learner, so that
@@ -213,7 +226,9 @@ impl RoutingEngine {
                     self.recent.insert(&d.request_id, &base);
                 }
             }
-            LogRecord::Feedback(f) => self.learn(f),
+            LogRecord::Feedback(f) => {
+                self.learn(f);
+            }
         }
     }
 

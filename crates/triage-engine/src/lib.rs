@@ -14,6 +14,7 @@
 //! - [`RouteError`]: the domain errors. Each door maps them exhaustively to its own codes.
 
 mod controls;
+mod counted;
 mod engine;
 mod error;
 pub mod feedback;

@@ -335,6 +335,11 @@ async fn each_attempt_is_recorded_and_a_later_score_joins_the_same_decision_once
         assert_eq!(body["duplicate"], duplicate);
     }
     assert_eq!(router.service.log_counts(), (1, 2));
+    assert_eq!(
+        router.service.engine().learner().feedback_count(&model),
+        1,
+        "the recorded call and its later score are one report for breakers and counts"
+    );
     // The score is the same decision's: gRPC Feedback on it is accepted too.
     let bad = json!({"request_id": "nope", "model": model, "quality": 0.5});
     let r = router

@@ -126,9 +126,19 @@ impl OnlineLearner {
     /// Learns from one report: `predicted` is the policy's uncorrected quality for this request
     /// and model, `observed` the reported quality (`None`: the report only counts).
     pub fn observe(&self, model: &str, predicted: Option<f64>, observed: Option<f64>) {
+        {
+            let mut state = self.lock();
+            let s = state.entry(model.to_owned()).or_default();
+            s.feedback = s.feedback.saturating_add(1);
+        }
+        self.observe_score(model, predicted, observed);
+    }
+
+    /// Learns from a quality score without counting a report (the report was counted when
+    /// its call was recorded).
+    pub fn observe_score(&self, model: &str, predicted: Option<f64>, observed: Option<f64>) {
         let mut state = self.lock();
         let s = state.entry(model.to_owned()).or_default();
-        s.feedback = s.feedback.saturating_add(1);
         if let (Some(p), Some(y)) = (predicted, observed) {
             let current = sigmoid(logit(p) + s.offset);
             s.offset = (s.offset + self.settings.learning_rate * (y - current))

@@ -56,9 +56,17 @@ async fn a_failing_model_is_skipped_until_its_breaker_recovers() {
         ))
         .await
         .expect("stored");
+    // A second request fails too (one request counts one failure per model, however many
+    // reports it sends).
+    let second = client
+        .route(request(FRANCE, Preferences::default()))
+        .await
+        .expect("routes")
+        .into_inner();
+    assert_eq!(second.model, failing);
     client
         .feedback(failure(
-            &first.request_id,
+            &second.request_id,
             "f2",
             &failing,
             ErrorKind::ErrorTimeout,

@@ -25,6 +25,7 @@ use axum::routing::{get, post};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
+use triage_core::config::{ProviderKind, ProviderSettings};
 
 /// One scripted fault.
 #[derive(Clone, Debug, Deserialize)]
@@ -394,4 +395,29 @@ fn sse(frames: Vec<String>, call: &Call, delay: Duration) -> Response {
         HeaderValue::from_static("text/event-stream"),
     );
     r
+}
+
+/// One `[[providers]]` entry per `provider` name the catalog uses, all pointed at `base_url`
+/// (an upstream from this crate): Anthropic's models speak the Messages API, the rest OpenAI's.
+pub fn local_providers(settings: &triage_core::Settings, base_url: &str) -> Vec<ProviderSettings> {
+    let mut names: Vec<String> = settings.models.iter().map(|m| m.provider.clone()).collect();
+    names.sort();
+    names.dedup();
+    names
+        .into_iter()
+        .map(|name| ProviderSettings {
+            kind: if name == "anthropic" {
+                ProviderKind::Anthropic
+            } else {
+                ProviderKind::Openai
+            },
+            name,
+            base_url: base_url.to_owned(),
+            api_key_env: None,
+            headers: Default::default(),
+            connect_ms: 2000,
+            first_byte_ms: 30_000,
+            total_ms: 120_000,
+        })
+        .collect()
 }

@@ -68,3 +68,19 @@ fn spawn(
     std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
     (child, urls)
 }
+
+/// What `triage train --from-log DIR --dry-run --json` counts in `dir` (it must succeed).
+pub fn dry_run_counts(dir: &Path) -> serde_json::Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_triage"))
+        .args(["train", "--from-log"])
+        .arg(dir)
+        .args(["--dry-run", "--json"])
+        .output()
+        .expect("triage runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("JSON on stdout")
+}

@@ -8,11 +8,10 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
 use triage_core::Settings;
-use triage_core::config::{ProviderKind, ProviderSettings};
 use triage_engine::startup::{self, Background};
 use triage_engine::{RoutingEngine, Service};
 use triage_gateway::{Gateway, GatewayHandle};
-use triage_testkit::{Behaviour, LocalUpstream};
+use triage_testkit::{Behaviour, LocalUpstream, local_providers};
 
 pub const FRANCE: &str = "What is the capital of France?";
 pub const PROOF: &str = "Let $a, b, c$ be positive reals with $abc = 1$. Prove that \
@@ -34,26 +33,12 @@ pub fn settings(upstream: &str) -> Settings {
         .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
         .expect("tempdir")
         .keep();
-    let mut names: Vec<String> = s.models.iter().map(|m| m.provider.clone()).collect();
-    names.sort();
-    names.dedup();
-    s.providers = names
-        .into_iter()
-        .map(|name| ProviderSettings {
-            kind: if name == "anthropic" {
-                ProviderKind::Anthropic
-            } else {
-                ProviderKind::Openai
-            },
-            name,
-            base_url: upstream.to_owned(),
-            api_key_env: None,
-            headers: Default::default(),
-            connect_ms: 1000,
-            first_byte_ms: 2000,
-            total_ms: 10_000,
-        })
-        .collect();
+    s.providers = local_providers(&s, upstream);
+    for p in &mut s.providers {
+        p.connect_ms = 1000;
+        p.first_byte_ms = 2000;
+        p.total_ms = 10_000;
+    }
     s
 }
 
