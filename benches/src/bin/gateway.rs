@@ -32,7 +32,8 @@ async fn main() -> anyhow::Result<()> {
     let waves = flag("--waves")?.unwrap_or(3);
 
     let fast = LocalUpstream::start(Behaviour::default()).await?;
-    let (gateway, _keep) = router(&fast.base_url(), streams).await?;
+    // Every pair repeats its prompt: the encoder runs each time, as for new prompts.
+    let (gateway, _keep) = router(&fast.base_url(), streams, false).await?;
     let client = reqwest::Client::builder().tcp_nodelay(true).build()?;
     let prompt = triage_benches::prompt_of(16);
     let model = chosen_model(&client, &gateway, &prompt).await?;
@@ -55,13 +56,23 @@ async fn main() -> anyhow::Result<()> {
         ..Behaviour::default()
     })
     .await?;
-    let (gateway, _keep_slow) = router(&slow.base_url(), streams).await?;
-    concurrency(&gateway, streams, waves).await
+    let (gateway, _keep_slow) = router(&slow.base_url(), streams, true).await?;
+    for repeated in [false, true] {
+        concurrency(&gateway, streams, waves, repeated).await?;
+    }
+    Ok(())
 }
 
 /// Both doors' engine with every provider at `upstream`, and the gateway's base URL.
-async fn router(upstream: &str, streams: usize) -> anyhow::Result<(String, Background)> {
+async fn router(
+    upstream: &str,
+    streams: usize,
+    cache: bool,
+) -> anyhow::Result<(String, Background)> {
     let mut settings = Settings::load(None)?;
+    if !cache {
+        settings.encoder.cache_entries = 0;
+    }
     settings.log.dir =
         std::env::temp_dir().join(format!("triage-bench-gateway-{}", std::process::id()));
     // Bursts of `streams` requests queue for the encoder rather than being shed.
@@ -221,12 +232,25 @@ fn rss_and_threads() -> (u64, u64) {
     (field("VmRSS:"), field("Threads:"))
 }
 
-async fn concurrency(gateway: &str, streams: usize, waves: usize) -> anyhow::Result<()> {
+/// Waves of `streams` concurrent streams: each with its own prompt (the encoder bounds how
+/// many get going per second), or all with one prompt, as agents and retries resend (the
+/// exact-repeat cache answers all but the first, so all are in flight at once).
+async fn concurrency(
+    gateway: &str,
+    streams: usize,
+    waves: usize,
+    repeated: bool,
+) -> anyhow::Result<()> {
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(streams)
         .build()?;
     let (rss, threads) = rss_and_threads();
-    println!("concurrency: {streams} streams per wave, upstream answers over ~1 s");
+    let kind = if repeated {
+        "one repeated prompt"
+    } else {
+        "a new prompt each"
+    };
+    println!("concurrency: {streams} streams per wave, {kind}, upstream answers over ~1 s");
     println!("  before          rss {:>7} KiB  threads {threads}", rss);
     for wave in 1..=waves {
         let in_flight = Arc::new(AtomicUsize::new(0));

@@ -18,7 +18,9 @@ async fn main() -> anyhow::Result<()> {
         .map_err(anyhow::Error::msg)?
         .unwrap_or(200);
     let root = triage_benches::root();
-    let settings = Settings::load(None)?;
+    let mut settings = Settings::load(None)?;
+    // Every call repeats its prompt: measure the encoder, not the exact-repeat cache.
+    settings.encoder.cache_entries = 0;
     let addr: Option<String> = triage_benches::flag("--addr").map_err(anyhow::Error::msg)?;
     let (addr, _server) = match addr {
         Some(a) => (a, None),

@@ -62,6 +62,8 @@ async fn main() -> anyhow::Result<()> {
         .map_err(anyhow::Error::msg)?
         .unwrap_or(3.0);
     let mut settings = Settings::load(None)?;
+    // Every call repeats its prompt: measure the encoder, not the exact-repeat cache.
+    settings.encoder.cache_entries = 0;
     let log_dir = std::env::temp_dir().join(format!("triage-load-{}", std::process::id()));
     settings.log.dir = log_dir.clone();
     let engine = RoutingEngine::from_settings(&settings, &triage_benches::root())?;

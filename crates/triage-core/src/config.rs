@@ -101,6 +101,13 @@ pub struct EncoderSettings {
     /// Run on the CUDA execution provider (needs the `cuda` build feature and a CUDA runtime).
     #[serde(default)]
     pub cuda: bool,
+    /// Embeddings kept for byte-identical repeats of an encoder input (0: no cache).
+    #[serde(default = "default_cache_entries")]
+    pub cache_entries: usize,
+}
+
+fn default_cache_entries() -> usize {
+    10_000
 }
 
 /// Which policy file to serve.

@@ -10,7 +10,7 @@ use triage_core::config::ExplorationSettings;
 use triage_core::features::{PromptStats, features};
 use triage_core::{Catalog, Conversation, EncoderInput, Preferences, Settings};
 use triage_encoder::{
-    EncoderPool, OnnxEmbedder, OnnxOptions, PoolOptions, TokenCounter, init_onnxruntime,
+    Embedding, EncoderPool, OnnxEmbedder, OnnxOptions, PoolOptions, TokenCounter, init_onnxruntime,
 };
 use triage_guard::{Caller, FiredAlert};
 use triage_log::{FeedbackRecord, LogRecord};
@@ -18,6 +18,7 @@ use triage_policy::{
     Availability, Decision, Exclusion, OnlineLearner, Policy, Prediction, apply_priors, decide_with,
 };
 
+use crate::cache::{CacheUse, EmbeddingCache};
 use crate::controls::Controls;
 use crate::counted::{CountedPairs, Counts};
 use crate::error::{RouteError, StartupError};
@@ -70,6 +71,8 @@ pub struct RouteOutcome {
     pub base_quality: Vec<(String, f64)>,
     /// Whether session affinity kept the session's previous model.
     pub sticky: bool,
+    /// Whether the embedding came from the exact-repeat cache.
+    pub cache: CacheUse,
     /// Spend alerts this request's charge set off.
     pub fired_alerts: Vec<FiredAlert>,
 }
@@ -89,6 +92,7 @@ pub struct RoutingEngine {
     controls: Arc<Controls>,
     tokens: Option<Arc<TokenCounter>>,
     counted: Arc<CountedPairs>,
+    cache: Option<Arc<EmbeddingCache>>,
 }
 
 impl RoutingEngine {
@@ -135,6 +139,7 @@ impl RoutingEngine {
             controls: Arc::new(Controls::new(settings)),
             tokens: None,
             counted: Arc::new(CountedPairs::new(RECENT_DECISIONS)),
+            cache: EmbeddingCache::new(settings.encoder.cache_entries).map(Arc::new),
         })
     }
 
@@ -245,7 +250,7 @@ impl RoutingEngine {
     ) -> Result<RouteOutcome, RouteError> {
         let started = Instant::now();
         let input = EncoderInput::from_conversation(&request.conversation);
-        let embedding = self.encoder.embed(input).await?;
+        let (embedding, cache) = self.embed(input).await?;
         let encoded = Instant::now();
 
         let stats = PromptStats::new(&request.conversation, embedding.text_tokens);
@@ -345,8 +350,23 @@ impl RoutingEngine {
             explored: draw.explored,
             base_quality,
             sticky,
+            cache,
             fired_alerts,
         })
+    }
+
+    /// The input's embedding, from the exact-repeat cache when it holds it.
+    async fn embed(&self, input: EncoderInput) -> Result<(Arc<Embedding>, CacheUse), RouteError> {
+        let Some(cache) = &self.cache else {
+            return Ok((Arc::new(self.encoder.embed(input).await?), CacheUse::Off));
+        };
+        let key = EmbeddingCache::key(&input);
+        if let Some(hit) = cache.get(&key) {
+            return Ok((hit, CacheUse::Hit));
+        }
+        let embedding = Arc::new(self.encoder.embed(input).await?);
+        let evicted = cache.insert(&key, Arc::clone(&embedding));
+        Ok((embedding, CacheUse::Miss { evicted }))
     }
 }
 

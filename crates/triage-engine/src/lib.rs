@@ -13,6 +13,7 @@
 //!   log compaction, `/metrics`).
 //! - [`RouteError`]: the domain errors. Each door maps them exhaustively to its own codes.
 
+mod cache;
 mod controls;
 mod counted;
 mod engine;
@@ -24,6 +25,7 @@ mod reload;
 mod service;
 pub mod startup;
 
+pub use cache::CacheUse;
 pub use controls::{BudgetCap, Controls};
 pub use engine::{RouteOutcome, RoutingEngine, RoutingRequest};
 pub use error::{RouteError, StartupError};

@@ -83,6 +83,13 @@ pub struct UpstreamLabels {
     pub outcome: String,
 }
 
+/// `result` of an exact-repeat cache lookup: `hit` or `miss`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CacheLabel {
+    /// `hit` or `miss`.
+    pub result: String,
+}
+
 /// `model` and `direction` (`input`, `output`) of counted tokens.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TokenLabels {
@@ -127,6 +134,10 @@ pub struct Metrics {
     pub cost_alerts: Family<AlertLabels, Counter>,
     /// Requests the bandit explored.
     pub explorations: Counter,
+    /// Exact-repeat embedding cache lookups by result.
+    pub encoder_cache: Family<CacheLabel, Counter>,
+    /// Entries the embedding cache evicted to make room.
+    pub encoder_cache_evictions: Counter,
     /// Gateway calls to upstream models by model, provider and outcome.
     pub upstream_requests: Family<UpstreamLabels, Counter>,
     /// Time from sending an upstream request to its first response byte, by model, seconds.
@@ -157,6 +168,8 @@ impl Metrics {
             feedback_quality: Family::new_with_constructor(quality_histogram),
             cost_alerts: Family::default(),
             explorations: Counter::default(),
+            encoder_cache: Family::default(),
+            encoder_cache_evictions: Counter::default(),
             upstream_requests: Family::default(),
             upstream_first_byte_seconds: Family::new_with_constructor(latency_histogram),
             upstream_seconds: Family::new_with_constructor(latency_histogram),
@@ -219,6 +232,16 @@ impl Metrics {
             "explorations",
             "Requests routed by exploration",
             m.explorations.clone(),
+        );
+        registry.register(
+            "encoder_cache_requests",
+            "Exact-repeat embedding cache lookups by result (hit, miss)",
+            m.encoder_cache.clone(),
+        );
+        registry.register(
+            "encoder_cache_evictions",
+            "Embeddings evicted from the exact-repeat cache",
+            m.encoder_cache_evictions.clone(),
         );
         registry.register(
             "upstream_requests",

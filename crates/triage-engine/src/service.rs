@@ -14,9 +14,12 @@ use triage_log::{
 };
 use triage_policy::Rule;
 
+use crate::cache::CacheUse;
 use crate::engine::{RouteOutcome, RoutingEngine, RoutingRequest};
 use crate::error::RouteError;
-use crate::metrics::{AlertLabels, FeedbackLabels, Metrics, ModelLabel, RouteLabels, StageLabel};
+use crate::metrics::{
+    AlertLabels, CacheLabel, FeedbackLabels, Metrics, ModelLabel, RouteLabels, StageLabel,
+};
 
 /// A decision that was made, logged and counted.
 #[derive(Clone, Debug)]
@@ -173,6 +176,21 @@ impl Service {
         }
         if outcome.explored {
             m.explorations.inc();
+        }
+        let lookup = |result: &str| CacheLabel {
+            result: result.into(),
+        };
+        match outcome.cache {
+            CacheUse::Hit => {
+                m.encoder_cache.get_or_create(&lookup("hit")).inc();
+            }
+            CacheUse::Miss { evicted } => {
+                m.encoder_cache.get_or_create(&lookup("miss")).inc();
+                if evicted {
+                    m.encoder_cache_evictions.inc();
+                }
+            }
+            CacheUse::Off => {}
         }
         self.fire(&outcome.fired_alerts);
     }

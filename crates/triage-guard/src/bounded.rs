@@ -23,17 +23,19 @@ impl<V> BoundedMap<V> {
     }
 
     /// Inserts or replaces. A new key evicts the oldest one when the map is full; replacing a
-    /// value keeps the key's place.
-    pub fn insert(&mut self, key: &str, value: V) {
+    /// value keeps the key's place. Returns whether a key still held was evicted.
+    pub fn insert(&mut self, key: &str, value: V) -> bool {
+        let mut evicted = false;
         if !self.map.contains_key(key) {
             if self.order.len() >= self.capacity
                 && let Some(oldest) = self.order.pop_front()
             {
-                self.map.remove(&oldest);
+                evicted = self.map.remove(&oldest).is_some();
             }
             self.order.push_back(key.to_owned());
         }
         self.map.insert(key.to_owned(), value);
+        evicted
     }
 
     /// The value of `key`, if still remembered.
