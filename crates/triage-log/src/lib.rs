@@ -8,10 +8,11 @@
 //!   `length (u32 LE) · CRC-32 (u32 LE) · JSON payload`. A segment is sealed when it passes its
 //!   size limit and a new one is started; sealed segments never change, so readers (training,
 //!   compaction) can read them while the server writes.
-//! - **Group commit.** One writer thread drains everything queued since its last flush, writes it
-//!   and calls `fsync` once for the whole group. Each record gets a sequence number; a caller is
-//!   acknowledged when the durable sequence reaches its own. Under load many feedback reports share
-//!   one `fsync`, so throughput scales with batch size rather than disk latency.
+//! - **Group commit.** One writer thread drains everything queued since its last write and writes
+//!   it in one go. Each record gets a sequence number; a caller is acknowledged when the durable
+//!   (`fsync`ed) sequence reaches its own. The writer syncs as soon as somebody waits for a record,
+//!   and otherwise within 50 ms of a write: records nobody waits for (decisions, the gateway's
+//!   call records) cost no `fsync` of their own, and under load many reports share one.
 //! - **Recovery.** On open every segment is scanned; a torn or corrupt tail (a crash mid-write)
 //!   fails its length or checksum, is reported, and is cut off so later appends follow valid data.
 //! - **Compaction.** Runs of sealed segments are rewritten as one columnar archive each

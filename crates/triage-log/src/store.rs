@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 
@@ -126,6 +127,8 @@ pub struct FileEventLog {
     index: Mutex<Index>,
     queue: Option<Sender<Pending>>,
     durable: watch::Receiver<Durable>,
+    /// The highest sequence number a caller waits to see durable (the writer syncs for it).
+    wanted: Arc<AtomicU64>,
     writer: Option<JoinHandle<()>>,
 }
 
@@ -203,12 +206,14 @@ impl FileEventLog {
         let (queue, receiver) = crossbeam_channel::bounded(options.queue_capacity.max(1));
         let start = Durable::UpTo(index.next_seq - 1);
         let (durable_tx, durable) = watch::channel(start);
-        let writer = spawn(writer, receiver, durable_tx)?;
+        let wanted = Arc::new(AtomicU64::new(0));
+        let writer = spawn(writer, receiver, durable_tx, Arc::clone(&wanted))?;
         Ok(Self {
             dir,
             index: Mutex::new(index),
             queue: Some(queue),
             durable,
+            wanted,
             writer: Some(writer),
         })
     }
@@ -299,6 +304,18 @@ impl EventStore for FileEventLog {
 
     fn wait_durable(&self, ticket: Ticket) -> Durability<'_> {
         let mut durable = self.durable.clone();
+        let reached = matches!(&*durable.borrow(), Durable::UpTo(seq) if *seq >= ticket.0);
+        if !reached {
+            // Ask the writer to sync now rather than at its next interval; a full queue means
+            // it is busy and will see `wanted` after its current group.
+            self.wanted.fetch_max(ticket.0, Ordering::AcqRel);
+            if let Some(queue) = &self.queue {
+                let _ = queue.try_send(Pending {
+                    seq: 0,
+                    framed: Vec::new(),
+                });
+            }
+        }
         Box::pin(async move {
             let reached = durable
                 .wait_for(|d| match d {

@@ -129,6 +129,10 @@ impl LocalUpstream {
             .route("/_reset", post(reset))
             .route("/_calls", get(calls))
             .with_state(state);
+        // TCP_NODELAY, as real upstreams stream: each chunk leaves when it is written.
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
