@@ -15,6 +15,7 @@ export CARGO_INCREMENTAL=${CARGO_INCREMENTAL:-0}
 bash scripts/setup.sh
 bash scripts/setup-python.sh
 bash scripts/setup-node.sh
+bash scripts/setup-mono.sh
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
@@ -32,7 +33,7 @@ echo "== OpenTelemetry export test (otel feature)"
 cargo test --locked -p triage-cli --features otel --test otel
 export TRIAGE_TEST_BIN="$CARGO_TARGET_DIR/debug/triage"
 export TRIAGE_TEST_UPSTREAM_BIN="$CARGO_TARGET_DIR/debug/triage-local-upstream"
-echo "== python client tests"
+echo "== python client tests and the examples"
 .cache/pyvenv/bin/python -m pytest -q tests/python
 echo "== node client tests"
 (cd tests/node && node --test)

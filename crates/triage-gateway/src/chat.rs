@@ -250,6 +250,14 @@ fn respond(reply: Reply, attempt: Attempt, routed: &Routed, include_usage: bool)
             routed.outcome.policy_version.as_str(),
         ),
         ("x-triage-attempts", &attempts.to_string()),
+        (
+            "x-triage-sticky",
+            if routed.outcome.sticky {
+                "true"
+            } else {
+                "false"
+            },
+        ),
     ] {
         if let Ok(v) = HeaderValue::from_str(value) {
             h.insert(name, v);
