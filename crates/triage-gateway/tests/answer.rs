@@ -381,3 +381,39 @@ async fn a_client_that_leaves_mid_stream_cancels_the_upstream_and_leaves_a_whole
     assert_eq!(router.service.log_counts(), (1, 1));
     assert!(router.metrics().contains("outcome=\"cancelled\"} 1"));
 }
+
+#[tokio::test]
+async fn a_client_that_gives_up_cancels_the_upstream_call() {
+    let router = start().await;
+    let model = "gpt-4o-mini-2024-07-18";
+    router
+        .script(model, json!([{"kind": "slow_first_byte", "ms": 1500}]))
+        .await;
+    let impatient = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_millis(300))
+        .build()
+        .expect("client");
+    let gave_up = impatient
+        .post(router.url("/v1/chat/completions"))
+        .json(&json!({"model": model, "messages": user(FRANCE)}))
+        .send()
+        .await;
+    assert!(gave_up.is_err());
+    // The gateway drops the call with its client; the upstream sees its caller hang up.
+    for _ in 0..100 {
+        if router.abandoned(model).await == 1 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        router.abandoned(model).await,
+        1,
+        "the upstream call was not cancelled"
+    );
+    assert_eq!(
+        router.service.log_counts(),
+        (1, 0),
+        "no half-written attempt record"
+    );
+}

@@ -9,7 +9,8 @@
 //! faults that the next calls to `m` consume in order. Kinds: `status` (any status, with an
 //! optional `retry_after` in seconds), `slow_first_byte` (`ms`), `cut_stream` (after `chunks`
 //! chunks the connection breaks), `malformed` (a 200 whose body is not JSON), `no_usage`.
-//! `GET /_calls` counts calls per model; `POST /_reset` clears scripts and counts.
+//! `GET /_calls` counts calls per model, `GET /_abandoned` those whose caller hung up while the
+//! upstream was still waiting to answer; `POST /_reset` clears scripts and counts.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -80,6 +81,24 @@ impl Default for Behaviour {
 struct Script {
     faults: HashMap<String, VecDeque<Fault>>,
     calls: HashMap<String, u64>,
+    /// Calls whose caller went away before the answer began.
+    abandoned: HashMap<String, u64>,
+}
+
+/// Counts a call as abandoned if it is dropped (the caller hung up) before `done`.
+struct Waiting {
+    script: Arc<Mutex<Script>>,
+    model: String,
+    done: bool,
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        if !self.done {
+            let mut s = self.script.lock().unwrap_or_else(PoisonError::into_inner);
+            *s.abandoned.entry(self.model.clone()).or_default() += 1;
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -128,6 +147,7 @@ impl LocalUpstream {
             .route("/_script", post(script))
             .route("/_reset", post(reset))
             .route("/_calls", get(calls))
+            .route("/_abandoned", get(abandoned))
             .with_state(state);
         // TCP_NODELAY, as real upstreams stream: each chunk leaves when it is written.
         let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
@@ -169,6 +189,11 @@ async fn script(State(up): State<Upstream>, body: axum::Json<ScriptBody>) -> Sta
 async fn reset(State(up): State<Upstream>) -> StatusCode {
     *up.script.lock().unwrap_or_else(PoisonError::into_inner) = Script::default();
     StatusCode::NO_CONTENT
+}
+
+async fn abandoned(State(up): State<Upstream>) -> axum::Json<HashMap<String, u64>> {
+    let s = up.script.lock().unwrap_or_else(PoisonError::into_inner);
+    axum::Json(s.abandoned.clone())
 }
 
 async fn calls(State(up): State<Upstream>) -> axum::Json<HashMap<String, u64>> {
@@ -238,7 +263,13 @@ async fn prepare(up: &Upstream, body: &Bytes) -> Result<Call, Response> {
         _ => up.behaviour.first_byte,
     };
     if !delay.is_zero() {
+        let mut waiting = Waiting {
+            script: Arc::clone(&up.script),
+            model: model.clone(),
+            done: false,
+        };
         tokio::time::sleep(delay).await;
+        waiting.done = true;
     }
     if let Some(Fault::Status {
         status,

@@ -81,9 +81,18 @@ impl Router {
 
     /// Calls the upstream received per model.
     pub async fn calls(&self, model: &str) -> u64 {
+        self.count("_calls", model).await
+    }
+
+    /// Calls to `model` whose caller (the gateway) hung up before the answer began.
+    pub async fn abandoned(&self, model: &str) -> u64 {
+        self.count("_abandoned", model).await
+    }
+
+    async fn count(&self, what: &str, model: &str) -> u64 {
         let v: Value = self
             .http
-            .get(format!("http://{}/_calls", self.upstream.addr))
+            .get(format!("http://{}/{what}", self.upstream.addr))
             .send()
             .await
             .expect("upstream answers")
