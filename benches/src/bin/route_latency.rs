@@ -66,5 +66,25 @@ async fn main() -> anyhow::Result<()> {
             pct(&encoder, 0.5)
         );
     }
+    let before = cpu_seconds();
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    println!(
+        "idle CPU in the second after the calls: {:.1}% of one core",
+        100.0 * (cpu_seconds() - before)
+    );
     Ok(())
+}
+
+/// CPU time this process has used, seconds (`/proc/self/stat`, at Linux's 100 ticks a second).
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let ticks: u64 = after
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|f| f.parse::<u64>().ok())
+        .sum();
+    ticks as f64 / 100.0
 }

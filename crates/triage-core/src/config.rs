@@ -88,6 +88,10 @@ pub struct EncoderSettings {
     pub workers: usize,
     /// ONNX Runtime intra-op threads per worker.
     pub intra_op_threads: usize,
+    /// Let ONNX Runtime's intra-op threads spin between the parallel parts of a run instead of
+    /// sleeping (faster runs; they stop spinning shortly after the work ends).
+    #[serde(default)]
+    pub intra_op_spinning: bool,
     /// Requests that may wait for a worker; beyond that `Route` answers RESOURCE_EXHAUSTED.
     pub queue_capacity: usize,
     /// Most requests one worker embeds in a single batch.

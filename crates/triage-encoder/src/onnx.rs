@@ -23,6 +23,8 @@ pub struct OnnxOptions {
     pub max_tokens: usize,
     /// ONNX Runtime intra-op threads.
     pub intra_op_threads: usize,
+    /// Whether those threads spin between parallel sections.
+    pub intra_op_spinning: bool,
     /// Use the CUDA execution provider.
     pub cuda: bool,
 }
@@ -160,7 +162,7 @@ fn build_session(environment: &Environment, options: &OnnxOptions) -> ort::Resul
     let mut builder = Session::builder(environment)?
         .with_intra_threads(options.intra_op_threads)?
         .with_inter_threads(1)?
-        .with_intra_op_spinning(false)?;
+        .with_intra_op_spinning(options.intra_op_spinning)?;
     #[cfg(feature = "cuda")]
     if options.cuda {
         builder = builder
@@ -261,6 +263,7 @@ impl OnnxOptions {
             tokenizer: base.join(&settings.tokenizer),
             max_tokens: settings.max_tokens,
             intra_op_threads: settings.intra_op_threads,
+            intra_op_spinning: settings.intra_op_spinning,
             cuda: settings.cuda,
         }
     }
