@@ -17,6 +17,9 @@ use triage_guard::{AlertSpec, AuthSettings, BreakerSettings};
 use crate::catalog::{Catalog, CatalogError, ModelSpec};
 use crate::request::RequestLimits;
 
+/// The longest duration a setting may hold, seconds (a year).
+const MAX_DURATION_SECS: f64 = 365.0 * 86_400.0;
+
 /// The embedded defaults: the twelve-model catalog at list prices, and local paths.
 pub const DEFAULT_CONFIG: &str = include_str!("../default.toml");
 
@@ -38,6 +41,14 @@ pub struct ServerSettings {
     /// Seconds in-flight requests get to finish after SIGTERM before the server stops anyway.
     #[serde(default = "default_drain_secs")]
     pub drain_secs: f64,
+    /// Largest `cost_usd` one feedback report may carry (more is refused as invalid), so that
+    /// no report can book an absurd spend against a budget.
+    #[serde(default = "default_max_reported_cost_usd")]
+    pub max_reported_cost_usd: f64,
+}
+
+fn default_max_reported_cost_usd() -> f64 {
+    1000.0
 }
 
 fn default_drain_secs() -> f64 {
@@ -396,14 +407,37 @@ impl Settings {
             });
         }
         let h = &self.health;
+        // Durations past a year would overflow clocks (and mean a model is never retried).
+        let duration = |x: f64| (0.0..=MAX_DURATION_SECS).contains(&x);
         let sane = (h.failure_rate > 0.0 && h.failure_rate <= 1.0)
-            && (h.window_secs > 0.0 && h.window_secs.is_finite())
-            && (h.open_secs >= 0.0 && h.open_secs.is_finite());
+            && (h.window_secs > 0.0 && duration(h.window_secs))
+            && duration(h.open_secs)
+            && duration(h.max_retry_after_secs)
+            && h.half_open_probes >= 1;
         if !sane {
             return Err(ConfigError::OutOfRange {
                 key: "health",
-                problem: "failure_rate must be in (0, 1], window_secs > 0 and open_secs >= 0"
-                    .into(),
+                problem: format!(
+                    "failure_rate must be in (0, 1], window_secs in (0, {MAX_DURATION_SECS}], \
+                     open_secs and max_retry_after_secs in [0, {MAX_DURATION_SECS}], and \
+                     half_open_probes at least 1 (a breaker with no probes never recovers)"
+                ),
+            });
+        }
+        let ceiling = self.server.max_reported_cost_usd;
+        if !(ceiling.is_finite() && ceiling > 0.0) {
+            return Err(ConfigError::OutOfRange {
+                key: "server.max_reported_cost_usd",
+                problem: format!("{ceiling} must be a finite number > 0"),
+            });
+        }
+        if !duration(self.server.drain_secs) {
+            return Err(ConfigError::OutOfRange {
+                key: "server.drain_secs",
+                problem: format!(
+                    "{} is outside [0, {MAX_DURATION_SECS}]",
+                    self.server.drain_secs
+                ),
             });
         }
         if let Some(a) = self
@@ -535,5 +569,21 @@ mod tests {
             .err()
             .map(|e| e.to_string());
         assert!(err.unwrap_or_default().contains("listed twice"));
+
+        // Values that used to panic or wedge the server are refused at load, naming the key.
+        for (section, line, key) in [
+            ("health", "open_secs = 1e20", "health"),
+            ("health", "half_open_probes = 0", "health"),
+            ("health", "max_retry_after_secs = -1.0", "health"),
+            ("server", "drain_secs = inf", "server.drain_secs"),
+        ] {
+            let bad = dir.path().join("bad.toml");
+            std::fs::write(&bad, format!("[{section}]\n{line}\n")).expect("write");
+            let err = Settings::load_with_env(Some(&bad), no_env())
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(err.contains(key), "{line}: {err}");
+        }
     }
 }

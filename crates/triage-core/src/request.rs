@@ -72,6 +72,23 @@ impl InvalidRequest {
     }
 }
 
+/// Longest accepted session id, bytes: each one is kept in memory and in the decision log.
+pub const MAX_SESSION_ID_BYTES: usize = 256;
+
+/// Refuses a session id longer than [`MAX_SESSION_ID_BYTES`]; `field` names it in the error.
+pub fn check_session_id(id: &str, field: &str) -> Result<(), InvalidRequest> {
+    if id.len() > MAX_SESSION_ID_BYTES {
+        return Err(InvalidRequest::new(
+            field,
+            format!(
+                "is longer than {MAX_SESSION_ID_BYTES} bytes; use a short id (e.g. a UUID) per \
+                 conversation"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Size limits a request must respect.
 #[derive(Clone, Copy, Debug)]
 pub struct RequestLimits {

@@ -6,8 +6,9 @@ use triage_log::FeedbackRecord;
 /// Longest accepted `feedback_id`.
 pub const MAX_FEEDBACK_ID_BYTES: usize = 128;
 
-/// Refuses a report that names no request, model or id, or carries an impossible number.
-pub fn check(f: &FeedbackRecord) -> Result<(), InvalidRequest> {
+/// Refuses a report that names no request, model or id, or carries an impossible number (a cost
+/// above `max_cost_usd` included).
+pub fn check(f: &FeedbackRecord, max_cost_usd: f64) -> Result<(), InvalidRequest> {
     if f.request_id.trim().is_empty() {
         return Err(InvalidRequest::new(
             "request_id",
@@ -37,10 +38,13 @@ pub fn check(f: &FeedbackRecord) -> Result<(), InvalidRequest> {
             format!("{q} is outside 0..1; scale the score to 0 (bad) ..1 (good) or leave it unset"),
         ));
     }
-    if !f.cost_usd.is_finite() || f.cost_usd < 0.0 {
+    if !(0.0..=max_cost_usd).contains(&f.cost_usd) {
         return Err(InvalidRequest::new(
             "cost_usd",
-            format!("{} must be a finite number >= 0", f.cost_usd),
+            format!(
+                "{} must be a number from 0 to {max_cost_usd} (server.max_reported_cost_usd)",
+                f.cost_usd
+            ),
         ));
     }
     Ok(())

@@ -52,6 +52,7 @@ pub struct Service {
     store_prompts: bool,
     access: Arc<AccessControl>,
     metrics: Arc<Metrics>,
+    max_reported_cost_usd: f64,
 }
 
 impl Service {
@@ -73,7 +74,14 @@ impl Service {
             store_prompts,
             access,
             metrics,
+            max_reported_cost_usd: f64::INFINITY,
         }
+    }
+
+    /// Refuses feedback reporting more than `usd` (`server.max_reported_cost_usd`).
+    pub fn with_max_reported_cost(mut self, usd: f64) -> Self {
+        self.max_reported_cost_usd = usd;
+        self
     }
 
     /// The routing engine.
@@ -220,7 +228,7 @@ impl Service {
     /// corrections). Returns whether it was a retry of a report already stored, which is
     /// acknowledged without being counted again.
     pub async fn feedback(&self, record: FeedbackRecord) -> Result<bool, RouteError> {
-        crate::feedback::check(&record)?;
+        crate::feedback::check(&record, self.max_reported_cost_usd)?;
         let ack = self.log.record_feedback(record.clone())?;
         self.log.wait_durable(ack.ticket()).await?;
         let duplicate = matches!(ack, FeedbackAck::Duplicate(_));
@@ -236,7 +244,7 @@ impl Service {
     /// behind its decision in the log without waiting for `fsync` (a later durable report
     /// implies it is durable too, since one writer appends in order), and learned from at once.
     pub fn record_attempt(&self, record: FeedbackRecord) -> Result<(), RouteError> {
-        crate::feedback::check(&record)?;
+        crate::feedback::check(&record, self.max_reported_cost_usd)?;
         if let FeedbackAck::Stored(_) = self.log.record_feedback(record.clone())? {
             let fired = self.engine.observe_feedback(&record);
             self.count_feedback(&record);

@@ -116,9 +116,6 @@ impl TriageOptions {
     }
 }
 
-/// Longest accepted `triage.session_id`.
-pub const MAX_SESSION_ID_BYTES: usize = 256;
-
 /// Parses and checks a request body.
 pub fn parse(body: &[u8], limits: RequestLimits) -> Result<ChatRequest, InvalidRequest> {
     let text = std::str::from_utf8(body)
@@ -138,15 +135,8 @@ pub fn parse(body: &[u8], limits: RequestLimits) -> Result<ChatRequest, InvalidR
             serde_json::from_value(v).map_err(|e| InvalidRequest::new("triage", format!("{e}")))?
         }
     };
-    if options
-        .session_id
-        .as_ref()
-        .is_some_and(|s| s.len() > MAX_SESSION_ID_BYTES)
-    {
-        return Err(InvalidRequest::new(
-            "triage.session_id",
-            format!("is longer than {MAX_SESSION_ID_BYTES} bytes; use a short id"),
-        ));
+    if let Some(id) = &options.session_id {
+        triage_core::request::check_session_id(id, "triage.session_id")?;
     }
     let target = match body.get("model") {
         Some(Value::String(m)) => VIRTUAL_MODELS
@@ -297,7 +287,7 @@ mod tests {
             .starts_with("triage:"));
         assert!(err(r#"{"model":"triage","triage":{"budget":1},"messages":[{"role":"user","content":"x"}]}"#)
             .contains("unknown field `budget`"));
-        let long = "x".repeat(MAX_SESSION_ID_BYTES + 1);
+        let long = "x".repeat(triage_core::request::MAX_SESSION_ID_BYTES + 1);
         let body = format!(
             r#"{{"model":"triage","triage":{{"session_id":"{long}"}},"messages":[{{"role":"user","content":"x"}}]}}"#
         );

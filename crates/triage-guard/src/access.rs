@@ -128,7 +128,22 @@ impl AccessControl {
             keys.extend(parsed.keys);
         }
         let mut by_hash = HashMap::new();
+        let mut names = std::collections::HashSet::new();
         for k in keys {
+            // Spend is kept per key name: two keys with one name, or a key named like the
+            // anonymous caller or the global scope, would share a budget and alerts.
+            if k.name.trim().is_empty() || ["anonymous", "global"].contains(&k.name.as_str()) {
+                return Err(AccessError::Config(format!(
+                    "key name {:?} is empty or reserved (anonymous and global are not key names)",
+                    k.name
+                )));
+            }
+            if !names.insert(k.name.clone()) {
+                return Err(AccessError::Config(format!(
+                    "key name {:?} is used twice: each key needs its own name",
+                    k.name
+                )));
+            }
             let valid_hash =
                 k.sha256.len() == 64 && k.sha256.bytes().all(|b| b.is_ascii_hexdigit());
             if !valid_hash {
@@ -241,6 +256,33 @@ mod tests {
         let closed = AuthSettings::default();
         let access = AccessControl::new(&closed, Path::new(".")).expect("valid");
         assert!(access.authenticate(Some("Bearer unused")).is_err());
+    }
+
+    #[test]
+    fn key_names_are_unique_and_not_reserved() {
+        let key = |name: &str, secret: &str| KeySpec {
+            name: name.into(),
+            sha256: hash_key(secret),
+            allowed_models: vec![],
+            daily_usd: None,
+            monthly_usd: None,
+            admin: false,
+        };
+        for keys in [
+            vec![key("a", "1"), key("a", "2")],
+            vec![key("global", "1")],
+            vec![key("anonymous", "1")],
+        ] {
+            let settings = AuthSettings {
+                allow_anonymous: false,
+                keys,
+                keys_file: None,
+            };
+            assert!(matches!(
+                AccessControl::new(&settings, Path::new(".")),
+                Err(AccessError::Config(_))
+            ));
+        }
     }
 
     #[test]

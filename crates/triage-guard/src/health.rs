@@ -20,6 +20,14 @@ pub struct BreakerSettings {
     pub open_secs: f64,
     /// Requests let through while half-open, until one of them reports back.
     pub half_open_probes: u32,
+    /// Longest a reported `retry-after` keeps a breaker open, seconds: one report cannot shut a
+    /// model out for weeks.
+    #[serde(default = "default_max_retry_after_secs")]
+    pub max_retry_after_secs: f64,
+}
+
+fn default_max_retry_after_secs() -> f64 {
+    300.0
 }
 
 impl Default for BreakerSettings {
@@ -30,6 +38,7 @@ impl Default for BreakerSettings {
             failure_rate: 0.5,
             open_secs: 30.0,
             half_open_probes: 2,
+            max_retry_after_secs: default_max_retry_after_secs(),
         }
     }
 }
@@ -159,6 +168,7 @@ impl HealthBoard {
         now: Instant,
     ) {
         let s = &self.settings;
+        let retry_after = retry_after.map(|r| r.min(secs(s.max_retry_after_secs)));
         let mut breakers = self.lock();
         let b = breakers.entry(model.to_owned()).or_default();
         match (&b.state, failure) {
@@ -291,6 +301,7 @@ mod tests {
             failure_rate: 0.5,
             open_secs: 5.0,
             half_open_probes: 1,
+            max_retry_after_secs: 60.0,
         })
     }
 
@@ -351,6 +362,15 @@ mod tests {
         );
         assert!(h.check("m", t0 + Duration::from_secs(19)).is_err());
         assert!(h.check("m", t0 + Duration::from_secs(21)).is_ok());
+        // A retry-after of about 49 days (u32::MAX ms) is held to max_retry_after_secs.
+        h.record(
+            "n",
+            Some(FailureKind::RateLimited),
+            Some(Duration::from_millis(u64::from(u32::MAX))),
+            t0,
+        );
+        assert!(h.check("n", t0 + Duration::from_secs(59)).is_err());
+        assert!(h.check("n", t0 + Duration::from_secs(61)).is_ok());
         h.set_override("x", Some(Override::Down("maintenance".into())));
         assert_eq!(h.check("x", t0), Err("marked down: maintenance".into()));
         h.set_override("x", None);

@@ -33,6 +33,7 @@ pub fn routing_request(
         None => Preferences::default(),
     };
     preferences.validate(catalog, "preferences.")?;
+    triage_core::request::check_session_id(&request.session_id, "session_id")?;
     Ok(RoutingRequest {
         conversation,
         preferences,

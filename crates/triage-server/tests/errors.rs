@@ -47,6 +47,11 @@ async fn invalid_requests_name_the_field_and_the_fix() {
         ..Default::default()
     };
     check(system_only, "messages", "role \"user\"").await;
+    let huge_session = RouteRequest {
+        session_id: "s".repeat(1 << 20),
+        ..request(FRANCE, Preferences::default())
+    };
+    check(huge_session, "session_id", "256 bytes").await;
     let negative = Preferences {
         max_cost_usd: Some(-1.0),
         ..Default::default()

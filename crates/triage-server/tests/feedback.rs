@@ -103,6 +103,14 @@ async fn feedback_is_validated_stored_once_and_joined_to_its_decision() {
         ),
         (
             FeedbackRequest {
+                cost_usd: 1e308,
+                ..report(&id, "fb-4", &routed.model, 1.0)
+            },
+            Code::InvalidArgument,
+            "max_reported_cost_usd",
+        ),
+        (
+            FeedbackRequest {
                 error: 42,
                 ..report(&id, "fb-4", &routed.model, 1.0)
             },
