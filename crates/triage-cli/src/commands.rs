@@ -129,16 +129,7 @@ async fn shutdown_signal() {
 pub fn route(settings: Settings, prompt: &str, preferences: Preferences) -> anyhow::Result<()> {
     let engine = RoutingEngine::from_settings(&settings, &base_dir()?)?;
     preferences.validate(engine.catalog(), "")?;
-    let request = RoutingRequest {
-        conversation: Conversation::single_user(prompt)?,
-        preferences,
-        session_id: String::new(),
-        metadata: Default::default(),
-        caller: Default::default(),
-        session_affinity: false,
-        pinned: None,
-        reachable: None,
-    };
+    let request = RoutingRequest::anonymous(Conversation::single_user(prompt)?, preferences);
     let outcome = runtime()?.block_on(engine.route("cli", &request))?;
     let d = &outcome.decision;
     println!("model:    {}", d.chosen().model);

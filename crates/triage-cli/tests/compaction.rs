@@ -5,7 +5,6 @@
 #![cfg(unix)]
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use triage_proto::v1::router_client::RouterClient;
@@ -13,7 +12,7 @@ use triage_proto::v1::{FeedbackRequest, Message, RouteRequest};
 
 mod common;
 
-use common::{root, spawn_server};
+use common::{spawn_server, triage};
 
 /// Segments of a few records, compacted as soon as two are sealed.
 const ENV: &[(&str, &str)] = &[
@@ -40,21 +39,6 @@ fn names(dir: &Path, prefix: &str) -> Vec<String> {
         .filter_map(|e| e.ok()?.file_name().into_string().ok())
         .filter(|n| n.starts_with(prefix))
         .collect()
-}
-
-fn triage(args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_triage"))
-        .args(args)
-        .current_dir(root())
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("triage runs");
-    assert!(
-        out.status.success(),
-        "triage {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).expect("utf-8")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -48,6 +48,22 @@ pub struct RoutingRequest {
     pub reachable: Option<Arc<HashSet<String>>>,
 }
 
+impl RoutingRequest {
+    /// An anonymous request outside any session (the CLI's `triage route`, tests).
+    pub fn anonymous(conversation: Conversation, preferences: Preferences) -> Self {
+        Self {
+            conversation,
+            preferences,
+            session_id: String::new(),
+            metadata: BTreeMap::new(),
+            caller: Caller::default(),
+            session_affinity: false,
+            pinned: None,
+            reachable: None,
+        }
+    }
+}
+
 /// A decision with the facts that produced it.
 #[derive(Clone, Debug)]
 pub struct RouteOutcome {

@@ -7,16 +7,10 @@ use triage_core::{Conversation, Preferences, Settings};
 use triage_engine::{CacheUse, RoutingEngine, RoutingRequest};
 
 fn request(prompt: &str) -> RoutingRequest {
-    RoutingRequest {
-        conversation: Conversation::single_user(prompt).expect("valid"),
-        preferences: Preferences::default(),
-        session_id: String::new(),
-        metadata: Default::default(),
-        caller: Default::default(),
-        session_affinity: false,
-        pinned: None,
-        reachable: None,
-    }
+    RoutingRequest::anonymous(
+        Conversation::single_user(prompt).expect("valid"),
+        Preferences::default(),
+    )
 }
 
 fn engine(cache_entries: usize) -> RoutingEngine {

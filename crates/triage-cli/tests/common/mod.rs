@@ -69,18 +69,25 @@ fn spawn(
     (child, urls)
 }
 
-/// What `triage train --from-log DIR --dry-run --json` counts in `dir` (it must succeed).
-pub fn dry_run_counts(dir: &Path) -> serde_json::Value {
+/// Runs `triage ARGS` from the repository root; it must succeed. Returns its stdout.
+pub fn triage(args: &[&str]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_triage"))
-        .args(["train", "--from-log"])
-        .arg(dir)
-        .args(["--dry-run", "--json"])
+        .args(args)
+        .current_dir(root())
+        .env("RUST_LOG", "warn")
         .output()
         .expect("triage runs");
     assert!(
         out.status.success(),
-        "{}",
+        "triage {args:?} failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    serde_json::from_slice(&out.stdout).expect("JSON on stdout")
+    String::from_utf8(out.stdout).expect("utf-8")
+}
+
+/// What `triage train --from-log DIR --dry-run --json` counts in `dir` (it must succeed).
+pub fn dry_run_counts(dir: &Path) -> serde_json::Value {
+    let dir = dir.to_string_lossy();
+    let out = triage(&["train", "--from-log", &dir, "--dry-run", "--json"]);
+    serde_json::from_str(&out).expect("JSON on stdout")
 }
