@@ -317,6 +317,18 @@ async fn keys_limit_models_and_budgets_and_alerts_fire_once_into_metrics() {
         .await
         .expect_err("unknown key");
     assert_eq!(wrong.code(), Code::Unauthenticated);
+    // ListModels shows a key only the models it may use (prices and health of the others are
+    // not its business).
+    let listed: Vec<String> = client
+        .list_models(with_key(ListModelsRequest::default(), "intern-key"))
+        .await
+        .expect("lists")
+        .into_inner()
+        .models
+        .into_iter()
+        .map(|m| m.name)
+        .collect();
+    assert_eq!(listed, cheap);
 
     // Frontier models are never chosen for the interns' key, even in QUALITY mode.
     let quality = Preferences {
