@@ -27,13 +27,17 @@ impl TokenCounter {
         Ok(Self { tokenizer })
     }
 
-    /// Tokens in `text` (no special tokens); a text the tokenizer fails on counts as one token
-    /// per four bytes.
+    /// Tokens in `text` (no special tokens); a text the tokenizer fails on is estimated by
+    /// [`approx_tokens`].
     pub fn count(&self, text: &str) -> u32 {
-        let n = self
-            .tokenizer
-            .encode(text, false)
-            .map_or(text.len().div_ceil(4), |e| e.len());
-        u32::try_from(n).unwrap_or(u32::MAX)
+        match self.tokenizer.encode(text, false) {
+            Ok(e) => u32::try_from(e.len()).unwrap_or(u32::MAX),
+            Err(_) => approx_tokens(text.len()),
+        }
     }
+}
+
+/// The usual rule of thumb where no tokenizer counts: about four bytes of text a token.
+pub fn approx_tokens(bytes: usize) -> u32 {
+    u32::try_from(bytes.div_ceil(4)).unwrap_or(u32::MAX)
 }

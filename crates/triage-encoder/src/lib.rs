@@ -15,7 +15,7 @@ mod count;
 mod onnx;
 mod pool;
 
-pub use count::TokenCounter;
+pub use count::{TokenCounter, approx_tokens};
 pub use onnx::{OnnxEmbedder, OnnxOptions, init_onnxruntime};
 pub use pool::{EncodeError, EncoderPool, PoolOptions};
 

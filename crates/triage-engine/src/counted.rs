@@ -39,19 +39,13 @@ impl CountedPairs {
     pub fn mark(&self, request_id: &str, model: &str, scored: bool) -> Counts {
         let key = format!("{request_id}\u{0}{model}");
         let mut seen = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        let counts = match seen.get(&key) {
-            None => Counts {
-                outcome: true,
-                score: scored,
-            },
-            Some(&had_score) => Counts {
-                outcome: false,
-                score: scored && !had_score,
-            },
-        };
-        let had = seen.get(&key).copied().unwrap_or(false);
-        seen.insert(&key, had || scored);
-        counts
+        let seen_before = seen.get(&key).copied();
+        let had_score = seen_before.unwrap_or(false);
+        seen.insert(&key, had_score || scored);
+        Counts {
+            outcome: seen_before.is_none(),
+            score: scored && !had_score,
+        }
     }
 }
 

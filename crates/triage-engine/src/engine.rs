@@ -163,7 +163,7 @@ impl RoutingEngine {
     pub fn count_tokens(&self, text: &str) -> u32 {
         match &self.tokens {
             Some(t) => t.count(text),
-            None => u32::try_from(text.len().div_ceil(4)).unwrap_or(u32::MAX),
+            None => triage_encoder::approx_tokens(text.len()),
         }
     }
 

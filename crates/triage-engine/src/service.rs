@@ -57,8 +57,9 @@ pub struct Service {
 
 impl Service {
     /// A service over `engine`, enforcing `limits` on every request, recording decisions and
-    /// feedback in `log` (prompt text too when `store_prompts`), authenticating with `access`
-    /// and counting into `metrics`.
+    /// feedback in `log` (prompt text too when `store_prompts`), authenticating with `access`,
+    /// counting into `metrics`, and refusing feedback that reports more than
+    /// `max_reported_cost_usd`.
     pub fn new(
         engine: RoutingEngine,
         limits: RequestLimits,
@@ -66,6 +67,7 @@ impl Service {
         store_prompts: bool,
         access: Arc<AccessControl>,
         metrics: Arc<Metrics>,
+        max_reported_cost_usd: f64,
     ) -> Self {
         Self {
             engine,
@@ -74,14 +76,8 @@ impl Service {
             store_prompts,
             access,
             metrics,
-            max_reported_cost_usd: f64::INFINITY,
+            max_reported_cost_usd,
         }
-    }
-
-    /// Refuses feedback reporting more than `usd` (`server.max_reported_cost_usd`).
-    pub fn with_max_reported_cost(mut self, usd: f64) -> Self {
-        self.max_reported_cost_usd = usd;
-        self
     }
 
     /// The routing engine.
@@ -233,9 +229,7 @@ impl Service {
         self.log.wait_durable(ack.ticket()).await?;
         let duplicate = matches!(ack, FeedbackAck::Duplicate(_));
         if !duplicate {
-            let fired = self.engine.observe_feedback(&record);
-            self.count_feedback(&record);
-            self.fire(&fired);
+            self.learn(&record);
         }
         Ok(duplicate)
     }
@@ -246,11 +240,17 @@ impl Service {
     pub fn record_attempt(&self, record: FeedbackRecord) -> Result<(), RouteError> {
         crate::feedback::check(&record, self.max_reported_cost_usd)?;
         if let FeedbackAck::Stored(_) = self.log.record_feedback(record.clone())? {
-            let fired = self.engine.observe_feedback(&record);
-            self.count_feedback(&record);
-            self.fire(&fired);
+            self.learn(&record);
         }
         Ok(())
+    }
+
+    /// What a newly stored report teaches: breakers, budgets, online corrections, metrics and
+    /// the alerts its cost sets off.
+    fn learn(&self, f: &FeedbackRecord) {
+        let fired = self.engine.observe_feedback(f);
+        self.count_feedback(f);
+        self.fire(&fired);
     }
 
     fn count_feedback(&self, f: &FeedbackRecord) {

@@ -53,8 +53,8 @@ pub async fn open(
         settings.log.store_prompts,
         access,
         Arc::new(Metrics::new()),
-    )
-    .with_max_reported_cost(settings.server.max_reported_cost_usd))
+        settings.server.max_reported_cost_usd,
+    ))
 }
 
 /// Tasks that run beside the front doors; stopped by [`Background::stop`] or on drop.

@@ -71,15 +71,11 @@ async fn answer(
         let reply = match result {
             Ok(reply) => reply,
             Err(failure) => {
-                attempt.finish(&Outcome {
-                    error: failure.kind,
-                    label: failure.outcome,
-                    usage: Default::default(),
-                    answer: "",
-                    extra_tokens: 0,
-                    retry_after: failure.retry_after,
-                    billed: false,
-                });
+                attempt.finish(&Outcome::unbilled(
+                    failure.kind,
+                    failure.outcome,
+                    failure.retry_after,
+                ));
                 tracing::info!(request_id = %routed.request_id, %model, outcome = failure.outcome,
                     detail = %failure.detail, "upstream attempt failed; trying the next model");
                 failures.push(AttemptSummary {
@@ -208,15 +204,7 @@ fn respond(reply: Reply, attempt: Attempt, routed: &Routed, include_usage: bool)
         }
         Reply::Refused { status, body } => {
             // The caller's own request was refused: its fault, not the model's.
-            attempt.finish(&Outcome {
-                error: ErrorKind::Other,
-                label: "client_error",
-                usage: Default::default(),
-                answer: "",
-                extra_tokens: 0,
-                retry_after: None,
-                billed: false,
-            });
+            attempt.finish(&Outcome::unbilled(ErrorKind::Other, "client_error", None));
             let mut r = (status, body).into_response();
             r.headers_mut().insert(
                 header::CONTENT_TYPE,

@@ -45,6 +45,21 @@ pub struct Outcome<'a> {
     pub billed: bool,
 }
 
+impl Outcome<'static> {
+    /// A call that produced nothing billed: a failure to fall back from, or a refusal.
+    pub fn unbilled(error: ErrorKind, label: &'static str, retry_after: Option<Duration>) -> Self {
+        Self {
+            error,
+            label,
+            usage: Usage::default(),
+            answer: "",
+            extra_tokens: 0,
+            retry_after,
+            billed: false,
+        }
+    }
+}
+
 impl Attempt {
     /// An attempt starting now.
     pub fn start(

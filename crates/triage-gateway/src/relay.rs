@@ -166,7 +166,7 @@ impl Relay {
         };
         let answer = std::mem::take(&mut self.answer);
         // Text past the kept bound is counted at about four bytes a token.
-        let extra_tokens = u32::try_from(self.extra_bytes.div_ceil(4)).unwrap_or(u32::MAX);
+        let extra_tokens = triage_encoder::approx_tokens(self.extra_bytes);
         attempt.finish(&Outcome {
             error,
             label,
