@@ -72,6 +72,23 @@ impl InvalidRequest {
     }
 }
 
+/// Most bytes of caller-sent text an error message repeats back.
+pub const MAX_ECHO_BYTES: usize = 200;
+
+/// `text` as an error message may repeat it: at most [`MAX_ECHO_BYTES`] bytes (cut at a
+/// character boundary, with `…` when cut), so that a hostile name cannot make every refusal
+/// as large as the request.
+pub fn clip(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.len() <= MAX_ECHO_BYTES {
+        return text.into();
+    }
+    let mut end = MAX_ECHO_BYTES;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end]).into()
+}
+
 /// Longest accepted session id, bytes: each one is kept in memory and in the decision log.
 pub const MAX_SESSION_ID_BYTES: usize = 256;
 
@@ -287,7 +304,8 @@ impl Preferences {
                 return Err(InvalidRequest::new(
                     field(&format!("allowed_models[{i}]")),
                     format!(
-                        "unknown model {name:?}; the catalog has: {} (see ListModels)",
+                        "unknown model {:?}; the catalog has: {} (see ListModels)",
+                        clip(name),
                         known.join(", ")
                     ),
                 ));
@@ -308,6 +326,14 @@ mod tests {
 
     fn wire(pairs: &[(&'static str, &'static str)]) -> Result<Conversation, InvalidRequest> {
         Conversation::from_wire(pairs.iter().copied(), LIMITS)
+    }
+
+    #[test]
+    fn echoes_are_clipped_at_a_character_boundary() {
+        assert_eq!(clip("gpt-4o"), "gpt-4o");
+        let long = "é".repeat(MAX_ECHO_BYTES);
+        let shown = clip(&long);
+        assert!(shown.len() <= MAX_ECHO_BYTES + '…'.len_utf8() && shown.ends_with('…'));
     }
 
     #[test]

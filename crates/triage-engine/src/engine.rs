@@ -393,7 +393,7 @@ const UNREACHABLE: &str = "no [[providers]] entry serves it, so the gateway cann
 /// serve the request.
 fn pin(decision: &mut Decision, model: &str) -> Result<(), RouteError> {
     let Some(i) = decision.candidates.iter().position(|c| c.model == model) else {
-        return Err(RouteError::UnknownModel(model.to_owned()));
+        return Err(RouteError::unknown_model(model));
     };
     if let Some(why) = &decision.candidates[i].exclusion {
         return Err(RouteError::ModelExcluded {

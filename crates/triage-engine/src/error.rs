@@ -35,7 +35,8 @@ pub enum RouteError {
     /// The caller is not authenticated or not allowed this method.
     #[error(transparent)]
     Access(#[from] AccessError),
-    /// A request named a model the catalog does not have.
+    /// A request named a model the catalog does not have (its name, clipped: see
+    /// [`RouteError::unknown_model`]).
     #[error("unknown model {0:?}: name a catalog model (see ListModels or GET /v1/models)")]
     UnknownModel(String),
     /// The caller asked for one model by name and the request's constraints exclude it.
@@ -54,6 +55,14 @@ pub enum RouteError {
         /// The model asked for.
         model: String,
     },
+}
+
+impl RouteError {
+    /// The refusal for a model name the catalog lacks, repeating at most
+    /// `triage_core::request::MAX_ECHO_BYTES` of it.
+    pub fn unknown_model(name: &str) -> Self {
+        RouteError::UnknownModel(triage_core::request::clip(name).into_owned())
+    }
 }
 
 /// Why the server could not start.

@@ -1,18 +1,22 @@
 //! The one set of checks on a feedback report, whichever door it came through.
 
 use triage_core::InvalidRequest;
+use triage_core::request::MAX_ECHO_BYTES;
 use triage_log::FeedbackRecord;
 
-/// Longest accepted `feedback_id`.
+/// Longest accepted `feedback_id` and `request_id` (Triage's own ids are 36 bytes).
 pub const MAX_FEEDBACK_ID_BYTES: usize = 128;
 
 /// Refuses a report that names no request, model or id, or carries an impossible number (a cost
 /// above `max_cost_usd` included).
 pub fn check(f: &FeedbackRecord, max_cost_usd: f64) -> Result<(), InvalidRequest> {
-    if f.request_id.trim().is_empty() {
+    if f.request_id.trim().is_empty() || f.request_id.len() > MAX_FEEDBACK_ID_BYTES {
         return Err(InvalidRequest::new(
             "request_id",
-            "is empty; send the request_id that the routed call returned",
+            format!(
+                "must be 1..={MAX_FEEDBACK_ID_BYTES} bytes; send the request_id that the routed \
+                 call returned"
+            ),
         ));
     }
     if f.feedback_id.trim().is_empty() || f.feedback_id.len() > MAX_FEEDBACK_ID_BYTES {
@@ -24,10 +28,13 @@ pub fn check(f: &FeedbackRecord, max_cost_usd: f64) -> Result<(), InvalidRequest
             ),
         ));
     }
-    if f.model.trim().is_empty() {
+    if f.model.trim().is_empty() || f.model.len() > MAX_ECHO_BYTES {
         return Err(InvalidRequest::new(
             "model",
-            "is empty; name the model that actually answered",
+            format!(
+                "must be 1..={MAX_ECHO_BYTES} bytes; name the catalog model that actually \
+                 answered"
+            ),
         ));
     }
     if let Some(q) = f.quality

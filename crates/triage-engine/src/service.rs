@@ -279,7 +279,7 @@ impl Service {
     ) -> Result<&'static str, RouteError> {
         caller.require_admin(self.access.allows_anonymous())?;
         if self.engine.catalog().get(model).is_none() {
-            return Err(RouteError::UnknownModel(model.to_owned()));
+            return Err(RouteError::unknown_model(model));
         }
         tracing::info!(%model, ?manual, "health override");
         let health = &self.engine.controls().health;

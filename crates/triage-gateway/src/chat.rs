@@ -129,7 +129,7 @@ fn routing_request(
         Target::Route(mode) => (*mode, None),
         Target::Named(model) => {
             if catalog.get(model).is_none() {
-                return Err(RouteError::UnknownModel(model.clone()).into());
+                return Err(RouteError::unknown_model(model).into());
             }
             if !caller.may_use(model) {
                 return Err(RouteError::ModelNotPermitted {

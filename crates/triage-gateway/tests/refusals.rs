@@ -45,6 +45,13 @@ async fn malformed_requests_get_a_400_naming_the_field() {
             assert_eq!(error["param"], param, "{shown}: {error}");
         }
     }
+    // A hostile model name is not echoed back whole.
+    let name = "x".repeat(3000);
+    let body = format!(r#"{{"model":"{name}","messages":[{{"role":"user","content":"x"}}]}}"#);
+    let (status, error) = error_of(post(body.into_bytes()).await.expect("answers")).await;
+    assert_eq!(status, 404);
+    let message = error["message"].as_str().unwrap_or_default();
+    assert!(message.len() < 400 && message.contains('…'), "{message}");
     assert_eq!(
         router.service.log_counts(),
         (0, 0),

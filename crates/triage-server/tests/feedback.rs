@@ -89,6 +89,16 @@ async fn feedback_is_validated_stored_once_and_joined_to_its_decision() {
             "request_id",
         ),
         (
+            report(&"r".repeat(100_000), "fb-4", &routed.model, 1.0),
+            Code::InvalidArgument,
+            "request_id",
+        ),
+        (
+            report(&id, "fb-4", &"m".repeat(100_000), 1.0),
+            Code::InvalidArgument,
+            "model",
+        ),
+        (
             report(&id, "fb-4", "gpt-99", 1.0),
             Code::InvalidArgument,
             "gpt-99",
@@ -122,6 +132,7 @@ async fn feedback_is_validated_stored_once_and_joined_to_its_decision() {
         let status = client.feedback(bad).await.expect_err("refused");
         assert_eq!(status.code(), code, "{status:?}");
         assert!(status.message().contains(mentions), "{status:?}");
+        assert!(status.message().len() < 600, "echoes too much: {status:?}");
     }
     server.shutdown().await.expect("clean shutdown");
 
