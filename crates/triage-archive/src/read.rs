@@ -127,6 +127,7 @@ pub(crate) fn records(df: &DataFrame) -> PolarsResult<Vec<LogRecord>> {
                     retry_after_ms: retry_after_ms[row],
                     first_byte_ms: first_byte_ms[row],
                     tokens_estimated: tokens_estimated[row].unwrap_or(false),
+                    api_key: api_key[row].clone(),
                 })
             }
             other => return Err(malformed(format!("row {row} has kind {other:?}"))),

@@ -151,7 +151,7 @@ impl<'a> Columns<'a> {
         self.explored.push(None);
         self.session_id.push(None);
         self.prompt.push(None);
-        self.api_key.push(None);
+        self.api_key.push(f.api_key.as_deref());
         self.feedback_id.push(Some(&f.feedback_id));
         self.model.push(Some(&f.model));
         self.quality.push(f.quality);

@@ -69,6 +69,7 @@ fn feedback(i: usize) -> FeedbackRecord {
         retry_after_ms: i.is_multiple_of(7).then_some(1500),
         first_byte_ms: i.is_multiple_of(3).then_some(120 + i as u32),
         tokens_estimated: i.is_multiple_of(5),
+        api_key: (i % 2 == 1).then(|| "team-a".into()),
     }
 }
 

@@ -64,6 +64,7 @@ fn report(
         retry_after_ms: None,
         first_byte_ms: None,
         tokens_estimated: false,
+        api_key: None,
     }
 }
 

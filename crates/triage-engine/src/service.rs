@@ -21,6 +21,9 @@ use crate::metrics::{
     AlertLabels, CacheLabel, FeedbackLabels, Metrics, ModelLabel, RouteLabels, StageLabel,
 };
 
+/// Longest operator reason for marking a model down.
+pub const MAX_HEALTH_REASON_BYTES: usize = 1024;
+
 /// A decision that was made, logged and counted.
 #[derive(Clone, Debug)]
 pub struct Routed {
@@ -223,7 +226,13 @@ impl Service {
     /// Stores a feedback report durably, then learns from it (breakers, budgets, online
     /// corrections). Returns whether it was a retry of a report already stored, which is
     /// acknowledged without being counted again.
-    pub async fn feedback(&self, record: FeedbackRecord) -> Result<bool, RouteError> {
+    /// Only `caller`, the key that routed the request, may report on it.
+    pub async fn feedback(
+        &self,
+        caller: &Caller,
+        mut record: FeedbackRecord,
+    ) -> Result<bool, RouteError> {
+        record.api_key = caller.key.as_ref().map(|k| k.name.clone());
         crate::feedback::check(&record, self.max_reported_cost_usd)?;
         let ack = self.log.record_feedback(record.clone())?;
         self.log.wait_durable(ack.ticket()).await?;
@@ -237,7 +246,12 @@ impl Service {
     /// Records what one upstream call by a front door did (the gateway's own feedback): queued
     /// behind its decision in the log without waiting for `fsync` (a later durable report
     /// implies it is durable too, since one writer appends in order), and learned from at once.
-    pub fn record_attempt(&self, record: FeedbackRecord) -> Result<(), RouteError> {
+    pub fn record_attempt(
+        &self,
+        caller: &Caller,
+        mut record: FeedbackRecord,
+    ) -> Result<(), RouteError> {
+        record.api_key = caller.key.as_ref().map(|k| k.name.clone());
         crate::feedback::check(&record, self.max_reported_cost_usd)?;
         if let FeedbackAck::Stored(_) = self.log.record_feedback(record.clone())? {
             self.learn(&record);
@@ -277,7 +291,19 @@ impl Service {
         model: &str,
         manual: Option<Override>,
     ) -> Result<&'static str, RouteError> {
-        caller.require_admin(self.access.allows_anonymous())?;
+        caller.require_admin()?;
+        if let Some(Override::Down(reason)) = &manual
+            && reason.len() > MAX_HEALTH_REASON_BYTES
+        {
+            return Err(RouteError::Invalid(triage_core::InvalidRequest::new(
+                "reason",
+                format!(
+                    "is {} bytes; keep it to {MAX_HEALTH_REASON_BYTES} (it is shown in every \
+                     Route response that skips the model)",
+                    reason.len()
+                ),
+            )));
+        }
         if self.engine.catalog().get(model).is_none() {
             return Err(RouteError::unknown_model(model));
         }

@@ -59,6 +59,7 @@ async fn answer(
         };
         let mut attempt = Attempt::start(
             &gw.service,
+            &routing.caller,
             &routed.request_id,
             i + 1,
             model,

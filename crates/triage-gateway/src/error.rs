@@ -157,7 +157,9 @@ fn route_shape(e: &RouteError) -> Shape {
                 None,
                 None,
             ),
-            AccessError::NotAdmin(_) => (S::FORBIDDEN, "permission_error", "not_admin", None, None),
+            AccessError::NotAdmin(_) | AccessError::AnonymousNotAdmin => {
+                (S::FORBIDDEN, "permission_error", "not_admin", None, None)
+            }
             AccessError::Config(_) => (
                 S::INTERNAL_SERVER_ERROR,
                 "server_error",
@@ -192,6 +194,13 @@ fn route_shape(e: &RouteError) -> Shape {
                 S::NOT_FOUND,
                 invalid,
                 "unknown_request",
+                Some("request_id".into()),
+                None,
+            ),
+            LogError::NotYourRequest(_) => (
+                S::FORBIDDEN,
+                "permission_error",
+                "not_your_request",
                 Some("request_id".into()),
                 None,
             ),

@@ -95,7 +95,7 @@ async fn store_feedback(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<bool, GatewayError> {
     let body = gw.body(body)?;
-    gw.caller(headers)?;
+    let caller = gw.caller(headers)?;
     let f: FeedbackBody = serde_json::from_slice(&body)
         .map_err(|e| InvalidRequest::new("body", format!("not a feedback report: {e}")))?;
     let error = match f.error.as_deref() {
@@ -123,8 +123,9 @@ async fn store_feedback(
         retry_after_ms: f.retry_after_ms,
         first_byte_ms: None,
         tokens_estimated: false,
+        api_key: None,
     };
-    Ok(gw.service.feedback(record).await?)
+    Ok(gw.service.feedback(&caller, record).await?)
 }
 
 /// `GET /healthz`: the process answers.

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use triage_engine::Service;
 use triage_engine::metrics::{ModelLabel, TokenLabels, UpstreamLabels};
+use triage_guard::Caller;
 use triage_log::{ErrorKind, FeedbackRecord};
 
 use crate::openai::Usage;
@@ -14,6 +15,7 @@ use crate::openai::Usage;
 /// One upstream call being made for a routed request.
 pub struct Attempt {
     service: Service,
+    caller: Caller,
     request_id: String,
     /// 1 for the chosen model, 2 for the first fallback, ...
     pub number: usize,
@@ -64,6 +66,7 @@ impl Attempt {
     /// An attempt starting now.
     pub fn start(
         service: &Service,
+        caller: &Caller,
         request_id: &str,
         number: usize,
         model: &str,
@@ -72,6 +75,7 @@ impl Attempt {
     ) -> Self {
         Self {
             service: service.clone(),
+            caller: caller.clone(),
             request_id: request_id.to_owned(),
             number,
             model: model.to_owned(),
@@ -131,8 +135,9 @@ impl Attempt {
             retry_after_ms: outcome.retry_after.map(millis),
             first_byte_ms: self.first_byte.map(millis),
             tokens_estimated: estimated,
+            api_key: None,
         };
-        if let Err(e) = self.service.record_attempt(record) {
+        if let Err(e) = self.service.record_attempt(&self.caller, record) {
             tracing::warn!(error = %e, request_id = %self.request_id, "gateway feedback not recorded");
         }
         self.count(outcome.label, input, output, elapsed);

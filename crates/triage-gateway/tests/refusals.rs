@@ -62,7 +62,7 @@ async fn malformed_requests_get_a_400_naming_the_field() {
 #[tokio::test]
 async fn keys_allow_lists_and_budgets_apply_as_over_grpc() {
     let router = start_with(Behaviour::default(), |s| {
-        s.auth.allow_anonymous = false;
+        s.auth.allow_anonymous = Some(false);
         s.auth.keys = vec![
             KeySpec {
                 name: "team-a".into(),

@@ -33,8 +33,10 @@ pub struct KeySpec {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthSettings {
-    /// Serve requests without a key (as the `anonymous` caller, without limits).
-    pub allow_anonymous: bool,
+    /// Serve requests without a key (as the `anonymous` caller, without limits and never as an
+    /// admin). Unset: only when no key is configured, so adding a key closes the server.
+    #[serde(default)]
+    pub allow_anonymous: Option<bool>,
     /// Keys given inline.
     #[serde(default)]
     pub keys: Vec<KeySpec>,
@@ -52,6 +54,12 @@ pub enum AccessError {
          HTTP header; the HTTP gateway also takes `api-key: <key>`)"
     )]
     Missing,
+    /// Administrative methods need a key with `admin = true`; anonymous callers have none.
+    #[error(
+        "this method needs an API key with admin = true (anonymous callers are never admins): \
+         configure one under [[auth.keys]] and send `authorization: Bearer <key>`"
+    )]
+    AnonymousNotAdmin,
     /// The key is not configured.
     #[error("unknown API key (check for typos; keys are configured under [[auth.keys]])")]
     Unknown,
@@ -86,13 +94,14 @@ impl Caller {
         })
     }
 
-    /// Fails unless the caller holds an admin key (or auth is open and the caller anonymous).
-    pub fn require_admin(&self, anonymous_allowed: bool) -> Result<(), AccessError> {
+    /// Fails unless the caller holds an admin key. Anonymous callers never are admins: an
+    /// operator's override must be traceable to a key, and an open server must not let any
+    /// passer-by take models out of service.
+    pub fn require_admin(&self) -> Result<(), AccessError> {
         match &self.key {
             Some(k) if k.admin => Ok(()),
             Some(k) => Err(AccessError::NotAdmin(k.name.clone())),
-            None if anonymous_allowed => Ok(()),
-            None => Err(AccessError::Missing),
+            None => Err(AccessError::AnonymousNotAdmin),
         }
     }
 }
@@ -168,8 +177,16 @@ impl AccessControl {
                 )));
             }
         }
+        let allow_anonymous = settings.allow_anonymous.unwrap_or(by_hash.is_empty());
+        if allow_anonymous && !by_hash.is_empty() {
+            tracing::warn!(
+                keys = by_hash.len(),
+                "auth.allow_anonymous = true beside configured keys: callers without a key are \
+                 served without allow-lists or budgets"
+            );
+        }
         Ok(Self {
-            allow_anonymous: settings.allow_anonymous,
+            allow_anonymous,
             by_hash,
         })
     }
@@ -215,7 +232,7 @@ mod tests {
     #[test]
     fn keys_authenticate_by_hash_and_limit_models() {
         let settings = AuthSettings {
-            allow_anonymous: false,
+            allow_anonymous: Some(false),
             keys: vec![KeySpec {
                 name: "team".into(),
                 sha256: hash_key("s3cret"),
@@ -241,21 +258,62 @@ mod tests {
             access.authenticate(Some("s3cret")),
             Err(AccessError::Malformed)
         );
-        assert!(caller.require_admin(false).is_err());
+        assert!(caller.require_admin().is_err());
     }
 
     #[test]
     fn without_keys_any_presented_key_is_anonymous() {
         let open = AuthSettings {
-            allow_anonymous: true,
+            allow_anonymous: Some(true),
             ..AuthSettings::default()
         };
         let access = AccessControl::new(&open, Path::new(".")).expect("valid");
         let caller = access.authenticate(Some("Bearer unused")).expect("served");
         assert!(caller.key.is_none() && caller.may_use("anything"));
-        let closed = AuthSettings::default();
+        let closed = AuthSettings {
+            allow_anonymous: Some(false),
+            ..AuthSettings::default()
+        };
         let access = AccessControl::new(&closed, Path::new(".")).expect("valid");
         assert!(access.authenticate(Some("Bearer unused")).is_err());
+    }
+
+    #[test]
+    fn configured_keys_close_the_server_unless_anonymous_is_asked_for() {
+        let key = KeySpec {
+            name: "ops".into(),
+            sha256: hash_key("s3cret"),
+            allowed_models: vec![],
+            daily_usd: None,
+            monthly_usd: None,
+            admin: true,
+        };
+        let unset = AuthSettings {
+            allow_anonymous: None,
+            keys: vec![key.clone()],
+            keys_file: None,
+        };
+        let access = AccessControl::new(&unset, Path::new(".")).expect("valid");
+        assert!(!access.allows_anonymous());
+        assert_eq!(access.authenticate(None), Err(AccessError::Missing));
+        let open = AuthSettings {
+            allow_anonymous: Some(true),
+            ..unset.clone()
+        };
+        let access = AccessControl::new(&open, Path::new(".")).expect("valid");
+        let anonymous = access.authenticate(None).expect("explicitly allowed");
+        assert_eq!(
+            anonymous.require_admin(),
+            Err(AccessError::AnonymousNotAdmin),
+            "anonymous callers are never admins"
+        );
+        let keyless = AccessControl::new(&AuthSettings::default(), Path::new(".")).expect("valid");
+        assert!(
+            keyless.allows_anonymous(),
+            "no keys: an open server by default"
+        );
+        let ops = access.authenticate(Some("Bearer s3cret")).expect("known");
+        assert_eq!(ops.require_admin(), Ok(()));
     }
 
     #[test]
@@ -274,7 +332,7 @@ mod tests {
             vec![key("anonymous", "1")],
         ] {
             let settings = AuthSettings {
-                allow_anonymous: false,
+                allow_anonymous: Some(false),
                 keys,
                 keys_file: None,
             };

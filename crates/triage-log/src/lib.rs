@@ -63,6 +63,9 @@ pub enum LogError {
          the log directory; a server started on another --data-dir does not know it)"
     )]
     UnknownRequest(String),
+    /// Feedback sent with another API key than the one that routed the request.
+    #[error("request_id {0:?} was routed for another API key: report with the key that routed it")]
+    NotYourRequest(String),
     /// The same feedback_id was already used for a different report.
     #[error(
         "feedback_id {0:?} was already used for a different report; use a new feedback_id for \

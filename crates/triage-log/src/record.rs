@@ -115,6 +115,10 @@ pub struct FeedbackRecord {
     /// The token counts are the encoder tokenizer's estimate: the upstream reported none.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub tokens_estimated: bool,
+    /// Name of the API key that sent the report (`None`: anonymous). Only the key that routed
+    /// the request may report on it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key: Option<String>,
 }
 
 impl ErrorKind {

@@ -71,9 +71,10 @@ pub struct LogOptions {
     pub archive: Option<Arc<dyn ArchiveFormat>>,
 }
 
-/// What the index remembers of a decision: the models feedback may name.
+/// What the index remembers of a decision: the models feedback may name, and the key that may.
 struct DecidedRequest {
     candidates: Vec<Arc<str>>,
+    api_key: Option<Arc<str>>,
 }
 
 struct Index {
@@ -109,8 +110,14 @@ impl Index {
         match record {
             LogRecord::Decision(d) => {
                 let candidates = d.candidates.iter().map(|c| self.intern(&c.model)).collect();
-                self.decisions
-                    .insert(d.request_id.clone(), DecidedRequest { candidates });
+                let api_key = d.api_key.as_deref().map(|k| self.intern(k));
+                self.decisions.insert(
+                    d.request_id.clone(),
+                    DecidedRequest {
+                        candidates,
+                        api_key,
+                    },
+                );
             }
             LogRecord::Feedback(f) => {
                 self.feedback
@@ -277,6 +284,13 @@ impl EventStore for FileEventLog {
 
     fn record_feedback(&self, feedback: FeedbackRecord) -> Result<FeedbackAck, LogError> {
         let mut index = self.lock();
+        // Ownership first: another key learns nothing about the request, not even which
+        // feedback ids it has.
+        if let Some(decided) = index.decisions.get(&feedback.request_id)
+            && decided.api_key.as_deref() != feedback.api_key.as_deref()
+        {
+            return Err(LogError::NotYourRequest(feedback.request_id));
+        }
         if let Some((earlier, ticket)) = index.feedback.get(&feedback.feedback_id) {
             return if earlier.same_report(&feedback) {
                 Ok(FeedbackAck::Duplicate(*ticket))

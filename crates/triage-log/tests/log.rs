@@ -59,6 +59,7 @@ fn feedback(request_id: &str, feedback_id: &str, quality: f64) -> FeedbackRecord
         retry_after_ms: None,
         first_byte_ms: None,
         tokens_estimated: false,
+        api_key: None,
     }
 }
 
@@ -104,6 +105,23 @@ async fn feedback_is_durable_once_and_survives_reopening() {
     }
     let log = FileEventLog::open(&options(dir.path())).expect("reopens");
     assert_eq!(log.counts(), (1, 1));
+    // Only the key that routed a request reports on it, before and after a restart.
+    let mut other_key = feedback("r1", "f9", 0.0);
+    other_key.api_key = Some("mallory".into());
+    assert!(matches!(
+        log.record_feedback(other_key),
+        Err(LogError::NotYourRequest(id)) if id == "r1"
+    ));
+    let mut keyed = decision("r2");
+    keyed.api_key = Some("team".into());
+    log.record_decision(keyed).expect("decision");
+    assert!(
+        matches!(
+            log.record_feedback(feedback("r2", "f10", 1.0)),
+            Err(LogError::NotYourRequest(_))
+        ),
+        "an anonymous report on a keyed request is refused too"
+    );
     // The index was rebuilt: a retry after restart is still a duplicate.
     let retry = log
         .record_feedback(feedback("r1", "f1", 1.0))

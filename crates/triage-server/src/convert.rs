@@ -149,6 +149,7 @@ pub fn feedback_record(f: v1::FeedbackRequest) -> Result<FeedbackRecord, Invalid
         retry_after_ms: f.retry_after_ms,
         first_byte_ms: None,
         tokens_estimated: false,
+        api_key: None,
     })
 }
 

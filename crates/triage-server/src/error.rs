@@ -36,7 +36,7 @@ pub fn status(error: RouteError) -> Status {
             AccessError::Missing | AccessError::Unknown | AccessError::Malformed => {
                 Code::Unauthenticated
             }
-            AccessError::NotAdmin(_) => Code::PermissionDenied,
+            AccessError::NotAdmin(_) | AccessError::AnonymousNotAdmin => Code::PermissionDenied,
             AccessError::Config(_) => Code::Internal,
         },
         RouteError::UnknownModel(_) => Code::InvalidArgument,
@@ -44,6 +44,7 @@ pub fn status(error: RouteError) -> Status {
         RouteError::ModelNotPermitted { .. } => Code::PermissionDenied,
         RouteError::Log(e) => match e {
             LogError::UnknownRequest(_) => Code::NotFound,
+            LogError::NotYourRequest(_) => Code::PermissionDenied,
             LogError::ConflictingFeedback(_) => Code::AlreadyExists,
             LogError::InvalidRecord(_) => Code::InvalidArgument,
             LogError::Full => Code::ResourceExhausted,

@@ -74,9 +74,9 @@ impl RouterService {
         &self,
         request: Request<v1::FeedbackRequest>,
     ) -> Result<v1::FeedbackResponse, RouteError> {
-        self.caller(&request)?;
+        let caller = self.caller(&request)?;
         let record = convert::feedback_record(request.into_inner())?;
-        let duplicate = self.service.feedback(record).await?;
+        let duplicate = self.service.feedback(&caller, record).await?;
         Ok(v1::FeedbackResponse { duplicate })
     }
 

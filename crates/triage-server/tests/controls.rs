@@ -155,7 +155,18 @@ async fn a_failing_model_is_skipped_until_its_breaker_recovers() {
 
 #[tokio::test]
 async fn retry_after_and_operator_overrides() {
-    let (server, mut client) = start_with(settings()).await;
+    let mut s = settings();
+    // Anonymous callers are served (asked for explicitly beside a key) but are never admins.
+    s.auth.allow_anonymous = Some(true);
+    s.auth.keys = vec![KeySpec {
+        name: "ops".into(),
+        sha256: hash_key("ops-key"),
+        allowed_models: vec![],
+        daily_usd: None,
+        monthly_usd: None,
+        admin: true,
+    }];
+    let (server, mut client) = start_with(s).await;
     let first = client
         .route(request(FRANCE, Preferences::default()))
         .await
@@ -180,12 +191,19 @@ async fn retry_after_and_operator_overrides() {
     );
 
     // Operator: force it up, then mark another model down.
+    let force_up = ReportHealthRequest {
+        model: model.clone(),
+        state: HealthOverride::Up as i32,
+        reason: String::new(),
+    };
+    let anonymous = client
+        .report_health(force_up.clone())
+        .await
+        .expect_err("anonymous callers are never admins");
+    assert_eq!(anonymous.code(), Code::PermissionDenied);
+    assert!(anonymous.message().contains("admin"), "{anonymous:?}");
     let up = client
-        .report_health(ReportHealthRequest {
-            model: model.clone(),
-            state: HealthOverride::Up as i32,
-            reason: String::new(),
-        })
+        .report_health(with_key(force_up, "ops-key"))
         .await
         .expect("override")
         .into_inner();
@@ -197,11 +215,14 @@ async fn retry_after_and_operator_overrides() {
         .into_inner();
     assert_eq!(r.model, model);
     client
-        .report_health(ReportHealthRequest {
-            model: model.clone(),
-            state: HealthOverride::Down as i32,
-            reason: "provider maintenance".into(),
-        })
+        .report_health(with_key(
+            ReportHealthRequest {
+                model: model.clone(),
+                state: HealthOverride::Down as i32,
+                reason: "provider maintenance".into(),
+            },
+            "ops-key",
+        ))
         .await
         .expect("override");
     let r = client
@@ -216,11 +237,14 @@ async fn retry_after_and_operator_overrides() {
         .expect("listed");
     assert!(c.reason.contains("provider maintenance"), "{}", c.reason);
     let unknown = client
-        .report_health(ReportHealthRequest {
-            model: "gpt-99".into(),
-            state: HealthOverride::Down as i32,
-            reason: String::new(),
-        })
+        .report_health(with_key(
+            ReportHealthRequest {
+                model: "gpt-99".into(),
+                state: HealthOverride::Down as i32,
+                reason: String::new(),
+            },
+            "ops-key",
+        ))
         .await
         .expect_err("unknown model");
     assert_eq!(unknown.code(), Code::InvalidArgument);
@@ -279,7 +303,7 @@ async fn a_session_stays_on_its_model_unless_it_opts_out() {
 #[tokio::test]
 async fn keys_limit_models_and_budgets_and_alerts_fire_once_into_metrics() {
     let mut s = settings();
-    s.auth.allow_anonymous = false;
+    s.auth.allow_anonymous = Some(false);
     let cheap = ["gpt-4o-mini-2024-07-18", "gemini-1.5-flash"];
     s.auth.keys = vec![
         KeySpec {
