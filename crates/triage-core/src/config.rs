@@ -45,6 +45,42 @@ pub struct ServerSettings {
     /// no report can book an absurd spend against a budget.
     #[serde(default = "default_max_reported_cost_usd")]
     pub max_reported_cost_usd: f64,
+    /// Calls in flight on one HTTP/2 connection (more wait for the client's next window).
+    #[serde(default = "default_max_concurrent_streams")]
+    pub max_concurrent_streams: u32,
+    /// A call still running after this long ends with `CANCELLED`, whatever deadline the
+    /// client sent, ms.
+    #[serde(default = "default_request_timeout_ms")]
+    pub request_timeout_ms: u64,
+    /// Interval of HTTP/2 PINGs and TCP keepalive probes to idle clients, s.
+    #[serde(default = "default_keepalive_secs")]
+    pub keepalive_secs: f64,
+    /// A client that does not answer a PING within this long is dropped, s.
+    #[serde(default = "default_keepalive_timeout_secs")]
+    pub keepalive_timeout_secs: f64,
+    /// Time a client has to finish the TLS handshake, ms.
+    #[serde(default = "default_tls_handshake_ms")]
+    pub tls_handshake_ms: u64,
+}
+
+fn default_max_concurrent_streams() -> u32 {
+    256
+}
+
+fn default_request_timeout_ms() -> u64 {
+    60_000
+}
+
+fn default_keepalive_secs() -> f64 {
+    60.0
+}
+
+fn default_keepalive_timeout_secs() -> f64 {
+    20.0
+}
+
+fn default_tls_handshake_ms() -> u64 {
+    10_000
 }
 
 fn default_max_reported_cost_usd() -> f64 {
@@ -66,12 +102,44 @@ pub struct TlsSettings {
 }
 
 /// The Prometheus endpoint.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MetricsSettings {
     /// Serve `GET /metrics` on this address (`triage serve --metrics-listen`); unset: off.
     #[serde(default)]
     pub listen: Option<SocketAddr>,
+    /// Time a client has to send its request head, ms.
+    #[serde(default = "default_header_read_ms")]
+    pub header_read_ms: u64,
+    /// Connections served at once (more wait in the listen backlog).
+    #[serde(default = "default_metrics_connections")]
+    pub max_connections: usize,
+    /// Longest a connection is kept open, keep-alive included, s.
+    #[serde(default = "default_connection_secs")]
+    pub connection_secs: u64,
+}
+
+impl Default for MetricsSettings {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            header_read_ms: default_header_read_ms(),
+            max_connections: default_metrics_connections(),
+            connection_secs: default_connection_secs(),
+        }
+    }
+}
+
+fn default_header_read_ms() -> u64 {
+    5_000
+}
+
+fn default_metrics_connections() -> usize {
+    16
+}
+
+fn default_connection_secs() -> u64 {
+    60
 }
 
 impl ServerSettings {
@@ -361,6 +429,27 @@ impl Settings {
             ("encoder.queue_capacity", self.encoder.queue_capacity),
             ("encoder.max_batch", self.encoder.max_batch),
             ("log.queue_capacity", self.log.queue_capacity),
+            (
+                "server.max_concurrent_streams",
+                self.server.max_concurrent_streams as usize,
+            ),
+            (
+                "server.request_timeout_ms",
+                usize::try_from(self.server.request_timeout_ms).unwrap_or(usize::MAX),
+            ),
+            (
+                "server.tls_handshake_ms",
+                usize::try_from(self.server.tls_handshake_ms).unwrap_or(usize::MAX),
+            ),
+            (
+                "metrics.header_read_ms",
+                usize::try_from(self.metrics.header_read_ms).unwrap_or(usize::MAX),
+            ),
+            ("metrics.max_connections", self.metrics.max_connections),
+            (
+                "metrics.connection_secs",
+                usize::try_from(self.metrics.connection_secs).unwrap_or(usize::MAX),
+            ),
         ];
         for (key, value) in positive {
             if value == 0 {
@@ -431,14 +520,20 @@ impl Settings {
                 problem: format!("{ceiling} must be a finite number > 0"),
             });
         }
-        if !duration(self.server.drain_secs) {
-            return Err(ConfigError::OutOfRange {
-                key: "server.drain_secs",
-                problem: format!(
-                    "{} is outside [0, {MAX_DURATION_SECS}]",
-                    self.server.drain_secs
-                ),
-            });
+        for (key, secs) in [
+            ("server.drain_secs", self.server.drain_secs),
+            ("server.keepalive_secs", self.server.keepalive_secs),
+            (
+                "server.keepalive_timeout_secs",
+                self.server.keepalive_timeout_secs,
+            ),
+        ] {
+            if !duration(secs) {
+                return Err(ConfigError::OutOfRange {
+                    key,
+                    problem: format!("{secs} is outside [0, {MAX_DURATION_SECS}]"),
+                });
+            }
         }
         if let Some(a) = self
             .alerts

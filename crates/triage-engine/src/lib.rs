@@ -22,6 +22,7 @@ pub mod feedback;
 pub mod metrics;
 mod recent;
 mod reload;
+mod scrape;
 mod service;
 pub mod startup;
 

@@ -1,23 +1,16 @@
-//! Prometheus metrics and the HTTP endpoint that serves them (`GET /metrics`).
+//! Prometheus metrics (served by `scrape`, `GET /metrics`).
 //!
 //! One registry per server (no process-wide globals, so tests can run several servers). Names
 //! are prefixed `triage_`; latency buckets run from 50 µs to about 6.5 s.
 
-use std::convert::Infallible;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64};
 
-use http_body_util::Full;
-use hyper::body::Bytes;
-use hyper::{Request, Response, StatusCode};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets, linear_buckets};
 use prometheus_client::registry::Registry;
-use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
 
 /// `model`, `mode`, `key` of a routed request.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -290,48 +283,4 @@ impl Default for Metrics {
     fn default() -> Self {
         Self::new()
     }
-}
-
-/// Serves `GET /metrics` on `listener`, calling `refresh` (gauges read at scrape time) before
-/// each scrape.
-pub fn serve_metrics(
-    listener: TcpListener,
-    metrics: Arc<Metrics>,
-    refresh: Arc<dyn Fn(&Metrics) + Send + Sync>,
-) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let (metrics, refresh) = (Arc::clone(&metrics), Arc::clone(&refresh));
-            tokio::spawn(async move {
-                let service =
-                    hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                        let (metrics, refresh) = (Arc::clone(&metrics), Arc::clone(&refresh));
-                        async move {
-                            let response =
-                                if req.uri().path() == "/metrics" {
-                                    refresh(&metrics);
-                                    Response::builder()
-                                        .header(
-                                            "content-type",
-                                            "text/plain; version=0.0.4; charset=utf-8",
-                                        )
-                                        .body(Full::new(Bytes::from(metrics.render())))
-                                } else {
-                                    Response::builder().status(StatusCode::NOT_FOUND).body(
-                                        Full::new(Bytes::from_static(b"metrics are at /metrics\n")),
-                                    )
-                                };
-                            Ok::<_, Infallible>(response.unwrap_or_default())
-                        }
-                    });
-                let io = hyper_util::rt::TokioIo::new(stream);
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(io, service)
-                    .await;
-            });
-        }
-    })
 }

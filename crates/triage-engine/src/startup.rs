@@ -14,7 +14,8 @@ use triage_log::{ArchiveFormat, FileEventLog, LogOptions, compact};
 
 use crate::engine::RoutingEngine;
 use crate::error::StartupError;
-use crate::metrics::{Metrics, ModelLabel, serve_metrics};
+use crate::metrics::{Metrics, ModelLabel};
+use crate::scrape::{ScrapeLimits, serve_metrics};
 use crate::service::Service;
 
 /// Opens the decision and feedback log (`settings.log.dir`), replaying it into budgets, alerts
@@ -78,6 +79,11 @@ impl Background {
                 listener,
                 service.metrics_arc(),
                 scrape_refresh(engine.clone()),
+                ScrapeLimits {
+                    header_read: Duration::from_millis(settings.metrics.header_read_ms),
+                    max_connections: settings.metrics.max_connections,
+                    lifetime: Duration::from_secs(settings.metrics.connection_secs),
+                },
             ));
         }
         if let (Some(path), ms) = (engine.policy_path(), settings.policy.reload_interval_ms)

@@ -4,6 +4,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -60,10 +61,11 @@ pub async fn serve_grpc(
         .build_v1alpha()
         .map_err(transport)?;
 
-    let mut builder = tonic::transport::Server::builder();
+    let mut builder = limited_server(&settings.server);
     if let Some(tls) = &settings.server.tls {
+        let handshake = Duration::from_millis(settings.server.tls_handshake_ms);
         builder = builder
-            .tls_config(tls_config(tls)?)
+            .tls_config(tls_config(tls)?.timeout(handshake))
             .map_err(|e| StartupError::Transport(format!("TLS configuration rejected: {e}")))?;
     }
     // After the shutdown signal, in-flight calls get `drain_secs` to finish.
@@ -72,7 +74,7 @@ pub async fn serve_grpc(
         shutdown.await;
         let _ = signalled.send(true);
     };
-    let drain = std::time::Duration::from_secs_f64(settings.server.drain_secs.max(0.0));
+    let drain = Duration::from_secs_f64(settings.server.drain_secs.max(0.0));
     let serving = builder
         .add_service(health_service)
         .add_service(reflection_v1)
@@ -80,7 +82,9 @@ pub async fn serve_grpc(
         .add_service(router)
         // TCP_NODELAY: without it small responses wait for the peer's delayed ACK (~40 ms).
         .serve_with_incoming_shutdown(
-            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            TcpIncoming::from(listener)
+                .with_nodelay(Some(true))
+                .with_keepalive(keepalive(&settings.server)),
             shutdown,
         );
     let served = tokio::select! {
@@ -96,6 +100,22 @@ pub async fn serve_grpc(
     // The router (and with it the log, once the other door has let go) is dropped by now:
     // queued records are flushed.
     served
+}
+
+/// A tonic server with the limits of `[server]`: streams per connection, a server-side
+/// timeout on every call, HTTP/2 keepalive (dead peers release their connections; TCP
+/// keepalive is set on the listener's sockets).
+fn limited_server(s: &triage_core::config::ServerSettings) -> tonic::transport::Server {
+    tonic::transport::Server::builder()
+        .max_concurrent_streams(s.max_concurrent_streams)
+        .timeout(Duration::from_millis(s.request_timeout_ms))
+        .http2_keepalive_interval(keepalive(s))
+        .http2_keepalive_timeout(Some(Duration::from_secs_f64(s.keepalive_timeout_secs)))
+}
+
+/// Interval of HTTP/2 PINGs and TCP keepalive probes (`None`: off).
+fn keepalive(s: &triage_core::config::ServerSettings) -> Option<Duration> {
+    (s.keepalive_secs > 0.0).then(|| Duration::from_secs_f64(s.keepalive_secs))
 }
 
 fn tls_config(
