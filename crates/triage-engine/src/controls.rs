@@ -6,7 +6,9 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use triage_core::{Preferences, Settings};
-use triage_guard::{Alerts, BoundedMap, Caller, FailureKind, FiredAlert, HealthBoard, Ledger};
+use triage_guard::{
+    Alerts, BoundedMap, Caller, FailureKind, FiredAlert, HealthBoard, Ledger, Limits,
+};
 use triage_log::{ErrorKind, FeedbackRecord, LogRecord};
 use triage_policy::Decision;
 
@@ -131,8 +133,9 @@ impl Controls {
         }
     }
 
-    /// Records what was routed: a half-open probe, the session's model, the predicted charge.
-    /// Returns alerts that fired.
+    /// Records what was routed: reserves the predicted charge within the caller's limits, then
+    /// counts a half-open probe and sets the session's model. Returns the alerts that fired, or
+    /// `None` (and records nothing) when the key's budget no longer covers the charge.
     pub fn routed(
         &self,
         request_id: &str,
@@ -141,7 +144,20 @@ impl Controls {
         model: &str,
         predicted_usd: f64,
         now: DateTime<Utc>,
-    ) -> Vec<FiredAlert> {
+    ) -> Option<Vec<FiredAlert>> {
+        let limits = caller
+            .key
+            .as_ref()
+            .map_or_else(Limits::default, |k| Limits {
+                daily_usd: k.daily_usd,
+                monthly_usd: k.monthly_usd,
+            });
+        if !self
+            .ledger
+            .reserve(caller.name(), request_id, predicted_usd, limits, now)
+        {
+            return None;
+        }
         self.health.routed(model);
         if !session_id.is_empty() {
             self.sessions
@@ -149,9 +165,17 @@ impl Controls {
                 .unwrap_or_else(PoisonError::into_inner)
                 .insert(session_id, model.to_owned());
         }
-        self.ledger
-            .charge(caller.name(), request_id, predicted_usd, now);
-        self.check_alerts(caller.name(), now)
+        Some(self.check_alerts(caller.name(), now))
+    }
+
+    /// The refusal when concurrent requests kept spending the key's budget before this one
+    /// could reserve its share.
+    pub fn raced_budget(caller: &Caller) -> RouteError {
+        RouteError::BudgetExhausted(format!(
+            "API key {:?}: concurrent requests spent what was left of its budget while this one \
+             was decided; retry (it is refused outright once nothing is left)",
+            caller.name()
+        ))
     }
 
     fn check_alerts(&self, key: &str, now: DateTime<Utc>) -> Vec<FiredAlert> {

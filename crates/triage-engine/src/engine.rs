@@ -19,7 +19,7 @@ use triage_policy::{
 };
 
 use crate::cache::{CacheUse, EmbeddingCache};
-use crate::controls::Controls;
+use crate::controls::{BudgetCap, Controls};
 use crate::counted::{CountedPairs, Counts};
 use crate::error::{RouteError, StartupError};
 use crate::recent::RecentPredictions;
@@ -281,78 +281,36 @@ impl RoutingEngine {
         self.learner.correct(&mut predictions);
 
         let now_utc = chrono::Utc::now();
-        let mut preferences = request.preferences.clone();
-        let cap = self
-            .controls
-            .cap_budget(&request.caller, &mut preferences, now_utc)?;
-        let caller = &request.caller;
-        let not_permitted = |m: &str| (!caller.may_use(m)).then(|| caller.name().to_owned());
-        let now = Instant::now();
-        let down = |m: &str| match &request.reachable {
-            Some(r) if !r.contains(m) => Some(UNREACHABLE.to_owned()),
-            _ => self.controls.health.check(m, now).err(),
-        };
-        let decided = decide_with(
-            &self.catalog,
-            &predictions,
-            policy.decision(),
-            &preferences,
-            stats.input_tokens,
-            Availability {
-                not_permitted: &not_permitted,
-                down: &down,
+        // Deciding reads the key's remaining budget; charging it reserves the chosen model's
+        // predicted cost atomically. A concurrent request may spend the remainder in between:
+        // then the reservation fails and the request is decided again against what is left.
+        let mut tries = 0;
+        let (
+            Chosen {
+                decision,
+                draw,
+                sticky,
             },
-        );
-        let mut decision = match decided {
-            Ok(d) => d,
-            Err(e) => {
-                let unavailable: Vec<String> = e
-                    .exclusions
-                    .iter()
-                    .filter_map(|(m, x)| match x {
-                        Exclusion::Unavailable { reason } => Some(format!("{m} ({reason})")),
-                        _ => None,
-                    })
-                    .collect();
-                let over_budget = e
-                    .exclusions
-                    .iter()
-                    .any(|(_, x)| matches!(x, Exclusion::OverBudget { .. }));
-                return Err(match (cap, unavailable.is_empty()) {
-                    (_, false) => RouteError::AllUnavailable(format!(
-                        "every model the request allows is down: {}; retry later or allow \
-                         other models",
-                        unavailable.join("; ")
-                    )),
-                    (Some(cap), true) if over_budget => Controls::budget_refusal(cap),
-                    _ => RouteError::NoEligibleModel(e),
-                });
+            fired_alerts,
+        ) = loop {
+            tries += 1;
+            let chosen =
+                self.choose(request, &predictions, &policy, stats.input_tokens, now_utc)?;
+            let picked = chosen.decision.chosen();
+            let reserved = self.controls.routed(
+                request_id,
+                &request.session_id,
+                &request.caller,
+                &picked.model,
+                picked.cost_usd,
+                now_utc,
+            );
+            match reserved {
+                Some(fired) => break (chosen, fired),
+                None if tries < MAX_RESERVATION_TRIES => {}
+                None => return Err(Controls::raced_budget(&request.caller)),
             }
         };
-        if let Some(model) = &request.pinned {
-            pin(&mut decision, model)?;
-        }
-        let sticky = request.pinned.is_none()
-            && request.session_affinity
-            && self.controls.stick(&request.session_id, &mut decision);
-        let draw = if sticky || request.pinned.is_some() {
-            triage_policy::Draw {
-                propensity: 1.0,
-                explored: false,
-            }
-        } else {
-            let (u, v) = self.learner.draw();
-            self.learner.explore(&mut decision, u, v)
-        };
-        let chosen = decision.chosen();
-        let fired_alerts = self.controls.routed(
-            request_id,
-            &request.session_id,
-            caller,
-            &chosen.model,
-            chosen.cost_usd,
-            now_utc,
-        );
         let finished = Instant::now();
         self.recent.insert(request_id, &base_quality);
         Ok(RouteOutcome {
@@ -371,6 +329,64 @@ impl RoutingEngine {
         })
     }
 
+    /// One decision for `request` under its key's current budget: constraints, availability,
+    /// pinning, session affinity and exploration, before anything is charged.
+    fn choose(
+        &self,
+        request: &RoutingRequest,
+        predictions: &HashMap<&str, Prediction>,
+        policy: &Policy,
+        input_tokens: u32,
+        now_utc: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Chosen, RouteError> {
+        let mut preferences = request.preferences.clone();
+        let cap = self
+            .controls
+            .cap_budget(&request.caller, &mut preferences, now_utc)?;
+        let caller = &request.caller;
+        let not_permitted = |m: &str| (!caller.may_use(m)).then(|| caller.name().to_owned());
+        let now = Instant::now();
+        let down = |m: &str| match &request.reachable {
+            Some(r) if !r.contains(m) => Some(UNREACHABLE.to_owned()),
+            _ => self.controls.health.check(m, now).err(),
+        };
+        let decided = decide_with(
+            &self.catalog,
+            predictions,
+            policy.decision(),
+            &preferences,
+            input_tokens,
+            Availability {
+                not_permitted: &not_permitted,
+                down: &down,
+            },
+        );
+        let mut decision = match decided {
+            Ok(d) => d,
+            Err(e) => return Err(refusal(e, cap)),
+        };
+        if let Some(model) = &request.pinned {
+            pin(&mut decision, model)?;
+        }
+        let sticky = request.pinned.is_none()
+            && request.session_affinity
+            && self.controls.stick(&request.session_id, &mut decision);
+        let draw = if sticky || request.pinned.is_some() {
+            triage_policy::Draw {
+                propensity: 1.0,
+                explored: false,
+            }
+        } else {
+            let (u, v) = self.learner.draw();
+            self.learner.explore(&mut decision, u, v)
+        };
+        Ok(Chosen {
+            decision,
+            draw,
+            sticky,
+        })
+    }
+
     /// The input's embedding, from the exact-repeat cache when it holds it.
     async fn embed(&self, input: EncoderInput) -> Result<(Arc<Embedding>, CacheUse), RouteError> {
         let Some(cache) = &self.cache else {
@@ -383,6 +399,42 @@ impl RoutingEngine {
         let embedding = Arc::new(self.encoder.embed(input).await?);
         let evicted = cache.insert(&key, Arc::clone(&embedding));
         Ok((embedding, CacheUse::Miss { evicted }))
+    }
+}
+
+/// A decision before it is charged.
+struct Chosen {
+    decision: Decision,
+    draw: triage_policy::Draw,
+    sticky: bool,
+}
+
+/// Decisions tried for one request when concurrent requests keep spending its key's budget
+/// first.
+const MAX_RESERVATION_TRIES: usize = 3;
+
+/// Why no model could be chosen: every allowed model down, the key's budget, or the request's
+/// own constraints.
+fn refusal(e: triage_policy::DecisionError, cap: Option<BudgetCap>) -> RouteError {
+    let unavailable: Vec<String> = e
+        .exclusions
+        .iter()
+        .filter_map(|(m, x)| match x {
+            Exclusion::Unavailable { reason } => Some(format!("{m} ({reason})")),
+            _ => None,
+        })
+        .collect();
+    let over_budget = e
+        .exclusions
+        .iter()
+        .any(|(_, x)| matches!(x, Exclusion::OverBudget { .. }));
+    match (cap, unavailable.is_empty()) {
+        (_, false) => RouteError::AllUnavailable(format!(
+            "every model the request allows is down: {}; retry later or allow other models",
+            unavailable.join("; ")
+        )),
+        (Some(cap), true) if over_budget => Controls::budget_refusal(cap),
+        _ => RouteError::NoEligibleModel(e),
     }
 }
 

@@ -1,8 +1,9 @@
 //! Spend per API key and overall, per UTC day and calendar month.
 //!
-//! A request is charged its predicted cost when it is routed; when feedback reports the real
-//! cost, the prediction is replaced by it. Pending predictions are remembered for a bounded
-//! number of requests; past that, the prediction simply stays charged.
+//! A request reserves its predicted cost when it is routed (checked against the key's limits
+//! and charged under one lock); the first report of its real cost replaces the prediction and
+//! later reports (fallback attempts) add theirs. Pending predictions are remembered for a
+//! bounded number of requests; past that, the prediction simply stays charged.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
@@ -49,6 +50,15 @@ pub fn periods(now: DateTime<Utc>) -> (i64, i64) {
     (day, month)
 }
 
+/// The spend limits of one key (none: unlimited).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Limits {
+    /// Per UTC day, USD.
+    pub daily_usd: Option<f64>,
+    /// Per UTC calendar month, USD.
+    pub monthly_usd: Option<f64>,
+}
+
 struct Pending {
     key: String,
     usd: f64,
@@ -84,14 +94,35 @@ impl Ledger {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Charges `usd` (predicted) to `key` for `request_id`.
+    /// Charges `usd` (predicted) to `key` for `request_id`, whatever its limits (replaying the
+    /// log, which holds what was charged before).
     pub fn charge(&self, key: &str, request_id: &str, usd: f64, now: DateTime<Utc>) {
-        let mut inner = self.lock();
-        inner
-            .by_key
-            .entry(key.to_owned())
-            .or_default()
-            .add(usd, now);
+        self.reserve(key, request_id, usd, Limits::default(), now);
+    }
+
+    /// Charges `usd` (predicted) to `key` for `request_id` if it fits within `limits`, checked
+    /// and charged under one lock so that concurrent requests cannot all spend the same
+    /// remainder. Returns whether it was charged.
+    pub fn reserve(
+        &self,
+        key: &str,
+        request_id: &str,
+        usd: f64,
+        limits: Limits,
+        now: DateTime<Utc>,
+    ) -> bool {
+        let mut guard = self.lock();
+        let inner = &mut *guard;
+        let spend = inner.by_key.entry(key.to_owned()).or_default();
+        spend.roll(now);
+        // A relative slack: what the decision computed as fitting must still fit here.
+        let fits = |limit: Option<f64>, spent: f64| {
+            limit.is_none_or(|l| spent + usd <= l * (1.0 + 1e-9) + 1e-12)
+        };
+        if !(fits(limits.daily_usd, spend.day_usd) && fits(limits.monthly_usd, spend.month_usd)) {
+            return false;
+        }
+        spend.add(usd, now);
         inner.global.add(usd, now);
         inner.pending.insert(
             request_id,
@@ -102,6 +133,7 @@ impl Ledger {
                 settled: false,
             },
         );
+        true
     }
 
     /// Books a reported cost for `request_id`: the first report replaces the predicted charge,
@@ -168,6 +200,17 @@ mod tests {
         ledger.settle("r2", 0.0, t);
         ledger.settle("r2", 0.0625, t);
         assert!((ledger.spent("b", t).day_usd - 0.0625).abs() < 1e-12);
+        let tight = Limits {
+            daily_usd: Some(1.0),
+            monthly_usd: None,
+        };
+        assert!(ledger.reserve("c", "r3", 0.75, tight, t));
+        assert!(
+            !ledger.reserve("c", "r4", 0.5, tight, t),
+            "what is left is checked and charged under one lock"
+        );
+        assert!(ledger.reserve("c", "r5", 0.25, tight, t));
+        assert!((ledger.spent("c", t).day_usd - 1.0).abs() < 1e-12);
         let next_day = t + chrono::Duration::hours(2); // February 1st
         let s = ledger.spent("a", next_day);
         assert_eq!((s.day_usd, s.month_usd), (0.0, 0.0));

@@ -22,4 +22,4 @@ pub use access::{AccessControl, AccessError, AuthSettings, Caller, KeySpec, hash
 pub use alerts::{AlertSpec, Alerts, FiredAlert, Period};
 pub use bounded::BoundedMap;
 pub use health::{BreakerSettings, BreakerState, FailureKind, HealthBoard, Override};
-pub use ledger::{Ledger, Spend};
+pub use ledger::{Ledger, Limits, Spend};

@@ -454,3 +454,54 @@ async fn scrape(addr: std::net::SocketAddr) -> String {
     assert!(body.starts_with("HTTP/1.1 200"), "{body}");
     body
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_requests_never_spend_more_than_the_budget() {
+    let limit = 0.004;
+    let mut s = settings();
+    s.auth.keys = vec![KeySpec {
+        name: "tight".into(),
+        sha256: hash_key("tight-key"),
+        allowed_models: vec![],
+        daily_usd: Some(limit),
+        monthly_usd: None,
+        admin: false,
+    }];
+    let (server, client) = start_with(s).await;
+    let quality = Preferences {
+        mode: triage_proto::v1::Mode::Quality as i32,
+        ..Default::default()
+    };
+    // Warm the embedding cache so that the requests below reach the budget check together.
+    let _ = client
+        .clone()
+        .route(with_key(request(PROOF, quality.clone()), "tight-key"))
+        .await;
+    let calls = (0..96).map(|_| {
+        let mut client = client.clone();
+        let r = with_key(request(PROOF, quality.clone()), "tight-key");
+        tokio::spawn(async move { client.route(r).await })
+    });
+    let mut spent = 0.0;
+    let mut refused = 0;
+    for call in futures::future::join_all(calls).await {
+        match call.expect("task") {
+            Ok(r) => {
+                let r = r.into_inner();
+                spent += r
+                    .candidates
+                    .iter()
+                    .find(|c| c.model == r.model)
+                    .map_or(0.0, |c| c.predicted_cost_usd);
+            }
+            Err(status) => {
+                assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+                refused += 1;
+            }
+        }
+    }
+    assert!(refused > 0, "the budget ran out");
+    // The warm-up request spent something too: the concurrent ones fit in the rest.
+    assert!(spent <= limit + 1e-9, "spent {spent} of {limit}");
+    server.shutdown().await.expect("clean shutdown");
+}
