@@ -15,6 +15,7 @@ fn options(dir: &Path, archive: bool) -> LogOptions {
         dir: dir.to_path_buf(),
         segment_bytes: 3_000,
         queue_capacity: 1024,
+        queue_bytes: 64 << 20,
         archive: archive.then(|| Arc::new(ParquetArchive) as Arc<dyn ArchiveFormat>),
     }
 }

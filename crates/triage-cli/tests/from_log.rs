@@ -76,6 +76,7 @@ async fn dry_run_prints_distinct_counts_as_json() {
             dir: dir.path().to_path_buf(),
             segment_bytes: 1 << 20,
             queue_capacity: 64,
+            queue_bytes: 64 << 20,
             archive: None,
         })
         .expect("log opens");

@@ -220,11 +220,18 @@ pub struct LogSettings {
     pub segment_bytes: u64,
     /// Records waiting for the writer before new ones are refused with RESOURCE_EXHAUSTED.
     pub queue_capacity: usize,
+    /// Bytes waiting for the writer before new records are refused with RESOURCE_EXHAUSTED.
+    #[serde(default = "default_log_queue_bytes")]
+    pub queue_bytes: u64,
     /// The server compacts sealed segments into a Parquet archive once this many wait
     /// (0: never; `triage log compact` does it by hand).
     pub compact_after_segments: usize,
     /// How often the server checks whether to compact, ms.
     pub compact_interval_ms: u64,
+}
+
+fn default_log_queue_bytes() -> u64 {
+    256 << 20
 }
 
 /// The OpenAI-compatible HTTP gateway (`POST /v1/chat/completions` and friends).
@@ -429,6 +436,10 @@ impl Settings {
             ("encoder.queue_capacity", self.encoder.queue_capacity),
             ("encoder.max_batch", self.encoder.max_batch),
             ("log.queue_capacity", self.log.queue_capacity),
+            (
+                "log.queue_bytes",
+                usize::try_from(self.log.queue_bytes).unwrap_or(usize::MAX),
+            ),
             (
                 "server.max_concurrent_streams",
                 self.server.max_concurrent_streams as usize,

@@ -10,7 +10,8 @@ use triage_core::catalog::ModelSpec;
 use triage_core::request::RequestLimits;
 use triage_guard::{AccessControl, Caller, FiredAlert, Override};
 use triage_log::{
-    DecisionRecord, EventStore, FeedbackAck, FeedbackRecord, LoggedCandidate, encode_features,
+    DecisionRecord, EventStore, FeedbackAck, FeedbackRecord, LogError, LoggedCandidate, Ticket,
+    encode_features,
 };
 use triage_policy::Rule;
 
@@ -125,6 +126,10 @@ impl Service {
 
     /// Decides, logs the decision and counts it.
     pub async fn route(&self, routing: &RoutingRequest) -> Result<Routed, RouteError> {
+        // A decision that cannot be logged cannot take feedback: refuse before charging budgets.
+        if let Some(why) = self.log.failure() {
+            return Err(RouteError::Log(LogError::Unavailable(why)));
+        }
         let started = Instant::now();
         let request_id = uuid::Uuid::new_v4().to_string();
         let outcome = self.engine.route(&request_id, routing).await?;
@@ -235,12 +240,52 @@ impl Service {
         record.api_key = caller.key.as_ref().map(|k| k.name.clone());
         crate::feedback::check(&record, self.max_reported_cost_usd)?;
         let ack = self.log.record_feedback(record.clone())?;
-        self.log.wait_durable(ack.ticket()).await?;
-        let duplicate = matches!(ack, FeedbackAck::Duplicate(_));
-        if !duplicate {
-            self.learn(&record);
+        let ticket = match ack {
+            FeedbackAck::Duplicate(ticket) => {
+                self.log.wait_durable(ticket).await?;
+                return Ok(true);
+            }
+            FeedbackAck::Stored(ticket) => ticket,
+        };
+        // Learning happens on its own task once the report is durable, whatever the caller
+        // does: a client that gives up (its deadline, a dropped connection) before then would
+        // otherwise leave a stored report that breakers, budgets and the learner never see,
+        // since its retry is a duplicate. The caller hears the first outcome.
+        let (told, outcome) = tokio::sync::oneshot::channel();
+        let service = self.clone();
+        tokio::spawn(async move { service.apply_when_durable(ticket, record, told).await });
+        outcome
+            .await
+            .map_err(|_| RouteError::Log(LogError::WriterStopped("the log is closed".into())))??;
+        Ok(false)
+    }
+
+    /// Learns from `record` once it is durable, telling `told` how the first wait ended. While
+    /// the log cannot write, the caller hears `UNAVAILABLE` and this keeps waiting: the report
+    /// is queued, and is applied when the log writes it.
+    async fn apply_when_durable(
+        &self,
+        ticket: Ticket,
+        record: FeedbackRecord,
+        told: tokio::sync::oneshot::Sender<Result<(), LogError>>,
+    ) {
+        let mut told = Some(told);
+        let mut pause = std::time::Duration::from_millis(50);
+        loop {
+            let waited = self.log.wait_durable(ticket).await;
+            let retry = matches!(waited, Err(LogError::Unavailable(_)));
+            if waited.is_ok() {
+                self.learn(&record);
+            }
+            if let Some(told) = told.take() {
+                let _ = told.send(waited);
+            }
+            if !retry {
+                return;
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(std::time::Duration::from_secs(2));
         }
-        Ok(duplicate)
     }
 
     /// Records what one upstream call by a front door did (the gateway's own feedback): queued

@@ -34,6 +34,7 @@ pub async fn open(
             dir: log_settings.dir,
             segment_bytes: log_settings.segment_bytes,
             queue_capacity: log_settings.queue_capacity,
+            queue_bytes: log_settings.queue_bytes,
             archive,
         };
         // Budgets, alerts and online learning pick up where they were: the log is replayed

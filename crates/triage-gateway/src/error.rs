@@ -226,6 +226,13 @@ fn route_shape(e: &RouteError) -> Shape {
                 None,
                 None,
             ),
+            LogError::Unavailable(_) => (
+                S::SERVICE_UNAVAILABLE,
+                "server_error",
+                "log_unavailable",
+                None,
+                Some(1),
+            ),
             LogError::Io { .. } => (
                 S::INTERNAL_SERVER_ERROR,
                 "server_error",

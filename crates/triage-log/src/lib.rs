@@ -13,6 +13,9 @@
 //!   (`fsync`ed) sequence reaches its own. The writer syncs as soon as somebody waits for a record,
 //!   and otherwise within 50 ms of a write: records nobody waits for (decisions, the gateway's
 //!   call records) cost no `fsync` of their own, and under load many reports share one.
+//! - **Write errors.** A full disk or an I/O error stalls the writer instead of ending it: the
+//!   store refuses records and acknowledges nothing (`LogError::Unavailable`) while the writer
+//!   retries, and resumes, losing nothing it had taken, once writing works again.
 //! - **Recovery.** On open every segment is scanned; a torn or corrupt tail (a crash mid-write)
 //!   fails its length or checksum, is reported, and is cut off so later appends follow valid data.
 //! - **Compaction.** Runs of sealed segments are rewritten as one columnar archive each
@@ -72,7 +75,11 @@ pub enum LogError {
          each report and resend the same one only to retry"
     )]
     ConflictingFeedback(String),
-    /// The writer is behind by more records than the queue holds: shed load.
+    /// The writer cannot write now (a full disk, an I/O error) and keeps retrying; nothing is
+    /// taken or acknowledged meanwhile.
+    #[error("event log cannot write now ({0}); nothing was stored: retry later")]
+    Unavailable(String),
+    /// The writer is behind by more records (or bytes) than the queue holds: shed load.
     #[error("event log queue is full; retry with backoff")]
     Full,
     /// The record is not acceptable (message says why).

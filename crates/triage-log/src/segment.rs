@@ -10,8 +10,8 @@ use crate::record::LogRecord;
 
 /// Frame header: payload length then CRC-32 of the payload, both u32 little-endian.
 pub(crate) const HEADER_BYTES: usize = 8;
-/// A length beyond this is corruption, not a record.
-const MAX_RECORD_BYTES: usize = 64 << 20;
+/// A length beyond this is corruption, not a record (and the store refuses to write one).
+pub(crate) const MAX_RECORD_BYTES: usize = 64 << 20;
 
 /// Frames one payload.
 pub(crate) fn frame(payload: &[u8], out: &mut Vec<u8>) {

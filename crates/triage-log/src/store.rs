@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 
@@ -14,8 +14,8 @@ use tokio::sync::watch;
 use crate::LogError;
 use crate::compact::{ArchiveFormat, Source, read_archive, sources};
 use crate::record::{DecisionRecord, FeedbackRecord, LogRecord};
-use crate::segment::{frame, io_error, scan_segment, segment_path};
-use crate::writer::{Durable, Pending, SegmentWriter, spawn};
+use crate::segment::{MAX_RECORD_BYTES, frame, io_error, scan_segment, segment_path};
+use crate::writer::{Durable, Pending, SegmentWriter, Shared, spawn};
 
 /// Position of a record in the log; await it with [`EventStore::wait_durable`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -66,6 +66,8 @@ pub struct LogOptions {
     pub segment_bytes: u64,
     /// Records waiting for the writer before new ones are refused.
     pub queue_capacity: usize,
+    /// Bytes waiting for the writer before new records are refused.
+    pub queue_bytes: u64,
     /// Format of compacted archives in `dir`; without one, a directory holding archives is
     /// refused rather than half read.
     pub archive: Option<Arc<dyn ArchiveFormat>>,
@@ -134,8 +136,8 @@ pub struct FileEventLog {
     index: Mutex<Index>,
     queue: Option<Sender<Pending>>,
     durable: watch::Receiver<Durable>,
-    /// The highest sequence number a caller waits to see durable (the writer syncs for it).
-    wanted: Arc<AtomicU64>,
+    shared: Arc<Shared>,
+    queue_bytes: u64,
     writer: Option<JoinHandle<()>>,
 }
 
@@ -211,16 +213,24 @@ impl FileEventLog {
         );
         let writer = SegmentWriter::open(dir.clone(), number, bytes, options.segment_bytes)?;
         let (queue, receiver) = crossbeam_channel::bounded(options.queue_capacity.max(1));
-        let start = Durable::UpTo(index.next_seq - 1);
-        let (durable_tx, durable) = watch::channel(start);
-        let wanted = Arc::new(AtomicU64::new(0));
-        let writer = spawn(writer, receiver, durable_tx, Arc::clone(&wanted))?;
+        let (durable_tx, durable) = watch::channel(Durable {
+            up_to: index.next_seq - 1,
+            stalled: None,
+            ended: false,
+        });
+        let shared = Arc::new(Shared {
+            wanted: AtomicU64::new(0),
+            queued_bytes: AtomicU64::new(0),
+            closing: AtomicBool::new(false),
+        });
+        let writer = spawn(writer, receiver, durable_tx, Arc::clone(&shared))?;
         Ok(Self {
             dir,
             index: Mutex::new(index),
             queue: Some(queue),
             durable,
-            wanted,
+            shared,
+            queue_bytes: options.queue_bytes.max(1),
             writer: Some(writer),
         })
     }
@@ -233,32 +243,48 @@ impl FileEventLog {
     /// Assigns the next sequence number and queues `record` under the index lock, so queue order
     /// is sequence order.
     fn enqueue(&self, index: &mut Index, record: &LogRecord) -> Result<Ticket, LogError> {
+        if let Some(why) = self.failure() {
+            return Err(LogError::Unavailable(why));
+        }
         let payload =
             serde_json::to_vec(record).map_err(|e| LogError::InvalidRecord(e.to_string()))?;
+        // A frame the reader would take for corruption must never be written: refused here,
+        // it costs one request; written, it would cut off everything after it at the next start.
+        if payload.len() > MAX_RECORD_BYTES {
+            return Err(LogError::InvalidRecord(format!(
+                "a record of {} bytes is over the log's frame limit of {MAX_RECORD_BYTES} bytes; \
+                 send a smaller request",
+                payload.len()
+            )));
+        }
         let mut framed = Vec::with_capacity(payload.len() + 8);
         frame(&payload, &mut framed);
+        let size = framed.len() as u64;
+        let queued = self.shared.queued_bytes.fetch_add(size, Ordering::AcqRel);
+        if queued > 0 && queued + size > self.queue_bytes {
+            self.shared.queued_bytes.fetch_sub(size, Ordering::AcqRel);
+            return Err(LogError::Full);
+        }
         let seq = index.next_seq;
-        let queue = self
-            .queue
-            .as_ref()
-            .ok_or_else(|| LogError::WriterStopped("the log is closed".into()))?;
-        queue
-            .try_send(Pending { seq, framed })
-            .map_err(|e| match e {
-                TrySendError::Full(_) => LogError::Full,
-                TrySendError::Disconnected(_) => LogError::WriterStopped(self.failure_message()),
-            })?;
+        let sent = match &self.queue {
+            Some(queue) => queue
+                .try_send(Pending { seq, framed })
+                .map_err(|e| match e {
+                    TrySendError::Full(_) => LogError::Full,
+                    TrySendError::Disconnected(_) => {
+                        LogError::WriterStopped("the writer has ended".into())
+                    }
+                }),
+            None => Err(LogError::WriterStopped("the log is closed".into())),
+        };
+        if let Err(e) = sent {
+            self.shared.queued_bytes.fetch_sub(size, Ordering::AcqRel);
+            return Err(e);
+        }
         index.next_seq += 1;
         let ticket = Ticket(seq);
         index.add(record, ticket);
         Ok(ticket)
-    }
-
-    fn failure_message(&self) -> String {
-        match &*self.durable.borrow() {
-            Durable::Failed(message) => message.clone(),
-            Durable::UpTo(_) => "the writer has ended".into(),
-        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Index> {
@@ -318,11 +344,11 @@ impl EventStore for FileEventLog {
 
     fn wait_durable(&self, ticket: Ticket) -> Durability<'_> {
         let mut durable = self.durable.clone();
-        let reached = matches!(&*durable.borrow(), Durable::UpTo(seq) if *seq >= ticket.0);
+        let reached = durable.borrow().up_to >= ticket.0;
         if !reached {
             // Ask the writer to sync now rather than at its next interval; a full queue means
             // it is busy and will see `wanted` after its current group.
-            self.wanted.fetch_max(ticket.0, Ordering::AcqRel);
+            self.shared.wanted.fetch_max(ticket.0, Ordering::AcqRel);
             if let Some(queue) = &self.queue {
                 let _ = queue.try_send(Pending {
                     seq: 0,
@@ -331,17 +357,17 @@ impl EventStore for FileEventLog {
             }
         }
         Box::pin(async move {
-            let reached = durable
-                .wait_for(|d| match d {
-                    Durable::UpTo(seq) => *seq >= ticket.0,
-                    Durable::Failed(_) => true,
-                })
+            let state = durable
+                .wait_for(|d| d.up_to >= ticket.0 || d.stalled.is_some() || d.ended)
                 .await
                 .map_err(|_| LogError::WriterStopped("the writer has ended".into()))?
                 .clone();
-            match reached {
-                Durable::UpTo(_) => Ok(()),
-                Durable::Failed(message) => Err(LogError::WriterStopped(message)),
+            match state {
+                Durable { up_to, .. } if up_to >= ticket.0 => Ok(()),
+                Durable {
+                    stalled: Some(why), ..
+                } => Err(LogError::Unavailable(why)),
+                Durable { .. } => Err(LogError::WriterStopped("the log is closed".into())),
             }
         })
     }
@@ -352,10 +378,11 @@ impl EventStore for FileEventLog {
     }
 
     fn failure(&self) -> Option<String> {
-        match &*self.durable.borrow() {
-            Durable::Failed(message) => Some(message.clone()),
-            Durable::UpTo(_) if self.queue.is_none() => Some("the log is closed".into()),
-            Durable::UpTo(_) => None,
+        let durable = self.durable.borrow();
+        match (&durable.stalled, durable.ended || self.queue.is_none()) {
+            (Some(why), _) => Some(why.clone()),
+            (None, true) => Some("the log is closed".into()),
+            (None, false) => None,
         }
     }
 }
@@ -363,6 +390,7 @@ impl EventStore for FileEventLog {
 impl Drop for FileEventLog {
     /// Closes the queue and waits for the writer to flush what was queued.
     fn drop(&mut self) {
+        self.shared.closing.store(true, Ordering::Release);
         self.queue.take();
         if let Some(writer) = self.writer.take() {
             let _ = writer.join();

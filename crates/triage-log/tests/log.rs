@@ -12,6 +12,7 @@ fn options(dir: &std::path::Path) -> LogOptions {
         dir: dir.to_path_buf(),
         segment_bytes: 1 << 20,
         queue_capacity: 1024,
+        queue_bytes: 64 << 20,
         archive: None,
     }
 }
@@ -243,4 +244,28 @@ async fn concurrent_reports_share_fsyncs_and_all_land() {
         t.await.expect("task");
     }
     assert_eq!(feedback_count(dir.path()), 200);
+}
+
+#[tokio::test]
+async fn a_record_too_large_for_a_frame_is_refused_before_it_is_written() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let log = FileEventLog::open(&options(dir.path())).expect("opens");
+        log.record_decision(decision("r1")).expect("decision");
+        let mut huge = decision("r2");
+        huge.prompt = Some("x".repeat(65 << 20));
+        assert!(matches!(
+            log.record_decision(huge),
+            Err(LogError::InvalidRecord(m)) if m.contains("frame limit")
+        ));
+        log.record_decision(decision("r3"))
+            .expect("decision after it");
+        let ack = log
+            .record_feedback(feedback("r3", "f1", 1.0))
+            .expect("feedback");
+        log.wait_durable(ack.ticket()).await.expect("durable");
+    }
+    // Nothing after the refused record was cut off at the next start.
+    let log = FileEventLog::open(&options(dir.path())).expect("reopens");
+    assert_eq!(log.counts(), (2, 1));
 }

@@ -48,7 +48,7 @@ pub fn status(error: RouteError) -> Status {
             LogError::ConflictingFeedback(_) => Code::AlreadyExists,
             LogError::InvalidRecord(_) => Code::InvalidArgument,
             LogError::Full => Code::ResourceExhausted,
-            LogError::WriterStopped(_) => Code::Unavailable,
+            LogError::WriterStopped(_) | LogError::Unavailable(_) => Code::Unavailable,
             LogError::Io { .. } => Code::Internal,
         },
     };

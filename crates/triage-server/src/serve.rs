@@ -42,12 +42,12 @@ pub async fn serve_grpc(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartupError> {
     let max = settings.server.max_message_bytes;
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<RouterServer<RouterService>>().await;
+    let health_task = tokio::spawn(follow_log_health(service.clone(), health));
     let router = RouterServer::new(RouterService::new(service))
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);
-
-    let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_serving::<RouterServer<RouterService>>().await;
 
     let transport = |e: tonic_reflection::server::Error| StartupError::Transport(e.to_string());
     let reflection_v1 = tonic_reflection::server::Builder::configure()
@@ -97,9 +97,43 @@ pub async fn serve_grpc(
             Ok(())
         }
     };
+    // The health task holds the service (and so the log) too: it must be gone before the log
+    // can close.
+    health_task.abort();
+    let _ = health_task.await;
     // The router (and with it the log, once the other door has let go) is dropped by now:
     // queued records are flushed.
     served
+}
+
+/// How often gRPC health looks at whether the log can write.
+const LOG_HEALTH_INTERVAL: Duration = Duration::from_millis(200);
+
+/// Keeps `grpc.health.v1` in step with the log: `NOT_SERVING` while it cannot write (a full
+/// disk), so load balancers send traffic elsewhere, and `SERVING` again once it can.
+async fn follow_log_health(service: Service, health: tonic_health::server::HealthReporter) {
+    let mut was_failing = false;
+    loop {
+        let failure = service.log_failure();
+        if failure.is_some() != was_failing {
+            was_failing = failure.is_some();
+            let status = if was_failing {
+                tracing::warn!(reason = ?failure, "health: NOT_SERVING while the log cannot write");
+                tonic_health::ServingStatus::NotServing
+            } else {
+                tracing::info!("health: SERVING, the log writes again");
+                tonic_health::ServingStatus::Serving
+            };
+            health.set_service_status("", status).await;
+            health
+                .set_service_status(
+                    <RouterServer<RouterService> as tonic::server::NamedService>::NAME,
+                    status,
+                )
+                .await;
+        }
+        tokio::time::sleep(LOG_HEALTH_INTERVAL).await;
+    }
 }
 
 /// A tonic server with the limits of `[server]`: streams per connection, a server-side
