@@ -233,7 +233,7 @@ fn route_shape(e: &RouteError) -> Shape {
                 None,
                 Some(1),
             ),
-            LogError::Io { .. } => (
+            LogError::Io { .. } | LogError::Locked { .. } => (
                 S::INTERNAL_SERVER_ERROR,
                 "server_error",
                 "log_io",

@@ -16,6 +16,8 @@
 //! - **Write errors.** A full disk or an I/O error stalls the writer instead of ending it: the
 //!   store refuses records and acknowledges nothing (`LogError::Unavailable`) while the writer
 //!   retries, and resumes, losing nothing it had taken, once writing works again.
+//! - **One writer per directory.** An open log holds an exclusive lock on the directory
+//!   (`LOCK`, naming its pid); a second server on the same directory refuses to start.
 //! - **Recovery.** On open every segment is scanned; a torn or corrupt tail (a crash mid-write)
 //!   fails its length or checksum, is reported, and is cut off so later appends follow valid data.
 //! - **Compaction.** Runs of sealed segments are rewritten as one columnar archive each
@@ -31,12 +33,14 @@
 //! writer appends in queue order, a durable feedback implies its decision is durable too.
 
 mod compact;
+mod lock;
 mod record;
 mod segment;
 mod store;
 mod writer;
 
 pub use compact::{ArchiveFormat, CompactReport, compact};
+pub use lock::LOCK_FILE;
 pub use record::{
     DecisionRecord, ErrorKind, FeedbackRecord, LogRecord, LoggedCandidate, decode_features,
     encode_features,
@@ -60,6 +64,17 @@ pub enum LogError {
     /// The writer stopped after a failure; nothing more is durable.
     #[error("event log writer stopped: {0}")]
     WriterStopped(String),
+    /// Another process has the log directory open.
+    #[error(
+        "event log {dir} is in use by {holder}: one server per --data-dir (stop the other, or \
+         give this one its own directory)"
+    )]
+    Locked {
+        /// The directory.
+        dir: String,
+        /// Who holds it (its pid, from the lock file).
+        holder: String,
+    },
     /// Feedback names a request this log never decided.
     #[error(
         "unknown request_id {0:?}: send the request_id returned by Route (decisions are kept in \

@@ -13,6 +13,7 @@ use tokio::sync::watch;
 
 use crate::LogError;
 use crate::compact::{ArchiveFormat, Source, read_archive, sources};
+use crate::lock::DirLock;
 use crate::record::{DecisionRecord, FeedbackRecord, LogRecord};
 use crate::segment::{MAX_RECORD_BYTES, frame, io_error, scan_segment, segment_path};
 use crate::writer::{Durable, Pending, SegmentWriter, Shared, spawn};
@@ -139,6 +140,8 @@ pub struct FileEventLog {
     shared: Arc<Shared>,
     queue_bytes: u64,
     writer: Option<JoinHandle<()>>,
+    /// Held until the writer has finished (dropped after it in `drop`).
+    lock: Option<DirLock>,
 }
 
 impl FileEventLog {
@@ -156,6 +159,7 @@ impl FileEventLog {
     ) -> Result<Self, LogError> {
         let dir = options.dir.clone();
         std::fs::create_dir_all(&dir).map_err(|e| io_error(&dir, e))?;
+        let lock = DirLock::acquire(&dir)?;
         let mut index = Index::default();
         let sources = sources(&dir)?;
         let last_segment = sources.iter().rev().find_map(|s| match s {
@@ -232,6 +236,7 @@ impl FileEventLog {
             shared,
             queue_bytes: options.queue_bytes.max(1),
             writer: Some(writer),
+            lock: Some(lock),
         })
     }
 
@@ -395,6 +400,7 @@ impl Drop for FileEventLog {
         if let Some(writer) = self.writer.take() {
             let _ = writer.join();
         }
+        self.lock.take();
     }
 }
 

@@ -269,3 +269,18 @@ async fn a_record_too_large_for_a_frame_is_refused_before_it_is_written() {
     let log = FileEventLog::open(&options(dir.path())).expect("reopens");
     assert_eq!(log.counts(), (2, 1));
 }
+
+#[test]
+fn a_second_log_on_the_same_directory_is_refused_naming_the_holder() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let first = FileEventLog::open(&options(dir.path())).expect("opens");
+    let second = FileEventLog::open(&options(dir.path()));
+    let pid = std::process::id().to_string();
+    assert!(
+        matches!(&second, Err(LogError::Locked { holder, .. }) if holder.contains(&pid)),
+        "{:?}",
+        second.err()
+    );
+    drop(first);
+    FileEventLog::open(&options(dir.path())).expect("free again once the first is closed");
+}

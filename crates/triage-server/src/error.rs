@@ -49,7 +49,7 @@ pub fn status(error: RouteError) -> Status {
             LogError::InvalidRecord(_) => Code::InvalidArgument,
             LogError::Full => Code::ResourceExhausted,
             LogError::WriterStopped(_) | LogError::Unavailable(_) => Code::Unavailable,
-            LogError::Io { .. } => Code::Internal,
+            LogError::Io { .. } | LogError::Locked { .. } => Code::Internal,
         },
     };
     if code == Code::Internal {
