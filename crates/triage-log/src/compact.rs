@@ -164,7 +164,8 @@ pub fn compact(
     let mut records = Vec::new();
     for (number, path) in sealed {
         let scanned = scan_segment(&path)?;
-        if scanned.valid_bytes < scanned.file_bytes || scanned.unreadable > 0 {
+        let damaged = !scanned.damaged.is_empty() || scanned.unreadable > 0;
+        if damaged || scanned.valid_bytes < scanned.file_bytes {
             tracing::warn!(segment = %path.display(), "damaged segment kept out of compaction");
             report.damaged_kept += 1;
             write_run(dir, format, &mut run, &mut records, &mut report)?;

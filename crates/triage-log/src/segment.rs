@@ -2,6 +2,7 @@
 
 use std::fs::File;
 use std::io::Read;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use crate::LogError;
@@ -63,45 +64,112 @@ pub(crate) struct ScannedSegment {
     pub file_bytes: u64,
     /// Intact frames whose payload did not parse (written by a newer version, say).
     pub unreadable: usize,
+    /// Damaged byte ranges followed by intact frames (damage in the middle, not a torn tail).
+    pub damaged: Vec<Range<usize>>,
+    /// Byte ranges of the intact frames, in order.
+    pub frames: Vec<Range<usize>>,
 }
 
-/// Reads frames until the end or the first torn or corrupt one.
+impl ScannedSegment {
+    /// Damaged bytes in the middle of the segment.
+    pub fn damaged_bytes(&self) -> u64 {
+        self.damaged.iter().map(|r| r.len() as u64).sum()
+    }
+}
+
+/// The payload length of an intact frame at `at`: the header fits, the length is plausible,
+/// the payload is a JSON object and its checksum matches.
+fn frame_at(bytes: &[u8], at: usize) -> Option<usize> {
+    let header = bytes.get(at..at + HEADER_BYTES)?;
+    let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+    let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+    if len == 0 || len > MAX_RECORD_BYTES {
+        return None;
+    }
+    let start = at + HEADER_BYTES;
+    let payload = bytes.get(start..start + len)?;
+    (payload[0] == b'{' && crc32fast::hash(payload) == crc).then_some(len)
+}
+
+/// Reads every intact frame. A bad frame followed by intact ones is damage in the middle: it
+/// is skipped and reading resumes at the next intact frame, so that one flipped byte costs one
+/// record, not everything after it. A bad frame with nothing intact after it is a torn tail.
 pub(crate) fn scan_segment(path: &Path) -> Result<ScannedSegment, LogError> {
     let mut bytes = Vec::new();
     File::open(path)
         .and_then(|mut f| f.read_to_end(&mut bytes))
         .map_err(|e| io_error(path, e))?;
-    let mut records = Vec::new();
-    let mut unreadable = 0;
+    let mut scanned = ScannedSegment {
+        records: Vec::new(),
+        valid_bytes: 0,
+        file_bytes: bytes.len() as u64,
+        unreadable: 0,
+        damaged: Vec::new(),
+        frames: Vec::new(),
+    };
     let mut at = 0usize;
-    while let Some(header) = bytes.get(at..at + HEADER_BYTES) {
-        let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
-        let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
-        let start = at + HEADER_BYTES;
-        let Some(payload) = bytes
-            .get(start..start + len)
-            .filter(|_| len <= MAX_RECORD_BYTES)
-        else {
-            break;
+    while at < bytes.len() {
+        let Some(len) = frame_at(&bytes, at) else {
+            match (at + 1..bytes.len()).find(|&p| frame_at(&bytes, p).is_some()) {
+                Some(next) => {
+                    scanned.damaged.push(at..next);
+                    at = next;
+                    continue;
+                }
+                None => break,
+            }
         };
-        if crc32fast::hash(payload) != crc {
-            break;
-        }
-        match serde_json::from_slice(payload) {
-            Ok(record) => records.push(record),
+        let start = at + HEADER_BYTES;
+        match serde_json::from_slice(&bytes[start..start + len]) {
+            Ok(record) => scanned.records.push(record),
             Err(e) => {
-                unreadable += 1;
+                scanned.unreadable += 1;
                 tracing::warn!(path = %path.display(), offset = at, error = %e, "unreadable log record skipped");
             }
         }
+        scanned.frames.push(at..start + len);
         at = start + len;
+        scanned.valid_bytes = at as u64;
     }
-    Ok(ScannedSegment {
-        records,
-        valid_bytes: at as u64,
-        file_bytes: bytes.len() as u64,
-        unreadable,
-    })
+    Ok(scanned)
+}
+
+/// Replaces a segment damaged in the middle by one holding exactly its intact frames, and keeps
+/// the damaged file beside it (`….log.damaged-<unix seconds>`) for inspection. Returns the new
+/// length.
+pub(crate) fn salvage(path: &Path, scanned: &ScannedSegment) -> Result<u64, LogError> {
+    let mut bytes = Vec::new();
+    File::open(path)
+        .and_then(|mut f| f.read_to_end(&mut bytes))
+        .map_err(|e| io_error(path, e))?;
+    let mut kept = Vec::with_capacity(bytes.len());
+    for frame in &scanned.frames {
+        kept.extend_from_slice(&bytes[frame.clone()]);
+    }
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let aside = path.with_extension(format!("log.damaged-{stamp}"));
+    let temporary = path.with_extension("log.salvage");
+    let dir = path.parent().unwrap_or(Path::new("."));
+    // The repaired copy is complete and durable before the original moves: a crash in between
+    // leaves the original in place, to be salvaged again.
+    std::fs::write(&temporary, &kept)
+        .and_then(|()| File::open(&temporary)?.sync_all())
+        .and_then(|()| std::fs::rename(path, &aside))
+        .and_then(|()| std::fs::rename(&temporary, path))
+        .and_then(|()| File::open(dir)?.sync_all())
+        .map_err(|e| io_error(path, e))?;
+    tracing::error!(
+        segment = %path.display(),
+        damaged_bytes = scanned.damaged_bytes(),
+        damaged_ranges = ?scanned.damaged,
+        records_kept = scanned.frames.len(),
+        moved_to = %aside.display(),
+        "damage in the middle of a log segment: every intact record was kept, the damaged \
+         bytes were skipped, and the damaged file was moved aside"
+    );
+    Ok(kept.len() as u64)
 }
 
 /// What reading a log directory found.
@@ -115,6 +183,8 @@ pub struct SegmentReport {
     pub records: usize,
     /// Bytes after the last intact frame of a segment (a torn write, or a write in progress).
     pub torn_bytes: u64,
+    /// Damaged bytes skipped in the middle of segments (intact records after them are read).
+    pub damaged_bytes: u64,
     /// Intact frames that did not parse.
     pub unreadable: usize,
 }
@@ -159,6 +229,7 @@ fn read_sources(
                 let scanned = scan_segment(&path)?;
                 report.segments += 1;
                 report.torn_bytes += scanned.file_bytes - scanned.valid_bytes;
+                report.damaged_bytes += scanned.damaged_bytes();
                 report.unreadable += scanned.unreadable;
                 records.extend(scanned.records);
             }

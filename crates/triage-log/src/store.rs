@@ -15,7 +15,7 @@ use crate::LogError;
 use crate::compact::{ArchiveFormat, Source, read_archive, sources};
 use crate::lock::DirLock;
 use crate::record::{DecisionRecord, FeedbackRecord, LogRecord};
-use crate::segment::{MAX_RECORD_BYTES, frame, io_error, scan_segment, segment_path};
+use crate::segment::{MAX_RECORD_BYTES, frame, io_error, salvage, scan_segment, segment_path};
 use crate::writer::{Durable, Pending, SegmentWriter, Shared, spawn};
 
 /// Position of a record in the log; await it with [`EventStore::wait_durable`].
@@ -183,8 +183,12 @@ impl FileEventLog {
                     next_free = run.last + 1;
                 }
                 Source::Segment(number, path) => {
-                    let scanned = scan_segment(path)?;
+                    let mut scanned = scan_segment(path)?;
                     add(&scanned.records, &mut index);
+                    if !scanned.damaged.is_empty() {
+                        scanned.valid_bytes = salvage(path, &scanned)?;
+                        scanned.file_bytes = scanned.valid_bytes;
+                    }
                     if scanned.valid_bytes < scanned.file_bytes {
                         let lost = scanned.file_bytes - scanned.valid_bytes;
                         tracing::warn!(

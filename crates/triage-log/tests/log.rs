@@ -284,3 +284,55 @@ fn a_second_log_on_the_same_directory_is_refused_naming_the_holder() {
     drop(first);
     FileEventLog::open(&options(dir.path())).expect("free again once the first is closed");
 }
+
+#[tokio::test]
+async fn damage_in_the_middle_costs_one_record_and_the_file_is_kept_aside() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let log = FileEventLog::open(&options(dir.path())).expect("opens");
+        for i in 0..3 {
+            log.record_decision(decision(&format!("r{i}")))
+                .expect("decision");
+        }
+        let ack = log
+            .record_feedback(feedback("r2", "f1", 1.0))
+            .expect("feedback");
+        log.wait_durable(ack.ticket()).await.expect("durable");
+    }
+    let segment = segment_file(dir.path(), 1);
+    let mut bytes = std::fs::read(&segment).expect("read");
+    // A byte inside the second frame's payload (the first is about a third of the file).
+    let second = bytes.len() * 2 / 5;
+    bytes[second] ^= 0x20;
+    std::fs::write(&segment, &bytes).expect("write");
+
+    // Readers skip the damaged frame and read on.
+    let (records, report) = read_log(dir.path()).expect("reads");
+    assert_eq!(records.len(), 3, "r0, r2 and the acknowledged report");
+    assert!(
+        report.damaged_bytes > 0 && report.torn_bytes == 0,
+        "{report:?}"
+    );
+
+    // The server keeps every intact record and moves the damaged file aside.
+    let log = FileEventLog::open(&options(dir.path())).expect("recovers");
+    assert_eq!(log.counts(), (2, 1));
+    let aside: Vec<String> = std::fs::read_dir(dir.path())
+        .expect("lists")
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|name| name.contains(".damaged-"))
+        .collect();
+    assert_eq!(aside.len(), 1, "{aside:?}");
+    assert_eq!(
+        std::fs::read(dir.path().join(&aside[0])).expect("aside"),
+        bytes,
+        "kept as found"
+    );
+    let ack = log
+        .record_feedback(feedback("r0", "f2", 0.0))
+        .expect("appends after the intact records");
+    log.wait_durable(ack.ticket()).await.expect("durable");
+    drop(log);
+    let (records, report) = read_log(dir.path()).expect("reads");
+    assert_eq!((records.len(), report.damaged_bytes), (4, 0));
+}
