@@ -16,6 +16,7 @@ fn options(dir: &Path, archive: bool) -> LogOptions {
         segment_bytes: 3_000,
         queue_capacity: 1024,
         queue_bytes: 64 << 20,
+        retention: None,
         archive: archive.then(|| Arc::new(ParquetArchive) as Arc<dyn ArchiveFormat>),
     }
 }

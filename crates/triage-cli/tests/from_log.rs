@@ -77,6 +77,7 @@ async fn dry_run_prints_distinct_counts_as_json() {
             segment_bytes: 1 << 20,
             queue_capacity: 64,
             queue_bytes: 64 << 20,
+            retention: None,
             archive: None,
         })
         .expect("log opens");

@@ -223,11 +223,19 @@ pub struct LogSettings {
     /// Bytes waiting for the writer before new records are refused with RESOURCE_EXHAUSTED.
     #[serde(default = "default_log_queue_bytes")]
     pub queue_bytes: u64,
+    /// Days decisions and reports are kept in the server's index and read at start (0: for
+    /// ever). Feedback must come within this; monthly budgets need at least 32.
+    #[serde(default = "default_retention_days")]
+    pub retention_days: u64,
     /// The server compacts sealed segments into a Parquet archive once this many wait
     /// (0: never; `triage log compact` does it by hand).
     pub compact_after_segments: usize,
     /// How often the server checks whether to compact, ms.
     pub compact_interval_ms: u64,
+}
+
+fn default_retention_days() -> u64 {
+    35
 }
 
 fn default_log_queue_bytes() -> u64 {
@@ -469,6 +477,16 @@ impl Settings {
                     problem: "must be at least 1".into(),
                 });
             }
+        }
+        if (1..32).contains(&self.log.retention_days) {
+            return Err(ConfigError::OutOfRange {
+                key: "log.retention_days",
+                problem: format!(
+                    "{} days would forget spend within a month: use at least 32 (or 0 to keep \
+                     everything)",
+                    self.log.retention_days
+                ),
+            });
         }
         if self.log.compact_after_segments > 0 && self.log.compact_interval_ms == 0 {
             return Err(ConfigError::OutOfRange {

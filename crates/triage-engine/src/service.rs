@@ -131,7 +131,9 @@ impl Service {
             return Err(RouteError::Log(LogError::Unavailable(why)));
         }
         let started = Instant::now();
-        let request_id = uuid::Uuid::new_v4().to_string();
+        // UUIDv7: its first bits are the time, so feedback for an id past the log's retention
+        // is told "expired" rather than "unknown".
+        let request_id = uuid::Uuid::now_v7().to_string();
         let outcome = self.engine.route(&request_id, routing).await?;
         self.log.record_decision(decision_record(
             &request_id,

@@ -35,6 +35,8 @@ pub async fn open(
             segment_bytes: log_settings.segment_bytes,
             queue_capacity: log_settings.queue_capacity,
             queue_bytes: log_settings.queue_bytes,
+            retention: (log_settings.retention_days > 0)
+                .then(|| Duration::from_secs(log_settings.retention_days.saturating_mul(86_400))),
             archive,
         };
         // Budgets, alerts and online learning pick up where they were: the log is replayed

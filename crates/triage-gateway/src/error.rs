@@ -190,7 +190,7 @@ fn route_shape(e: &RouteError) -> Shape {
             None,
         ),
         RouteError::Log(l) => match l {
-            LogError::UnknownRequest(_) => (
+            LogError::UnknownRequest(_) | LogError::ExpiredRequest(..) => (
                 S::NOT_FOUND,
                 invalid,
                 "unknown_request",

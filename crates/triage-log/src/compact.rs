@@ -171,12 +171,20 @@ pub fn compact(
             write_run(dir, format, &mut run, &mut records, &mut report)?;
             continue;
         }
+        // An archive holds at most about MAX_ARCHIVE_RECORDS: files of bounded size, and
+        // retention can skip whole old archives at start.
+        if !records.is_empty() && records.len() + scanned.records.len() > MAX_ARCHIVE_RECORDS {
+            write_run(dir, format, &mut run, &mut records, &mut report)?;
+        }
         run.push((number, path, scanned.file_bytes));
         records.extend(scanned.records);
     }
     write_run(dir, format, &mut run, &mut records, &mut report)?;
     Ok(report)
 }
+
+/// Most records one archive takes (a run of segments is split before passing it).
+pub const MAX_ARCHIVE_RECORDS: usize = 1_000_000;
 
 /// Archives `run`'s records, then deletes its segments; empties both.
 fn write_run(

@@ -33,6 +33,7 @@
 //! writer appends in queue order, a durable feedback implies its decision is durable too.
 
 mod compact;
+mod index;
 mod lock;
 mod record;
 mod segment;
@@ -64,6 +65,12 @@ pub enum LogError {
     /// The writer stopped after a failure; nothing more is durable.
     #[error("event log writer stopped: {0}")]
     WriterStopped(String),
+    /// Feedback names a request older than the log's retention.
+    #[error(
+        "request_id {0:?} is past the log's retention (log.retention_days = {1}): feedback must \
+         come while its decision is kept"
+    )]
+    ExpiredRequest(String, u64),
     /// Another process has the log directory open.
     #[error(
         "event log {dir} is in use by {holder}: one server per --data-dir (stop the other, or \

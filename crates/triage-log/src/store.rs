@@ -1,6 +1,5 @@
 //! The [`EventStore`] trait and its embedded file implementation.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
@@ -13,6 +12,7 @@ use tokio::sync::watch;
 
 use crate::LogError;
 use crate::compact::{ArchiveFormat, Source, read_archive, sources};
+use crate::index::{Index, issued_ms};
 use crate::lock::DirLock;
 use crate::record::{DecisionRecord, FeedbackRecord, LogRecord};
 use crate::segment::{MAX_RECORD_BYTES, frame, io_error, salvage, scan_segment, segment_path};
@@ -72,63 +72,9 @@ pub struct LogOptions {
     /// Format of compacted archives in `dir`; without one, a directory holding archives is
     /// refused rather than half read.
     pub archive: Option<Arc<dyn ArchiveFormat>>,
-}
-
-/// What the index remembers of a decision: the models feedback may name, and the key that may.
-struct DecidedRequest {
-    candidates: Vec<Arc<str>>,
-    api_key: Option<Arc<str>>,
-}
-
-struct Index {
-    /// Sequence numbers start at 1, so "durable up to 0" means nothing is.
-    next_seq: u64,
-    decisions: HashMap<String, DecidedRequest>,
-    feedback: HashMap<String, (FeedbackRecord, Ticket)>,
-    model_names: HashMap<String, Arc<str>>,
-}
-
-impl Default for Index {
-    fn default() -> Self {
-        Self {
-            next_seq: 1,
-            decisions: HashMap::new(),
-            feedback: HashMap::new(),
-            model_names: HashMap::new(),
-        }
-    }
-}
-
-impl Index {
-    fn intern(&mut self, model: &str) -> Arc<str> {
-        if let Some(name) = self.model_names.get(model) {
-            return Arc::clone(name);
-        }
-        let name: Arc<str> = Arc::from(model);
-        self.model_names.insert(model.to_owned(), Arc::clone(&name));
-        name
-    }
-
-    fn add(&mut self, record: &LogRecord, ticket: Ticket) {
-        match record {
-            LogRecord::Decision(d) => {
-                let candidates = d.candidates.iter().map(|c| self.intern(&c.model)).collect();
-                let api_key = d.api_key.as_deref().map(|k| self.intern(k));
-                self.decisions.insert(
-                    d.request_id.clone(),
-                    DecidedRequest {
-                        candidates,
-                        api_key,
-                    },
-                );
-            }
-            LogRecord::Feedback(f) => {
-                self.feedback
-                    .entry(f.feedback_id.clone())
-                    .or_insert_with(|| (f.clone(), ticket));
-            }
-        }
-    }
+    /// How long decisions and reports are kept in the index, and read at start (`None`: for
+    /// ever). Feedback for an older request is refused as expired.
+    pub retention: Option<std::time::Duration>,
 }
 
 /// The embedded store: checksummed segments in a local directory (see the crate docs).
@@ -139,6 +85,8 @@ pub struct FileEventLog {
     durable: watch::Receiver<Durable>,
     shared: Arc<Shared>,
     queue_bytes: u64,
+    /// For messages.
+    retention_days: u64,
     writer: Option<JoinHandle<()>>,
     /// Held until the writer has finished (dropped after it in `drop`).
     lock: Option<DirLock>,
@@ -160,7 +108,11 @@ impl FileEventLog {
         let dir = options.dir.clone();
         std::fs::create_dir_all(&dir).map_err(|e| io_error(&dir, e))?;
         let lock = DirLock::acquire(&dir)?;
-        let mut index = Index::default();
+        let retention_ms = options
+            .retention
+            .map(|r| u64::try_from(r.as_millis()).unwrap_or(u64::MAX));
+        let mut index = Index::new(retention_ms);
+        let now = now_ms();
         let sources = sources(&dir)?;
         let last_segment = sources.iter().rev().find_map(|s| match s {
             Source::Segment(n, _) => Some(*n),
@@ -173,10 +125,26 @@ impl FileEventLog {
                 visit(record);
                 let ticket = Ticket(index.next_seq);
                 index.next_seq += 1;
-                index.add(record, ticket);
+                index.add(record, ticket, now);
             }
         };
+        let mut skipped = 0;
         for source in &sources {
+            // Start-up reads only what the retention keeps: a file last written before the
+            // cutoff holds nothing newer. The segment appended to is always read.
+            let path = match source {
+                Source::Archive(run) => &run.path,
+                Source::Segment(_, path) => path,
+            };
+            let is_tail = matches!(source, Source::Segment(n, _) if Some(*n) == last_segment);
+            if !is_tail && written_before(path, index.cutoff_ms(now)) {
+                skipped += 1;
+                next_free = match source {
+                    Source::Archive(run) => run.last + 1,
+                    Source::Segment(n, _) => n + 1,
+                };
+                continue;
+            }
             match source {
                 Source::Archive(run) => {
                     add(&read_archive(run, options.archive.as_deref())?, &mut index);
@@ -215,6 +183,7 @@ impl FileEventLog {
         tracing::info!(
             dir = %dir.display(),
             sources = sources.len(),
+            past_retention = skipped,
             decisions = index.decisions.len(),
             feedback = index.feedback.len(),
             "event log opened"
@@ -239,6 +208,7 @@ impl FileEventLog {
             durable,
             shared,
             queue_bytes: options.queue_bytes.max(1),
+            retention_days: options.retention.map_or(0, |r| r.as_secs() / 86_400),
             writer: Some(writer),
             lock: Some(lock),
         })
@@ -292,13 +262,32 @@ impl FileEventLog {
         }
         index.next_seq += 1;
         let ticket = Ticket(seq);
-        index.add(record, ticket);
+        index.add(record, ticket, now_ms());
         Ok(ticket)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Index> {
         self.index.lock().unwrap_or_else(PoisonError::into_inner)
     }
+}
+
+/// Milliseconds since the Unix epoch.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Whether `path` was last modified before `cutoff_ms` (never, without a cutoff or an mtime).
+fn written_before(path: &Path, cutoff_ms: Option<u64>) -> bool {
+    let Some(cutoff) = cutoff_ms else {
+        return false;
+    };
+    std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .is_some_and(|t| (t.as_millis() as u64) < cutoff)
 }
 
 fn cut_tail(path: &Path, valid: u64) -> Result<(), LogError> {
@@ -333,10 +322,15 @@ impl EventStore for FileEventLog {
                 Err(LogError::ConflictingFeedback(feedback.feedback_id))
             };
         }
-        let decided = index
-            .decisions
-            .get(&feedback.request_id)
-            .ok_or_else(|| LogError::UnknownRequest(feedback.request_id.clone()))?;
+        let decided = index.decisions.get(&feedback.request_id).ok_or_else(|| {
+            let id = feedback.request_id.clone();
+            match (issued_ms(&id), index.cutoff_ms(now_ms())) {
+                (Some(issued), Some(cutoff)) if issued < cutoff => {
+                    LogError::ExpiredRequest(id, self.retention_days)
+                }
+                _ => LogError::UnknownRequest(id),
+            }
+        })?;
         if !decided.candidates.iter().any(|m| **m == *feedback.model) {
             let names: Vec<&str> = decided.candidates.iter().map(|m| &**m).collect();
             return Err(LogError::InvalidRecord(format!(

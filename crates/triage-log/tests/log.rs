@@ -13,6 +13,7 @@ fn options(dir: &std::path::Path) -> LogOptions {
         segment_bytes: 1 << 20,
         queue_capacity: 1024,
         queue_bytes: 64 << 20,
+        retention: None,
         archive: None,
     }
 }
@@ -335,4 +336,63 @@ async fn damage_in_the_middle_costs_one_record_and_the_file_is_kept_aside() {
     drop(log);
     let (records, report) = read_log(dir.path()).expect("reads");
     assert_eq!((records.len(), report.damaged_bytes), (4, 0));
+}
+
+#[tokio::test]
+async fn decisions_past_the_retention_are_forgotten_and_not_read_at_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let day = 86_400_000u64;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as u64;
+    let retained = LogOptions {
+        retention: Some(std::time::Duration::from_secs(35 * 86_400)),
+        segment_bytes: 1,
+        ..options(dir.path())
+    };
+    // A request issued 40 days ago, with a UUIDv7 id as the server issues them.
+    let stamp = uuid::Timestamp::from_unix(uuid::NoContext, (now - 40 * day) / 1000, 0);
+    let old_id = uuid::Uuid::new_v7(stamp).to_string();
+    {
+        let log = FileEventLog::open(&retained).expect("opens");
+        let mut old = decision(&old_id);
+        old.time_ms = now - 40 * day;
+        let t = log.record_decision(old).expect("queued");
+        log.wait_durable(t).await.expect("durable");
+        let mut recent = decision("recent");
+        recent.time_ms = now - day;
+        let t = log.record_decision(recent).expect("queued");
+        log.wait_durable(t).await.expect("durable");
+        assert_eq!(
+            log.counts().0,
+            1,
+            "the old decision is not kept in the index"
+        );
+        assert!(matches!(
+            log.record_feedback(feedback(&old_id, "late", 1.0)),
+            Err(LogError::ExpiredRequest(id, 35)) if id == old_id
+        ));
+        assert!(matches!(
+            log.record_feedback(feedback("never-issued", "f", 1.0)),
+            Err(LogError::UnknownRequest(_))
+        ));
+    }
+    // Segments last written before the cutoff are not even read at start (one segment per
+    // record here: make the first one look 40 days old).
+    let first = segment_file(dir.path(), 1);
+    std::fs::File::options()
+        .write(true)
+        .open(&first)
+        .and_then(|f| {
+            f.set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_millis(now - 40 * day))
+        })
+        .expect("set mtime");
+    let mut visited = 0;
+    let log = FileEventLog::open_visiting(&retained, |_| visited += 1).expect("reopens");
+    assert_eq!((visited, log.counts().0), (1, 1));
+    drop(log);
+    // Without a retention, everything is read and kept.
+    let log = FileEventLog::open(&options(dir.path())).expect("reopens");
+    assert_eq!(log.counts().0, 2);
 }

@@ -43,7 +43,7 @@ pub fn status(error: RouteError) -> Status {
         RouteError::ModelExcluded { .. } => Code::FailedPrecondition,
         RouteError::ModelNotPermitted { .. } => Code::PermissionDenied,
         RouteError::Log(e) => match e {
-            LogError::UnknownRequest(_) => Code::NotFound,
+            LogError::UnknownRequest(_) | LogError::ExpiredRequest(..) => Code::NotFound,
             LogError::NotYourRequest(_) => Code::PermissionDenied,
             LogError::ConflictingFeedback(_) => Code::AlreadyExists,
             LogError::InvalidRecord(_) => Code::InvalidArgument,

@@ -1,0 +1,112 @@
+//! What the open log remembers in memory: which requests were decided (feedback for others is
+//! refused), by which key, and which feedback ids were stored (a retry is a duplicate).
+//!
+//! Both are kept for the retention only (`log.retention_days`, 35 by default: enough for
+//! monthly budgets), so the index does not grow for ever: entries are dropped oldest first as
+//! new ones come in. Feedback for an older request is refused as expired; Triage's request ids
+//! are UUIDv7, whose first 48 bits are their creation time, so an expired id is told apart from
+//! one never issued.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use crate::record::{FeedbackRecord, LogRecord};
+use crate::store::Ticket;
+
+/// What the index remembers of a decision: the models feedback may name, and the key that may.
+pub(crate) struct DecidedRequest {
+    pub candidates: Vec<Arc<str>>,
+    pub api_key: Option<Arc<str>>,
+}
+
+pub(crate) struct Index {
+    /// Sequence numbers start at 1, so "durable up to 0" means nothing is.
+    pub next_seq: u64,
+    pub decisions: HashMap<String, DecidedRequest>,
+    pub feedback: HashMap<String, (FeedbackRecord, Ticket)>,
+    model_names: HashMap<String, Arc<str>>,
+    /// (time, request id) of the decisions, in arrival order.
+    decided_at: VecDeque<(u64, String)>,
+    /// (time, feedback id) of the reports, in arrival order.
+    reported_at: VecDeque<(u64, String)>,
+    /// How long entries are kept, ms (`None`: for ever).
+    retention_ms: Option<u64>,
+}
+
+impl Index {
+    pub fn new(retention_ms: Option<u64>) -> Self {
+        Self {
+            next_seq: 1,
+            decisions: HashMap::new(),
+            feedback: HashMap::new(),
+            model_names: HashMap::new(),
+            decided_at: VecDeque::new(),
+            reported_at: VecDeque::new(),
+            retention_ms,
+        }
+    }
+
+    /// Records older than this (ms since the epoch) are past the retention.
+    pub fn cutoff_ms(&self, now_ms: u64) -> Option<u64> {
+        self.retention_ms.map(|r| now_ms.saturating_sub(r))
+    }
+
+    fn intern(&mut self, model: &str) -> Arc<str> {
+        if let Some(name) = self.model_names.get(model) {
+            return Arc::clone(name);
+        }
+        let name: Arc<str> = Arc::from(model);
+        self.model_names.insert(model.to_owned(), Arc::clone(&name));
+        name
+    }
+
+    /// Remembers `record` unless it is past the retention, and forgets what has passed it.
+    pub fn add(&mut self, record: &LogRecord, ticket: Ticket, now_ms: u64) {
+        let cutoff = self.cutoff_ms(now_ms).unwrap_or(0);
+        match record {
+            LogRecord::Decision(d) if d.time_ms >= cutoff => {
+                let candidates = d.candidates.iter().map(|c| self.intern(&c.model)).collect();
+                let api_key = d.api_key.as_deref().map(|k| self.intern(k));
+                let decided = DecidedRequest {
+                    candidates,
+                    api_key,
+                };
+                self.decisions.insert(d.request_id.clone(), decided);
+                self.decided_at.push_back((d.time_ms, d.request_id.clone()));
+            }
+            LogRecord::Feedback(f) if f.time_ms >= cutoff => {
+                if !self.feedback.contains_key(&f.feedback_id) {
+                    self.feedback
+                        .insert(f.feedback_id.clone(), (f.clone(), ticket));
+                    self.reported_at
+                        .push_back((f.time_ms, f.feedback_id.clone()));
+                }
+            }
+            LogRecord::Decision(_) | LogRecord::Feedback(_) => {}
+        }
+        self.prune(cutoff);
+    }
+
+    /// Drops entries older than `cutoff`, oldest first (arrival order is close to time order;
+    /// an entry queued behind a newer one goes at the newer one's turn).
+    fn prune(&mut self, cutoff: u64) {
+        while let Some((_, id)) = self.decided_at.front().filter(|(t, _)| *t < cutoff) {
+            self.decisions.remove(id);
+            self.decided_at.pop_front();
+        }
+        while let Some((_, id)) = self.reported_at.front().filter(|(t, _)| *t < cutoff) {
+            self.feedback.remove(id);
+            self.reported_at.pop_front();
+        }
+    }
+}
+
+/// Creation time of a UUIDv7 request id, ms since the epoch (`None` for any other id).
+pub(crate) fn issued_ms(request_id: &str) -> Option<u64> {
+    let id = uuid::Uuid::parse_str(request_id).ok()?;
+    if id.get_version_num() != 7 {
+        return None;
+    }
+    let (secs, nanos) = id.get_timestamp()?.to_unix();
+    Some(secs * 1000 + u64::from(nanos) / 1_000_000)
+}
