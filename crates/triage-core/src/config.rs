@@ -255,6 +255,20 @@ pub struct GatewaySettings {
     pub max_body_bytes: usize,
     /// Longest a whole request may take, fallbacks included, ms.
     pub deadline_ms: u64,
+    /// Time a client has to send a request head, ms (slow clients are cut off).
+    #[serde(default = "default_gateway_header_read_ms")]
+    pub header_read_ms: u64,
+    /// Connections served at once (more wait in the listen backlog).
+    #[serde(default = "default_gateway_connections")]
+    pub max_connections: usize,
+}
+
+fn default_gateway_header_read_ms() -> u64 {
+    10_000
+}
+
+fn default_gateway_connections() -> usize {
+    1024
 }
 
 impl Default for GatewaySettings {
@@ -264,6 +278,8 @@ impl Default for GatewaySettings {
             max_attempts: 3,
             max_body_bytes: 4 * 1024 * 1024,
             deadline_ms: 600_000,
+            header_read_ms: default_gateway_header_read_ms(),
+            max_connections: default_gateway_connections(),
         }
     }
 }
@@ -465,6 +481,11 @@ impl Settings {
                 usize::try_from(self.metrics.header_read_ms).unwrap_or(usize::MAX),
             ),
             ("metrics.max_connections", self.metrics.max_connections),
+            (
+                "gateway.header_read_ms",
+                usize::try_from(self.gateway.header_read_ms).unwrap_or(usize::MAX),
+            ),
+            ("gateway.max_connections", self.gateway.max_connections),
             (
                 "metrics.connection_secs",
                 usize::try_from(self.metrics.connection_secs).unwrap_or(usize::MAX),

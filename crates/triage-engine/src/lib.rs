@@ -19,6 +19,7 @@ mod counted;
 mod engine;
 mod error;
 pub mod feedback;
+pub mod listener;
 pub mod metrics;
 mod recent;
 mod reload;

@@ -14,8 +14,9 @@ use triage_log::{ArchiveFormat, FileEventLog, LogOptions, compact};
 
 use crate::engine::RoutingEngine;
 use crate::error::StartupError;
+use crate::listener::HttpLimits;
 use crate::metrics::{Metrics, ModelLabel};
-use crate::scrape::{ScrapeLimits, serve_metrics};
+use crate::scrape::serve_metrics;
 use crate::service::Service;
 
 /// Opens the decision and feedback log (`settings.log.dir`), replaying it into budgets, alerts
@@ -82,10 +83,10 @@ impl Background {
                 listener,
                 service.metrics_arc(),
                 scrape_refresh(engine.clone()),
-                ScrapeLimits {
+                HttpLimits {
                     header_read: Duration::from_millis(settings.metrics.header_read_ms),
                     max_connections: settings.metrics.max_connections,
-                    lifetime: Duration::from_secs(settings.metrics.connection_secs),
+                    lifetime: Some(Duration::from_secs(settings.metrics.connection_secs)),
                 },
             ));
         }

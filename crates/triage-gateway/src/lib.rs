@@ -30,6 +30,7 @@ mod wire;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
@@ -44,6 +45,7 @@ use triage_core::InvalidRequest;
 use triage_core::Settings;
 use triage_core::config::GatewaySettings;
 use triage_engine::Service;
+use triage_engine::listener::{HttpLimits, serve_http};
 use triage_engine::metrics::ErrorLabels;
 use triage_guard::{AccessError, Caller};
 
@@ -136,16 +138,15 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    use axum::serve::ListenerExt;
-    // TCP_NODELAY: a streamed chunk must not wait for the client's delayed ACK.
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-        }
-    });
-    axum::serve(listener, gateway.router())
-        .with_graceful_shutdown(shutdown)
-        .await
+    let limits = HttpLimits {
+        header_read: Duration::from_millis(gateway.settings.header_read_ms),
+        max_connections: gateway.settings.max_connections,
+        // Streamed answers may take the whole deadline; idle connections are the backlog's.
+        lifetime: None,
+    };
+    let service = hyper_util::service::TowerToHyperService::new(gateway.router());
+    serve_http(listener, service, limits, shutdown).await;
+    Ok(())
 }
 
 /// A gateway running on a background task (tests, embedding).

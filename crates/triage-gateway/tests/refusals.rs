@@ -207,3 +207,26 @@ async fn health_readiness_and_a_gateway_without_providers() {
         (503, Some("no_providers"))
     );
 }
+
+#[tokio::test]
+async fn a_client_that_never_finishes_its_request_head_is_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let router = start_with(Behaviour::default(), |s| s.gateway.header_read_ms = 300).await;
+    let mut slow = tokio::net::TcpStream::connect(router.gateway.addr)
+        .await
+        .expect("connect");
+    slow.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .expect("send");
+    let mut buf = [0u8; 1024];
+    let closed = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        while slow.read(&mut buf).await.is_ok_and(|n| n > 0) {}
+    })
+    .await;
+    assert!(closed.is_ok(), "closed after gateway.header_read_ms");
+    // Well-behaved clients are served as before.
+    let r = router
+        .chat(json!({"model": "triage", "messages": user(FRANCE)}))
+        .await;
+    assert_eq!(r.status(), 200);
+}

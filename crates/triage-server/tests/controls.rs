@@ -93,19 +93,10 @@ async fn a_failing_model_is_skipped_until_its_breaker_recovers() {
         "{}",
         skipped.reason
     );
-    let models = client
-        .list_models(ListModelsRequest {})
-        .await
-        .expect("lists")
-        .into_inner()
-        .models;
-    let health = |name: &str| {
-        models
-            .iter()
-            .find(|m| m.name == name)
-            .map(|m| m.health.clone())
-    };
-    assert_eq!(health(&failing).as_deref(), Some("open"));
+    assert_eq!(
+        common::model_health(&mut client, &failing).await.as_deref(),
+        Some("open")
+    );
 
     // Only the failing model allowed: UNAVAILABLE with the reason.
     let only = Preferences {

@@ -14,7 +14,7 @@ use tonic::transport::Channel;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
-use triage_proto::v1::{ErrorKind, FeedbackRequest, ListModelsRequest, Preferences};
+use triage_proto::v1::{ErrorKind, FeedbackRequest, Preferences};
 
 /// A tmpfs mounted for one test, unmounted when dropped.
 struct SmallDisk {
@@ -164,17 +164,12 @@ async fn a_full_disk_stops_acknowledgements_and_the_log_recovers_when_space_retu
         .into_inner();
     assert!(again.duplicate);
     // ... and applied: the rate limit opened the model's breaker.
-    let models = client
-        .list_models(ListModelsRequest {})
-        .await
-        .expect("lists")
-        .into_inner()
-        .models;
-    let state = models
-        .iter()
-        .find(|m| m.name == routed.model)
-        .map(|m| m.health.clone());
-    assert_eq!(state.as_deref(), Some("open"));
+    assert_eq!(
+        common::model_health(&mut client, &routed.model)
+            .await
+            .as_deref(),
+        Some("open")
+    );
     let after = client
         .route(request(FRANCE, Preferences::default()))
         .await

@@ -46,6 +46,19 @@ pub async fn start() -> (ServerHandle, RouterClient<Channel>) {
     start_with(settings()).await
 }
 
+/// A model's breaker state as `ListModels` shows it to an anonymous caller.
+pub async fn model_health(client: &mut RouterClient<Channel>, model: &str) -> Option<String> {
+    client
+        .list_models(triage_proto::v1::ListModelsRequest {})
+        .await
+        .expect("lists")
+        .into_inner()
+        .models
+        .into_iter()
+        .find(|m| m.name == model)
+        .map(|m| m.health)
+}
+
 pub fn user(text: &str) -> Message {
     Message {
         role: "user".into(),
