@@ -168,7 +168,7 @@ pub struct EncoderSettings {
     /// ONNX Runtime intra-op threads per worker.
     pub intra_op_threads: usize,
     /// Let ONNX Runtime's intra-op threads spin between the parallel parts of a run instead of
-    /// sleeping (faster runs; they stop spinning shortly after the work ends).
+    /// sleeping (faster runs); they stop as soon as the last run returns.
     #[serde(default)]
     pub intra_op_spinning: bool,
     /// Requests that may wait for a worker; beyond that `Route` answers RESOURCE_EXHAUSTED.

@@ -18,7 +18,7 @@ use triage_policy::{
     Availability, Decision, Exclusion, OnlineLearner, Policy, Prediction, apply_priors, decide_with,
 };
 
-use crate::cache::{CacheUse, EmbeddingCache};
+use crate::cache::{CacheUse, CachedInput, EmbeddingCache};
 use crate::controls::{BudgetCap, Controls};
 use crate::counted::{CountedPairs, Counts};
 use crate::error::{RouteError, StartupError};
@@ -266,13 +266,29 @@ impl RoutingEngine {
     ) -> Result<RouteOutcome, RouteError> {
         let started = Instant::now();
         let input = EncoderInput::from_conversation(&request.conversation);
-        let (embedding, cache) = self.embed(input).await?;
+        let (entry, cache) = self.embed(input).await?;
         let encoded = Instant::now();
 
+        let embedding = &entry.embedding;
         let stats = PromptStats::new(&request.conversation, embedding.text_tokens);
         let x = features(&stats, &embedding.vector);
         let policy = self.policy.load_full();
-        let mut predictions: HashMap<&str, Prediction> = policy.predict(&x)?.into_iter().collect();
+        let scored = match entry.scored(policy.version(), &x) {
+            Some(scored) => scored,
+            None => {
+                let predicted = policy.predict(&x)?;
+                let owned = predicted
+                    .into_iter()
+                    .map(|(m, p)| (m.to_owned(), p))
+                    .collect();
+                entry.remember(policy.version(), &x, owned)
+            }
+        };
+        let mut predictions: HashMap<&str, Prediction> = scored
+            .predictions
+            .iter()
+            .map(|(m, p)| (m.as_str(), *p))
+            .collect();
         apply_priors(&self.catalog, &mut predictions);
         let base_quality: Vec<(String, f64)> = predictions
             .iter()
@@ -387,16 +403,17 @@ impl RoutingEngine {
         })
     }
 
-    /// The input's embedding, from the exact-repeat cache when it holds it.
-    async fn embed(&self, input: EncoderInput) -> Result<(Arc<Embedding>, CacheUse), RouteError> {
+    /// The input's embedding (and last predictions), from the exact-repeat cache when it holds it.
+    async fn embed(&self, input: EncoderInput) -> Result<(Arc<CachedInput>, CacheUse), RouteError> {
+        let fresh = |e: Embedding| Arc::new(CachedInput::new(e));
         let Some(cache) = &self.cache else {
-            return Ok((Arc::new(self.encoder.embed(input).await?), CacheUse::Off));
+            return Ok((fresh(self.encoder.embed(input).await?), CacheUse::Off));
         };
         let key = EmbeddingCache::key(&input);
         if let Some(hit) = cache.get(&key) {
             return Ok((hit, CacheUse::Hit));
         }
-        let embedding = Arc::new(self.encoder.embed(input).await?);
+        let embedding = fresh(self.encoder.embed(input).await?);
         let evicted = cache.insert(&key, Arc::clone(&embedding));
         Ok((embedding, CacheUse::Miss { evicted }))
     }
