@@ -73,8 +73,13 @@ async fn router(
     if !cache {
         settings.encoder.cache_entries = 0;
     }
-    settings.log.dir =
-        std::env::temp_dir().join(format!("triage-bench-gateway-{}", std::process::id()));
+    // One directory per server: both stay up until the process ends, and a log directory
+    // takes one server.
+    settings.log.dir = std::env::temp_dir().join(format!(
+        "triage-bench-gateway-{}-{}",
+        std::process::id(),
+        if cache { "cached" } else { "uncached" }
+    ));
     // Bursts of `streams` requests queue for the encoder rather than being shed.
     settings.encoder.queue_capacity = streams.max(256) * 2;
     settings.encoder.max_queue_wait_ms = 0;
