@@ -197,6 +197,7 @@ pub struct TrainSources {
     pub data: Option<PathBuf>,
     pub from_log: Option<PathBuf>,
     pub force: bool,
+    pub strict: bool,
 }
 
 /// `triage log compact`: sealed segments into Parquet archives.
@@ -260,6 +261,7 @@ pub fn train(
         data: sources.data,
         from_log: sources.from_log,
         force: sources.force,
+        strict: sources.strict,
         models,
         out: out.clone(),
         settings,
@@ -325,6 +327,7 @@ pub struct EvalFiles {
     pub export_choices: Option<PathBuf>,
     pub folds: Option<usize>,
     pub bootstrap: usize,
+    pub strict: bool,
 }
 
 #[cfg(feature = "train")]
@@ -344,6 +347,7 @@ pub fn eval(
         data: Some(data),
         from_log: None,
         force: false,
+        strict: files.strict,
         models: Some(policy.model_names().map(str::to_owned).collect()),
         out: PathBuf::new(),
         settings,

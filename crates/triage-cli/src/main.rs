@@ -123,6 +123,9 @@ enum Command {
         /// Where to write the policy.
         #[arg(long, default_value = "models/policy.json")]
         out: PathBuf,
+        /// Refuse a table with an empty or NaN quality or cost instead of leaving those rows out.
+        #[arg(long)]
+        strict: bool,
         /// Embedding cache directory.
         #[arg(long, default_value = ".cache/embeddings")]
         cache_dir: PathBuf,
@@ -162,6 +165,9 @@ enum Command {
         /// other routers (0: none).
         #[arg(long, default_value_t = 1000)]
         bootstrap: usize,
+        /// Refuse a table with an empty or NaN quality or cost instead of leaving those rows out.
+        #[arg(long)]
+        strict: bool,
         /// Embedding cache directory.
         #[arg(long, default_value = ".cache/embeddings")]
         cache_dir: PathBuf,
@@ -243,6 +249,7 @@ fn main() -> anyhow::Result<()> {
             force,
             models,
             out,
+            strict,
             cache_dir,
         } => {
             if dry_run {
@@ -252,6 +259,7 @@ fn main() -> anyhow::Result<()> {
                 data,
                 from_log,
                 force,
+                strict,
             };
             commands::train(settings, sources, models, out, cache_dir, json)
         }
@@ -268,6 +276,7 @@ fn main() -> anyhow::Result<()> {
             export_choices,
             folds,
             bootstrap,
+            strict,
             cache_dir,
         } => {
             let pair = match pair.as_deref() {
@@ -281,6 +290,7 @@ fn main() -> anyhow::Result<()> {
                 export_choices,
                 folds,
                 bootstrap,
+                strict,
             };
             commands::eval(settings, data, policy, &split, pair, outputs, cache_dir)
         }

@@ -165,6 +165,7 @@ fn train_options(
         data,
         from_log: None,
         force: false,
+        strict: false,
         models,
         out: o.workdir.join("policy.json"),
         settings: o.settings.clone(),

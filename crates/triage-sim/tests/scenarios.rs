@@ -98,6 +98,7 @@ fn offline(data: &Path, dir: &Path, models: &[&str], name: &str) -> PathBuf {
         data: Some(data.to_path_buf()),
         from_log: None,
         force: true,
+        strict: false,
         models: Some(models.iter().map(|m| (*m).to_owned()).collect()),
         out: out.clone(),
         settings: settings(&dir.join("unused-log")),

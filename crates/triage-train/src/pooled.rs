@@ -61,8 +61,9 @@ const MAX_POOLED_ROWS: usize = 40_000;
 /// What dev chose.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Shrinkage {
-    /// L2 strength of the pooled fit.
-    pub alpha: f64,
+    /// L2 strength of the pooled fit (`None`: the own heads were kept and no pooled fit was
+    /// chosen, so there is no strength to report).
+    pub alpha: Option<f64>,
     /// κ of `t = n / (n + κ)`.
     pub kappa: f64,
     /// Dev log-loss of the own heads.
@@ -176,7 +177,7 @@ pub fn choose_shrinkage(
     let mut best = (!any_bandit).then(|| {
         (
             Shrinkage {
-                alpha: f64::NAN,
+                alpha: None,
                 kappa: 0.0,
                 own_dev_log_loss: own_loss,
                 dev_log_loss: own_loss,
@@ -213,7 +214,7 @@ pub fn choose_shrinkage(
             if best.as_ref().is_none_or(|b| loss < b.0.dev_log_loss) {
                 best = Some((
                     Shrinkage {
-                        alpha,
+                        alpha: Some(alpha),
                         kappa,
                         own_dev_log_loss: own_loss,
                         dev_log_loss: loss,
@@ -315,12 +316,33 @@ mod tests {
         let (choice, heads) = choose_shrinkage(&own, &rows, &rows).expect("chooses");
         assert_eq!(choice.kappa, 0.0, "{choice:?}");
         assert_eq!(rows[0].kappa(choice.kappa), BANDIT_MIN_KAPPA);
-        let pooled = pooled_heads(&rows, choice.alpha).expect("fits");
+        let pooled = pooled_heads(&rows, choice.alpha.expect("a bandit-only model is shrunk"))
+            .expect("fits");
         assert_eq!(
             heads[0],
             shrunk(&own[0], &pooled[0], BANDIT_MIN_KAPPA, &rows[0])
         );
         assert_ne!(heads[0], own[0]);
         assert_eq!(heads[1], own[1]);
+    }
+
+    /// When dev prefers the own heads (dev is the train rows here) and no model is bandit-only,
+    /// no pooled fit is chosen, and no strength is reported (it used to be NaN in the log).
+    #[test]
+    fn kept_own_heads_report_no_pooled_strength() {
+        let mut rng = fastrand::Rng::with_seed(5);
+        let train: Vec<_> = [0.0, 0.5]
+            .iter()
+            .map(|s| synthetic(&mut rng, 300, *s))
+            .collect();
+        let ones = vec![1.0; 300];
+        let rows = view(&train, &ones, &[false, false]);
+        let own: Vec<LinearHead> = rows
+            .iter()
+            .map(|r| logistic(r.x, r.y, 1.0).expect("fits"))
+            .collect();
+        let (choice, heads) = choose_shrinkage(&own, &rows, &rows).expect("chooses");
+        assert_eq!((choice.alpha, choice.kappa), (None, 0.0), "{choice:?}");
+        assert_eq!(heads, own);
     }
 }

@@ -198,6 +198,49 @@ fn implied_price(rows: impl Iterator<Item = Outcome>) -> (f64, f64) {
 
 /// The prompt × model matrix of the kept rows (table row, prompt, model, outcome); a second row
 /// for the same cell is an error naming both rows.
+/// Rows left out for an empty or NaN quality or cost, by prompt and by model.
+#[derive(Default)]
+struct Holes {
+    rows: usize,
+    prompts: Vec<String>,
+    seen: std::collections::HashSet<String>,
+    models: std::collections::BTreeMap<String, usize>,
+}
+
+impl Holes {
+    fn add(&mut self, prompt: &str, model: &str) {
+        self.rows += 1;
+        if self.seen.insert(prompt.to_owned()) {
+            self.prompts.push(prompt.to_owned());
+        }
+        *self.models.entry(model.to_owned()).or_default() += 1;
+    }
+
+    /// One warning for all of them (`--strict` refuses such tables instead).
+    fn warn(&self) {
+        if self.rows == 0 {
+            return;
+        }
+        const SHOWN: usize = 10;
+        let mut prompts = self.prompts[..self.prompts.len().min(SHOWN)].join(", ");
+        if self.prompts.len() > SHOWN {
+            prompts.push_str(&format!(" and {} more", self.prompts.len() - SHOWN));
+        }
+        let models: Vec<String> = self
+            .models
+            .iter()
+            .map(|(m, n)| format!("{m} ({n})"))
+            .collect();
+        tracing::warn!(
+            rows = self.rows,
+            prompts = self.prompts.len(),
+            "rows with an empty or NaN quality or cost were left out (prompts: {prompts}; models: \
+             {}); each model is trained on the prompts it has (--strict refuses such tables)",
+            models.join(", ")
+        );
+    }
+}
+
 fn pivot(
     rows: &[(usize, usize, String, Outcome)],
     prompts: &[Prompt],
@@ -227,10 +270,16 @@ fn pivot(
 impl Outcomes {
     /// Reads and validates an outcome table. `catalog` prices rows that carry token counts but
     /// neither `cost_usd` nor per-row prices. Only `models` are kept when given.
+    ///
+    /// Real outcome logs have holes (a model timed out, a grader failed): a row whose quality or
+    /// cost is empty or NaN is left out, with one warning that counts them and names the
+    /// prompts and models; the model is trained on the prompts it has. With `strict`, such a
+    /// row is an error instead.
     pub fn load(
         path: &Path,
         catalog: &Catalog,
         models: Option<&[String]>,
+        strict: bool,
     ) -> Result<Self, TrainError> {
         let df = read_frame(path)?;
         if df.height() == 0 {
@@ -275,6 +324,7 @@ impl Outcomes {
         let mut other_texts: Option<(usize, String)> = None;
         let mut other_text_rows = 0usize;
         let mut prices: HashMap<String, (f64, f64)> = HashMap::new();
+        let mut holes = Holes::default();
         for row in 0..df.height() {
             let at = |what: &str| TrainError::Data(format!("row {row}: `{what}` is empty"));
             let model = model_col[row].clone().ok_or_else(|| at("model"))?;
@@ -282,7 +332,13 @@ impl Outcomes {
                 continue;
             }
             let id = ids[row].clone().ok_or_else(|| at("prompt_id"))?;
-            let q = quality[row].ok_or_else(|| at("quality"))?;
+            let Some(q) = quality[row].filter(|q| !q.is_nan()) else {
+                if strict {
+                    return Err(at("quality"));
+                }
+                holes.add(&id, &model);
+                continue;
+            };
             if !(0.0..=1.0).contains(&q) {
                 return Err(TrainError::Data(format!(
                     "row {row}: quality {q} is outside 0..1 (rescale scores to 0..1)"
@@ -300,18 +356,31 @@ impl Outcomes {
             if let Some(p) = price {
                 prices.entry(model.clone()).or_insert(p);
             }
-            let out_tok = output_tokens.as_ref().and_then(|o| o[row]);
-            let cost_usd = match (cost.as_ref().and_then(|c| c[row]), price) {
-                (Some(c), _) => c,
-                (None, Some((pi, po))) => {
-                    let inp = input_tokens
-                        .as_ref()
-                        .and_then(|t| t[row])
-                        .ok_or_else(|| at("input_tokens"))?;
-                    let out = out_tok.ok_or_else(|| at("output_tokens"))?;
-                    (inp * pi + out * po) / 1e6
+            let out_tok = output_tokens
+                .as_ref()
+                .and_then(|o| o[row])
+                .filter(|t| !t.is_nan());
+            let in_tok = input_tokens
+                .as_ref()
+                .and_then(|t| t[row])
+                .filter(|t| !t.is_nan());
+            let given_cost = cost.as_ref().and_then(|c| c[row]).filter(|c| !c.is_nan());
+            let cost_usd = match (given_cost, price, in_tok.zip(out_tok)) {
+                (Some(c), _, _) => c,
+                (None, Some((pi, po)), Some((inp, out))) => (inp * pi + out * po) / 1e6,
+                // A cost column with this row's cell empty, or token counts missing: a hole.
+                (None, Some(_), None) | (None, None, _) if cost.is_some() || price.is_some() => {
+                    if strict {
+                        return Err(at(if cost.is_some() {
+                            "cost_usd"
+                        } else {
+                            "input_tokens or output_tokens"
+                        }));
+                    }
+                    holes.add(&id, &model);
+                    continue;
                 }
-                (None, None) => {
+                (None, _, _) => {
                     return Err(TrainError::Data(format!(
                         "row {row}: model {model:?} has no cost_usd and no price; add it to the \
                          catalog or give input_usd_per_1m/output_usd_per_1m columns"
@@ -377,6 +446,7 @@ impl Outcomes {
                 present.join(", ")
             )));
         }
+        holes.warn();
         if let Some((row, id)) = other_texts {
             tracing::warn!(
                 rows = other_text_rows,

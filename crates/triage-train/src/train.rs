@@ -36,6 +36,9 @@ pub struct TrainOptions {
     pub from_log: Option<PathBuf>,
     /// Replace the policy at `out` even if the gate says the new one is worse.
     pub force: bool,
+    /// Refuse an outcome table with holes (an empty or NaN quality or cost) instead of leaving
+    /// those rows out.
+    pub strict: bool,
     /// Restrict to these models.
     pub models: Option<Vec<String>>,
     /// Policy destination.
@@ -95,7 +98,7 @@ pub fn prepare(options: &TrainOptions) -> Result<Prepared, TrainError> {
         .data
         .as_deref()
         .ok_or_else(|| TrainError::Usage("an outcome table (--data FILE) is needed".into()))?;
-    let outcomes = Outcomes::load(data, &catalog, options.models.as_deref())?;
+    let outcomes = Outcomes::load(data, &catalog, options.models.as_deref(), options.strict)?;
     embed_table(options, outcomes)
 }
 
@@ -157,7 +160,8 @@ pub fn train(options: &TrainOptions) -> Result<TrainReport, TrainError> {
         .transpose()?;
     let prepared = match (&options.data, &logged) {
         (Some(data), None) => {
-            let outcomes = Outcomes::load(data, &catalog, options.models.as_deref())?;
+            let outcomes =
+                Outcomes::load(data, &catalog, options.models.as_deref(), options.strict)?;
             // Before embedding, which can take minutes on a new table.
             check_requested_models(&outcomes, options)?;
             embed_table(options, outcomes)?
@@ -441,7 +445,7 @@ pub fn fit_policy(prepared: &Prepared) -> Result<Fitted, TrainError> {
         "shared_classifier": shared_report,
         "refit": "none: heads and neighbours fitted on train, every choice made on dev",
         "pooled_shrinkage": {
-            "alpha": shrinkage.alpha.is_finite().then_some(shrinkage.alpha),
+            "alpha": shrinkage.alpha,
             "kappa": if shrinkage.kappa.is_finite() { Some(shrinkage.kappa) } else { None },
             "kappa_infinite": shrinkage.kappa.is_infinite(),
             "own_dev_log_loss": shrinkage.own_dev_log_loss,
@@ -494,7 +498,9 @@ fn shrink_toward_pooled(per_model: Vec<ModelData>) -> Result<ShrunkHeads, TrainE
     let own: Vec<LinearHead> = per_model.iter().map(|d| d.own.clone()).collect();
     let (choice, quality) = choose_shrinkage(&own, &train, &dev)?;
     tracing::info!(
-        alpha = choice.alpha,
+        pooled_alpha = choice
+            .alpha
+            .map_or_else(|| "none (own heads kept)".into(), |a| a.to_string()),
         kappa = choice.kappa,
         own = format!("{:.4}", choice.own_dev_log_loss),
         shrunk = format!("{:.4}", choice.dev_log_loss),
@@ -505,10 +511,11 @@ fn shrink_toward_pooled(per_model: Vec<ModelData>) -> Result<ShrunkHeads, TrainE
         .map(|d| rows(d.train_and_dev(), d.bandit))
         .collect();
     // The pooled refit is needed only where some model is shrunk at all (κ as `shrunk` applies it).
-    let refit_pooled = if all.iter().any(|r| r.kappa(choice.kappa) > 0.0) {
-        Some(pooled_heads(&all, choice.alpha)?)
-    } else {
-        None
+    let refit_pooled = match choice.alpha {
+        Some(alpha) if all.iter().any(|r| r.kappa(choice.kappa) > 0.0) => {
+            Some(pooled_heads(&all, alpha)?)
+        }
+        _ => None,
     };
     let mut heads = Vec::new();
     let mut refitted = Vec::new();

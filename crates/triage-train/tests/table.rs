@@ -32,8 +32,8 @@ fn token_counts_are_priced_from_the_catalog_and_dev_is_carved_deterministically(
     }
     let path = write(&dir, "t.csv", &csv);
     let catalog = default_catalog();
-    let a = Outcomes::load(&path, &catalog, None).expect("loads");
-    let b = Outcomes::load(&path, &catalog, None).expect("loads");
+    let a = Outcomes::load(&path, &catalog, None, false).expect("loads");
+    let b = Outcomes::load(&path, &catalog, None, false).expect("loads");
     assert_eq!(a.models, ["gpt-4o-2024-08-06", "gpt-4o-mini-2024-07-18"]);
     let gpt4o = a.cells[0][0].expect("outcome");
     // 1000 × $2.50/1M + 100 × $10/1M
@@ -52,7 +52,7 @@ fn token_counts_are_priced_from_the_catalog_and_dev_is_carved_deterministically(
         "u.csv",
         "prompt_id,prompt,model,quality,input_tokens,output_tokens\np,q,mystery-model,1,10,10\n",
     );
-    let err = Outcomes::load(&unknown, &catalog, None)
+    let err = Outcomes::load(&unknown, &catalog, None, false)
         .err()
         .map(|e| e.to_string())
         .unwrap_or_default();
@@ -80,7 +80,7 @@ fn models_known_only_by_their_costs_get_the_price_their_rows_paid() {
     }
     let path = write(&dir, "c.csv", &csv);
     let catalog = default_catalog();
-    let o = Outcomes::load(&path, &catalog, None).expect("loads");
+    let o = Outcomes::load(&path, &catalog, None, false).expect("loads");
     let price = |m: &str| o.prices.get(m).copied().expect("priced");
     let (input, output) = price("counted");
     assert_eq!(input, 0.0);
@@ -104,8 +104,51 @@ fn a_prompt_id_seen_again_with_another_text_keeps_its_first_text() {
         "prompt_id,prompt,model,quality,cost_usd\np1,first text,a,1,0.1\np1,second text,b,0,0.2\n",
     );
     let catalog = default_catalog();
-    let o = Outcomes::load(&path, &catalog, None).expect("variants load");
+    let o = Outcomes::load(&path, &catalog, None, false).expect("variants load");
     assert_eq!(o.prompts.len(), 1);
     assert_eq!(o.prompts[0].text, "first text");
     assert!(o.cells[0].iter().all(Option::is_some), "both models kept");
+}
+
+#[test]
+fn rows_with_holes_are_left_out_unless_strict() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut csv = String::from("prompt_id,prompt,model,quality,cost_usd\n");
+    for i in 0..40 {
+        csv.push_str(&format!("p{i},question {i},gpt-4o-2024-08-06,1,0.01\n"));
+        // The small model timed out on every fourth prompt (no grade), and its cost is missing
+        // on p1; one NaN grade too.
+        let quality = match i {
+            _ if i % 4 == 0 => String::new(),
+            5 => "NaN".into(),
+            _ => "0".into(),
+        };
+        let cost = if i == 1 { "" } else { "0.001" };
+        csv.push_str(&format!(
+            "p{i},question {i},gpt-4o-mini-2024-07-18,{quality},{cost}\n"
+        ));
+    }
+    let path = write(&dir, "holes.csv", &csv);
+    let catalog = default_catalog();
+    let o = Outcomes::load(&path, &catalog, None, false).expect("loads, holes left out");
+    assert_eq!(
+        o.rows,
+        80 - 12,
+        "10 empty grades, one NaN, one missing cost"
+    );
+    assert_eq!(
+        o.prompts.len(),
+        40,
+        "every prompt still counts (for the model that has it)"
+    );
+    let mini = o.model_index("gpt-4o-mini-2024-07-18").expect("kept");
+    assert!(o.cells[0][mini].is_none() && o.cells[2][mini].is_some());
+    let strict = Outcomes::load(&path, &catalog, None, true)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(
+        strict.contains("row 1") && strict.contains("quality"),
+        "{strict}"
+    );
 }

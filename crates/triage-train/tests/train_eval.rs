@@ -91,11 +91,94 @@ fn slice(dir: &Path) -> Option<PathBuf> {
     Some(out)
 }
 
+/// The slice with holes, as real logs have them: every 7th gemini-1.5-flash row has no grade.
+fn slice_with_holes(dir: &Path) -> Option<(PathBuf, usize)> {
+    let full = slice(dir)?;
+    let mut df = CsvReadOptions::default()
+        .try_into_reader_with_file_path(Some(full))
+        .expect("reader")
+        .finish()
+        .expect("read csv");
+    let models = df
+        .column("model")
+        .expect("model")
+        .str()
+        .expect("str")
+        .clone();
+    let quality = df.column("quality").expect("q").f64().expect("f64").clone();
+    let mut seen = 0;
+    let mut holes = 0;
+    let punched: Vec<Option<f64>> = models
+        .iter()
+        .zip(quality.iter())
+        .map(|(m, q)| {
+            if m != Some("gemini-1.5-flash") {
+                return q;
+            }
+            seen += 1;
+            if seen % 7 == 0 {
+                holes += 1;
+                None
+            } else {
+                q
+            }
+        })
+        .collect();
+    df.replace(
+        "quality",
+        Series::new("quality".into(), punched).into_column(),
+    )
+    .expect("replace");
+    let out = dir.join("holes.csv");
+    CsvWriter::new(std::fs::File::create(&out).expect("create"))
+        .finish(&mut df)
+        .expect("write csv");
+    Some((out, holes))
+}
+
+#[test]
+fn a_table_with_holes_trains_and_evaluates_without_extra_flags() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some((data, holes)) = slice_with_holes(dir.path()) else {
+        return;
+    };
+    assert!(holes > 10, "{holes}");
+    let policy_path = dir.path().join("policy.json");
+    let mut opts = options(data, policy_path.clone());
+    let report = train(&opts).expect("rows without a grade are left out, not fatal");
+    assert_eq!(report.policy.models.len(), 3);
+    let prepared = prepare(&opts).expect("prepare");
+    let test_prompts = prepared.outcomes.indices(Split::Test).len();
+    let policy = Policy::load(&policy_path).expect("written policy loads");
+    let eval = evaluate(
+        &prepared,
+        &policy,
+        &EvalOptions {
+            split: Split::Test,
+            pair: None,
+            resamples: 50,
+        },
+    )
+    .expect("eval");
+    assert!(
+        eval.prompts < test_prompts && eval.prompts > test_prompts / 2,
+        "test prompts lacking gemini's grade are left out: {} of {test_prompts} scored",
+        eval.prompts
+    );
+    opts.strict = true;
+    let refused = train(&opts)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(refused.contains("quality"), "{refused}");
+}
+
 fn options(data: PathBuf, out: PathBuf) -> TrainOptions {
     TrainOptions {
         data: Some(data),
         from_log: None,
         force: false,
+        strict: false,
         models: None,
         out,
         settings: Settings::load(None).expect("settings"),

@@ -44,6 +44,30 @@ pub struct EvalOptions {
 /// Smallest kNN neighbourhood tried on dev (then doubling, see `neighbourhood_sizes`).
 const SMALLEST_KNN_K: usize = 5;
 
+/// The prompts of `prompts` that have an outcome for every model, so that every router and
+/// baseline is scored on the same prompts; the others are left out with a warning naming them.
+fn complete_prompts(o: &crate::table::Outcomes, prompts: Vec<usize>) -> Vec<usize> {
+    let (complete, partial): (Vec<usize>, Vec<usize>) = prompts
+        .into_iter()
+        .partition(|&p| o.cells[p].iter().all(Option::is_some));
+    if !partial.is_empty() {
+        const SHOWN: usize = 10;
+        let names: Vec<&str> = partial
+            .iter()
+            .take(SHOWN)
+            .map(|&p| o.prompts[p].id.as_str())
+            .collect();
+        tracing::warn!(
+            left_out = partial.len(),
+            scored = complete.len(),
+            "prompts without an outcome for every model are left out of the evaluation: {}{}",
+            names.join(", "),
+            if partial.len() > SHOWN { ", ..." } else { "" }
+        );
+    }
+    complete
+}
+
 /// Evaluates `policy` and the baselines on `options.split` of a prepared table.
 pub fn evaluate(
     prepared: &Prepared,
@@ -52,7 +76,7 @@ pub fn evaluate(
 ) -> Result<EvalReport, TrainError> {
     let o = &prepared.outcomes;
     let feats = &prepared.features;
-    let prompts = o.indices(options.split);
+    let prompts = complete_prompts(o, o.indices(options.split));
     if prompts.is_empty() {
         return Err(TrainError::Data(format!(
             "the table has no {} prompts",
