@@ -324,25 +324,12 @@ mod tests {
         );
         assert_ne!(heads[0], own[0]);
         assert_eq!(heads[1], own[1]);
-    }
 
-    /// When dev prefers the own heads (dev is the train rows here) and no model is bandit-only,
-    /// no pooled fit is chosen, and no strength is reported (it used to be NaN in the log).
-    #[test]
-    fn kept_own_heads_report_no_pooled_strength() {
-        let mut rng = fastrand::Rng::with_seed(5);
-        let train: Vec<_> = [0.0, 0.5]
-            .iter()
-            .map(|s| synthetic(&mut rng, 300, *s))
-            .collect();
-        let ones = vec![1.0; 300];
-        let rows = view(&train, &ones, &[false, false]);
-        let own: Vec<LinearHead> = rows
-            .iter()
-            .map(|r| logistic(r.x, r.y, 1.0).expect("fits"))
-            .collect();
-        let (choice, heads) = choose_shrinkage(&own, &rows, &rows).expect("chooses");
-        assert_eq!((choice.alpha, choice.kappa), (None, 0.0), "{choice:?}");
-        assert_eq!(heads, own);
+        // Without a bandit-only model, dev's preference for the own heads keeps them, and no
+        // pooled strength is reported (it used to be NaN in the log).
+        let plain = view(&train, &ones, &[false, false]);
+        let (kept, kept_heads) = choose_shrinkage(&own, &plain, &plain).expect("chooses");
+        assert_eq!((kept.alpha, kept.kappa), (None, 0.0), "{kept:?}");
+        assert_eq!(kept_heads, own);
     }
 }

@@ -150,16 +150,7 @@ fn a_table_with_holes_trains_and_evaluates_without_extra_flags() {
     let prepared = prepare(&opts).expect("prepare");
     let test_prompts = prepared.outcomes.indices(Split::Test).len();
     let policy = Policy::load(&policy_path).expect("written policy loads");
-    let eval = evaluate(
-        &prepared,
-        &policy,
-        &EvalOptions {
-            split: Split::Test,
-            pair: None,
-            resamples: 50,
-        },
-    )
-    .expect("eval");
+    let eval = evaluate_test_split(&prepared, &policy, 50);
     assert!(
         eval.prompts < test_prompts && eval.prompts > test_prompts / 2,
         "test prompts lacking gemini's grade are left out: {} of {test_prompts} scored",
@@ -171,6 +162,24 @@ fn a_table_with_holes_trains_and_evaluates_without_extra_flags() {
         .map(|e| e.to_string())
         .unwrap_or_default();
     assert!(refused.contains("quality"), "{refused}");
+}
+
+/// `evaluate` on the test split, with `resamples` bootstrap resamples.
+fn evaluate_test_split(
+    prepared: &triage_train::Prepared,
+    policy: &Policy,
+    resamples: usize,
+) -> triage_train::eval::EvalReport {
+    evaluate(
+        prepared,
+        policy,
+        &EvalOptions {
+            split: Split::Test,
+            pair: None,
+            resamples,
+        },
+    )
+    .expect("eval")
 }
 
 fn options(data: PathBuf, out: PathBuf) -> TrainOptions {
@@ -249,16 +258,7 @@ fn trains_on_a_slice_beats_the_cheapest_model_and_serving_agrees_with_eval() {
         _ => panic!("the train-only and the written forms disagree on the shared classifier"),
     }
     assert_eq!(report.policy.version, fitted.deployed.version);
-    let eval = evaluate(
-        &prepared,
-        &policy,
-        &EvalOptions {
-            split: Split::Test,
-            pair: None,
-            resamples: 200,
-        },
-    )
-    .expect("eval");
+    let eval = evaluate_test_split(&prepared, &policy, 200);
     let (cheap_name, cheap) = &eval.cheapest_single;
     let balanced = eval
         .modes
