@@ -60,9 +60,14 @@ fn trained(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     );
     write_table(&table);
     let path = |p: &Path| p.to_str().expect("utf-8 path").to_owned();
-    triage(
+    let out = triage(
         &["train", "--data", &path(&table), "--out", &path(&policy)],
         &cache,
+    );
+    assert!(
+        !out.stderr.contains(&0x1b),
+        "no terminal escapes when stderr is not a terminal: {}",
+        String::from_utf8_lossy(&out.stderr)
     );
     (table, policy, cache)
 }

@@ -140,7 +140,7 @@ pub fn prompt_features(
     todo.sort_by_key(|&i| inputs[i].primary.len()); // similar lengths batch with less padding
     todo.dedup_by_key(|i| keys[*i]);
 
-    let bar = progress_bar(todo.len() as u64, show_progress);
+    let mut progress = Progress::new(todo.len(), show_progress, PROGRESS_LOG_EVERY);
     let started = Instant::now();
     for chunk in todo.chunks(BATCH) {
         let batch: Vec<&EncoderInput> = chunk.iter().map(|&i| &inputs[i]).collect();
@@ -154,9 +154,9 @@ pub fn prompt_features(
         }
         let new: Vec<_> = chunk.iter().map(|&i| keys[i]).zip(out).collect();
         cache.append(&new)?;
-        bar.inc(chunk.len() as u64);
+        progress.advance(chunk.len());
     }
-    bar.finish_and_clear();
+    progress.finish();
     if !todo.is_empty() {
         let secs = started.elapsed().as_secs_f64();
         tracing::info!(
@@ -184,16 +184,86 @@ pub fn prompt_features(
     })
 }
 
-fn progress_bar(len: u64, visible: bool) -> indicatif::ProgressBar {
-    if !visible {
-        return indicatif::ProgressBar::hidden();
+/// How often embedding progress is logged when no bar is drawn.
+const PROGRESS_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Embedding progress: a bar for a person at a terminal; otherwise (CI, `nohup`, a file) a
+/// plain log line every `PROGRESS_LOG_EVERY`, so a long step is never silent and writes no
+/// terminal escapes.
+struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+    every: std::time::Duration,
+    total: usize,
+    done: usize,
+    started: Instant,
+    last_line: Instant,
+}
+
+impl Progress {
+    fn new(total: usize, bar_wanted: bool, every: std::time::Duration) -> Self {
+        use std::io::IsTerminal;
+        let bar = (bar_wanted && total > 0 && std::io::stderr().is_terminal()).then(|| {
+            let bar = indicatif::ProgressBar::new(total as u64);
+            let style = indicatif::ProgressStyle::with_template(
+                "embedding {bar:40} {pos}/{len} prompts  {per_sec}  eta {eta}",
+            );
+            if let Ok(style) = style {
+                bar.set_style(style);
+            }
+            bar
+        });
+        let now = Instant::now();
+        Self {
+            bar,
+            every,
+            total,
+            done: 0,
+            started: now,
+            last_line: now,
+        }
     }
-    let bar = indicatif::ProgressBar::new(len);
-    let style = indicatif::ProgressStyle::with_template(
-        "embedding {bar:40} {pos}/{len} prompts  {per_sec}  eta {eta}",
-    );
-    if let Ok(style) = style {
-        bar.set_style(style);
+
+    /// Counts `n` more done; returns whether a log line was written.
+    fn advance(&mut self, n: usize) -> bool {
+        self.done += n;
+        if let Some(bar) = &self.bar {
+            bar.inc(n as u64);
+            return false;
+        }
+        let due = self.last_line.elapsed() >= self.every && self.done < self.total;
+        if due {
+            self.last_line = Instant::now();
+            let rate = self.done as f64 / self.started.elapsed().as_secs_f64().max(1e-9);
+            let eta = (self.total - self.done) as f64 / rate.max(1e-9);
+            tracing::info!(
+                done = self.done,
+                total = self.total,
+                prompts_per_s = format!("{rate:.1}"),
+                eta_s = eta.round() as u64,
+                "embedding"
+            );
+        }
+        due
     }
-    bar
+
+    fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn without_a_bar_progress_is_logged_at_intervals_until_done() {
+        let mut often = Progress::new(10, false, std::time::Duration::ZERO);
+        assert!(often.bar.is_none());
+        assert!(often.advance(4), "a line when one is due");
+        assert!(!often.advance(6), "none once everything is done");
+        let mut rarely = Progress::new(10, false, std::time::Duration::from_secs(3600));
+        assert!(!rarely.advance(4), "none before the interval");
+    }
 }
