@@ -2,6 +2,7 @@
 //!
 //! This crate owns
 //! - the validated conversation and routing preferences ([`request`]),
+//! - what counts as a good answer ([`outcome`]),
 //! - the model catalog with prices, context windows and capabilities ([`catalog`]),
 //! - the layered configuration (embedded defaults, a TOML file, `TRIAGE_*` environment) ([`config`]),
 //! - and the one prompt → feature-vector function, [`features::features`], together with the rule
@@ -13,6 +14,7 @@
 pub mod catalog;
 pub mod config;
 pub mod features;
+pub mod outcome;
 pub mod request;
 
 pub use catalog::{Capability, Catalog, CatalogError, ModelSpec};

@@ -215,7 +215,7 @@ impl PooledQuality {
             for o in logged.outcomes.iter().filter(|o| o.model == *model) {
                 if let Some(Some(f)) = features.get(o.decision) {
                     x.push(f.as_slice());
-                    y.push(o.outcome.quality >= 0.5);
+                    y.push(triage_core::outcome::is_good_answer(o.outcome.quality));
                     w.push(o.outcome.weight);
                 }
             }

@@ -357,7 +357,11 @@ pub fn cells(
     for (r, &p) in kept.iter().enumerate() {
         for m in 0..models {
             if let Some(c) = cell(p, m) {
-                good[[r, m]] = if c.quality >= 0.5 { 1.0 } else { 0.0 };
+                good[[r, m]] = if triage_core::outcome::is_good_answer(c.quality) {
+                    1.0
+                } else {
+                    0.0
+                };
                 weight[[r, m]] = c.weight as f32;
             }
         }

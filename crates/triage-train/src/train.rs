@@ -303,7 +303,7 @@ pub fn fit_policy(prepared: &Prepared) -> Result<Fitted, TrainError> {
             for &p in idx {
                 if let Some(c) = o.cells[p][m] {
                     rows.push(p);
-                    good.push(c.quality >= 0.5);
+                    good.push(triage_core::outcome::is_good_answer(c.quality));
                     tokens.push(c.output_tokens);
                     weights.push(c.weight);
                 }
