@@ -326,8 +326,32 @@ pub struct EvalFiles {
     pub json: Option<PathBuf>,
     pub export_choices: Option<PathBuf>,
     pub folds: Option<usize>,
+    pub leave_one_task_out: bool,
     pub bootstrap: usize,
     pub strict: bool,
+}
+
+/// Prints a per-router summary of refits (folds or tasks).
+#[cfg(feature = "train")]
+fn print_folds(summary: &[triage_train::eval::folds::FoldSummary], per_fold: &str) {
+    use triage_train::eval::folds::mean_sd;
+    println!(
+        "{:<36} {:>18} {:>29}  {per_fold}",
+        "router", "AIQ", "cost@parity"
+    );
+    for s in summary {
+        let reached: Vec<f64> = s.cost_at_parity_pct.iter().flatten().copied().collect();
+        let aiqs: Vec<String> = s.aiq.iter().map(|a| format!("{a:.4}")).collect();
+        println!(
+            "{:<36} {:>18} {:>15} ({}/{} reached)  {}",
+            s.name,
+            mean_sd(&s.aiq),
+            mean_sd(&reached),
+            reached.len(),
+            s.aiq.len(),
+            aiqs.join(" ")
+        );
+    }
 }
 
 #[cfg(feature = "train")]
@@ -384,29 +408,27 @@ pub fn eval(
     print!("{}", render_table(&report));
     let mut fold_summary = None;
     if let Some(k) = files.folds {
-        use triage_train::eval::folds::{cross_validate, mean_sd};
-        let (_, summary) = cross_validate(&prepared, k)?;
+        let (_, summary) = triage_train::eval::folds::cross_validate(&prepared, k)?;
         println!("\n{k}-fold cross-validation (policy refitted per fold; mean ± sd):");
-        println!(
-            "{:<36} {:>18} {:>29}  AIQ per fold",
-            "router", "AIQ", "cost@parity"
-        );
-        for s in &summary {
-            let reached: Vec<f64> = s.cost_at_parity_pct.iter().flatten().copied().collect();
-            let per_fold: Vec<String> = s.aiq.iter().map(|a| format!("{a:.4}")).collect();
-            println!(
-                "{:<36} {:>18} {:>15} ({}/{k} reached)  {}",
-                s.name,
-                mean_sd(&s.aiq),
-                mean_sd(&reached),
-                reached.len(),
-                per_fold.join(" ")
-            );
-        }
+        print_folds(&summary, "AIQ per fold");
         fold_summary = Some(summary);
     }
+    let mut by_task = None;
+    if files.leave_one_task_out {
+        let by = triage_train::eval::folds::leave_one_task_out(&prepared)?;
+        let (tasks, summary) = (by.tasks, by.summary);
+        println!(
+            "\nleave one task out (trained without the task, tested on it; mean ± sd over tasks):"
+        );
+        print_folds(&summary, &format!("AIQ per task: {}", tasks.join(", ")));
+        by_task = Some(serde_json::json!({ "tasks": tasks, "routers": summary }));
+    }
     if let Some(path) = files.json {
-        let json = serde_json::json!({ "report": report, "folds": fold_summary });
+        let json = serde_json::json!({
+            "report": report,
+            "folds": fold_summary,
+            "leave_one_task_out": by_task,
+        });
         std::fs::write(&path, serde_json::to_vec_pretty(&json)?)
             .with_context(|| format!("cannot write {}", path.display()))?;
         println!("wrote {}", path.display());

@@ -161,6 +161,9 @@ enum Command {
         /// Also refit and evaluate over K prompt-disjoint folds and report mean ± spread.
         #[arg(long)]
         folds: Option<usize>,
+        /// Also refit once per task, leaving that task out of training and testing on it.
+        #[arg(long)]
+        leave_one_task_out: bool,
         /// Paired-bootstrap resamples of the evaluated prompts for Triage's intervals against the
         /// other routers (0: none).
         #[arg(long, default_value_t = 1000)]
@@ -275,6 +278,7 @@ fn main() -> anyhow::Result<()> {
             json,
             export_choices,
             folds,
+            leave_one_task_out,
             bootstrap,
             strict,
             cache_dir,
@@ -289,6 +293,7 @@ fn main() -> anyhow::Result<()> {
                 json,
                 export_choices,
                 folds,
+                leave_one_task_out,
                 bootstrap,
                 strict,
             };

@@ -82,6 +82,7 @@ fn slice(dir: &Path) -> Option<PathBuf> {
             "output_tokens",
             "input_tokens",
             "split",
+            "task",
         ])
         .expect("select");
     let out = dir.join("slice.csv");
@@ -490,4 +491,34 @@ fn malformed_tables_are_refused_and_no_policy_is_written() {
         "{err}"
     );
     assert!(!out.exists(), "no policy may be written");
+}
+
+#[test]
+fn leave_one_task_out_tests_each_task_on_a_policy_that_never_saw_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(data) = slice(dir.path()) else {
+        return;
+    };
+    let prepared = prepare(&options(data, dir.path().join("p.json"))).expect("prepare");
+    let mut tasks: Vec<&str> = prepared
+        .outcomes
+        .prompts
+        .iter()
+        .filter_map(|p| p.task.as_deref())
+        .collect();
+    tasks.sort_unstable();
+    tasks.dedup();
+    let by = triage_train::eval::folds::leave_one_task_out(&prepared).expect("runs");
+    assert_eq!(by.tasks, tasks);
+    assert!(by.tasks.len() >= 2, "{:?}", by.tasks);
+    for (task, report) in by.tasks.iter().zip(&by.reports) {
+        let in_task = prepared
+            .outcomes
+            .prompts
+            .iter()
+            .filter(|p| p.task.as_deref() == Some(task))
+            .count();
+        assert_eq!(report.prompts, in_task, "tested on exactly {task}'s prompts");
+    }
+    assert!(by.summary.iter().all(|s| s.aiq.len() == by.tasks.len()));
 }

@@ -1,15 +1,17 @@
-//! `--folds K`: K prompt-disjoint train/eval repetitions, because one small test split is noisy.
+//! `--folds K`: K prompt-disjoint train/eval repetitions, because one small test split is noisy;
+//! `--leave-one-task-out`: one repetition per task, testing on a task no policy saw, as traffic
+//! that drifts to a new kind of prompt would.
 //!
-//! Fold `f` tests on the prompts whose id hashes to `f` modulo K; of the rest, ~15% (by another
-//! hash) are dev and the others train. A fresh policy is fitted per fold exactly as
-//! `triage train` fits one, then evaluated like `triage eval`.
+//! Fold `f` tests on the prompts whose id hashes to `f` modulo K (or on the `f`-th task); of the
+//! rest, ~15% (by another hash) are dev and the others train. A fresh policy is fitted per fold
+//! exactly as `triage train` fits one, then evaluated like `triage eval`.
 
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::TrainError;
 use crate::eval::{EvalOptions, EvalReport, RouterResult, evaluate};
-use crate::table::Split;
+use crate::table::{Prompt, Split};
 use crate::train::{Prepared, fit_policy};
 
 /// Mean and spread of one router's metrics over the folds.
@@ -68,11 +70,63 @@ pub fn cross_validate(
     k: usize,
 ) -> Result<(Vec<EvalReport>, Vec<FoldSummary>), TrainError> {
     check_folds(prepared, k)?;
+    run_folds(prepared, k, |p| fold_of(&p.id, k))
+}
+
+/// Refits tested on one task each.
+pub struct ByTask {
+    /// The tasks, in fold order.
+    pub tasks: Vec<String>,
+    /// Each fold's report.
+    pub reports: Vec<EvalReport>,
+    /// Per router, its metrics per task.
+    pub summary: Vec<FoldSummary>,
+}
+
+/// One fold per task (the table's `task` column): trains on every other task and tests on it.
+pub fn leave_one_task_out(prepared: &Prepared) -> Result<ByTask, TrainError> {
+    let prompts = &prepared.outcomes.prompts;
+    let untagged = prompts.iter().filter(|p| p.task.is_none()).count();
+    if untagged > 0 {
+        return Err(TrainError::Usage(format!(
+            "--leave-one-task-out needs a `task` for every prompt; {untagged} of {} have none",
+            prompts.len()
+        )));
+    }
+    let mut tasks: Vec<String> = prompts.iter().filter_map(|p| p.task.clone()).collect();
+    tasks.sort();
+    tasks.dedup();
+    if tasks.len() < 2 {
+        return Err(TrainError::Usage(format!(
+            "--leave-one-task-out needs at least two tasks; the table has {}",
+            tasks.len()
+        )));
+    }
+    let index = |p: &Prompt| {
+        p.task
+            .as_ref()
+            .and_then(|t| tasks.iter().position(|x| x == t))
+            .unwrap_or(0)
+    };
+    let (reports, summary) = run_folds(prepared, tasks.len(), index)?;
+    Ok(ByTask {
+        tasks,
+        reports,
+        summary,
+    })
+}
+
+/// Fits and evaluates one policy per fold, testing on the prompts `fold_of` puts in it.
+fn run_folds(
+    prepared: &Prepared,
+    k: usize,
+    fold_of: impl Fn(&Prompt) -> usize,
+) -> Result<(Vec<EvalReport>, Vec<FoldSummary>), TrainError> {
     let mut reports = Vec::with_capacity(k);
     for fold in 0..k {
         let mut outcomes = prepared.outcomes.clone();
         for p in &mut outcomes.prompts {
-            p.split = if fold_of(&p.id, k) == fold {
+            p.split = if fold_of(p) == fold {
                 Split::Test
             } else if hash_mod(&p.id, b"dev", 100) < 15 {
                 Split::Dev
