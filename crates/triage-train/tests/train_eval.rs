@@ -518,7 +518,10 @@ fn leave_one_task_out_tests_each_task_on_a_policy_that_never_saw_it() {
             .iter()
             .filter(|p| p.task.as_deref() == Some(task))
             .count();
-        assert_eq!(report.prompts, in_task, "tested on exactly {task}'s prompts");
+        assert_eq!(
+            report.prompts, in_task,
+            "tested on exactly {task}'s prompts"
+        );
     }
     assert!(by.summary.iter().all(|s| s.aiq.len() == by.tasks.len()));
 }
