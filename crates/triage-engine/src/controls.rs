@@ -148,10 +148,7 @@ impl Controls {
         let limits = caller
             .key
             .as_ref()
-            .map_or_else(Limits::default, |k| Limits {
-                daily_usd: k.daily_usd,
-                monthly_usd: k.monthly_usd,
-            });
+            .map_or_else(Limits::default, |k| k.limits());
         if !self
             .ledger
             .reserve(caller.name(), request_id, predicted_usd, limits, now)

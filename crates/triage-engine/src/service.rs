@@ -119,11 +119,6 @@ impl Service {
         Ok(self.access.authenticate(authorization)?)
     }
 
-    /// Whether callers without a key are served.
-    pub fn allows_anonymous(&self) -> bool {
-        self.access.allows_anonymous()
-    }
-
     /// Decides, logs the decision and counts it.
     pub async fn route(&self, routing: &RoutingRequest) -> Result<Routed, RouteError> {
         // A decision that cannot be logged cannot take feedback: refuse before charging budgets.
@@ -239,7 +234,7 @@ impl Service {
         caller: &Caller,
         mut record: FeedbackRecord,
     ) -> Result<bool, RouteError> {
-        record.api_key = caller.key.as_ref().map(|k| k.name.clone());
+        record.api_key = caller.key_name().map(str::to_owned);
         crate::feedback::check(&record, self.max_reported_cost_usd)?;
         let ack = self.log.record_feedback(record.clone())?;
         let ticket = match ack {
@@ -298,7 +293,7 @@ impl Service {
         caller: &Caller,
         mut record: FeedbackRecord,
     ) -> Result<(), RouteError> {
-        record.api_key = caller.key.as_ref().map(|k| k.name.clone());
+        record.api_key = caller.key_name().map(str::to_owned);
         crate::feedback::check(&record, self.max_reported_cost_usd)?;
         if let FeedbackAck::Stored(_) = self.log.record_feedback(record.clone())? {
             self.learn(&record);
@@ -420,6 +415,6 @@ fn decision_record(
         explored: outcome.explored,
         session_id: request.session_id.clone(),
         prompt: store_prompt.then(|| request.conversation.transcript()),
-        api_key: request.caller.key.as_ref().map(|k| k.name.clone()),
+        api_key: request.caller.key_name().map(str::to_owned),
     }
 }

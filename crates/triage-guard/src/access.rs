@@ -29,6 +29,16 @@ pub struct KeySpec {
     pub admin: bool,
 }
 
+impl KeySpec {
+    /// The key's spend limits.
+    pub fn limits(&self) -> crate::ledger::Limits {
+        crate::ledger::Limits {
+            daily_usd: self.daily_usd,
+            monthly_usd: self.monthly_usd,
+        }
+    }
+}
+
 /// The `[auth]` configuration.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -82,6 +92,11 @@ pub struct Caller {
 }
 
 impl Caller {
+    /// The key's name (`None`: anonymous), as records store it.
+    pub fn key_name(&self) -> Option<&str> {
+        self.key.as_ref().map(|k| k.name.as_str())
+    }
+
     /// The key's name, or `anonymous`.
     pub fn name(&self) -> &str {
         self.key.as_ref().map_or("anonymous", |k| k.name.as_str())
