@@ -57,9 +57,4 @@ pub fn check(f: &FeedbackRecord, max_cost_usd: f64) -> Result<(), InvalidRequest
     Ok(())
 }
 
-/// Milliseconds since the Unix epoch, as records carry them.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
+pub use triage_log::now_ms;

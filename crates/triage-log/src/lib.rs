@@ -48,7 +48,7 @@ pub use record::{
 };
 pub use segment::{SegmentReport, read_log, read_log_with};
 pub use store::{
-    Durability, EventStore, FeedbackAck, FileEventLog, LogOptions, Ticket, segment_file,
+    Durability, EventStore, FeedbackAck, FileEventLog, LogOptions, Ticket, now_ms, segment_file,
 };
 
 /// What can go wrong with the log.

@@ -271,8 +271,8 @@ impl FileEventLog {
     }
 }
 
-/// Milliseconds since the Unix epoch.
-fn now_ms() -> u64 {
+/// Milliseconds since the Unix epoch, as records carry them.
+pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
