@@ -198,6 +198,7 @@ pub struct TrainSources {
     pub from_log: Option<PathBuf>,
     pub force: bool,
     pub strict: bool,
+    pub cv_folds: usize,
 }
 
 /// `triage log compact`: sealed segments into Parquet archives.
@@ -268,6 +269,7 @@ pub fn train(
         base: base_dir()?,
         cache_dir,
         progress: !json,
+        folds: sources.cv_folds,
     };
     let report = triage_train::train(&options)?;
     let p = &report.policy;
@@ -280,17 +282,19 @@ pub fn train(
             "gate": v,
             "prompts": {"train": report.prompts.0, "dev": report.prompts.1, "test": report.prompts.2},
             "models": p.models.len(),
+            "routing": report.routing,
             "log": report.log_counts,
         });
         println!("{}", serde_json::to_string_pretty(&summary)?);
     } else {
         println!(
-            "prompts: {} train, {} dev, {} test; models: {}",
+            "prompts: {} train, {} dev (both trained on), {} test; models: {}",
             report.prompts.0,
             report.prompts.1,
             report.prompts.2,
             p.models.len()
         );
+        println!("routing: {}", report.routing);
         println!(
             "margins: balanced {:.3}, cost {:.3}",
             p.decision.balanced_margin, p.decision.cost_margin
@@ -327,6 +331,7 @@ pub struct EvalFiles {
     pub export_choices: Option<PathBuf>,
     pub folds: Option<usize>,
     pub leave_one_task_out: bool,
+    pub cv_folds: usize,
     pub bootstrap: usize,
     pub strict: bool,
 }
@@ -378,6 +383,7 @@ pub fn eval(
         base: base_dir()?,
         cache_dir,
         progress: true,
+        folds: triage_train::tune::DEFAULT_FOLDS,
     };
     // Output directories are made now, as `train` makes its --out's, so that one that cannot be
     // fails before minutes of evaluation rather than after.
@@ -408,14 +414,14 @@ pub fn eval(
     print!("{}", render_table(&report));
     let mut fold_summary = None;
     if let Some(k) = files.folds {
-        let (_, summary) = triage_train::eval::folds::cross_validate(&prepared, k)?;
+        let (_, summary) = triage_train::eval::folds::cross_validate(&prepared, k, files.cv_folds)?;
         println!("\n{k}-fold cross-validation (policy refitted per fold; mean ± sd):");
         print_folds(&summary, "AIQ per fold");
         fold_summary = Some(summary);
     }
     let mut by_task = None;
     if files.leave_one_task_out {
-        let by = triage_train::eval::folds::leave_one_task_out(&prepared)?;
+        let by = triage_train::eval::folds::leave_one_task_out(&prepared, files.cv_folds)?;
         let (tasks, summary) = (by.tasks, by.summary);
         println!(
             "\nleave one task out (trained without the task, tested on it; mean ± sd over tasks):"

@@ -126,6 +126,9 @@ enum Command {
         /// Refuse a table with an empty or NaN quality or cost instead of leaving those rows out.
         #[arg(long)]
         strict: bool,
+        /// Cross-validation folds every training choice is made over (prompt-disjoint, by hash).
+        #[arg(long, default_value_t = triage_train::tune::DEFAULT_FOLDS)]
+        cv_folds: usize,
         /// Embedding cache directory.
         #[arg(long, default_value = ".cache/embeddings")]
         cache_dir: PathBuf,
@@ -164,6 +167,10 @@ enum Command {
         /// Also refit once per task, leaving that task out of training and testing on it.
         #[arg(long)]
         leave_one_task_out: bool,
+        /// Cross-validation folds each refit (--folds, --leave-one-task-out) makes its own
+        /// choices over, as `train --cv-folds`.
+        #[arg(long, default_value_t = triage_train::tune::DEFAULT_FOLDS)]
+        cv_folds: usize,
         /// Paired-bootstrap resamples of the evaluated prompts for Triage's intervals against the
         /// other routers (0: none).
         #[arg(long, default_value_t = 1000)]
@@ -253,6 +260,7 @@ fn main() -> anyhow::Result<()> {
             models,
             out,
             strict,
+            cv_folds,
             cache_dir,
         } => {
             if dry_run {
@@ -263,6 +271,7 @@ fn main() -> anyhow::Result<()> {
                 from_log,
                 force,
                 strict,
+                cv_folds,
             };
             commands::train(settings, sources, models, out, cache_dir, json)
         }
@@ -279,6 +288,7 @@ fn main() -> anyhow::Result<()> {
             export_choices,
             folds,
             leave_one_task_out,
+            cv_folds,
             bootstrap,
             strict,
             cache_dir,
@@ -294,6 +304,7 @@ fn main() -> anyhow::Result<()> {
                 export_choices,
                 folds,
                 leave_one_task_out,
+                cv_folds,
                 bootstrap,
                 strict,
             };

@@ -5,7 +5,6 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use triage_core::Mode;
 use triage_core::catalog::ModelSpec;
 use triage_core::request::RequestLimits;
 use triage_guard::{AccessControl, Caller, FiredAlert, Override};
@@ -13,7 +12,6 @@ use triage_log::{
     DecisionRecord, EventStore, FeedbackAck, FeedbackRecord, LogError, LoggedCandidate, Ticket,
     encode_features,
 };
-use triage_policy::Rule;
 
 use crate::cache::CacheUse;
 use crate::engine::{RouteOutcome, RoutingEngine, RoutingRequest};
@@ -156,10 +154,7 @@ impl Service {
     fn count_route(&self, key: &str, outcome: &RouteOutcome, total_us: u64) {
         let m = &self.metrics;
         let chosen = outcome.decision.chosen();
-        let mode = match outcome.decision.rule {
-            Rule::Mode(mode) => mode.to_string(),
-            Rule::CostWeight(_) => "lambda".into(),
-        };
+        let mode = outcome.decision.rule.name().to_owned();
         m.routes
             .get_or_create(&RouteLabels {
                 model: chosen.model.clone(),
@@ -381,20 +376,14 @@ fn decision_record(
     store_prompt: bool,
 ) -> DecisionRecord {
     let decision = &outcome.decision;
-    let (knob, cost_weight) = match decision.rule {
-        Rule::Mode(Mode::Quality) => ("quality", None),
-        Rule::Mode(Mode::Balanced) => ("balanced", None),
-        Rule::Mode(Mode::Cost) => ("cost", None),
-        Rule::CostWeight(lambda) => ("lambda", Some(lambda)),
-    };
     DecisionRecord {
         request_id: request_id.to_owned(),
         time_ms: crate::feedback::now_ms(),
         policy_version: outcome.policy_version.clone(),
         features: encode_features(&outcome.features),
         input_tokens: outcome.input_tokens,
-        knob: knob.into(),
-        cost_weight,
+        knob: decision.rule.name().into(),
+        cost_weight: decision.rule.cost_weight(),
         candidates: decision
             .candidates
             .iter()

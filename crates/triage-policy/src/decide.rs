@@ -105,13 +105,75 @@ pub struct Candidate {
     pub exclusion: Option<Exclusion>,
 }
 
-/// How the winner was picked.
-#[derive(Clone, Debug, PartialEq)]
+/// The trade-off between quality and cost a decision applies: a built-in mode or a cost
+/// weight λ. The one definition of the routing knob: the server decides with it, the decision
+/// log stores it by [`Rule::name`] and [`Rule::cost_weight`], and training replays it.
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Rule {
     /// A built-in mode.
     Mode(Mode),
-    /// A caller-given cost weight λ.
+    /// A caller-given cost weight λ, in quality points per USD.
     CostWeight(f64),
+}
+
+impl Rule {
+    /// The rule `prefs` ask for: their cost weight when given, else their mode.
+    pub fn of(prefs: &Preferences) -> Rule {
+        match prefs.cost_weight {
+            Some(lambda) => Rule::CostWeight(lambda),
+            None => Rule::Mode(prefs.mode),
+        }
+    }
+
+    /// Its name in the decision log and metrics: `quality`, `balanced`, `cost` or `lambda`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Rule::Mode(Mode::Quality) => "quality",
+            Rule::Mode(Mode::Balanced) => "balanced",
+            Rule::Mode(Mode::Cost) => "cost",
+            Rule::CostWeight(_) => "lambda",
+        }
+    }
+
+    /// λ of a cost-weight rule.
+    pub fn cost_weight(&self) -> Option<f64> {
+        match self {
+            Rule::CostWeight(lambda) => Some(*lambda),
+            Rule::Mode(_) => None,
+        }
+    }
+
+    /// Back from a logged [`Rule::name`] and λ. A name this version does not know (or
+    /// `lambda` without λ) reads as BALANCED, the default mode.
+    pub fn from_logged(name: &str, cost_weight: Option<f64>) -> Rule {
+        match (name, cost_weight) {
+            ("lambda", Some(lambda)) => Rule::CostWeight(lambda),
+            ("quality", _) => Rule::Mode(Mode::Quality),
+            ("cost", _) => Rule::Mode(Mode::Cost),
+            _ => Rule::Mode(Mode::Balanced),
+        }
+    }
+
+    /// Preferences that express this rule, restricted to `allowed` models.
+    pub fn preferences(&self, allowed: Vec<String>) -> Preferences {
+        Preferences {
+            mode: match self {
+                Rule::Mode(mode) => *mode,
+                Rule::CostWeight(_) => Mode::default(),
+            },
+            cost_weight: self.cost_weight(),
+            allowed_models: allowed,
+            ..Default::default()
+        }
+    }
+
+    /// Label in reports and exported choices: `mode=balanced`, `lambda=2.5`.
+    pub fn label(&self) -> String {
+        match self {
+            Rule::Mode(m) => format!("mode={m}"),
+            Rule::CostWeight(w) => format!("lambda={w}"),
+        }
+    }
 }
 
 /// A routing decision: the winner is `candidates[0]`.
@@ -229,10 +291,7 @@ pub fn decide_with(
         return Err(no_eligible(excluded));
     }
 
-    let rule = match prefs.cost_weight {
-        Some(lambda) => Rule::CostWeight(lambda),
-        None => Rule::Mode(prefs.mode),
-    };
+    let rule = Rule::of(prefs);
     let explanation = rank(&mut eligible, &rule, params);
     excluded.sort_by(by_quality_then_cost);
     eligible.extend(excluded);

@@ -9,10 +9,10 @@ use sha2::{Digest, Sha256};
 use tonic::transport::Channel;
 use triage_core::{Mode, Settings};
 use triage_policy::Policy;
+use triage_policy::Rule;
 use triage_proto::v1;
 use triage_proto::v1::router_client::RouterClient;
 use triage_server::RoutingEngine;
-use triage_train::simulate::Knob;
 use triage_train::table::Split;
 use triage_train::{Prepared, TrainOptions, policy_aiq, prepare, prior_policy, replay_aiq, train};
 
@@ -172,6 +172,7 @@ fn train_options(
         base: o.base.clone(),
         cache_dir: o.cache_dir.clone(),
         progress: false,
+        folds: triage_train::tune::DEFAULT_FOLDS,
     }
 }
 
@@ -228,7 +229,7 @@ pub fn simulate(o: &SimOptions) -> Result<SimReport, SimError> {
         };
         let policy = Policy::load(path).map_err(|e| SimError::Usage(e.to_string()))?;
         let replay = table.replay(&policy, prompts.clone())?;
-        let chosen = replay.choices(Knob::Mode(o.mode)).into_iter().flatten();
+        let chosen = replay.choices(Rule::Mode(o.mode)).into_iter().flatten();
         Ok(Some(Evaluated {
             aiq: replay_aiq(&table, &replay),
             shares: shares_of(chosen, prompts.len()),

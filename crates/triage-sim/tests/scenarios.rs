@@ -105,6 +105,7 @@ fn offline(data: &Path, dir: &Path, models: &[&str], name: &str) -> PathBuf {
         base: root(),
         cache_dir: root().join(".cache/embeddings"),
         progress: false,
+        folds: triage_train::tune::DEFAULT_FOLDS,
     })
     .expect("offline training");
     out

@@ -16,8 +16,10 @@ use triage_policy::{LengthHead, LinearHead, Standardizer};
 
 use crate::TrainError;
 
-/// L2 strengths tried for each quality head, chosen by dev log-loss.
-pub const QUALITY_ALPHAS: [f64; 5] = [30.0, 100.0, 300.0, 1000.0, 3000.0];
+/// L2 strengths tried for each quality head, chosen by out-of-fold log-loss (`tune`). The grid
+/// ran from 30 before; 30 was never chosen on ZeroEval or MMLU-Pro and the weakest fit is the
+/// slowest, while a strong end helps small or noisy tables and costs little.
+pub const QUALITY_ALPHAS: [f64; 5] = [100.0, 300.0, 1000.0, 3000.0, 10000.0];
 /// L2 strength of the length heads (in units of squared standardised features).
 pub const LENGTH_ALPHA: f64 = 50.0;
 /// Answers longer than this are clipped when fitting lengths (runaway generations).
@@ -215,120 +217,70 @@ pub(crate) fn match_base_rate(head: &mut LinearHead, x: &Array2<f64>, y: &[bool]
     head.bias = (f64::from(head.bias) + f64::midpoint(lo, hi)) as f32;
 }
 
-/// A model's quality head and the dev log-loss it reached.
-pub struct QualityFit {
-    /// The head.
-    pub head: LinearHead,
-    /// Chosen L2 strength (`None` for a constant head).
-    pub alpha: Option<f64>,
-    /// Dev log-loss.
-    pub dev_log_loss: f64,
-    /// Platt map `(a, b)` learned on dev (`sigmoid(a·z + b)`), if one was applied.
-    pub platt: Option<(f64, f64)>,
-    /// The head before the Platt map: where the refit on more rows starts from.
-    unscaled: LinearHead,
-}
-
-impl QualityFit {
-    /// The same recipe (L2 strength, then dev's Platt map) refitted on more rows: the
-    /// hyper-parameters chosen on dev are kept, and dev's rows join the fit.
-    pub fn refit(&self, x: &Array2<f64>, y: &[bool], w: &[f64]) -> Result<LinearHead, TrainError> {
-        let all_same = y.iter().all(|g| *g) || y.iter().all(|g| !*g);
-        let mut head = match self.alpha {
-            Some(alpha) if !all_same => logistic_from(x, y, alpha, Some(&self.unscaled))?,
-            _ => return Ok(constant_head(x.ncols(), y, w)),
-        };
-        recentre(&mut head, x, y, w);
-        Ok(match self.platt {
-            Some((a, b)) => scaled(&head, a, b),
-            None => head,
-        })
+/// Quality heads along the L2 grid: the prompt-blind constant head first (`None`: with little
+/// data, a model seldom routed to, it can beat every regularised fit), then
+/// [`QUALITY_ALPHAS`] from the strongest to the weakest, each re-centred under the fitting
+/// weights. With a single class, the constant alone.
+///
+/// Each fit starts from `starts`' head at the same strength when given (the same model's path
+/// on another cross-validation fold, fitted on mostly the same rows), else where the stronger
+/// one ended. The problem is convex, so the optimum is the same; L-BFGS needs fewer steps.
+pub fn quality_path(
+    x: &Array2<f64>,
+    y: &[bool],
+    w: &[f64],
+    starts: Option<&[(Option<f64>, LinearHead)]>,
+) -> Result<Vec<(Option<f64>, LinearHead)>, TrainError> {
+    let mut path = vec![(None, constant_head(x.ncols(), y, w))];
+    if y.iter().all(|g| *g) || y.iter().all(|g| !*g) {
+        return Ok(path);
     }
-}
-
-/// Fits a quality head on train, choosing alpha on dev.
-pub fn quality_head(
-    train_x: &Array2<f64>,
-    train_y: &[bool],
-    train_w: &[f64],
-    dev_x: &Array2<f64>,
-    dev_y: &[bool],
-    dev_w: &[f64],
-) -> Result<QualityFit, TrainError> {
-    let dim = train_x.ncols();
-    let all_same = train_y.iter().all(|g| *g) || train_y.iter().all(|g| !*g);
-    let constant = constant_head(dim, train_y, train_w);
-    if all_same {
-        let dev_log_loss = log_loss(&constant, dev_x, dev_y, dev_w);
-        return Ok(QualityFit {
-            unscaled: constant.clone(),
-            head: constant,
-            alpha: None,
-            dev_log_loss,
-            platt: None,
-        });
-    }
-    let mut best: Option<QualityFit> = None;
     let mut previous: Option<LinearHead> = None;
     for alpha in QUALITY_ALPHAS.into_iter().rev() {
-        let mut head = logistic_from(train_x, train_y, alpha, previous.as_ref())?;
+        let start = starts
+            .and_then(|s| s.iter().find(|(a, _)| *a == Some(alpha)))
+            .map(|(_, h)| h)
+            .or(previous.as_ref());
+        let mut head = logistic_from(x, y, alpha, start)?;
         previous = Some(head.clone());
-        recentre(&mut head, train_x, train_y, train_w);
-        let loss = if dev_y.is_empty() {
-            0.0
-        } else {
-            log_loss(&head, dev_x, dev_y, dev_w)
-        };
-        if best.as_ref().is_none_or(|b| loss < b.dev_log_loss) {
-            best = Some(QualityFit {
-                unscaled: head.clone(),
-                head,
-                alpha: Some(alpha),
-                dev_log_loss: loss,
-                platt: None,
-            });
-        }
+        recentre(&mut head, x, y, w);
+        path.push((Some(alpha), head));
     }
-    let mut best =
-        best.ok_or_else(|| TrainError::Fit("no regularisation strength tried".into()))?;
-    // With little data (a model seldom routed to) the prompt-blind base rate can beat every
-    // regularised fit on dev; it competes too.
-    let constant_loss = log_loss(&constant, dev_x, dev_y, dev_w);
-    if !dev_y.is_empty() && constant_loss < best.dev_log_loss {
-        return Ok(QualityFit {
-            unscaled: constant.clone(),
-            head: constant,
-            alpha: None,
-            dev_log_loss: constant_loss,
-            platt: None,
-        });
-    }
-    // Platt's refit on dev is unweighted: on logged outcomes it would undo the re-centring.
-    if dev_y.len() >= MIN_PLATT_ROWS
-        && !weighted(train_w)
-        && !weighted(dev_w)
-        && let Some((a, b)) = platt(&best.head, dev_x, dev_y)?
-    {
-        let calibrated = scaled(&best.head, a, b);
-        best.dev_log_loss = log_loss(&calibrated, dev_x, dev_y, dev_w);
-        best.head = calibrated;
-        best.platt = Some((a, b));
-    }
-    Ok(best)
+    Ok(path)
 }
 
-/// Dev rows needed before Platt scaling: on a few dozen rows its slope is noise and can even
-/// turn negative, inverting the head.
-const MIN_PLATT_ROWS: usize = 100;
+/// The quality head at one point of [`quality_path`]'s grid (a single class gives the constant
+/// head whatever `alpha` says).
+pub fn quality_head_at(
+    x: &Array2<f64>,
+    y: &[bool],
+    w: &[f64],
+    alpha: Option<f64>,
+) -> Result<LinearHead, TrainError> {
+    let all_same = y.iter().all(|g| *g) || y.iter().all(|g| !*g);
+    match alpha {
+        Some(alpha) if !all_same => {
+            let mut head = logistic(x, y, alpha)?;
+            recentre(&mut head, x, y, w);
+            Ok(head)
+        }
+        _ => Ok(constant_head(x.ncols(), y, w)),
+    }
+}
 
-/// Platt scaling on dev: fits `sigmoid(a·z + b)` over the head's logits `z`, so probabilities
-/// are comparable across models (the decision compares them). `None` when dev has a single
-/// class or the slope is not positive.
-fn platt(head: &LinearHead, x: &Array2<f64>, y: &[bool]) -> Result<Option<(f64, f64)>, TrainError> {
-    if y.iter().all(|g| *g) || y.iter().all(|g| !*g) {
+/// Held-out rows needed before Platt scaling: on a few dozen rows its slope is noise and can even
+/// turn negative, inverting the head.
+pub const MIN_PLATT_ROWS: usize = 100;
+
+/// Platt scaling on held-out logits `z` (out-of-fold predictions): fits `sigmoid(a·z + b)`, so
+/// probabilities are comparable across models (the decision compares them). `None` with fewer
+/// than [`MIN_PLATT_ROWS`] rows, importance-weighted rows (an unweighted refit would undo the
+/// re-centring), a single class, or a slope that is not positive.
+pub fn platt_map(z: &[f64], y: &[bool], w: &[f64]) -> Result<Option<(f64, f64)>, TrainError> {
+    if y.len() < MIN_PLATT_ROWS || weighted(w) || y.iter().all(|g| *g) || y.iter().all(|g| !*g) {
         return Ok(None);
     }
-    let logits = Array2::from_shape_fn((y.len(), 1), |(i, _)| logit(head, x.row(i)));
+    let logits = Array2::from_shape_fn((y.len(), 1), |(i, _)| z[i]);
     let scaler = logistic(&logits, y, 1e-3)?;
     let a = f64::from(scaler.weights[0]);
     let b = f64::from(scaler.bias);
@@ -336,7 +288,7 @@ fn platt(head: &LinearHead, x: &Array2<f64>, y: &[bool]) -> Result<Option<(f64, 
 }
 
 /// `head` with the Platt map `sigmoid(a·z + b)` folded into its weights.
-fn scaled(head: &LinearHead, a: f64, b: f64) -> LinearHead {
+pub fn scaled(head: &LinearHead, a: f64, b: f64) -> LinearHead {
     LinearHead {
         weights: head
             .weights

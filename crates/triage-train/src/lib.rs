@@ -18,17 +18,23 @@ pub mod eval;
 pub mod fit;
 pub mod logdata;
 pub mod offpolicy;
+mod output;
 pub mod pooled;
+mod prepare;
 pub mod promote;
+pub mod recipe;
+mod score;
 pub mod shared;
 pub mod simulate;
 pub mod table;
 mod train;
+pub mod tune;
 
-pub use train::{
-    Fitted, Prepared, TrainOptions, TrainReport, candidate_path, fit_policy, neighbour_set,
-    policy_aiq, prepare, prior_policy, replay_aiq, train, write_policy_atomically,
-};
+pub use output::{candidate_path, write_policy_atomically};
+pub use prepare::{Prepared, TrainOptions, prepare, training_prompts};
+pub use recipe::{neighbour_set, prior_policy};
+pub use score::{policy_aiq, replay_aiq};
+pub use train::{Fitted, TrainReport, fit_policy, train};
 
 /// Why training or evaluation failed.
 #[derive(Debug, thiserror::Error)]

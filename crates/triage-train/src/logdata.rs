@@ -17,8 +17,8 @@ use triage_log::{DecisionRecord, FeedbackRecord, LogRecord, decode_features, rea
 
 use crate::TrainError;
 use crate::embed::PromptFeatures;
+use crate::prepare::Prepared;
 use crate::table::{Outcome, Outcomes, Prompt, Split, carved_into_dev};
-use crate::train::Prepared;
 
 /// Distinct counts after de-duplication (what `triage train --from-log --dry-run --json` prints).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -225,9 +225,9 @@ impl LoggedData {
                     let d = &self.decisions[o.decision];
                     let x = decode_features(&d.features)
                         .map_err(|e| TrainError::Data(format!("decision {}: {e}", d.request_id)))?;
-                    // Carved by content, not by the random request id: the same prompt always
-                    // lands in the same split (no train/dev leak between repeats), and a replay
-                    // of the same traffic splits the same way.
+                    // Carved (and folded) by content, not by the random request id: the same
+                    // prompt always lands on the same side (no leak between repeats), and a
+                    // replay of the same traffic splits the same way.
                     let split = if carved_into_dev(&d.features) {
                         Split::Dev
                     } else {
@@ -238,6 +238,7 @@ impl LoggedData {
                         text: d.prompt.clone().unwrap_or_default(),
                         split,
                         task: None,
+                        fold_key: hex::encode(Sha256::digest(d.features.as_bytes())),
                     });
                     features.push(x);
                     input_tokens.push(d.input_tokens);

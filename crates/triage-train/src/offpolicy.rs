@@ -20,7 +20,7 @@ use std::collections::HashMap;
 
 use ndarray16::Array2;
 use serde::Serialize;
-use triage_core::{Catalog, Mode};
+use triage_core::Catalog;
 use triage_log::decode_features;
 use triage_policy::{Policy, Prediction, apply_priors, decide};
 
@@ -29,7 +29,7 @@ use crate::eval::curve::{Point, aiq, hull};
 use crate::fit::{design, logit, sigmoid, standardizer};
 use crate::logdata::LoggedData;
 use crate::pooled::{ModelRows, pooled_heads};
-use crate::simulate::Knob;
+use triage_policy::Rule;
 
 /// Importance weights are clipped here: an exploratory choice made with probability 1% would
 /// otherwise count a hundred times and swamp the estimate (bias traded for much lower variance).
@@ -66,7 +66,7 @@ pub struct OffPolicyCurve {
 /// A logged decision ready to replay.
 struct Usable {
     features: Vec<f32>,
-    knob: Knob,
+    knob: Rule,
     eligible: Vec<String>,
     input_tokens: u32,
     chosen: String,
@@ -75,15 +75,6 @@ struct Usable {
     cost: f64,
     /// Reward model's (quality, cost) per model.
     expected: HashMap<String, (f64, f64)>,
-}
-
-fn logged_knob(knob: &str, cost_weight: Option<f64>) -> Knob {
-    match (knob, cost_weight) {
-        ("lambda", Some(w)) => Knob::CostWeight(w),
-        ("quality", _) => Knob::Mode(Mode::Quality),
-        ("cost", _) => Knob::Mode(Mode::Cost),
-        _ => Knob::Mode(Mode::Balanced),
-    }
 }
 
 fn predictions<'a>(
@@ -287,7 +278,7 @@ fn usable(reward_model: &RewardModel, catalog: &Catalog, logged: &LoggedData) ->
         }
         out.push(Usable {
             features,
-            knob: logged_knob(&d.knob, d.cost_weight),
+            knob: Rule::from_logged(&d.knob, d.cost_weight),
             eligible: d
                 .candidates
                 .iter()
@@ -318,7 +309,7 @@ fn replay(
     predicted: &[Option<HashMap<&str, Prediction>>],
     catalog: &Catalog,
     decisions: &[Usable],
-    knob: Option<Knob>,
+    knob: Option<Rule>,
 ) -> Vec<Option<Replayed>> {
     decisions
         .iter()
@@ -441,7 +432,7 @@ pub fn compare(
                     &predicted,
                     catalog,
                     &decisions,
-                    Some(Knob::CostWeight(l)),
+                    Some(Rule::CostWeight(l)),
                 )
             })
             .collect();

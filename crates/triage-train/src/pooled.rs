@@ -16,6 +16,7 @@
 //! pooled heads (see `BANDIT_MIN_KAPPA`).
 
 use ndarray16::Array2;
+use rayon::prelude::*;
 use triage_policy::LinearHead;
 
 use crate::TrainError;
@@ -55,8 +56,10 @@ pub const BANDIT_MIN_KAPPA: f64 = 1000.0;
 /// L2 strengths tried for the pooled fit.
 pub const POOLED_ALPHAS: [f64; 3] = [100.0, 300.0, 1000.0];
 /// The pooled fit sees at most this many rows (every k-th of each model's), which bounds its
-/// cost on big tables, where the own heads carry the weight anyway.
-const MAX_POOLED_ROWS: usize = 40_000;
+/// cost on big tables, where the own heads carry the weight anyway. It is fitted once per
+/// strength and cross-validation fold (40,000 before folds: ZeroEval's 53 models then spent
+/// longer here than on every head together).
+const MAX_POOLED_ROWS: usize = 15_000;
 
 /// What dev chose.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -152,10 +155,10 @@ pub fn shrunk(
     head
 }
 
-/// Dev log-loss over all models, each row weighted by its fitting weight.
-fn total_log_loss(heads: &[LinearHead], dev: &[ModelRows<'_>]) -> f64 {
+/// Log-loss over all models, each row weighted by its fitting weight.
+pub fn total_log_loss(heads: &[LinearHead], held: &[ModelRows<'_>]) -> f64 {
     let (mut loss, mut weight) = (0.0, 0.0);
-    for (head, d) in heads.iter().zip(dev) {
+    for (head, d) in heads.iter().zip(held) {
         let w: f64 = d.w.iter().sum();
         loss += w * log_loss(head, d.x, d.y, d.w);
         weight += w;
@@ -163,34 +166,22 @@ fn total_log_loss(heads: &[LinearHead], dev: &[ModelRows<'_>]) -> f64 {
     if weight > 0.0 { loss / weight } else { 0.0 }
 }
 
-/// Chooses the pooled fit's strength and κ on dev; returns the choice and the shrunk heads.
-/// Without dev outcomes nothing can be chosen: the own heads stay, or, when some model is
-/// bandit-only, the first strength tried with κ = 0 (so only the bandit-only heads shrink).
-pub fn choose_shrinkage(
-    own: &[LinearHead],
-    train: &[ModelRows<'_>],
-    dev: &[ModelRows<'_>],
-) -> Result<(Shrinkage, Vec<LinearHead>), TrainError> {
-    let own_loss = total_log_loss(own, dev);
-    // The own heads are a choice only when no model must be shrunk whatever dev says.
+/// One shrinkage setting: the pooled fit's L2 strength (`None`: the own heads, no pooled fit)
+/// and κ (written as `null` when infinite).
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
+pub struct ShrinkSetting {
+    /// L2 strength of the pooled fit.
+    pub alpha: Option<f64>,
+    /// κ of `t = n / (n + κ)`.
+    pub kappa: f64,
+}
+
+/// The settings worth trying on `train`: the own heads (only when no model is bandit-only, as
+/// those must be shrunk whatever the data says), then each pooled strength with each κ that
+/// changes something (κ values that give every model the same effective κ as the one before
+/// would only repeat the same heads).
+pub fn shrink_settings(train: &[ModelRows<'_>]) -> Vec<ShrinkSetting> {
     let any_bandit = train.iter().any(|r| r.bandit);
-    let mut best = (!any_bandit).then(|| {
-        (
-            Shrinkage {
-                alpha: None,
-                kappa: 0.0,
-                own_dev_log_loss: own_loss,
-                dev_log_loss: own_loss,
-            },
-            own.to_vec(),
-        )
-    });
-    if let Some(own_heads) = best.take_if(|_| dev.iter().all(|d| d.y.is_empty())) {
-        return Ok(own_heads);
-    }
-    // κ = 0 differs from the own heads only by shrinking the bandit-only models. Values that
-    // give every model the same κ as the one before (all below the bandit floor, when every
-    // model is bandit-only) would only repeat the same heads.
     let effective = |kappa: f64| -> Vec<f64> { train.iter().map(|r| r.kappa(kappa)).collect() };
     let mut kappas: Vec<f64> = Vec::new();
     for kappa in SHRINK_KAPPAS.into_iter().filter(|k| *k > 0.0 || any_bandit) {
@@ -201,27 +192,78 @@ pub fn choose_shrinkage(
             kappas.push(kappa);
         }
     }
-    for alpha in POOLED_ALPHAS {
-        let pooled = pooled_heads(train, alpha)?;
-        for &kappa in &kappas {
-            let heads: Vec<LinearHead> = own
-                .iter()
-                .zip(&pooled)
+    let own = (!any_bandit).then_some(ShrinkSetting {
+        alpha: None,
+        kappa: 0.0,
+    });
+    own.into_iter()
+        .chain(POOLED_ALPHAS.into_iter().flat_map(|alpha| {
+            kappas.iter().map(move |&kappa| ShrinkSetting {
+                alpha: Some(alpha),
+                kappa,
+            })
+        }))
+        .collect()
+}
+
+/// The heads under each of `settings` (one pooled fit per strength), in the same order.
+pub fn shrunk_heads(
+    own: &[LinearHead],
+    train: &[ModelRows<'_>],
+    settings: &[ShrinkSetting],
+) -> Result<Vec<Vec<LinearHead>>, TrainError> {
+    // One pooled fit per distinct strength, in parallel (each is a single-threaded L-BFGS).
+    let mut alphas: Vec<f64> = settings.iter().filter_map(|s| s.alpha).collect();
+    alphas.sort_by(f64::total_cmp);
+    alphas.dedup();
+    let pooled: Vec<(f64, Vec<LinearHead>)> = alphas
+        .par_iter()
+        .map(|&alpha| pooled_heads(train, alpha).map(|heads| (alpha, heads)))
+        .collect::<Result<_, _>>()?;
+    let mut out = Vec::with_capacity(settings.len());
+    for setting in settings {
+        let Some(alpha) = setting.alpha else {
+            out.push(own.to_vec());
+            continue;
+        };
+        let fit = pooled
+            .iter()
+            .find(|(a, _)| *a == alpha)
+            .map(|(_, heads)| heads)
+            .ok_or_else(|| TrainError::Fit("pooled fit missing".into()))?;
+        out.push(
+            own.iter()
+                .zip(fit)
                 .zip(train)
-                .map(|((o, p), rows)| shrunk(o, p, kappa, rows))
-                .collect();
-            let loss = total_log_loss(&heads, dev);
-            if best.as_ref().is_none_or(|b| loss < b.0.dev_log_loss) {
-                best = Some((
-                    Shrinkage {
-                        alpha: Some(alpha),
-                        kappa,
-                        own_dev_log_loss: own_loss,
-                        dev_log_loss: loss,
-                    },
-                    heads,
-                ));
-            }
+                .map(|((o, p), rows)| shrunk(o, p, setting.kappa, rows))
+                .collect(),
+        );
+    }
+    Ok(out)
+}
+
+/// Chooses the shrinkage with the least log-loss on one held-out set; returns the choice and
+/// the shrunk heads. Training chooses over cross-validation folds instead (`tune`); this
+/// single-split form is the same arithmetic on one fold.
+pub fn choose_shrinkage(
+    own: &[LinearHead],
+    train: &[ModelRows<'_>],
+    dev: &[ModelRows<'_>],
+) -> Result<(Shrinkage, Vec<LinearHead>), TrainError> {
+    let own_loss = total_log_loss(own, dev);
+    let settings = shrink_settings(train);
+    let heads = shrunk_heads(own, train, &settings)?;
+    let mut best: Option<(Shrinkage, Vec<LinearHead>)> = None;
+    for (setting, heads) in settings.into_iter().zip(heads) {
+        let loss = total_log_loss(&heads, dev);
+        if best.as_ref().is_none_or(|b| loss < b.0.dev_log_loss) {
+            let shrinkage = Shrinkage {
+                alpha: setting.alpha,
+                kappa: setting.kappa,
+                own_dev_log_loss: own_loss,
+                dev_log_loss: loss,
+            };
+            best = Some((shrinkage, heads));
         }
     }
     best.ok_or_else(|| TrainError::Fit("no pooled strength tried".into()))

@@ -1,10 +1,11 @@
 //! The promotion gate: a retrained policy replaces the serving one only if it is not worse.
 //!
 //! Evidence, in order of preference:
-//! 1. **held-out**: the dev split of a full-information outcome table (a seed table), replayed
+//! 1. **held-out**: the prompts the judged policy was not fitted on (cross-validation's fold 0,
+//!    see [`crate::tune`]) of a full-information outcome table (a seed table), replayed
 //!    through both policies over the λ grid with the real outcomes and compared by AIQ: exact,
 //!    so it goes first;
-//! 2. **off-policy**: enough logged decisions on held-out (dev) requests, each replayed through
+//! 2. **off-policy**: enough logged decisions on those held-out requests, each replayed through
 //!    both policies, estimated with DR (and IPS reported beside it), see [`crate::offpolicy`];
 //!    "not worse" allows two bootstrap standard errors, since the estimate is noisy;
 //! 3. **none**: there is no current policy to beat.
@@ -23,13 +24,13 @@ use triage_policy::{Policy, PolicyFile, Prediction, apply_priors, decide};
 use crate::TrainError;
 use crate::logdata::LoggedData;
 use crate::offpolicy::{RewardModel, compare};
-use crate::simulate::Knob;
-use crate::table::Split;
-use crate::train::{Prepared, dev_aiq};
+use crate::prepare::Prepared;
+use crate::score::file_aiq;
+use triage_policy::Rule;
 
 /// AIQ a candidate may lose and still count as "not worse" (estimation noise).
 pub const AIQ_TOLERANCE: f64 = 0.002;
-/// Least held-out logged decisions with outcomes (or dev prompts with several outcomes) before
+/// Least held-out logged decisions with outcomes (or held-out prompts with several outcomes) before
 /// an estimate may decide promotion.
 pub const MIN_EVIDENCE: usize = 50;
 
@@ -74,8 +75,9 @@ pub fn gate(
     prepared: &Prepared,
     logged: Option<&LoggedData>,
     catalog: &Catalog,
+    held_out: &[usize],
 ) -> Result<GateVerdict, TrainError> {
-    let verdict = evidence(current, candidate, prepared, logged, catalog)?;
+    let verdict = evidence(current, candidate, prepared, logged, catalog, held_out)?;
     let Some(current) = current.filter(|_| verdict.promote) else {
         return Ok(verdict);
     };
@@ -226,10 +228,10 @@ pub fn pulled_toward_prior(
 
 /// Knobs at which traffic shares are compared: the modes and cost weights across the range
 /// (a cheap thin model tends to take over at high cost weights first).
-fn trust_knobs() -> Vec<Knob> {
-    [Knob::Mode(Mode::Balanced), Knob::Mode(Mode::Cost)]
+fn trust_knobs() -> Vec<Rule> {
+    [Rule::Mode(Mode::Balanced), Rule::Mode(Mode::Cost)]
         .into_iter()
-        .chain([100.0, 300.0, 1e3, 3e3, 1e4].map(Knob::CostWeight))
+        .chain([100.0, 300.0, 1e3, 3e3, 1e4].map(Rule::CostWeight))
         .collect()
 }
 
@@ -296,6 +298,7 @@ fn evidence(
     prepared: &Prepared,
     logged: Option<&LoggedData>,
     catalog: &Catalog,
+    held_out: &[usize],
 ) -> Result<GateVerdict, TrainError> {
     let Some(current) = current else {
         return Ok(GateVerdict {
@@ -309,9 +312,7 @@ fn evidence(
     };
     let candidate_policy =
         Policy::new(candidate.clone()).map_err(|e| TrainError::Fit(e.to_string()))?;
-    let dev = prepared.outcomes.indices(Split::Dev);
-
-    let full_information: Vec<usize> = dev
+    let full_information: Vec<usize> = held_out
         .iter()
         .copied()
         .filter(|&p| prepared.outcomes.cells[p].iter().flatten().count() >= 2)
@@ -334,14 +335,14 @@ fn evidence(
         tracing::info!(models = ?blind_to, "held-out data has no outcomes for these models");
     }
     if full_information.len() >= MIN_EVIDENCE && (blind_to.is_empty() || logged.is_none()) {
-        let old = dev_aiq(prepared, current.file(), &full_information)?;
-        let new = dev_aiq(prepared, candidate, &full_information)?;
+        let old = file_aiq(prepared, current.file(), &full_information)?;
+        let new = file_aiq(prepared, candidate, &full_information)?;
         let promote = new >= old - AIQ_TOLERANCE;
         return Ok(GateVerdict {
             promote,
             evidence: "held-out".into(),
             reason: format!(
-                "dev AIQ over {} prompts with several outcomes: candidate {new:.4} vs current \
+                "held-out AIQ over {} prompts with several outcomes: candidate {new:.4} vs current \
                  {old:.4} ({})",
                 full_information.len(),
                 if promote {
@@ -350,14 +351,14 @@ fn evidence(
                     "worse by more than the tolerance"
                 }
             ),
-            current: Some(serde_json::json!({ "dev_aiq": old })),
-            candidate: Some(serde_json::json!({ "dev_aiq": new })),
+            current: Some(serde_json::json!({ "held_out_aiq": old })),
+            candidate: Some(serde_json::json!({ "held_out_aiq": new })),
             pulled: Vec::new(),
         });
     }
     if let Some(logged) = logged {
         // Only requests the candidate did not train on.
-        let dev_ids: HashSet<&str> = dev
+        let dev_ids: HashSet<&str> = held_out
             .iter()
             .map(|&p| prepared.outcomes.prompts[p].id.as_str())
             .collect();
@@ -409,7 +410,7 @@ fn evidence(
         evidence: "insufficient".into(),
         reason: format!(
             "neither {MIN_EVIDENCE} held-out logged decisions with outcomes nor \
-             {MIN_EVIDENCE} dev prompts with several outcomes: not enough evidence \
+             {MIN_EVIDENCE} held-out prompts with several outcomes: not enough evidence \
              that the candidate is not worse (collect more feedback, add a seed table with \
              --data, or pass --force)"
         ),
@@ -422,7 +423,7 @@ fn evidence(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::train::prior_policy;
+    use crate::recipe::prior_policy;
 
     #[test]
     fn pulling_toward_the_prior_blends_the_heads_in_log_odds() {

@@ -16,7 +16,7 @@ use triage_policy::{PolicyFile, SharedClassifier};
 
 use crate::TrainError;
 use crate::fit::design;
-use crate::train::{Prepared, dev_aiq};
+use crate::prepare::Prepared;
 
 /// Hidden units per member: enough to carry topic and difficulty, few enough to fit a few
 /// thousand prompts.
@@ -311,20 +311,7 @@ pub fn refit_shared(all: &Cells, decay: f32, epochs: &[usize]) -> SharedClassifi
     combine(members).into_classifier(all.good.ncols())
 }
 
-/// Stacks two cell sets (train then dev).
-pub fn stack(a: &Cells, b: &Cells) -> Result<Cells, TrainError> {
-    let cat = |x: &Array2<f32>, y: &Array2<f32>| {
-        ndarray16::concatenate(Axis(0), &[x.view(), y.view()])
-            .map_err(|e| TrainError::Fit(format!("stacking cells: {e}")))
-    };
-    Ok(Cells {
-        x: cat(&a.x, &b.x)?,
-        good: cat(&a.good, &b.good)?,
-        weight: cat(&a.weight, &b.weight)?,
-    })
-}
-
-/// Blend shares searched on dev (0: the per-model heads alone).
+/// Blend shares tried by cross-validation (0: the per-model heads alone).
 pub const SHARES: [f64; 5] = [0.0, 0.25, 0.5, 0.75, 1.0];
 
 /// The cells of `prompts` for the policy's models, in `file`'s order; models in `excluded`
@@ -367,96 +354,6 @@ pub fn cells(
         }
     }
     Cells { x, good, weight }
-}
-
-/// What [`choose_shared`] decided.
-pub struct SharedChoice {
-    /// The classifier with its shares (`None`: dev preferred the heads alone).
-    pub classifier: Option<SharedClassifier>,
-    /// The train + dev refit with the same shares (what is written).
-    pub refit: Option<SharedClassifier>,
-    /// What was tried, for the policy's training metadata.
-    pub report: serde_json::Value,
-}
-
-/// Fits the shared classifier on train and picks its blend share by dev AIQ, replayed through
-/// the serving decision on `informative` dev prompts. `bandit_only[m]` marks models left out.
-pub fn choose_shared(
-    prepared: &Prepared,
-    file: &PolicyFile,
-    train_idx: &[usize],
-    dev_idx: &[usize],
-    informative: &[usize],
-    bandit_only: &[bool],
-) -> Result<SharedChoice, TrainError> {
-    let none = |why: &str| SharedChoice {
-        classifier: None,
-        refit: None,
-        report: serde_json::json!({ "skipped": why }),
-    };
-    if bandit_only.iter().all(|b| *b) {
-        return Ok(none("every model is known only from logged traffic"));
-    }
-    let train_cells = cells(prepared, file, train_idx, bandit_only);
-    let dev_cells = cells(prepared, file, dev_idx, bandit_only);
-    if train_cells.x.nrows() == 0 || dev_cells.weight.sum() <= 0.0 {
-        return Ok(none("no train or dev outcomes for the classifier"));
-    }
-    let started = std::time::Instant::now();
-    let fit = fit_shared(&train_cells, &dev_cells)?;
-    tracing::info!(
-        decay = fit.decay,
-        epochs = ?fit.epochs,
-        dev_log_loss = format!("{:.4}", fit.dev_log_loss),
-        seconds = format!("{:.1}", started.elapsed().as_secs_f64()),
-        "shared classifier fitted"
-    );
-    let with_share = |classifier: &SharedClassifier, share: f64| {
-        let mut c = classifier.clone();
-        c.share = bandit_only
-            .iter()
-            .map(|b| if *b { 0.0 } else { share })
-            .collect();
-        c
-    };
-    let mut best = (0.0, dev_aiq(prepared, file, informative)?);
-    let mut tried = vec![serde_json::json!({"share": 0.0, "aiq": best.1})];
-    for share in SHARES.into_iter().filter(|s| *s > 0.0) {
-        let mut candidate = file.clone();
-        candidate.shared = Some(with_share(&fit.classifier, share));
-        let score = dev_aiq(prepared, &candidate, informative)?;
-        tried.push(serde_json::json!({"share": share, "aiq": score}));
-        if score > best.1 {
-            best = (share, score);
-        }
-    }
-    tracing::info!(
-        share = best.0,
-        dev_aiq = best.1,
-        "shared classifier blend chosen"
-    );
-    let report = serde_json::json!({
-        "hidden_per_member": HIDDEN,
-        "members": MEMBERS,
-        "decay": fit.decay,
-        "epochs": fit.epochs,
-        "dev_log_loss": fit.dev_log_loss,
-        "share_dev_aiq": tried,
-    });
-    if best.0 == 0.0 {
-        return Ok(SharedChoice {
-            classifier: None,
-            refit: None,
-            report,
-        });
-    }
-    let all = stack(&train_cells, &dev_cells)?;
-    let refit = refit_shared(&all, fit.decay, &fit.epochs);
-    Ok(SharedChoice {
-        classifier: Some(with_share(&fit.classifier, best.0)),
-        refit: Some(with_share(&refit, best.0)),
-        report,
-    })
 }
 
 #[cfg(test)]

@@ -6,47 +6,12 @@
 
 use std::collections::HashMap;
 
+use triage_core::Catalog;
 use triage_core::catalog::{Capability, LatencyProfile, ModelSpec};
-use triage_core::{Catalog, Mode, Preferences};
-use triage_policy::{Policy, Prediction, decide};
+use triage_policy::{Policy, Prediction, Rule, decide};
 
 use crate::TrainError;
 use crate::table::Outcomes;
-
-/// A decision knob: a built-in mode or a cost weight λ.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Knob {
-    /// MODE_QUALITY / MODE_BALANCED / MODE_COST.
-    Mode(Mode),
-    /// λ in quality points per USD.
-    CostWeight(f64),
-}
-
-impl Knob {
-    /// The preferences that express this knob.
-    pub fn preferences(self, allowed: Vec<String>) -> Preferences {
-        match self {
-            Knob::Mode(mode) => Preferences {
-                mode,
-                allowed_models: allowed,
-                ..Default::default()
-            },
-            Knob::CostWeight(w) => Preferences {
-                cost_weight: Some(w),
-                allowed_models: allowed,
-                ..Default::default()
-            },
-        }
-    }
-
-    /// Label used in reports and exported choices.
-    pub fn label(self) -> String {
-        match self {
-            Knob::Mode(m) => format!("mode={m}"),
-            Knob::CostWeight(w) => format!("lambda={w}"),
-        }
-    }
-}
 
 /// A catalog holding exactly the priced models of `outcomes` that `policy` scores, with no
 /// capability or context limits (tables carry neither).
@@ -137,12 +102,12 @@ impl<'a> Replay<'a> {
 
     /// The model chosen for each prompt under `knob` (None when no model with an outcome was
     /// eligible).
-    pub fn choices(&self, knob: Knob) -> Vec<Option<String>> {
+    pub fn choices(&self, knob: Rule) -> Vec<Option<String>> {
         self.choices_with(knob, &[])
     }
 
     /// Like [`Self::choices`], restricted to `only` models when non-empty.
-    pub fn choices_with(&self, knob: Knob, only: &[String]) -> Vec<Option<String>> {
+    pub fn choices_with(&self, knob: Rule, only: &[String]) -> Vec<Option<String>> {
         self.prompts
             .iter()
             .enumerate()
@@ -177,7 +142,7 @@ impl<'a> Replay<'a> {
     }
 
     /// Mean realised cost and quality under `knob`.
-    pub fn point(&self, knob: Knob) -> Point {
+    pub fn point(&self, knob: Rule) -> Point {
         let choices = self.choices(knob);
         realised(self.outcomes, &self.prompts, &choices)
     }

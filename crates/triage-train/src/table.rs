@@ -62,6 +62,10 @@ pub struct Prompt {
     pub split: Split,
     /// `task`, when given.
     pub task: Option<String>,
+    /// What cross-validation folds are cut by: prompts with the same key always share a fold
+    /// (the id for a table; the features for logged traffic, so repeats of one prompt under
+    /// different request ids never sit on both sides of a fold).
+    pub fold_key: String,
 }
 
 /// One (prompt, model) outcome.
@@ -414,6 +418,7 @@ impl Outcomes {
                     };
                     let task = task.as_ref().and_then(|t| t[row].clone());
                     prompts.push(Prompt {
+                        fold_key: id.clone(),
                         id: id.clone(),
                         text,
                         split: s,

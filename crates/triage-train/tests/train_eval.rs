@@ -195,6 +195,7 @@ fn options(data: PathBuf, out: PathBuf) -> TrainOptions {
         base: root(),
         cache_dir: root().join(".cache/embeddings"),
         progress: false,
+        folds: 5,
     }
 }
 
@@ -209,54 +210,72 @@ fn trains_on_a_slice_beats_the_cheapest_model_and_serving_agrees_with_eval() {
     let report = train(&opts).expect("training succeeds");
     assert_eq!(report.policy.models.len(), 3);
     let policy = Policy::load(&policy_path).expect("written policy loads");
-    // Retraining the same data into the same file compares the refits (both saw dev), so the
-    // twin is not refused by a dev comparison of its dev-blind form against the refit.
+    // Retraining the same data into the same file compares the forms fitted on every prompt
+    // (both saw fold 0), so the twin is not refused by judging fold 0's policy against it.
     let again = train(&opts).expect("retraining succeeds");
     assert!(again.verdict.promote, "{:?}", again.verdict);
     assert_eq!(again.verdict.evidence, "held-out");
     assert!(
-        again.verdict.reason.contains("both refitted"),
+        again.verdict.reason.contains("both fitted on every prompt"),
         "{}",
         again.verdict.reason
     );
     assert_eq!(again.policy.version, report.policy.version);
 
     let prepared = prepare(&opts).expect("prepare");
-    // What is written is the train + dev refit of what dev chose.
-    let fitted = fit_policy(&prepared).expect("fits");
-    assert_eq!(fitted.deployed.decision, fitted.validated.decision);
+    // What is written is the recipe cross-validation chose, fitted on every training prompt;
+    // fold 0's policy (the gate's) is the same recipe fitted without fold 0.
+    let fitted = fit_policy(&prepared, 5).expect("fits");
+    let (validated, held_out) = fitted
+        .validated
+        .as_ref()
+        .expect("enough prompts to cross-validate");
+    assert_eq!(fitted.deployed.decision, validated.decision);
+    let training = triage_train::training_prompts(&prepared.outcomes);
+    assert!(!held_out.is_empty() && held_out.len() < training.len() / 2);
     assert!(
         fitted
             .deployed
             .models
             .iter()
-            .zip(&fitted.validated.models)
+            .zip(&validated.models)
             .any(|(d, v)| d.quality != v.quality),
-        "dev rows changed no head"
+        "fold 0's prompts changed no head"
     );
-    let refit = |f: &triage_policy::PolicyFile| f.training["refit"].as_str().map(str::to_owned);
-    assert!(refit(&fitted.validated).is_some_and(|r| r.starts_with("none")));
+    let cv = &fitted.deployed.training["cross_validation"];
+    assert_eq!(cv["folds"], 5, "{cv}");
+    let candidates = cv["candidates"].as_array().expect("candidates");
+    let labels: Vec<&str> = candidates
+        .iter()
+        .filter_map(|c| c["label"].as_str())
+        .collect();
+    assert!(labels.contains(&"heads alone"), "{labels:?}");
+    assert!(labels.iter().any(|l| l.starts_with("kNN k=")), "{labels:?}");
     assert!(
-        refit(&fitted.deployed).is_some_and(|r| r.starts_with("heads and neighbours refitted"))
+        candidates
+            .iter()
+            .all(|c| c["aiq"].as_array().is_some_and(|a| a.len() == 5))
     );
-    let (train_n, dev_n, _) = report.prompts;
-    if let (Some(d), Some(v)) = (&fitted.deployed.neighbours, &fitted.validated.neighbours) {
-        assert_eq!((v.rows, d.rows), (train_n, train_n + dev_n));
+    if let (Some(d), Some(v)) = (&fitted.deployed.neighbours, &validated.neighbours) {
+        assert_eq!(
+            (v.rows, d.rows),
+            (training.len() - held_out.len(), training.len())
+        );
         assert_eq!(
             (d.k, d.weight, d.length_weight, d.temperature),
             (v.k, v.weight, v.length_weight, v.temperature)
         );
     }
-    // The shared classifier's share is a dev choice: kept by the refit, whose weights saw dev.
-    let tried = &fitted.validated.training["shared_classifier"]["share_dev_aiq"];
-    assert!(tried.as_array().is_some_and(|t| t.len() == 5), "{tried}");
-    match (&fitted.validated.shared, &fitted.deployed.shared) {
+    match (&validated.shared, &fitted.deployed.shared) {
         (Some(v), Some(d)) => {
             assert_eq!(v.share, d.share);
-            assert_ne!(v.w1, d.w1, "the classifier was not refitted on train + dev");
+            assert_ne!(
+                v.w1, d.w1,
+                "the classifier was not refitted on every prompt"
+            );
         }
         (None, None) => {}
-        _ => panic!("the train-only and the written forms disagree on the shared classifier"),
+        _ => panic!("fold 0's and the written policy disagree on the shared classifier"),
     }
     assert_eq!(report.policy.version, fitted.deployed.version);
     let eval = evaluate_test_split(&prepared, &policy, 200);
@@ -338,7 +357,7 @@ fn trains_on_a_slice_beats_the_cheapest_model_and_serving_agrees_with_eval() {
     }
     // With a neighbourhood of the train prompts blended in, the ablations take it out again.
     let mut blended = file.clone();
-    let train_prompts = prepared.outcomes.indices(Split::Train);
+    let train_prompts = triage_train::training_prompts(&prepared.outcomes);
     blended.neighbours = Some(neighbour_set(&prepared, file, &train_prompts, 20, 0.5));
     let blended = Policy::new(blended).expect("blended policy loads");
     let blended_eval = evaluate(
@@ -508,7 +527,7 @@ fn leave_one_task_out_tests_each_task_on_a_policy_that_never_saw_it() {
         .collect();
     tasks.sort_unstable();
     tasks.dedup();
-    let by = triage_train::eval::folds::leave_one_task_out(&prepared).expect("runs");
+    let by = triage_train::eval::folds::leave_one_task_out(&prepared, 3).expect("runs");
     assert_eq!(by.tasks, tasks);
     assert!(by.tasks.len() >= 2, "{:?}", by.tasks);
     for (task, report) in by.tasks.iter().zip(&by.reports) {

@@ -147,42 +147,51 @@ pub fn oracle_estimates(o: &Outcomes, prompts: &[usize]) -> Vec<(Vec<f64>, Vec<f
         .collect()
 }
 
-/// kNN estimates: mean quality and cost of each model over the `k` most similar `train` prompts
-/// (cosine similarity of the unit-length embeddings, the first `dim` features).
-pub fn knn_estimates(
-    o: &Outcomes,
+/// For each of `prompts`, the `k` most similar `train` prompts, most similar first (cosine
+/// similarity of the unit-length embeddings, the first `dim` features). One vectorised
+/// matrix–vector product per prompt; callers trying several k compute this once for the
+/// largest and take prefixes.
+pub fn nearest(
     features: &[Vec<f32>],
     dim: usize,
     train: &[usize],
     prompts: &[usize],
     k: usize,
-) -> Vec<(Vec<f64>, Vec<f64>)> {
-    let models = o.models.len();
+) -> Vec<Vec<usize>> {
+    let mut matrix = ndarray16::Array2::<f32>::zeros((train.len(), dim));
+    for (r, &t) in train.iter().enumerate() {
+        for (j, v) in features[t][..dim].iter().enumerate() {
+            matrix[[r, j]] = *v;
+        }
+    }
     prompts
         .iter()
         .map(|&p| {
-            let query = &features[p][..dim];
-            let mut sims: Vec<(f32, usize)> = train
-                .iter()
-                .map(|&t| {
-                    (
-                        features[t][..dim]
-                            .iter()
-                            .zip(query)
-                            .map(|(a, b)| a * b)
-                            .sum::<f32>(),
-                        t,
-                    )
-                })
-                .collect();
+            let query = ndarray16::ArrayView1::from(&features[p][..dim]);
+            let scores = matrix.dot(&query);
+            let mut sims: Vec<(f32, usize)> = scores.iter().copied().zip(0..).collect();
             let k = k.min(sims.len());
             if k > 0 && k < sims.len() {
-                sims.select_nth_unstable_by(k - 1, |a, b| b.0.total_cmp(&a.0));
+                sims.select_nth_unstable_by(k - 1, |a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
             }
+            sims.truncate(k);
+            sims.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+            sims.into_iter().map(|(_, r)| train[r]).collect()
+        })
+        .collect()
+}
+
+/// kNN estimates from [`nearest`] lists: mean quality and cost of each model over each prompt's
+/// first `k` neighbours (cost `f64::MAX` for a model none of them has).
+pub fn knn_from(o: &Outcomes, neighbours: &[Vec<usize>], k: usize) -> Vec<(Vec<f64>, Vec<f64>)> {
+    let models = o.models.len();
+    neighbours
+        .iter()
+        .map(|near| {
             let mut q = vec![0.0; models];
             let mut c = vec![0.0; models];
             let mut n = vec![0usize; models];
-            for &(_, t) in &sims[..k] {
+            for &t in near.iter().take(k) {
                 for m in 0..models {
                     if let Some(cell) = o.cells[t][m] {
                         q[m] += cell.quality;
@@ -199,6 +208,19 @@ pub fn knn_estimates(
             (q, c)
         })
         .collect()
+}
+
+/// kNN estimates: mean quality and cost of each model over the `k` most similar `train` prompts
+/// (see [`nearest`]).
+pub fn knn_estimates(
+    o: &Outcomes,
+    features: &[Vec<f32>],
+    dim: usize,
+    train: &[usize],
+    prompts: &[usize],
+    k: usize,
+) -> Vec<(Vec<f64>, Vec<f64>)> {
+    knn_from(o, &nearest(features, dim, train, prompts, k), k)
 }
 
 #[cfg(test)]

@@ -2,17 +2,19 @@
 //! `--leave-one-task-out`: one repetition per task, testing on a task no policy saw, as traffic
 //! that drifts to a new kind of prompt would.
 //!
-//! Fold `f` tests on the prompts whose id hashes to `f` modulo K (or on the `f`-th task); of the
-//! rest, ~15% (by another hash) are dev and the others train. A fresh policy is fitted per fold
-//! exactly as `triage train` fits one, then evaluated like `triage eval`.
+//! Fold `f` tests on the prompts whose id hashes to `f` modulo K (or on the `f`-th task); the
+//! rest are training prompts. A fresh policy is fitted per fold exactly as `triage train` fits
+//! one (its own choices by cross-validation inside those training prompts, folds salted apart
+//! from these), then evaluated like `triage eval`.
 
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 
 use crate::TrainError;
 use crate::eval::{EvalOptions, EvalReport, RouterResult, evaluate};
+use crate::prepare::Prepared;
 use crate::table::{Prompt, Split};
-use crate::train::{Prepared, fit_policy};
+use crate::train::fit_policy;
+use crate::tune::hash_mod;
 
 /// Mean and spread of one router's metrics over the folds.
 #[derive(Clone, Debug, Serialize)]
@@ -23,14 +25,6 @@ pub struct FoldSummary {
     pub aiq: Vec<f64>,
     /// Cost at parity (% of the best single model's cost) per fold; `None` where not reached.
     pub cost_at_parity_pct: Vec<Option<f64>>,
-}
-
-fn hash_mod(id: &str, salt: &[u8], k: u64) -> u64 {
-    let h = Sha256::new()
-        .chain_update(salt)
-        .chain_update(id.as_bytes())
-        .finalize();
-    u64::from_be_bytes([h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7]]) % k
 }
 
 /// Checks that `k` folds can be run on `prepared`: at least two, and none without prompts. Cheap,
@@ -64,13 +58,15 @@ fn fold_of(id: &str, k: usize) -> usize {
     hash_mod(id, b"fold", k as u64) as usize
 }
 
-/// Runs `k` folds; returns each fold's report and a per-router summary.
+/// Runs `k` folds, each refit making its choices by `cv_folds`-fold cross-validation; returns
+/// each fold's report and a per-router summary.
 pub fn cross_validate(
     prepared: &Prepared,
     k: usize,
+    cv_folds: usize,
 ) -> Result<(Vec<EvalReport>, Vec<FoldSummary>), TrainError> {
     check_folds(prepared, k)?;
-    run_folds(prepared, k, |p| fold_of(&p.id, k))
+    run_folds(prepared, k, cv_folds, |p| fold_of(&p.id, k))
 }
 
 /// Refits tested on one task each.
@@ -84,7 +80,8 @@ pub struct ByTask {
 }
 
 /// One fold per task (the table's `task` column): trains on every other task and tests on it.
-pub fn leave_one_task_out(prepared: &Prepared) -> Result<ByTask, TrainError> {
+/// Each refit makes its own choices by `cv_folds`-fold cross-validation.
+pub fn leave_one_task_out(prepared: &Prepared, cv_folds: usize) -> Result<ByTask, TrainError> {
     let prompts = &prepared.outcomes.prompts;
     let untagged = prompts.iter().filter(|p| p.task.is_none()).count();
     if untagged > 0 {
@@ -108,7 +105,7 @@ pub fn leave_one_task_out(prepared: &Prepared) -> Result<ByTask, TrainError> {
             .and_then(|t| tasks.iter().position(|x| x == t))
             .unwrap_or(0)
     };
-    let (reports, summary) = run_folds(prepared, tasks.len(), index)?;
+    let (reports, summary) = run_folds(prepared, tasks.len(), cv_folds, index)?;
     Ok(ByTask {
         tasks,
         reports,
@@ -120,6 +117,7 @@ pub fn leave_one_task_out(prepared: &Prepared) -> Result<ByTask, TrainError> {
 fn run_folds(
     prepared: &Prepared,
     k: usize,
+    cv_folds: usize,
     fold_of: impl Fn(&Prompt) -> usize,
 ) -> Result<(Vec<EvalReport>, Vec<FoldSummary>), TrainError> {
     let mut reports = Vec::with_capacity(k);
@@ -128,8 +126,6 @@ fn run_folds(
         for p in &mut outcomes.prompts {
             p.split = if fold_of(p) == fold {
                 Split::Test
-            } else if hash_mod(&p.id, b"dev", 100) < 15 {
-                Split::Dev
             } else {
                 Split::Train
             };
@@ -138,7 +134,7 @@ fn run_folds(
             outcomes,
             features: prepared.features.clone(),
         };
-        let file = fit_policy(&fold_data)?.deployed;
+        let file = fit_policy(&fold_data, cv_folds)?.deployed;
         let policy =
             triage_policy::Policy::new(file).map_err(|e| TrainError::Fit(e.to_string()))?;
         let report = evaluate(

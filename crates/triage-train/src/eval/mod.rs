@@ -1,7 +1,8 @@
 //! `triage eval`: Triage against baselines on one split of an outcome table.
 //!
 //! Every router is swept over its cost knob on the evaluated split; the metrics come from
-//! [`curve`]. Baselines are fitted on the same train split and tuned on dev ([`baselines`]);
+//! [`curve`]. Baselines are fitted on the training prompts (train and dev) with their choices made by the
+//! same cross-validation as training's ([`baselines`], [`crate::tune`]);
 //! [`ablation`] sweeps the policy again with parts of its blend taken out.
 
 pub mod ablation;
@@ -20,15 +21,17 @@ use triage_core::Mode;
 use triage_policy::Policy;
 
 use crate::TrainError;
-use crate::simulate::{Knob, Replay, model_indices, realised_by_index};
+use crate::prepare::Prepared;
+use crate::simulate::{Replay, model_indices, realised_by_index};
 use crate::table::{Outcomes, Split};
-use crate::train::Prepared;
 use baselines::{
-    by_quality_then_cheapness, cost_range, knn_estimates, lambda_grid, neighbourhood_sizes,
-    oracle_estimates, random_mix, single_models, sweep, sweep_choices,
+    by_quality_then_cheapness, cost_range, knn_estimates, knn_from, lambda_grid, nearest,
+    neighbourhood_sizes, oracle_estimates, random_mix, single_models, sweep, sweep_choices,
 };
 use bootstrap::{RouterSettings, Setting, paired_bootstrap};
 use curve::{Point, aiq, hull, pair_metrics};
+use rayon::prelude::*;
+use triage_policy::Rule;
 
 /// What to evaluate.
 #[derive(Clone, Debug)]
@@ -83,8 +86,11 @@ pub fn evaluate(
             options.split.as_str()
         )));
     }
-    let train = o.indices(Split::Train);
-    let dev = o.indices(Split::Dev);
+    // kNN's neighbours: every training prompt outside the evaluated split.
+    let training: Vec<usize> = crate::prepare::training_prompts(o)
+        .into_iter()
+        .filter(|&p| o.prompts[p].split != options.split)
+        .collect();
     let models: Vec<usize> = policy
         .model_names()
         .filter_map(|m| o.model_index(m))
@@ -109,10 +115,10 @@ pub fn evaluate(
     let replay = prepared.replay(policy, prompts.clone())?;
     let mut choices = Vec::new();
     let mut triage_points = Vec::new();
-    let knobs: Vec<Knob> = [Mode::Quality, Mode::Balanced, Mode::Cost]
+    let knobs: Vec<Rule> = [Mode::Quality, Mode::Balanced, Mode::Cost]
         .into_iter()
-        .map(Knob::Mode)
-        .chain(lambdas.iter().map(|&l| Knob::CostWeight(l)))
+        .map(Rule::Mode)
+        .chain(lambdas.iter().map(|&l| Rule::CostWeight(l)))
         .collect();
     let mut mode_points = Vec::new();
     let mut triage_settings = Vec::new();
@@ -120,7 +126,7 @@ pub fn evaluate(
         let chosen = replay.choices(*knob);
         let by_index = model_indices(o, &chosen);
         let point = realised_by_index(o, &prompts, &by_index);
-        if let Knob::Mode(m) = knob {
+        if let Rule::Mode(m) = knob {
             mode_points.push((m.to_string(), point));
         }
         triage_points.push(point);
@@ -129,11 +135,11 @@ pub fn evaluate(
     }
 
     let dim = policy.file().embedding_dim;
-    let best_k = tune_knn(prepared, &train, &dev, &models, dim, &lambdas);
+    let best_k = tune_knn(prepared, &training, &models, dim, &lambdas);
     let knn_choices = sweep_choices(
         o,
         &prompts,
-        &knn_estimates(o, &feats.features, dim, &train, &prompts, best_k),
+        &knn_estimates(o, &feats.features, dim, &training, &prompts, best_k),
         &models,
         &lambdas,
     );
@@ -172,7 +178,7 @@ pub fn evaluate(
         .map(|m| Setting::single(o, &prompts, m))
         .collect();
     let zero_name = "zero router (single-model hull)";
-    let knn_name = format!("kNN (k={best_k}, tuned on dev)");
+    let knn_name = format!("kNN (k={best_k}, by cross-validation)");
     let mut rivals: Vec<RouterSettings> = vec![
         ("triage".into(), triage_settings),
         (zero_name.into(), single_settings.clone()),
@@ -184,7 +190,7 @@ pub fn evaluate(
         let replay = prepared.replay(&ablated, prompts.clone())?;
         let chosen: Vec<Vec<Option<usize>>> = lambdas
             .iter()
-            .map(|&l| model_indices(o, &replay.choices(Knob::CostWeight(l))))
+            .map(|&l| model_indices(o, &replay.choices(Rule::CostWeight(l))))
             .collect();
         let points = chosen
             .iter()
@@ -244,21 +250,41 @@ fn settings_of(o: &Outcomes, prompts: &[usize], choices: &[Vec<Option<usize>>]) 
         .collect()
 }
 
+/// kNN's k by the same cross-validation as training's choices: the best mean AIQ over the
+/// folds of the training prompts, each fold's neighbours drawn from the other folds.
 fn tune_knn(
     prepared: &Prepared,
-    train: &[usize],
-    dev: &[usize],
+    training: &[usize],
     models: &[usize],
     dim: usize,
     lambdas: &[f64],
 ) -> usize {
     let o = &prepared.outcomes;
-    let singles = single_models(o, dev);
-    let (lo, hi) = cost_range(&singles);
+    let folds = crate::tune::folds(prepared, training, crate::tune::DEFAULT_FOLDS);
+    let smallest_fit = folds.iter().map(|f| f.fit.len()).min().unwrap_or(0);
+    let sizes = neighbourhood_sizes(SMALLEST_KNN_K, smallest_fit);
+    let largest = sizes.last().copied().unwrap_or(SMALLEST_KNN_K);
+    // Per fold: held-out prompts, their neighbours up to the largest k, the cost range.
+    type HeldNeighbours = (Vec<usize>, Vec<Vec<usize>>, (f64, f64));
+    let per_fold: Vec<HeldNeighbours> = folds
+        .par_iter()
+        .map(|fold| {
+            let held = crate::tune::informative_prompts(prepared, &fold.held);
+            let near = nearest(&prepared.features.features, dim, &fold.fit, &held, largest);
+            let range = cost_range(&single_models(o, &held));
+            (held, near, range)
+        })
+        .collect();
     let mut best = (SMALLEST_KNN_K, f64::MIN);
-    for k in neighbourhood_sizes(SMALLEST_KNN_K, train.len()) {
-        let est = knn_estimates(o, &prepared.features.features, dim, train, dev, k);
-        let score = aiq(&hull(&sweep(o, dev, &est, models, lambdas)), lo, hi);
+    for k in sizes {
+        let scores: Vec<f64> = per_fold
+            .iter()
+            .map(|(held, near, (lo, hi))| {
+                let est = knn_from(o, near, k);
+                aiq(&hull(&sweep(o, held, &est, models, lambdas)), *lo, *hi)
+            })
+            .collect();
+        let score = scores.iter().sum::<f64>() / scores.len().max(1) as f64;
         if score > best.1 {
             best = (k, score);
         }
@@ -307,15 +333,15 @@ fn pair_report(
         .iter()
         .map(|&l| {
             let chosen: Vec<Option<usize>> = replay
-                .choices_with(Knob::CostWeight(l), &allowed)
+                .choices_with(Rule::CostWeight(l), &allowed)
                 .iter()
                 .map(|c| c.as_deref().and_then(|m| o.model_index(m)))
                 .collect();
             share(&chosen)
         })
         .collect();
-    let train = o.indices(Split::Train);
-    let est = knn_estimates(o, &prepared.features.features, dim, &train, prompts, k);
+    let training = crate::prepare::training_prompts(o);
+    let est = knn_estimates(o, &prepared.features.features, dim, &training, prompts, k);
     let knn: Vec<Point> = lambdas
         .iter()
         .map(|&l| {

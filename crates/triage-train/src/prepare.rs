@@ -1,0 +1,134 @@
+//! The start shared by `train` and `eval`: what to train on ([`TrainOptions`]), and the table
+//! loaded with every prompt embedded into the features serving uses ([`Prepared`]).
+
+use std::path::PathBuf;
+
+use triage_core::Settings;
+use triage_encoder::{Embedder, OnnxEmbedder, OnnxOptions, init_onnxruntime};
+use triage_policy::Policy;
+
+use crate::TrainError;
+use crate::embed::{EmbeddingCache, PromptFeatures, prompt_features};
+use crate::simulate::Replay;
+use crate::table::{Outcomes, Split};
+
+/// What to train on and where to write.
+#[derive(Clone, Debug)]
+pub struct TrainOptions {
+    /// Outcome table (a seed dataset; optional when training from the log).
+    pub data: Option<PathBuf>,
+    /// The server's decision and feedback log directory, to learn from usage.
+    pub from_log: Option<PathBuf>,
+    /// Replace the policy at `out` even if the gate says the new one is worse.
+    pub force: bool,
+    /// Refuse an outcome table with holes (an empty or NaN quality or cost) instead of leaving
+    /// those rows out.
+    pub strict: bool,
+    /// Restrict to these models.
+    pub models: Option<Vec<String>>,
+    /// Policy destination.
+    pub out: PathBuf,
+    /// Encoder and catalog settings.
+    pub settings: Settings,
+    /// Base for relative paths in `settings`.
+    pub base: PathBuf,
+    /// Embedding cache directory.
+    pub cache_dir: PathBuf,
+    /// Show a progress bar.
+    pub progress: bool,
+    /// Cross-validation folds every training choice is made over (see `tune`).
+    pub folds: usize,
+}
+
+/// Loaded table plus its features: the shared start of `train` and `eval`.
+pub struct Prepared {
+    /// The table.
+    pub outcomes: Outcomes,
+    /// Features and token estimates per prompt of the table.
+    pub features: PromptFeatures,
+}
+
+impl Prepared {
+    /// `policy`'s predictions on `prompts` of this table, ready to replay under any knob.
+    pub fn replay(&self, policy: &Policy, prompts: Vec<usize>) -> Result<Replay<'_>, TrainError> {
+        let f = &self.features;
+        Replay::new(
+            &self.outcomes,
+            policy,
+            &f.features,
+            &f.input_tokens,
+            prompts,
+        )
+    }
+}
+
+/// Loads the table and embeds its prompts.
+pub fn prepare(options: &TrainOptions) -> Result<Prepared, TrainError> {
+    let catalog = options
+        .settings
+        .catalog()
+        .map_err(|e| TrainError::Data(e.to_string()))?;
+    let data = options
+        .data
+        .as_deref()
+        .ok_or_else(|| TrainError::Usage("an outcome table (--data FILE) is needed".into()))?;
+    let outcomes = Outcomes::load(data, &catalog, options.models.as_deref(), options.strict)?;
+    embed_table(options, outcomes)
+}
+
+/// Embeds every distinct prompt of `outcomes` (through the cache) into the features serving uses.
+pub(crate) fn embed_table(
+    options: &TrainOptions,
+    outcomes: Outcomes,
+) -> Result<Prepared, TrainError> {
+    let enc = &options.settings.encoder;
+    let library = enc.onnxruntime.as_ref().map(|p| options.base.join(p));
+    init_onnxruntime(library.as_deref()).map_err(|e| TrainError::Encoder(e.to_string()))?;
+    let mut onnx = OnnxOptions::from_settings(enc, &options.base);
+    onnx.intra_op_threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let mut embedder = OnnxEmbedder::load(&onnx).map_err(|e| TrainError::Encoder(e.to_string()))?;
+    let mut cache = EmbeddingCache::open(
+        &options.cache_dir,
+        &onnx.model,
+        onnx.max_tokens,
+        embedder.dim(),
+    )?;
+    let texts: Vec<&str> = outcomes.prompts.iter().map(|p| p.text.as_str()).collect();
+    let features = prompt_features(&texts, &mut embedder, &mut cache, options.progress)?;
+    Ok(Prepared { outcomes, features })
+}
+
+/// Refuses a `--models` entry the data lacks, rather than training without it.
+pub(crate) fn check_requested_models(
+    outcomes: &Outcomes,
+    options: &TrainOptions,
+) -> Result<(), TrainError> {
+    let Some(wanted) = &options.models else {
+        return Ok(());
+    };
+    let missing: Vec<&str> = wanted
+        .iter()
+        .filter(|m| outcomes.model_index(m).is_none())
+        .map(String::as_str)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(TrainError::Usage(format!(
+        "--models: {} not in the data, which has: {}",
+        missing.join(", "),
+        outcomes.models.join(", ")
+    )))
+}
+
+pub(crate) fn checked(prepared: Prepared, options: &TrainOptions) -> Result<Prepared, TrainError> {
+    check_requested_models(&prepared.outcomes, options)?;
+    Ok(prepared)
+}
+
+/// The training prompts: train and dev (a dev split adds to what cross-validation cuts).
+pub fn training_prompts(o: &Outcomes) -> Vec<usize> {
+    (0..o.prompts.len())
+        .filter(|&i| o.prompts[i].split != Split::Test)
+        .collect()
+}
