@@ -2,11 +2,13 @@
 //!
 //! `triage train` reads an outcome table with polars ([`table`]), embeds every distinct prompt
 //! once through the serving encoder and the shared `triage_core::features` (cached on disk,
-//! [`embed`]), fits per-model heads with linfa ([`fit`]), shrinks them toward a fit pooled
-//! over all models ([`pooled`]) and blends in a classifier shared by all models ([`shared`]),
-//! chooses the BALANCED/COST margins on
-//! the dev split by replaying decisions through the serving decision rule ([`simulate`]), and
-//! writes the policy atomically (temporary file, fsync, rename).
+//! [`embed`]; [`prepare`] holds the result), chooses every part of the policy's recipe by
+//! K-fold cross-validation over the training prompts ([`tune`]): per-model heads fitted with
+//! linfa ([`fit`]), shrunk toward a fit pooled over all models ([`pooled`]), a classifier shared
+//! by all models ([`shared`]), a neighbourhood of training prompts, which of them route and the
+//! BALANCED/COST margins, each scored by replaying decisions through the serving decision rule
+//! ([`simulate`], [`score`]). It then fits that [`recipe`] on every training prompt and writes the
+//! policy atomically ([`output`]: temporary file, fsync, rename).
 //!
 //! Training can also learn from usage: [`logdata`] turns the server's decision and feedback log
 //! into outcome rows (alone or mixed with a seed table), and [`promote`] only replaces the
@@ -18,12 +20,12 @@ pub mod eval;
 pub mod fit;
 pub mod logdata;
 pub mod offpolicy;
-mod output;
+pub mod output;
 pub mod pooled;
-mod prepare;
+pub mod prepare;
 pub mod promote;
 pub mod recipe;
-mod score;
+pub mod score;
 pub mod shared;
 pub mod simulate;
 pub mod table;
