@@ -2,7 +2,7 @@
 //!
 //! `triage train` reads an outcome table with polars ([`table`]), embeds every distinct prompt
 //! once through the serving encoder and the shared `triage_core::features` (cached on disk,
-//! [`embed`]; [`prepare`] holds the result), chooses every part of the policy's recipe by
+//! [`embed`]; [`mod@prepare`] holds the result), chooses every part of the policy's recipe by
 //! K-fold cross-validation over the training prompts ([`tune`]): per-model heads fitted with
 //! linfa ([`fit`]), shrunk toward a fit pooled over all models ([`pooled`]), a classifier shared
 //! by all models ([`shared`]), a neighbourhood of training prompts, which of them route and the
