@@ -74,23 +74,30 @@ pub struct Fold {
 /// from `eval --folds`, so an outer fold's training prompts still fill every inner fold);
 /// empty folds are dropped.
 pub fn folds(prepared: &Prepared, prompts: &[usize], k: usize) -> Vec<Fold> {
-    let k = k.max(1);
-    let mut held = vec![Vec::new(); k];
-    for &p in prompts {
-        let key = &prepared.outcomes.prompts[p].fold_key;
-        // The remainder is below k, so it fits in usize.
-        held[hash_mod(key, b"cv", k as u64) as usize].push(p);
-    }
-    held.into_iter()
-        .filter(|h| !h.is_empty())
-        .map(|held| {
-            let fit = prompts
-                .iter()
-                .copied()
-                .filter(|p| held.binary_search(p).is_err())
-                .collect();
-            Fold { fit, held }
+    let keys: Vec<&str> = prompts
+        .iter()
+        .map(|&p| prepared.outcomes.prompts[p].fold_key.as_str())
+        .collect();
+    fold_positions(&keys, k)
+        .into_iter()
+        .map(|(fit, held)| Fold {
+            fit: fit.into_iter().map(|i| prompts[i]).collect(),
+            held: held.into_iter().map(|i| prompts[i]).collect(),
         })
+        .collect()
+}
+
+/// [`folds`] over positions in `keys`: `(fit, held)` per non-empty fold.
+fn fold_positions(keys: &[&str], k: usize) -> Vec<(Vec<usize>, Vec<usize>)> {
+    let k = k.max(1);
+    // The remainder is below k, so it fits in usize.
+    let fold_of: Vec<usize> = keys
+        .iter()
+        .map(|key| hash_mod(key, b"cv", k as u64) as usize)
+        .collect();
+    (0..k)
+        .map(|f| (0..keys.len()).partition::<Vec<usize>, _>(|&i| fold_of[i] != f))
+        .filter(|(_, held)| !held.is_empty())
         .collect()
 }
 
@@ -289,4 +296,40 @@ pub fn informative_prompts(prepared: &Prepared, prompts: &[usize]) -> Vec<usize>
         .copied()
         .filter(|&p| prepared.outcomes.cells[p].iter().flatten().count() >= 2)
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn folds_partition_the_prompts_and_fill_inside_an_outer_fold() {
+        let ids: Vec<String> = (0..500).map(|i| format!("prompt-{i}")).collect();
+        let keys: Vec<&str> = ids.iter().map(String::as_str).collect();
+        let folds = fold_positions(&keys, 5);
+        assert_eq!(folds.len(), 5);
+        let mut seen = vec![0; keys.len()];
+        for (fit, held) in &folds {
+            assert_eq!(fit.len() + held.len(), keys.len());
+            assert!(held.len() > 60 && held.len() < 140, "{}", held.len());
+            for &i in held {
+                seen[i] += 1;
+                assert!(!fit.contains(&i));
+            }
+        }
+        assert!(
+            seen.iter().all(|&n| n == 1),
+            "every prompt is held out exactly once"
+        );
+        // `eval --folds` cuts outer folds with another salt: the training prompts of an outer
+        // fold still spread over every inner fold (with one salt, inner fold f would be empty).
+        let outer: Vec<&str> = keys
+            .iter()
+            .copied()
+            .filter(|k| hash_mod(k, b"fold", 5) != 0)
+            .collect();
+        assert_eq!(fold_positions(&outer, 5).len(), 5);
+        // Too few prompts for the folds asked: only non-empty folds come back.
+        assert!((1..=2).contains(&fold_positions(&keys[..2], 5).len()));
+    }
 }
