@@ -62,12 +62,18 @@ impl Prepared {
     }
 }
 
+impl TrainOptions {
+    /// The catalog of the settings (prices of models the table does not price).
+    pub(crate) fn catalog(&self) -> Result<triage_core::Catalog, TrainError> {
+        self.settings
+            .catalog()
+            .map_err(|e| TrainError::Data(e.to_string()))
+    }
+}
+
 /// Loads the table and embeds its prompts.
 pub fn prepare(options: &TrainOptions) -> Result<Prepared, TrainError> {
-    let catalog = options
-        .settings
-        .catalog()
-        .map_err(|e| TrainError::Data(e.to_string()))?;
+    let catalog = options.catalog()?;
     let data = options
         .data
         .as_deref()

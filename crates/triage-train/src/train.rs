@@ -37,10 +37,7 @@ pub struct TrainReport {
 /// Trains a policy from a table, the log, or both, and writes it to `options.out` if the
 /// promotion gate (or `force`) allows.
 pub fn train(options: &TrainOptions) -> Result<TrainReport, TrainError> {
-    let catalog = options
-        .settings
-        .catalog()
-        .map_err(|e| TrainError::Data(e.to_string()))?;
+    let catalog = options.catalog()?;
     let logged = options
         .from_log
         .as_deref()
