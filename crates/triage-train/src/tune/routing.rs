@@ -187,36 +187,9 @@ impl Cv<'_> {
                 out.push(c);
             }
         }
-        // The neighbourhood size at an even blend, then the weight at the best size.
         let first_blend = out.len();
-        let blend_at = |k: usize, weight: f64| Routing {
-            share,
-            neighbours: Some(NeighbourRecipe {
-                k,
-                weight,
-                temperature: None,
-                length_weight: 0.0,
-            }),
-        };
-        for &k in &sizes {
-            let routing = blend_at(k, 0.5);
-            out.push(self.score(describe(&routing), routing)?);
-        }
-        let best_k = out[first_blend..]
-            .iter()
-            .max_by(|a, b| a.mean().total_cmp(&b.mean()))
-            .and_then(|c| c.routing.neighbours.map(|n| n.k));
-        if let Some(k) = best_k {
-            for weight in NEIGHBOUR_WEIGHTS.into_iter().filter(|w| *w != 0.5) {
-                let routing = blend_at(k, weight);
-                out.push(self.score(describe(&routing), routing)?);
-            }
-        }
-        let Some(blend) = out[first_blend..]
-            .iter()
-            .max_by(|a, b| a.mean().total_cmp(&b.mean()))
-            .map(|c| c.routing)
-        else {
+        self.blends(share, &sizes, &mut out)?;
+        let Some(blend) = best_of(&out[first_blend..]) else {
             return Ok(out);
         };
         if share > 0.0 {
@@ -226,14 +199,58 @@ impl Cv<'_> {
             };
             out.push(self.score(describe(&without), without)?);
         }
-        let mut best = out
+        let best = best_of(
+            &out.iter()
+                .filter(|c| c.routing.neighbours.is_some_and(|n| n.weight < 1.0))
+                .cloned()
+                .collect::<Vec<_>>(),
+        )
+        .unwrap_or(blend);
+        self.refinements(best, &mut out)?;
+        Ok(out)
+    }
+
+    /// Heads (at `share`) + a neighbourhood: each size at an even blend, then each weight at
+    /// the best size.
+    fn blends(
+        &self,
+        share: f64,
+        sizes: &[usize],
+        out: &mut Vec<Candidate>,
+    ) -> Result<(), TrainError> {
+        let first = out.len();
+        let blend_at = |k: usize, weight: f64| Routing {
+            share,
+            neighbours: Some(NeighbourRecipe {
+                k,
+                weight,
+                temperature: None,
+                length_weight: 0.0,
+            }),
+        };
+        for &k in sizes {
+            let routing = blend_at(k, 0.5);
+            out.push(self.score(describe(&routing), routing)?);
+        }
+        if let Some(k) = best_of(&out[first..]).and_then(|r| r.neighbours.map(|n| n.k)) {
+            for weight in NEIGHBOUR_WEIGHTS.into_iter().filter(|w| *w != 0.5) {
+                let routing = blend_at(k, weight);
+                out.push(self.score(describe(&routing), routing)?);
+            }
+        }
+        Ok(())
+    }
+
+    /// `blend` with each similarity temperature, then the best of those (or `blend`) with the
+    /// neighbours' lengths blended in too.
+    fn refinements(&self, blend: Routing, out: &mut Vec<Candidate>) -> Result<(), TrainError> {
+        let blend_mean = out
             .iter()
-            .filter(|c| c.routing.neighbours.is_some_and(|n| n.weight < 1.0))
-            .max_by(|a, b| a.mean().total_cmp(&b.mean()))
-            .map(|c| (c.routing, c.mean()))
-            .unwrap_or((blend, f64::MIN));
+            .find(|c| c.routing == blend)
+            .map_or(f64::MIN, Candidate::mean);
+        let mut best = (blend, blend_mean);
         for temperature in NEIGHBOUR_TEMPERATURES {
-            let mut routing = best.0;
+            let mut routing = blend;
             if let Some(n) = &mut routing.neighbours {
                 n.temperature = Some(temperature);
             }
@@ -248,8 +265,16 @@ impl Cv<'_> {
             n.length_weight = n.weight;
         }
         out.push(self.score(describe(&routing), routing)?);
-        Ok(out)
+        Ok(())
     }
+}
+
+/// The routing of the candidate with the best mean AIQ.
+fn best_of(candidates: &[Candidate]) -> Option<Routing> {
+    candidates
+        .iter()
+        .max_by(|a, b| a.mean().total_cmp(&b.mean()))
+        .map(|c| c.routing)
 }
 
 /// The widest margins whose mean out-of-fold quality in BALANCED (COST) mode stays within 0.01
