@@ -48,7 +48,7 @@ pub(super) fn fit_paths(
     models: &[usize],
     bandit: &[bool],
     folds: &[Fold],
-) -> Result<(Paths, Vec<triage_policy::Standardizer>), TrainError> {
+) -> Result<(Paths, Vec<Standardizer>), TrainError> {
     let mut paths = Vec::with_capacity(folds.len());
     let mut standardizers = Vec::with_capacity(folds.len());
     for (f, fold) in folds.iter().enumerate() {
@@ -180,7 +180,7 @@ pub(super) fn choose_shrink(
     bandit: &[bool],
     folds: &[Fold],
     paths: &Paths,
-    standardizers: &[triage_policy::Standardizer],
+    standardizers: &[Standardizer],
     heads: &[(HeadRecipe, f64)],
 ) -> Result<ShrinkChoice, TrainError> {
     let mut per_fold = Vec::with_capacity(folds.len());
