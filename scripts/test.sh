@@ -17,6 +17,14 @@ bash scripts/setup-python.sh
 bash scripts/setup-node.sh
 bash scripts/setup-mono.sh
 
+# The tests on real outcome tables (training, evaluation, simulation) skip without them, and
+# cargo hides a passing test's output: say so here, where it is seen.
+shared_data=${TRIAGE_SHARED_DATA:-$root/../shared/data}
+if [ ! -f "$shared_data/zeroeval.parquet" ]; then
+    echo "NOTE: $shared_data/zeroeval.parquet not found: the tests on real outcome data will" \
+         "skip (set TRIAGE_SHARED_DATA to the shared data directory to run them)"
+fi
+
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
