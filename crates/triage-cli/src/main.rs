@@ -127,7 +127,11 @@ enum Command {
         #[arg(long)]
         strict: bool,
         /// Cross-validation folds every training choice is made over (prompt-disjoint, by hash).
-        #[arg(long, default_value_t = triage_train::tune::DEFAULT_FOLDS)]
+        #[arg(
+            long,
+            default_value_t = triage_train::tune::DEFAULT_FOLDS,
+            value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(2..=100)
+        )]
         cv_folds: usize,
         /// Embedding cache directory.
         #[arg(long, default_value = ".cache/embeddings")]
@@ -169,7 +173,11 @@ enum Command {
         leave_one_task_out: bool,
         /// Cross-validation folds each refit (--folds, --leave-one-task-out) makes its own
         /// choices over, as `train --cv-folds`.
-        #[arg(long, default_value_t = triage_train::tune::DEFAULT_FOLDS)]
+        #[arg(
+            long,
+            default_value_t = triage_train::tune::DEFAULT_FOLDS,
+            value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(2..=100)
+        )]
         cv_folds: usize,
         /// Paired-bootstrap resamples of the evaluated prompts for Triage's intervals against the
         /// other routers (0: none).

@@ -183,4 +183,25 @@ fn folds_are_checked_before_the_evaluation_runs() {
         );
         assert!(String::from_utf8_lossy(&out.stdout).is_empty());
     }
+    // Training's cross-validation needs two folds at least, on `train` as on `eval`.
+    let (table, policy) = (path(&table), path(&policy));
+    for args in [
+        vec!["train", "--data", &table, "--cv-folds", "1"],
+        vec![
+            "eval",
+            "--data",
+            &table,
+            "--policy",
+            &policy,
+            "--cv-folds",
+            "1",
+        ],
+    ] {
+        let out = run(&args, &cache);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && stderr.contains("1 is not in 2..=100"),
+            "{args:?}: {stderr}"
+        );
+    }
 }
