@@ -26,6 +26,7 @@ use crate::logdata::LoggedData;
 use crate::offpolicy::{RewardModel, compare};
 use crate::prepare::Prepared;
 use crate::score::file_aiq;
+use crate::tune::informative_prompts;
 use triage_policy::Rule;
 
 /// AIQ a candidate may lose and still count as "not worse" (estimation noise).
@@ -312,11 +313,7 @@ fn evidence(
     };
     let candidate_policy =
         Policy::new(candidate.clone()).map_err(|e| TrainError::Fit(e.to_string()))?;
-    let full_information: Vec<usize> = held_out
-        .iter()
-        .copied()
-        .filter(|&p| prepared.outcomes.cells[p].iter().flatten().count() >= 2)
-        .collect();
+    let full_information = informative_prompts(prepared, held_out);
     // A model learned only from the log has no outcomes in the seed table: a held-out replay
     // cannot see what it adds, so the log's off-policy evidence decides instead.
     let blind_to: Vec<&str> = candidate
