@@ -128,8 +128,10 @@ pub fn tune(
     if folds.len() < 2 {
         tracing::warn!(
             prompts = prompts.len(),
-            "too few training prompts to cross-validate: heads at a fixed L2 strength, default \
-             margins"
+            folds_asked = k,
+            non_empty_folds = folds.len(),
+            "fewer than two non-empty cross-validation folds (too few prompts, or fewer than two \
+             folds asked): heads at a fixed L2 strength, default margins"
         );
         return Ok(untuned(prepared, models));
     }
