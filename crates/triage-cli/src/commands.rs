@@ -199,6 +199,7 @@ pub struct TrainSources {
     pub force: bool,
     pub strict: bool,
     pub cv_folds: usize,
+    pub responses: Option<triage_train::responses::ResponsesSource>,
 }
 
 /// `triage log compact`: sealed segments into Parquet archives.
@@ -270,6 +271,7 @@ pub fn train(
         cache_dir,
         progress: !json,
         folds: sources.cv_folds,
+        responses: sources.responses,
     };
     let report = triage_train::train(&options)?;
     let p = &report.policy;
@@ -283,6 +285,11 @@ pub fn train(
             "prompts": {"train": report.prompts.0, "dev": report.prompts.1, "test": report.prompts.2},
             "models": p.models.len(),
             "routing": report.routing,
+            "acceptor": p.acceptor.as_ref().map(|a| serde_json::json!({
+                "plans": a.plans.iter().map(|pl| &pl.drafts).collect::<Vec<_>>(),
+                "cascading_settings": a.settings.iter().filter(|s| s.plan.is_some()).count(),
+                "answers": a.answers,
+            })),
             "log": report.log_counts,
         });
         println!("{}", serde_json::to_string_pretty(&summary)?);
@@ -295,6 +302,16 @@ pub fn train(
             p.models.len()
         );
         println!("routing: {}", report.routing);
+        if let Some(a) = &p.acceptor {
+            let cascading = a.settings.iter().filter(|s| s.plan.is_some()).count();
+            println!(
+                "acceptor: {} draft plans; drafts first at {} of {} cost weights (final answers: {})",
+                a.plans.len(),
+                cascading,
+                a.settings.len(),
+                a.answers
+            );
+        }
         println!(
             "margins: balanced {:.3}, cost {:.3}",
             p.decision.balanced_margin, p.decision.cost_margin
@@ -334,6 +351,8 @@ pub struct EvalFiles {
     pub cv_folds: usize,
     pub bootstrap: usize,
     pub strict: bool,
+    pub responses: Option<triage_train::responses::ResponsesSource>,
+    pub cascade: bool,
 }
 
 /// Prints a per-router summary of refits (folds or tasks).
@@ -372,6 +391,8 @@ pub fn eval(
     use triage_train::eval::{EvalOptions, evaluate, export_choices, plot, render_table};
     let split = triage_train::table::Split::from_arg(split)?;
     let policy = triage_policy::Policy::load(&policy_path)?;
+    // Latency figures for the cascade's critical path.
+    let settings_catalog = settings.catalog()?;
     let options = triage_train::TrainOptions {
         data: Some(data),
         from_log: None,
@@ -384,6 +405,7 @@ pub fn eval(
         cache_dir,
         progress: true,
         folds: triage_train::tune::DEFAULT_FOLDS,
+        responses: None,
     };
     // Output directories are made now, as `train` makes its --out's, so that one that cannot be
     // fails before minutes of evaluation rather than after.
@@ -412,6 +434,23 @@ pub fn eval(
     };
     let report = evaluate(&prepared, &policy, &options)?;
     print!("{}", render_table(&report));
+    let cascade = match (&files.responses, files.cascade) {
+        (Some(source), true) => {
+            use triage_train::cascade::eval::{evaluate_cascade, render_cascade};
+            let responses = triage_train::responses::Responses::load(source, &prepared.outcomes)?;
+            let c = evaluate_cascade(
+                &prepared,
+                &policy,
+                &responses,
+                &settings_catalog,
+                split,
+                files.bootstrap,
+            )?;
+            print!("{}", render_cascade(&c));
+            Some(c)
+        }
+        _ => None,
+    };
     let mut fold_summary = None;
     if let Some(k) = files.folds {
         let (_, summary) = triage_train::eval::folds::cross_validate(&prepared, k, files.cv_folds)?;
@@ -434,6 +473,7 @@ pub fn eval(
             "report": report,
             "folds": fold_summary,
             "leave_one_task_out": by_task,
+            "cascade": cascade,
         });
         std::fs::write(&path, serde_json::to_vec_pretty(&json)?)
             .with_context(|| format!("cannot write {}", path.display()))?;
@@ -455,7 +495,10 @@ pub fn eval(
         println!("wrote {}", path.display());
     }
     if let Some(path) = files.export_choices {
-        export_choices(&report, &path)?;
+        match &cascade {
+            Some(c) => triage_train::cascade::eval::export_cascade_choices(c, &path)?,
+            None => export_choices(&report, &path)?,
+        }
         println!("wrote {}", path.display());
     }
     Ok(())

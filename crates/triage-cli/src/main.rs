@@ -133,6 +133,14 @@ enum Command {
             value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(2..=100)
         )]
         cv_folds: usize,
+        /// Each model's answer texts (columns prompt_id, model, response; .parquet, .csv or
+        /// .jsonl): also learn a verify-then-escalate acceptor.
+        #[arg(long)]
+        responses: Option<PathBuf>,
+        /// Take each draft's final answer from this column of --responses instead of the
+        /// generic extraction (to compare with a benchmark's own extraction).
+        #[arg(long, requires = "responses")]
+        answer_column: Option<String>,
         /// Embedding cache directory.
         #[arg(long, default_value = ".cache/embeddings")]
         cache_dir: PathBuf,
@@ -186,6 +194,18 @@ enum Command {
         /// Refuse a table with an empty or NaN quality or cost instead of leaving those rows out.
         #[arg(long)]
         strict: bool,
+        /// Each model's answer texts (columns prompt_id, model, response; .parquet, .csv or
+        /// .jsonl): for --cascade.
+        #[arg(long)]
+        responses: Option<PathBuf>,
+        /// Take each draft's final answer from this column of --responses instead of the
+        /// generic extraction (to compare with a benchmark's own extraction).
+        #[arg(long, requires = "responses")]
+        answer_column: Option<String>,
+        /// Also score verify-then-escalate cascades (the policy's acceptor and two fixed rules)
+        /// beside routing alone; --export-choices then writes the cascade's outcomes.
+        #[arg(long, requires = "responses")]
+        cascade: bool,
         /// Embedding cache directory.
         #[arg(long, default_value = ".cache/embeddings")]
         cache_dir: PathBuf,
@@ -269,6 +289,8 @@ fn main() -> anyhow::Result<()> {
             out,
             strict,
             cv_folds,
+            responses,
+            answer_column,
             cache_dir,
         } => {
             if dry_run {
@@ -280,6 +302,10 @@ fn main() -> anyhow::Result<()> {
                 force,
                 strict,
                 cv_folds,
+                responses: responses.map(|path| triage_train::responses::ResponsesSource {
+                    path,
+                    answer_column,
+                }),
             };
             commands::train(settings, sources, models, out, cache_dir, json)
         }
@@ -299,6 +325,9 @@ fn main() -> anyhow::Result<()> {
             cv_folds,
             bootstrap,
             strict,
+            responses,
+            answer_column,
+            cascade,
             cache_dir,
         } => {
             let pair = match pair.as_deref() {
@@ -315,6 +344,11 @@ fn main() -> anyhow::Result<()> {
                 cv_folds,
                 bootstrap,
                 strict,
+                responses: responses.map(|path| triage_train::responses::ResponsesSource {
+                    path,
+                    answer_column,
+                }),
+                cascade,
             };
             commands::eval(settings, data, policy, &split, pair, outputs, cache_dir)
         }

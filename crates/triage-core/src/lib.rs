@@ -2,7 +2,7 @@
 //!
 //! This crate owns
 //! - the validated conversation and routing preferences ([`request`]),
-//! - what counts as a good answer ([`outcome`]),
+//! - what counts as a good answer ([`outcome`]), and what an answer's text commits to ([`answer`]),
 //! - the model catalog with prices, context windows and capabilities ([`catalog`]),
 //! - the layered configuration (embedded defaults, a TOML file, `TRIAGE_*` environment) ([`config`]),
 //! - and the one prompt → feature-vector function, [`features::features`], together with the rule
@@ -11,6 +11,7 @@
 //! Serving and training both call [`features::features`], so the two cannot drift apart: a policy
 //! records [`features::FEATURE_SCHEMA`] and is rejected when it was trained on another schema.
 
+pub mod answer;
 pub mod catalog;
 pub mod config;
 pub mod features;

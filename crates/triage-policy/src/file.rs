@@ -5,6 +5,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use triage_core::features::{FEATURE_SCHEMA, feature_dim};
 
+use crate::acceptor::Acceptor;
 use crate::neighbours::{NeighbourSet, Neighbours};
 use crate::online::sigmoid;
 use crate::shared::SharedClassifier;
@@ -97,6 +98,9 @@ pub struct PolicyFile {
     /// A classifier over all models blended into the quality heads, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shared: Option<SharedClassifier>,
+    /// When to accept a cheap draft instead of routing directly, if trained with responses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acceptor: Option<Acceptor>,
     /// Free-form training metadata (data hash, rows, metrics).
     #[serde(default)]
     pub training: serde_json::Value,
@@ -240,6 +244,10 @@ impl Policy {
         }
         if let Some(shared) = &file.shared {
             shared.validate(dim, file.models.len()).map_err(invalid)?;
+        }
+        if let Some(acceptor) = &file.acceptor {
+            let names: Vec<&str> = file.models.iter().map(|m| m.name.as_str()).collect();
+            acceptor.validate(&names).map_err(invalid)?;
         }
         let neighbours = match &file.neighbours {
             Some(set) => Some(

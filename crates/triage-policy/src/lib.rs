@@ -11,15 +11,20 @@
 //! (QUALITY, BALANCED, COST margins, or a continuous cost weight λ). Ties are broken by lower
 //! cost, then by name, so the same inputs always give the same answer.
 //!
+//! [`acceptor`] adds verify-then-escalate: which cheap drafts to run for a routing rule, and when
+//! the evidence in their texts is strong enough to return one instead of escalating.
+//!
 //! [`OnlineLearner`] adapts between retrains: priors for unseen models, bandit exploration with
 //! exact propensities, and per-model corrections learned from feedback.
 
+pub mod acceptor;
 mod decide;
 mod file;
 mod neighbours;
 mod online;
 mod shared;
 
+pub use acceptor::{Acceptor, CascadeSetting, DraftEvidence, DraftPlan};
 pub use decide::{
     Availability, Candidate, Decision, DecisionError, Exclusion, Rule, decide, decide_with,
 };

@@ -173,6 +173,7 @@ fn train_options(
         cache_dir: o.cache_dir.clone(),
         progress: false,
         folds: triage_train::tune::DEFAULT_FOLDS,
+        responses: None,
     }
 }
 

@@ -106,6 +106,7 @@ fn offline(data: &Path, dir: &Path, models: &[&str], name: &str) -> PathBuf {
         cache_dir: root().join(".cache/embeddings"),
         progress: false,
         folds: triage_train::tune::DEFAULT_FOLDS,
+        responses: None,
     })
     .expect("offline training");
     out

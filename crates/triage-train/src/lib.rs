@@ -15,6 +15,7 @@
 //! serving policy when an off-policy ([`offpolicy`]) or held-out estimate says the new one is not
 //! worse.
 
+pub mod cascade;
 pub mod embed;
 pub mod eval;
 pub mod fit;
@@ -25,6 +26,7 @@ pub mod pooled;
 pub mod prepare;
 pub mod promote;
 pub mod recipe;
+pub mod responses;
 pub mod score;
 pub mod shared;
 pub mod simulate;

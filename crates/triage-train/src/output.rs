@@ -79,10 +79,11 @@ pub(crate) fn data_label(o: &Outcomes) -> String {
 
 pub(crate) fn content_hash(file: &PolicyFile) -> String {
     let core = (&file.models, &file.standardize, &file.decision);
-    // Without a shared classifier the hash stays what it was before classifiers existed.
-    let bytes = match &file.shared {
-        None => serde_json::to_vec(&core),
-        Some(shared) => serde_json::to_vec(&(core, shared)),
+    // Without a shared classifier or an acceptor the hash stays what it was before they existed.
+    let bytes = match (&file.shared, &file.acceptor) {
+        (None, None) => serde_json::to_vec(&core),
+        (Some(shared), None) => serde_json::to_vec(&(core, shared)),
+        (shared, Some(acceptor)) => serde_json::to_vec(&(core, shared, acceptor)),
     }
     .unwrap_or_default();
     hex::encode(Sha256::digest(bytes))

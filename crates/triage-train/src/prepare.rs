@@ -38,6 +38,8 @@ pub struct TrainOptions {
     pub progress: bool,
     /// Cross-validation folds every training choice is made over (see `tune`).
     pub folds: usize,
+    /// Each model's answer texts, to learn a cascade's acceptor from (see `cascade`).
+    pub responses: Option<crate::responses::ResponsesSource>,
 }
 
 /// Loaded table plus its features: the shared start of `train` and `eval`.

@@ -242,6 +242,7 @@ pub fn bare_policy(components: &Components) -> PolicyFile {
         models: components.heads.clone(),
         neighbours: None,
         shared: None,
+        acceptor: None,
         training: serde_json::Value::Null,
     }
 }
@@ -369,6 +370,7 @@ pub fn prior_policy(models: &[String], quality: f64, output_tokens: f64) -> Poli
             .collect(),
         neighbours: None,
         shared: None,
+        acceptor: None,
         training: serde_json::json!({"prior_only": {"quality": quality, "output_tokens": output_tokens}}),
     };
     file.version = format!("prior-{}", &content_hash(&file)[..10]);

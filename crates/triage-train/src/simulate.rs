@@ -141,6 +141,11 @@ impl<'a> Replay<'a> {
             .collect()
     }
 
+    /// The policy's probability of a good answer from `model` on the `k`-th replayed prompt.
+    pub fn predicted_quality(&self, k: usize, model: &str) -> Option<f64> {
+        self.predictions.get(k)?.get(model).map(|p| p.quality)
+    }
+
     /// Mean realised cost and quality under `knob`.
     pub fn point(&self, knob: Rule) -> Point {
         let choices = self.choices(knob);

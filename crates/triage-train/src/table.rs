@@ -103,7 +103,7 @@ pub struct Outcomes {
     pub rows: usize,
 }
 
-fn read_frame(path: &Path) -> Result<DataFrame, TrainError> {
+pub(crate) fn read_frame(path: &Path) -> Result<DataFrame, TrainError> {
     let ext = path
         .extension()
         .and_then(|e| e.to_str())
@@ -134,7 +134,7 @@ fn read_frame(path: &Path) -> Result<DataFrame, TrainError> {
     }
 }
 
-fn strings(df: &DataFrame, name: &str) -> Result<Vec<Option<String>>, TrainError> {
+pub(crate) fn strings(df: &DataFrame, name: &str) -> Result<Vec<Option<String>>, TrainError> {
     let col = df.column(name).map_err(|_| missing(name))?;
     let col = col
         .cast(&DataType::String)

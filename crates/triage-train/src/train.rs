@@ -6,6 +6,7 @@
 use triage_policy::{Policy, PolicyFile};
 
 use crate::TrainError;
+use crate::cascade::fit::fit_acceptor;
 use crate::logdata::{LogCounts, LoggedData, merge};
 use crate::output::{
     candidate_path, carry_over_heads, content_hash, data_label, write_policy_atomically,
@@ -16,6 +17,7 @@ use crate::prepare::{
 };
 use crate::promote::{GateVerdict, gate, pulled_toward_prior};
 use crate::recipe::{Routing, assemble, bandit_flags, fit_components, with_shared};
+use crate::responses::Responses;
 use crate::table::{Outcomes, Split};
 use crate::tune::{describe, shared_recipe, tune};
 
@@ -64,12 +66,24 @@ pub fn train(options: &TrainOptions) -> Result<TrainReport, TrainError> {
     };
     // The gate judges fold 0's policy on fold 0; the recipe fitted on every training prompt is
     // what gets written.
+    // Read before fitting, so a bad responses file fails in seconds, not after minutes.
+    let responses = options
+        .responses
+        .as_ref()
+        .map(|source| Responses::load(source, &prepared.outcomes))
+        .transpose()?;
     let Fitted {
-        validated,
+        fold_policies,
         deployed: mut policy,
         routing,
     } = fit_policy(&prepared, options.folds)?;
-    let (mut validated, held_out) = validated.unwrap_or_else(|| (policy.clone(), Vec::new()));
+    if let Some(responses) = &responses {
+        attach_acceptor(&prepared, responses, &fold_policies, &mut policy)?;
+    }
+    let (mut validated, held_out) = fold_policies
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| (policy.clone(), Vec::new()));
     let current = options
         .out
         .is_file()
@@ -147,12 +161,13 @@ pub fn train(options: &TrainOptions) -> Result<TrainReport, TrainError> {
     })
 }
 
-/// A fitted policy, and the form the gate can judge on held-out prompts.
+/// A fitted policy, and the forms fitted without each fold.
 #[derive(Clone, Debug)]
 pub struct Fitted {
-    /// Cross-validation fold 0's policy (fitted without fold 0 by the same recipe) and fold 0's
-    /// prompts; `None` when there were too few prompts to cross-validate.
-    pub validated: Option<(PolicyFile, Vec<usize>)>,
+    /// Each cross-validation fold's policy (fitted without the fold by the same recipe) and the
+    /// fold's prompts: the gate judges fold 0's on fold 0. Empty when there were too few prompts
+    /// to cross-validate.
+    pub fold_policies: Vec<(PolicyFile, Vec<usize>)>,
     /// The recipe fitted on all training prompts: what is written.
     pub deployed: PolicyFile,
     /// The routing cross-validation chose.
@@ -229,19 +244,55 @@ pub fn fit_policy(prepared: &Prepared, folds: usize) -> Result<Fitted, TrainErro
     deployed.training =
         training_json("every training prompt, with the recipe cross-validation chose");
     deployed.version = format!("{}-{}", data_label(o), &content_hash(&deployed)[..10]);
-    let validated = tuned.validated.map(|(mut file, held)| {
-        file.training = training_json("cross-validation fold 0's policy: fitted without fold 0");
-        file.version = format!("{}-{}", data_label(o), &content_hash(&file)[..10]);
-        (file, held)
-    });
+    let fold_policies = tuned
+        .fold_policies
+        .into_iter()
+        .enumerate()
+        .map(|(f, (mut file, held))| {
+            file.training = training_json(&format!(
+                "cross-validation fold {f}'s policy: fitted without fold {f}"
+            ));
+            file.version = format!("{}-{}", data_label(o), &content_hash(&file)[..10]);
+            (file, held)
+        })
+        .collect();
     tracing::info!(
         seconds = format!("{:.1}", started.elapsed().as_secs_f64()),
         version = %deployed.version,
         "policy fitted"
     );
     Ok(Fitted {
-        validated,
+        fold_policies,
         deployed,
         routing: recipe.routing,
     })
+}
+
+/// Learns the cascade's acceptor from `responses` and the fold policies' views, and puts it (and
+/// what cross-validation found) into `policy`.
+fn attach_acceptor(
+    prepared: &Prepared,
+    responses: &Responses,
+    fold_policies: &[(PolicyFile, Vec<usize>)],
+    policy: &mut PolicyFile,
+) -> Result<(), TrainError> {
+    let started = std::time::Instant::now();
+    let lambdas = crate::eval::baselines::lambda_grid();
+    let Some(fit) = fit_acceptor(prepared, responses, fold_policies, &lambdas)? else {
+        return Ok(());
+    };
+    tracing::info!(
+        seconds = format!("{:.1}", started.elapsed().as_secs_f64()),
+        "acceptor chosen by cross-validation"
+    );
+    policy.acceptor = Some(fit.acceptor);
+    if let Some(training) = policy.training.as_object_mut() {
+        training.insert("acceptor".into(), fit.report);
+    }
+    policy.version = format!(
+        "{}-{}",
+        data_label(&prepared.outcomes),
+        &content_hash(policy)[..10]
+    );
+    Ok(())
 }

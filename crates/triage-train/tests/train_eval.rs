@@ -12,85 +12,10 @@ use triage_policy::Policy;
 use triage_train::eval::ablation::{HEADS_ONLY, NO_NEIGHBOURHOOD, NO_SHARED};
 use triage_train::eval::{EvalOptions, evaluate};
 use triage_train::table::Split;
-use triage_train::{TrainOptions, fit_policy, neighbour_set, prepare, train};
+use triage_train::{fit_policy, neighbour_set, prepare, train};
 
-const MODELS: [&str; 3] = [
-    "claude-3-5-sonnet-20241022",
-    "gpt-4o-mini-2024-07-18",
-    "gemini-1.5-flash",
-];
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn shared_table() -> Option<PathBuf> {
-    let dir = std::env::var_os("TRIAGE_SHARED_DATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join("../shared/data"));
-    let path = dir.join("zeroeval.parquet");
-    if path.is_file() {
-        Some(path)
-    } else {
-        eprintln!(
-            "SKIPPED: {} not found (set TRIAGE_SHARED_DATA to the shared data directory)",
-            path.display()
-        );
-        None
-    }
-}
-
-/// Every 4th prompt of the real table, three models, written as CSV (exercises the CSV reader).
-fn slice(dir: &Path) -> Option<PathBuf> {
-    let source = shared_table()?;
-    let file = std::fs::File::open(&source).expect("open table");
-    let df = ParquetReader::new(file).finish().expect("read parquet");
-    let model = df
-        .column("model")
-        .expect("model")
-        .str()
-        .expect("str")
-        .clone();
-    let ids = df
-        .column("prompt_id")
-        .expect("prompt_id")
-        .str()
-        .expect("str")
-        .clone();
-    let keep: Vec<bool> = model
-        .iter()
-        .zip(ids.iter())
-        .map(|(m, id)| {
-            let m = m.unwrap_or_default();
-            let h = id
-                .unwrap_or_default()
-                .bytes()
-                .fold(7u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
-            MODELS.contains(&m) && h % 4 == 0
-        })
-        .collect();
-    let mask = BooleanChunked::from_slice("keep".into(), &keep);
-    let mut small = df
-        .filter(&mask)
-        .expect("filter")
-        .select([
-            "prompt_id",
-            "prompt",
-            "model",
-            "quality",
-            "cost_usd",
-            "output_tokens",
-            "input_tokens",
-            "split",
-            "task",
-        ])
-        .expect("select");
-    let out = dir.join("slice.csv");
-    CsvWriter::new(std::fs::File::create(&out).expect("create"))
-        .finish(&mut small)
-        .expect("write csv");
-    Some(out)
-}
+mod common;
+use common::{options, root, slice};
 
 /// The slice with holes, as real logs have them: every 7th gemini-1.5-flash row has no grade.
 fn slice_with_holes(dir: &Path) -> Option<(PathBuf, usize)> {
@@ -183,22 +108,6 @@ fn evaluate_test_split(
     .expect("eval")
 }
 
-fn options(data: PathBuf, out: PathBuf) -> TrainOptions {
-    TrainOptions {
-        data: Some(data),
-        from_log: None,
-        force: false,
-        strict: false,
-        models: None,
-        out,
-        settings: Settings::load(None).expect("settings"),
-        base: root(),
-        cache_dir: root().join(".cache/embeddings"),
-        progress: false,
-        folds: 5,
-    }
-}
-
 #[test]
 fn trains_on_a_slice_beats_the_cheapest_model_and_serving_agrees_with_eval() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -227,9 +136,10 @@ fn trains_on_a_slice_beats_the_cheapest_model_and_serving_agrees_with_eval() {
     // fold 0's policy (the gate's) is the same recipe fitted without fold 0.
     let fitted = fit_policy(&prepared, 5).expect("fits");
     let (validated, held_out) = fitted
-        .validated
-        .as_ref()
+        .fold_policies
+        .first()
         .expect("enough prompts to cross-validate");
+    assert_eq!(fitted.fold_policies.len(), 5);
     assert_eq!(fitted.deployed.decision, validated.decision);
     let training = triage_train::training_prompts(&prepared.outcomes);
     assert!(!held_out.is_empty() && held_out.len() < training.len() / 2);

@@ -38,6 +38,11 @@ impl Setting {
         Self { cost, quality }
     }
 
+    /// From per-prompt realised costs and qualities (a cascade's, which are not one model's).
+    pub fn from_values(cost: Vec<f64>, quality: Vec<f64>) -> Self {
+        Self { cost, quality }
+    }
+
     /// Always answering with model `m`.
     pub fn single(o: &Outcomes, prompts: &[usize], m: usize) -> Self {
         let (cost, quality) = prompts

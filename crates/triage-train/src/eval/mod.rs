@@ -11,7 +11,7 @@ pub mod bootstrap;
 pub mod curve;
 pub mod folds;
 pub mod plot;
-mod report;
+pub(crate) mod report;
 
 pub use report::{EvalReport, RouterResult, export_choices, render_table};
 
@@ -49,7 +49,7 @@ const SMALLEST_KNN_K: usize = 5;
 
 /// The prompts of `prompts` that have an outcome for every model, so that every router and
 /// baseline is scored on the same prompts; the others are left out with a warning naming them.
-fn complete_prompts(o: &crate::table::Outcomes, prompts: Vec<usize>) -> Vec<usize> {
+pub(crate) fn complete_prompts(o: &crate::table::Outcomes, prompts: Vec<usize>) -> Vec<usize> {
     let (complete, partial): (Vec<usize>, Vec<usize>) = prompts
         .into_iter()
         .partition(|&p| o.cells[p].iter().all(Option::is_some));

@@ -223,10 +223,6 @@ fn render_bootstrap(s: &mut String, b: &Bootstrap, prompts: usize) {
 /// Writes Triage's per-prompt choices, one row per (prompt, knob setting); Parquet when the
 /// path ends in `.parquet`, CSV otherwise.
 pub fn export_choices(r: &EvalReport, path: &Path) -> Result<(), TrainError> {
-    let err = |e: PolarsError| TrainError::Write {
-        path: path.display().to_string(),
-        message: e.to_string(),
-    };
     let (mut ids, mut knobs, mut chosen) = (Vec::new(), Vec::new(), Vec::new());
     for (label, prompt_ids, choices) in &r.choices {
         for (id, c) in prompt_ids.iter().zip(choices) {
@@ -235,15 +231,25 @@ pub fn export_choices(r: &EvalReport, path: &Path) -> Result<(), TrainError> {
             chosen.push(c.clone());
         }
     }
-    let mut df = DataFrame::new(
-        ids.len(),
+    write_columns(
+        path,
         vec![
             Column::new("prompt_id".into(), ids),
             Column::new("knob_setting".into(), knobs),
             Column::new("chosen_model".into(), chosen),
         ],
     )
-    .map_err(err)?;
+}
+
+/// Writes equal-length `columns` as one table: Parquet when the path ends in `.parquet`, CSV
+/// otherwise.
+pub(crate) fn write_columns(path: &Path, columns: Vec<Column>) -> Result<(), TrainError> {
+    let err = |e: PolarsError| TrainError::Write {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    };
+    let height = columns.first().map_or(0, Column::len);
+    let mut df = DataFrame::new(height, columns).map_err(err)?;
     let file = std::fs::File::create(path).map_err(|e| TrainError::Write {
         path: path.display().to_string(),
         message: e.to_string(),

@@ -111,8 +111,10 @@ pub struct Tuned {
     pub recipe: Recipe,
     /// What cross-validation tried and found, for the policy's training metadata.
     pub report: serde_json::Value,
-    /// Fold 0's policy (fitted without fold 0) and fold 0's prompts, for the gate.
-    pub validated: Option<(PolicyFile, Vec<usize>)>,
+    /// Each fold's policy (the chosen recipe fitted without the fold) and the fold's prompts:
+    /// the gate judges fold 0's; the acceptor learns from their out-of-fold predictions. Empty
+    /// when there were too few prompts to cross-validate.
+    pub fold_policies: Vec<(PolicyFile, Vec<usize>)>,
 }
 
 /// Chooses every part of the recipe for `models` (table indices) by `k`-fold cross-validation
@@ -201,7 +203,14 @@ pub fn tune(
     } else {
         choose_margins(prepared, &folds, &comps, &informative, &routing)?
     };
-    let validated = assemble(prepared, &comps[0], &routing, &folds[0].fit, &decision);
+    let fold_policies = folds
+        .iter()
+        .zip(&comps)
+        .map(|(fold, c)| {
+            let file = assemble(prepared, c, &routing, &fold.fit, &decision);
+            (file, fold.held.clone())
+        })
+        .collect();
     tracing::info!(
         routing = %describe(&routing),
         balanced_margin = decision.balanced_margin,
@@ -228,7 +237,7 @@ pub fn tune(
             decision,
         },
         report,
-        validated: Some((validated, folds[0].held.clone())),
+        fold_policies,
     })
 }
 
@@ -290,7 +299,7 @@ fn untuned(prepared: &Prepared, models: &[usize]) -> Tuned {
             decision: DEFAULT_DECISION,
         },
         report: serde_json::json!({"folds": 0, "skipped": "too few training prompts"}),
-        validated: None,
+        fold_policies: Vec::new(),
     }
 }
 
