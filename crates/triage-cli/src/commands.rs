@@ -391,6 +391,13 @@ pub fn eval(
     use triage_train::eval::{EvalOptions, evaluate, export_choices, plot, render_table};
     let split = triage_train::table::Split::from_arg(split)?;
     let policy = triage_policy::Policy::load(&policy_path)?;
+    if files.cascade && policy.file().acceptor.is_none() {
+        anyhow::bail!(
+            "--cascade: policy {} ({}) has no acceptor; train it with --responses FILE",
+            policy.version(),
+            policy_path.display()
+        );
+    }
     // Latency figures for the cascade's critical path.
     let settings_catalog = settings.catalog()?;
     let options = triage_train::TrainOptions {
@@ -432,16 +439,23 @@ pub fn eval(
         pair,
         resamples: files.bootstrap,
     };
+    // Read before evaluating, so a bad responses file fails first.
+    let responses = match (&files.responses, files.cascade) {
+        (Some(source), true) => Some(triage_train::responses::Responses::load(
+            source,
+            &prepared.outcomes,
+        )?),
+        _ => None,
+    };
     let report = evaluate(&prepared, &policy, &options)?;
     print!("{}", render_table(&report));
-    let cascade = match (&files.responses, files.cascade) {
-        (Some(source), true) => {
+    let cascade = match &responses {
+        Some(responses) => {
             use triage_train::cascade::eval::{evaluate_cascade, render_cascade};
-            let responses = triage_train::responses::Responses::load(source, &prepared.outcomes)?;
             let c = evaluate_cascade(
                 &prepared,
                 &policy,
-                &responses,
+                responses,
                 &settings_catalog,
                 split,
                 files.bootstrap,
@@ -449,7 +463,7 @@ pub fn eval(
             print!("{}", render_cascade(&c));
             Some(c)
         }
-        _ => None,
+        None => None,
     };
     let mut fold_summary = None;
     if let Some(k) = files.folds {

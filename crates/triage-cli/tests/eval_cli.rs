@@ -11,11 +11,19 @@ use std::process::{Command, Output};
 /// Arithmetic prompts only the dear model gets right; writing prompts both get right. Enough dev
 /// prompts that training chooses its blend and margins by replaying decisions.
 fn write_table(path: &Path) {
+    write_table_where(path, |_| false);
+}
+
+/// [`write_table`], with the cheap model also right on the arithmetic prompts `small_sums` picks.
+fn write_table_where(path: &Path, small_sums: impl Fn(usize) -> bool) {
     let mut csv = String::from("prompt_id,prompt,model,quality,cost_usd,split\n");
     for i in 0..200 {
         let split = ["train", "train", "train", "dev", "test"][i % 5];
         let (prompt, small_right) = if i % 2 == 0 {
-            (format!("What is {i} times {} plus 17?", i + 3), 0)
+            (
+                format!("What is {i} times {} plus 17?", i + 3),
+                u8::from(small_sums(i)),
+            )
         } else {
             (
                 format!("Write a short friendly note to neighbour number {i}."),
@@ -204,4 +212,136 @@ fn folds_are_checked_before_the_evaluation_runs() {
             "{args:?}: {stderr}"
         );
     }
+}
+
+/// The cheap model is right on every 4th prompt's sum, which the prompt does not show; its
+/// draft does: a plain answer when right, a hedged one when wrong.
+fn small_sums(i: usize) -> bool {
+    i.is_multiple_of(4)
+}
+
+/// Answer texts for [`write_table_where`] with [`small_sums`]: the dear model always gives the
+/// right sum; both write a note (no final answer) for the writing prompts.
+fn write_responses(path: &Path) {
+    let mut csv = String::from("prompt_id,model,response\n");
+    for i in 0..200 {
+        let right = i * (i + 3) + 17;
+        if i % 2 == 1 {
+            let _ = writeln!(csv, "p{i},big,\"Dear neighbour, hello!\"");
+            let _ = writeln!(csv, "p{i},small,\"Hi neighbour, warm wishes!\"");
+            continue;
+        }
+        let _ = writeln!(csv, "p{i},big,\"Working it out... The answer is {right}.\"");
+        if small_sums(i) {
+            let _ = writeln!(csv, "p{i},small,\"The answer is {right}.\"");
+        } else {
+            let _ = writeln!(csv, "p{i},small,\"I'm not sure; probably {}.\"", right + 1);
+        }
+    }
+    std::fs::write(path, csv).expect("write responses");
+}
+
+#[test]
+fn cascades_are_trained_and_scored_from_the_command_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (table, plain_policy, cache) = trained(dir.path());
+    write_table_where(&table, small_sums);
+    let path = |p: &Path| p.to_str().expect("utf-8 path").to_owned();
+    let responses = dir.path().join("responses.csv");
+    write_responses(&responses);
+    let (table, responses) = (path(&table), path(&responses));
+
+    // --cascade needs the answer texts, and a policy trained with them.
+    let out = run(
+        &[
+            "eval",
+            "--data",
+            &table,
+            "--policy",
+            &path(&plain_policy),
+            "--cascade",
+        ],
+        &cache,
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--responses"));
+    let out = run(
+        &[
+            "eval",
+            "--data",
+            &table,
+            "--policy",
+            &path(&plain_policy),
+            "--cascade",
+            "--responses",
+            &responses,
+        ],
+        &cache,
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("has no acceptor"),
+        "{stderr}"
+    );
+    assert!(out.stdout.is_empty(), "refused before evaluating");
+
+    let policy = path(&dir.path().join("verify.json"));
+    let out = triage(
+        &[
+            "train",
+            "--data",
+            &table,
+            "--responses",
+            &responses,
+            "--out",
+            &policy,
+        ],
+        &cache,
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    // The prompt cannot tell which sums the cheap model gets right; its draft can, so drafts
+    // pay somewhere on the curve.
+    assert!(stdout.contains("acceptor: 1 draft plans"), "{stdout}");
+    assert!(!stdout.contains("drafts first at 0 of"), "{stdout}");
+
+    let (json, choices) = (
+        path(&dir.path().join("eval.json")),
+        path(&dir.path().join("choices.csv")),
+    );
+    let out = triage(
+        &[
+            "eval",
+            "--data",
+            &table,
+            "--policy",
+            &policy,
+            "--cascade",
+            "--responses",
+            &responses,
+            "--json",
+            &json,
+            "--export-choices",
+            &choices,
+            "--bootstrap",
+            "50",
+        ],
+        &cache,
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("verify, then escalate (40 prompts"),
+        "{stdout}"
+    );
+    let text = std::fs::read(&json).expect("json");
+    let report: serde_json::Value = serde_json::from_slice(&text).expect("valid JSON");
+    assert_eq!(
+        report["cascade"]["routers"].as_array().map(Vec::len),
+        Some(4)
+    );
+    assert_eq!(report["cascade"]["bootstrap"]["resamples"], 50);
+    let csv = std::fs::read_to_string(&choices).expect("choices");
+    assert!(
+        csv.starts_with("prompt_id,knob_setting,answered_by,called\n"),
+        "{csv:.200}"
+    );
 }
