@@ -252,32 +252,16 @@ fn cascades_are_trained_and_scored_from_the_command_line() {
     let (table, responses) = (path(&table), path(&responses));
 
     // --cascade needs the answer texts, and a policy trained with them.
-    let out = run(
-        &[
-            "eval",
-            "--data",
-            &table,
-            "--policy",
-            &path(&plain_policy),
-            "--cascade",
-        ],
-        &cache,
-    );
+    let plain = path(&plain_policy);
+    let eval_plain = |extra: &[&str]| {
+        let mut args = vec!["eval", "--data", &table, "--policy", &plain, "--cascade"];
+        args.extend_from_slice(extra);
+        run(&args, &cache)
+    };
+    let out = eval_plain(&[]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--responses"));
-    let out = run(
-        &[
-            "eval",
-            "--data",
-            &table,
-            "--policy",
-            &path(&plain_policy),
-            "--cascade",
-            "--responses",
-            &responses,
-        ],
-        &cache,
-    );
+    let out = eval_plain(&["--responses", &responses]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success() && stderr.contains("has no acceptor"),

@@ -5,14 +5,14 @@
 //! Needs `../shared/data/` (or `$TRIAGE_SHARED_DATA`); skips, saying so, where it is absent.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use polars::prelude::*;
 use triage_policy::Policy;
 use triage_train::cascade::eval::{evaluate_cascade, export_cascade_choices};
 use triage_train::responses::{Responses, ResponsesSource};
 use triage_train::table::Split;
-use triage_train::{prepare, train};
+use triage_train::{TrainOptions, prepare, train};
 
 mod common;
 use common::{MODELS, options, shared_file, slice};
@@ -24,17 +24,23 @@ fn source(path: &Path, answer_column: Option<&str>) -> ResponsesSource {
     }
 }
 
+/// Training options for the slice with the shared responses file (keys from `answer_column`
+/// when given), and that file's path; `None` where the shared data is absent.
+fn with_responses(dir: &Path, answer_column: Option<&str>) -> Option<(TrainOptions, PathBuf)> {
+    let data = slice(dir)?;
+    let responses = shared_file("zeroeval_responses.parquet")?;
+    let mut opts = options(data, dir.join("policy.json"));
+    opts.force = true;
+    opts.responses = Some(source(&responses, answer_column));
+    Some((opts, responses))
+}
+
 #[test]
 fn a_trained_acceptor_is_scored_beside_routing_and_every_call_is_paid() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (Some(data), Some(responses_path)) =
-        (slice(dir.path()), shared_file("zeroeval_responses.parquet"))
-    else {
+    let Some((opts, responses_path)) = with_responses(dir.path(), None) else {
         return;
     };
-    let mut opts = options(data, dir.path().join("policy.json"));
-    opts.force = true;
-    opts.responses = Some(source(&responses_path, None));
     let report = train(&opts).expect("trains with responses");
     let acceptor = report.policy.acceptor.as_ref().expect("an acceptor");
     assert_eq!(acceptor.answers, "generic");
@@ -132,15 +138,10 @@ fn a_trained_acceptor_is_scored_beside_routing_and_every_call_is_paid() {
 #[test]
 fn the_benchmark_extraction_can_stand_in_for_the_generic_one() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (Some(data), Some(responses_path)) =
-        (slice(dir.path()), shared_file("zeroeval_responses.parquet"))
-    else {
+    let Some((mut opts, _)) = with_responses(dir.path(), Some("final_answer")) else {
         return;
     };
-    let mut opts = options(data, dir.path().join("policy.json"));
-    opts.force = true;
     opts.folds = 3;
-    opts.responses = Some(source(&responses_path, Some("final_answer")));
     let report = train(&opts).expect("trains");
     assert_eq!(
         report.policy.acceptor.as_ref().map(|a| a.answers.as_str()),

@@ -367,13 +367,13 @@ pub fn render_cascade(r: &CascadeReport) -> String {
     let pct = |v: Option<f64>| v.map_or("not reached".to_owned(), |v| format!("{v:.1}%"));
     let mut out = format!(
         "\nverify, then escalate ({} prompts; final answers: {}; cost counts every call):\n\
-         {:<62} {:>7} {:>12} {:>12} {:>12}\n",
+         {:<70} {:>7} {:>12} {:>12} {:>12}\n",
         r.prompts, r.answers, "router", "AIQ", "cost@parity", "cost@95%", "cost@90%"
     );
     for row in &r.routers {
         let _ = writeln!(
             out,
-            "{:<62} {:>7.4} {:>12} {:>12} {:>12}",
+            "{:<70} {:>7.4} {:>12} {:>12} {:>12}",
             row.name,
             row.aiq,
             pct(row.cost_at_parity_pct),
@@ -390,7 +390,7 @@ pub fn render_cascade(r: &CascadeReport) -> String {
         for c in &b.comparisons {
             let _ = writeln!(
                 out,
-                "  minus {:<54} {:+.4} (95% {:+.4} to {:+.4}; ahead in {:.0}%)",
+                "  minus {:<62} {:+.4} (95% {:+.4} to {:+.4}; ahead in {:.0}%)",
                 c.against,
                 c.aiq_difference,
                 c.difference_95[0],
