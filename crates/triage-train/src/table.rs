@@ -441,6 +441,17 @@ impl Outcomes {
                 },
             ));
         }
+        if rows_kept.is_empty() && holes.rows > 0 {
+            return Err(TrainError::Data(format!(
+                "every row of {} has an empty or NaN quality or cost ({} rows): there is \
+                 nothing to learn from; fill in the grades and costs",
+                match models {
+                    Some(list) => format!("the selected models ({})", list.join(", ")),
+                    None => "the table".into(),
+                },
+                holes.rows
+            )));
+        }
         if rows_kept.is_empty() {
             let mut present: Vec<&str> = model_col.iter().flatten().map(String::as_str).collect();
             present.sort_unstable();

@@ -151,4 +151,19 @@ fn rows_with_holes_are_left_out_unless_strict() {
         strict.contains("row 1") && strict.contains("quality"),
         "{strict}"
     );
+    // A table that is all holes says so, rather than that its models are missing.
+    let blank = write(
+        &dir,
+        "blank.csv",
+        "prompt_id,prompt,model,quality,cost_usd\np0,q,gpt-4o-2024-08-06,,0.01\n\
+         p1,q1,gpt-4o-2024-08-06,NaN,0.01\n",
+    );
+    let err = Outcomes::load(&blank, &catalog, None, false)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(
+        err.contains("every row of the table has an empty or NaN quality or cost (2 rows)"),
+        "{err}"
+    );
 }
