@@ -61,20 +61,6 @@ pub const POOLED_ALPHAS: [f64; 3] = [100.0, 300.0, 1000.0];
 /// longer here than on every head together).
 const MAX_POOLED_ROWS: usize = 15_000;
 
-/// What dev chose.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Shrinkage {
-    /// L2 strength of the pooled fit (`None`: the own heads were kept and no pooled fit was
-    /// chosen, so there is no strength to report).
-    pub alpha: Option<f64>,
-    /// κ of `t = n / (n + κ)`.
-    pub kappa: f64,
-    /// Dev log-loss of the own heads.
-    pub own_dev_log_loss: f64,
-    /// Dev log-loss after shrinkage.
-    pub dev_log_loss: f64,
-}
-
 /// Pooled heads, one per model, each re-centred on its own model's rows.
 pub fn pooled_heads(rows: &[ModelRows<'_>], alpha: f64) -> Result<Vec<LinearHead>, TrainError> {
     let dim = rows.first().map_or(0, |r| r.x.ncols());
@@ -242,36 +228,50 @@ pub fn shrunk_heads(
     Ok(out)
 }
 
-/// Chooses the shrinkage with the least log-loss on one held-out set; returns the choice and
-/// the shrunk heads. Training chooses over cross-validation folds instead (`tune`); this
-/// single-split form is the same arithmetic on one fold.
-pub fn choose_shrinkage(
-    own: &[LinearHead],
-    train: &[ModelRows<'_>],
-    dev: &[ModelRows<'_>],
-) -> Result<(Shrinkage, Vec<LinearHead>), TrainError> {
-    let own_loss = total_log_loss(own, dev);
-    let settings = shrink_settings(train);
-    let heads = shrunk_heads(own, train, &settings)?;
-    let mut best: Option<(Shrinkage, Vec<LinearHead>)> = None;
-    for (setting, heads) in settings.into_iter().zip(heads) {
-        let loss = total_log_loss(&heads, dev);
-        if best.as_ref().is_none_or(|b| loss < b.0.dev_log_loss) {
-            let shrinkage = Shrinkage {
-                alpha: setting.alpha,
-                kappa: setting.kappa,
-                own_dev_log_loss: own_loss,
-                dev_log_loss: loss,
-            };
-            best = Some((shrinkage, heads));
-        }
-    }
-    best.ok_or_else(|| TrainError::Fit("no pooled strength tried".into()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What dev chose.
+    #[derive(Clone, Copy, Debug, PartialEq)]
+    struct Shrinkage {
+        /// L2 strength of the pooled fit (`None`: the own heads were kept and no pooled fit was
+        /// chosen, so there is no strength to report).
+        alpha: Option<f64>,
+        /// κ of `t = n / (n + κ)`.
+        kappa: f64,
+        /// Dev log-loss of the own heads.
+        own_dev_log_loss: f64,
+        /// Dev log-loss after shrinkage.
+        dev_log_loss: f64,
+    }
+
+    /// The shrinkage with the least log-loss on one held-out set, and the shrunk heads: the
+    /// arithmetic `tune` runs on every cross-validation fold, on one split, so that its
+    /// properties can be checked on synthetic data.
+    fn choose_shrinkage(
+        own: &[LinearHead],
+        train: &[ModelRows<'_>],
+        dev: &[ModelRows<'_>],
+    ) -> Result<(Shrinkage, Vec<LinearHead>), TrainError> {
+        let own_loss = total_log_loss(own, dev);
+        let settings = shrink_settings(train);
+        let heads = shrunk_heads(own, train, &settings)?;
+        let mut best: Option<(Shrinkage, Vec<LinearHead>)> = None;
+        for (setting, heads) in settings.into_iter().zip(heads) {
+            let loss = total_log_loss(&heads, dev);
+            if best.as_ref().is_none_or(|b| loss < b.0.dev_log_loss) {
+                let shrinkage = Shrinkage {
+                    alpha: setting.alpha,
+                    kappa: setting.kappa,
+                    own_dev_log_loss: own_loss,
+                    dev_log_loss: loss,
+                };
+                best = Some((shrinkage, heads));
+            }
+        }
+        best.ok_or_else(|| TrainError::Fit("no pooled strength tried".into()))
+    }
 
     const DIM: usize = 20;
 
