@@ -12,7 +12,8 @@
 //! cost, then by name, so the same inputs always give the same answer.
 //!
 //! [`acceptor`] adds verify-then-escalate: which cheap drafts to run for a routing rule, and when
-//! the evidence in their texts is strong enough to return one instead of escalating.
+//! the evidence in their texts is strong enough to return one instead of escalating; [`verify`]
+//! judges the drafts a caller hands back.
 //!
 //! [`OnlineLearner`] adapts between retrains: priors for unseen models, bandit exploration with
 //! exact propensities, and per-model corrections learned from feedback.
@@ -23,6 +24,7 @@ mod file;
 mod neighbours;
 mod online;
 mod shared;
+pub mod verify;
 
 pub use acceptor::{Acceptor, CascadeSetting, DraftEvidence, DraftPlan};
 pub use decide::{
