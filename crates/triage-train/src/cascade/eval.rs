@@ -14,6 +14,7 @@
 
 use serde::Serialize;
 use triage_core::Catalog;
+use triage_policy::acceptor::head_probability;
 use triage_policy::{Policy, Rule};
 
 use super::{PromptView, Realised, cascade, cheapest_per_quality, direct, plan_row, views};
@@ -104,38 +105,10 @@ pub fn evaluate_cascade(
         .model_names()
         .filter_map(|m| o.model_index(m))
         .collect();
-    let prompts: Vec<usize> = complete_prompts(o, o.indices(split))
-        .into_iter()
-        .filter(|&p| {
-            policy_models
-                .iter()
-                .all(|&m| responses.cells[p][m].is_some())
-        })
-        .collect();
-    if prompts.is_empty() {
-        return Err(TrainError::Data(format!(
-            "no {} prompt has a response from every model of the policy",
-            split.as_str()
-        )));
-    }
+    let prompts = scored_prompts(prepared, responses, &policy_models, split)?;
+    let (first, second) = fixed_rule_models(prepared, &policy_models, split)?;
     let lambdas = lambda_grid();
     let views = views(prepared, policy, prompts.clone(), &lambdas)?;
-    let training: Vec<usize> = training_prompts(o)
-        .into_iter()
-        .filter(|&p| o.prompts[p].split != split)
-        .collect();
-    let ranked: Vec<usize> = cheapest_per_quality(prepared, &training)
-        .into_iter()
-        .filter(|m| policy_models.contains(m))
-        .collect();
-    let [first, second, ..] = ranked[..] else {
-        return Err(TrainError::Data(
-            "the fixed rules need two models with outcomes on every training prompt".into(),
-        ));
-    };
-    let plan_index = |names: &[String]| -> Option<Vec<usize>> {
-        names.iter().map(|n| o.model_index(n)).collect()
-    };
     let sweep = |name: &str, run: &dyn Fn(&PromptView, usize) -> Realised| Swept {
         name: name.into(),
         outcomes: (0..lambdas.len())
@@ -148,31 +121,13 @@ pub fn evaluate_cascade(
             .collect(),
     };
     let learned = sweep("cascade (learned acceptor)", &|v, li| {
-        let Some((plan, threshold)) = acceptor.plan_for(Rule::CostWeight(lambdas[li])) else {
-            return direct(prepared, v.prompt, v.escalation[li]);
-        };
-        let drafts = plan_index(&plan.drafts);
-        let row = drafts
-            .as_ref()
-            .and_then(|d| plan_row(prepared, responses, v, d));
-        match (drafts, row) {
-            (Some(d), Some(row)) => {
-                let p = triage_policy::acceptor::head_probability(&plan.head, &row.features);
-                cascade(
-                    prepared,
-                    v.prompt,
-                    &d,
-                    &row,
-                    p >= threshold,
-                    v.escalation[li],
-                )
-            }
-            _ => direct(prepared, v.prompt, v.escalation[li]),
-        }
+        let rule = Rule::CostWeight(lambdas[li]);
+        learned_cascade(prepared, responses, acceptor, v, li, rule)
     });
     let routing = sweep("routing alone (λ sweep)", &|v, li| {
         direct(prepared, v.prompt, v.escalation[li])
     });
+    // The fixed rules accept exactly when the drafts agree (one draft: when it has an answer).
     let fixed = |name: String, drafts: Vec<usize>| {
         sweep(
             &name,
@@ -189,29 +144,103 @@ pub fn evaluate_cascade(
             },
         )
     };
+    let (a, b) = (&o.models[first], &o.models[second]);
     let pair = fixed(
-        format!(
-            "fixed: {} and {} agree, else escalate",
-            o.models[first], o.models[second]
-        ),
+        format!("fixed: {a} and {b} agree, else escalate"),
         vec![first, second],
     );
     let single = fixed(
-        format!(
-            "fixed: {} alone, accept if an answer is found",
-            o.models[first]
-        ),
+        format!("fixed: {a} alone, accept if an answer is found"),
         vec![first],
     );
     let rows = [learned, routing, pair, single];
+    let answers = &responses.answers;
     Ok(report(
-        prepared,
-        &prompts,
-        &rows,
-        &lambdas,
-        resamples,
-        &responses.answers,
+        prepared, &prompts, &rows, &lambdas, resamples, answers,
     ))
+}
+
+/// The prompts of `split` with an outcome and a response from every policy model, so that every
+/// row is scored on the same prompts.
+fn scored_prompts(
+    prepared: &Prepared,
+    responses: &Responses,
+    policy_models: &[usize],
+    split: Split,
+) -> Result<Vec<usize>, TrainError> {
+    let o = &prepared.outcomes;
+    let prompts: Vec<usize> = complete_prompts(o, o.indices(split))
+        .into_iter()
+        .filter(|&p| {
+            policy_models
+                .iter()
+                .all(|&m| responses.cells[p][m].is_some())
+        })
+        .collect();
+    if prompts.is_empty() {
+        return Err(TrainError::Data(format!(
+            "no {} prompt has a response from every model of the policy",
+            split.as_str()
+        )));
+    }
+    Ok(prompts)
+}
+
+/// The fixed rules' drafts: the two cheapest per unit of quality on the training prompts.
+fn fixed_rule_models(
+    prepared: &Prepared,
+    policy_models: &[usize],
+    split: Split,
+) -> Result<(usize, usize), TrainError> {
+    let o = &prepared.outcomes;
+    let training: Vec<usize> = training_prompts(o)
+        .into_iter()
+        .filter(|&p| o.prompts[p].split != split)
+        .collect();
+    let ranked: Vec<usize> = cheapest_per_quality(prepared, &training)
+        .into_iter()
+        .filter(|m| policy_models.contains(m))
+        .collect();
+    match ranked[..] {
+        [first, second, ..] => Ok((first, second)),
+        _ => Err(TrainError::Data(
+            "the fixed rules need two models with outcomes on every training prompt".into(),
+        )),
+    }
+}
+
+/// The policy's own cascade on one prompt under `rule`: its plan's drafts, its acceptor, its
+/// threshold; routing directly where the plan cannot run.
+fn learned_cascade(
+    prepared: &Prepared,
+    responses: &Responses,
+    acceptor: &triage_policy::Acceptor,
+    v: &PromptView,
+    li: usize,
+    rule: Rule,
+) -> Realised {
+    let o = &prepared.outcomes;
+    let Some((plan, threshold)) = acceptor.plan_for(rule) else {
+        return direct(prepared, v.prompt, v.escalation[li]);
+    };
+    let drafts: Option<Vec<usize>> = plan.drafts.iter().map(|n| o.model_index(n)).collect();
+    let row = drafts
+        .as_ref()
+        .and_then(|d| plan_row(prepared, responses, v, d));
+    match (drafts, row) {
+        (Some(d), Some(row)) => {
+            let p = head_probability(&plan.head, &row.features);
+            cascade(
+                prepared,
+                v.prompt,
+                &d,
+                &row,
+                p >= threshold,
+                v.escalation[li],
+            )
+        }
+        _ => direct(prepared, v.prompt, v.escalation[li]),
+    }
 }
 
 /// `r` with its critical-path latency modelled from `catalog`: the slowest draft (drafts run in
