@@ -495,7 +495,9 @@ pub fn eval(
     }
     if let Some(path) = files.plot {
         let mut series = Vec::new();
-        for r in &report.routers {
+        // With --cascade, its rows join the plot (the routing rows are the same prompts').
+        let cascade_rows = cascade.iter().flat_map(|c| &c.routers);
+        for r in report.routers.iter().chain(cascade_rows) {
             series.push(plot::Series {
                 name: &r.name,
                 points: &r.hull,

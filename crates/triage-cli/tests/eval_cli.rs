@@ -288,9 +288,10 @@ fn cascades_are_trained_and_scored_from_the_command_line() {
     assert!(stdout.contains("acceptor: 1 draft plans"), "{stdout}");
     assert!(!stdout.contains("drafts first at 0 of"), "{stdout}");
 
-    let (json, choices) = (
+    let (json, choices, plot) = (
         path(&dir.path().join("eval.json")),
         path(&dir.path().join("choices.csv")),
+        path(&dir.path().join("plot.svg")),
     );
     let out = triage(
         &[
@@ -308,6 +309,8 @@ fn cascades_are_trained_and_scored_from_the_command_line() {
             &choices,
             "--bootstrap",
             "50",
+            "--plot",
+            &plot,
         ],
         &cache,
     );
@@ -324,6 +327,11 @@ fn cascades_are_trained_and_scored_from_the_command_line() {
     );
     assert_eq!(report["cascade"]["bootstrap"]["resamples"], 50);
     let csv = std::fs::read_to_string(&choices).expect("choices");
+    let svg = std::fs::read_to_string(&plot).expect("plot");
+    assert!(
+        svg.contains("cascade (learned acceptor)"),
+        "the cascade is plotted"
+    );
     assert!(
         csv.starts_with("prompt_id,knob_setting,answered_by,called\n"),
         "{csv:.200}"
