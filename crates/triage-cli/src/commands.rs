@@ -399,7 +399,7 @@ pub fn eval(
         );
     }
     // Latency figures for the cascade's critical path.
-    let settings_catalog = settings.catalog()?;
+    let latency_catalog = files.cascade.then(|| settings.catalog()).transpose()?;
     let options = triage_train::TrainOptions {
         data: Some(data),
         from_log: None,
@@ -449,21 +449,21 @@ pub fn eval(
     };
     let report = evaluate(&prepared, &policy, &options)?;
     print!("{}", render_table(&report));
-    let cascade = match &responses {
-        Some(responses) => {
+    let cascade = match (&responses, &latency_catalog) {
+        (Some(responses), Some(catalog)) => {
             use triage_train::cascade::eval::{evaluate_cascade, render_cascade};
             let c = evaluate_cascade(
                 &prepared,
                 &policy,
                 responses,
-                &settings_catalog,
+                catalog,
                 split,
                 files.bootstrap,
             )?;
             print!("{}", render_cascade(&c));
             Some(c)
         }
-        None => None,
+        _ => None,
     };
     let mut fold_summary = None;
     if let Some(k) = files.folds {

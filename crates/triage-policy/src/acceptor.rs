@@ -17,6 +17,7 @@ use triage_core::answer::{AnswerForm, extract_answer, hedges, refuses};
 
 use crate::decide::Rule;
 use crate::file::LinearHead;
+use crate::online::sigmoid;
 
 /// What one draft offers as evidence.
 #[derive(Clone, Debug, PartialEq)]
@@ -115,15 +116,8 @@ pub struct DraftPlan {
     pub head: LinearHead,
 }
 
-impl DraftPlan {
-    /// Probability that the draft this plan returns is a good answer.
-    pub fn accept_probability(&self, drafts: &[DraftEvidence]) -> f64 {
-        head_probability(&self.head, &evidence_features(drafts))
-    }
-}
-
-/// A logistic head's probability for an evidence vector (training scores its candidates with
-/// this too).
+/// A plan head's probability that the returned draft is good, for an evidence vector from
+/// [`evidence_features`] (training, `eval` and [`crate::verify`] all score with this).
 pub fn head_probability(head: &LinearHead, features: &[f64]) -> f64 {
     let z: f64 = head
         .weights
@@ -132,7 +126,7 @@ pub fn head_probability(head: &LinearHead, features: &[f64]) -> f64 {
         .map(|(w, x)| f64::from(*w) * x)
         .sum::<f64>()
         + f64::from(head.bias);
-    1.0 / (1.0 + (-z).exp())
+    sigmoid(z)
 }
 
 /// What to do at one cost weight.
@@ -166,12 +160,12 @@ impl Acceptor {
     pub fn setting_for(&self, rule: Rule) -> Option<&CascadeSetting> {
         let s = &self.settings;
         match rule {
-            // A hair of slack, so a λ that went through a file as decimal text still finds
-            // its own setting.
+            // Cost weights read back from a policy file are exact (serde_json parses floats
+            // with `float_roundtrip`), so the grid training used finds its own settings.
             Rule::CostWeight(lambda) => s
                 .iter()
                 .rev()
-                .find(|x| x.cost_weight <= lambda + lambda.abs() * 1e-9)
+                .find(|x| x.cost_weight <= lambda)
                 .or_else(|| s.first()),
             Rule::Mode(Mode::Quality) => s.first(),
             Rule::Mode(Mode::Cost) => s.last(),
@@ -266,8 +260,10 @@ mod tests {
         // The returned draft comes first: b is rated higher.
         assert_eq!(returned_draft(&[a, b]), 1);
         let p = plan(&["x", "y"], 4.0);
-        let agree = p.accept_probability(&[draft(0.5, "42"), draft(0.5, "42")]);
-        let differ = p.accept_probability(&[draft(0.5, "42"), draft(0.5, "7")]);
+        let accept =
+            |drafts: &[DraftEvidence]| head_probability(&p.head, &evidence_features(drafts));
+        let agree = accept(&[draft(0.5, "42"), draft(0.5, "42")]);
+        let differ = accept(&[draft(0.5, "42"), draft(0.5, "7")]);
         assert!(agree > 0.9 && differ < 0.3, "{agree} {differ}");
     }
 

@@ -64,14 +64,14 @@ pub fn train(options: &TrainOptions) -> Result<TrainReport, TrainError> {
             ));
         }
     };
-    // The gate judges fold 0's policy on fold 0; the recipe fitted on every training prompt is
-    // what gets written.
     // Read before fitting, so a bad responses file fails in seconds, not after minutes.
     let responses = options
         .responses
         .as_ref()
         .map(|source| Responses::load(source, &prepared.outcomes))
         .transpose()?;
+    // The gate judges fold 0's policy on fold 0; the recipe fitted on every training prompt is
+    // what gets written.
     let Fitted {
         fold_policies,
         deployed: mut policy,

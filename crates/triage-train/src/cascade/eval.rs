@@ -315,20 +315,19 @@ fn report(
     let mut rivals: Vec<RouterSettings> = Vec::new();
     let mut paths = Vec::new();
     for row in rows {
-        let points = row.outcomes.iter().map(|r| figures(0.0, r).point).collect();
+        let per_lambda: Vec<PathFigures> = row
+            .outcomes
+            .iter()
+            .zip(lambdas)
+            .map(|(r, &l)| figures(l, r))
+            .collect();
+        let points = per_lambda.iter().map(|f| f.point).collect();
         routers.push(RouterResult::new(&row.name, points, lo, hi, best));
         rivals.push((
             row.name.clone(),
             row.outcomes.iter().map(|r| setting_of(r)).collect(),
         ));
-        paths.push((
-            row.name.clone(),
-            row.outcomes
-                .iter()
-                .zip(lambdas)
-                .map(|(r, &l)| figures(l, r))
-                .collect(),
-        ));
+        paths.push((row.name.clone(), per_lambda));
     }
     rivals.push((
         "zero router (single-model hull)".into(),
