@@ -27,6 +27,14 @@ impl Frame<'_> {
         Ok(self.0.column(name)?.u32()?.iter().collect())
     }
 
+    /// A text column that archives written before it existed lack: all nulls there.
+    fn optional_strings(&self, name: &str) -> PolarsResult<Vec<Option<String>>> {
+        match self.0.column(name) {
+            Ok(_) => self.strings(name),
+            Err(_) => Ok(vec![None; self.0.height()]),
+        }
+    }
+
     /// A column that archives written before it existed lack: all nulls there.
     fn optional_u32s(&self, name: &str) -> PolarsResult<Vec<Option<u32>>> {
         match self.0.column(name) {
@@ -74,6 +82,7 @@ pub(crate) fn records(df: &DataFrame) -> PolarsResult<Vec<LogRecord>> {
         Ok(c) => c.bool()?.iter().collect(),
         Err(_) => vec![None; df.height()],
     };
+    let detail = f.optional_strings("detail")?;
     let features = f.lists("features")?;
     let candidates = CandidateLists {
         model: f.lists("candidate_model")?,
@@ -107,7 +116,15 @@ pub(crate) fn records(df: &DataFrame) -> PolarsResult<Vec<LogRecord>> {
                     session_id: required(session_id[row].clone(), "session_id", row)?,
                     prompt: prompt[row].clone(),
                     api_key: api_key[row].clone(),
+                    draft_plan: detail[row]
+                        .as_deref()
+                        .map(|json| parse_detail(json, row))
+                        .transpose()?,
                 })
+            }
+            Some("verification") => {
+                let json = required(detail[row].as_deref(), "detail", row)?;
+                LogRecord::Verification(parse_detail(json, row)?)
             }
             Some("feedback") => {
                 let error_name = required(error[row].as_deref(), "error", row)?;
@@ -135,6 +152,11 @@ pub(crate) fn records(df: &DataFrame) -> PolarsResult<Vec<LogRecord>> {
         records.push(record);
     }
     Ok(records)
+}
+
+/// A row's `detail` JSON.
+fn parse_detail<T: serde::de::DeserializeOwned>(json: &str, row: usize) -> PolarsResult<T> {
+    serde_json::from_str(json).map_err(|e| malformed(format!("row {row}: `detail`: {e}")))
 }
 
 /// The parallel candidate lists of decision rows.

@@ -2,7 +2,7 @@
 
 use polars::chunked_array::builder::get_list_builder;
 use polars::prelude::*;
-use triage_log::{DecisionRecord, FeedbackRecord, LogRecord, decode_features};
+use triage_log::{DecisionRecord, FeedbackRecord, LogRecord, VerificationRecord, decode_features};
 
 /// Column values, one entry per record; `None` where the record's kind lacks the column.
 #[derive(Default)]
@@ -30,6 +30,9 @@ struct Columns<'a> {
     retry_after_ms: Vec<Option<u32>>,
     first_byte_ms: Vec<Option<u32>>,
     tokens_estimated: Vec<Option<bool>>,
+    /// Nested parts as JSON text: a decision's draft plan, a verification's verdict. Kept as
+    /// one text column so the archive's schema stays flat (DuckDB and polars read JSON text).
+    detail: Vec<Option<String>>,
 }
 
 /// The list columns of decisions.
@@ -136,6 +139,43 @@ impl<'a> Columns<'a> {
         self.retry_after_ms.push(None);
         self.first_byte_ms.push(None);
         self.tokens_estimated.push(None);
+        self.detail.push(
+            d.draft_plan
+                .as_ref()
+                .and_then(|p| serde_json::to_string(p).ok()),
+        );
+    }
+
+    /// A verification row: its request, time and key in their columns, the verdict in `detail`.
+    fn push_verification(&mut self, v: &'a VerificationRecord) {
+        self.kind.push("verification");
+        self.request_id.push(&v.request_id);
+        self.time_ms.push(v.time_ms);
+        self.input_tokens.push(0);
+        for column in [
+            &mut self.policy_version,
+            &mut self.knob,
+            &mut self.chosen,
+            &mut self.session_id,
+            &mut self.prompt,
+            &mut self.feedback_id,
+            &mut self.model,
+        ] {
+            column.push(None);
+        }
+        self.api_key.push(v.api_key.as_deref());
+        self.cost_weight.push(None);
+        self.propensity.push(None);
+        self.explored.push(None);
+        self.quality.push(None);
+        self.output_tokens.push(None);
+        self.cost_usd.push(None);
+        self.latency_ms.push(None);
+        self.error.push(None);
+        self.retry_after_ms.push(None);
+        self.first_byte_ms.push(None);
+        self.tokens_estimated.push(None);
+        self.detail.push(serde_json::to_string(v).ok());
     }
 
     fn push_feedback(&mut self, f: &'a FeedbackRecord) {
@@ -162,6 +202,7 @@ impl<'a> Columns<'a> {
         self.retry_after_ms.push(f.retry_after_ms);
         self.first_byte_ms.push(f.first_byte_ms);
         self.tokens_estimated.push(Some(f.tokens_estimated));
+        self.detail.push(None);
     }
 
     fn finish(self) -> Vec<Column> {
@@ -189,6 +230,7 @@ impl<'a> Columns<'a> {
             Column::new("retry_after_ms".into(), self.retry_after_ms),
             Column::new("first_byte_ms".into(), self.first_byte_ms),
             Column::new("tokens_estimated".into(), self.tokens_estimated),
+            Column::new("detail".into(), self.detail),
         ]
     }
 }
@@ -205,6 +247,10 @@ pub(crate) fn frame(records: &[LogRecord]) -> PolarsResult<DataFrame> {
             }
             LogRecord::Feedback(f) => {
                 columns.push_feedback(f);
+                lists.push_nulls();
+            }
+            LogRecord::Verification(v) => {
+                columns.push_verification(v);
                 lists.push_nulls();
             }
         }

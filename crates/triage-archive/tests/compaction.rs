@@ -6,8 +6,9 @@ use std::sync::Arc;
 
 use triage_archive::ParquetArchive;
 use triage_log::{
-    ArchiveFormat, DecisionRecord, ErrorKind, EventStore, FeedbackAck, FeedbackRecord,
-    FileEventLog, LogOptions, LogRecord, LoggedCandidate, compact, read_log, read_log_with,
+    ArchiveFormat, DecisionRecord, DraftPlanRecord, ErrorKind, EventStore, FeedbackAck,
+    FeedbackRecord, FileEventLog, LogOptions, LogRecord, LoggedCandidate, LoggedDraft,
+    VerificationRecord, compact, read_log, read_log_with,
 };
 
 fn options(dir: &Path, archive: bool) -> LogOptions {
@@ -49,6 +50,45 @@ fn decision(i: usize) -> DecisionRecord {
         session_id: format!("s{}", i % 3),
         prompt: odd.then(|| format!("prompt {i} with ünïcode")),
         api_key: odd.then(|| "team-a".into()),
+        draft_plan: i.is_multiple_of(3).then(|| DraftPlanRecord {
+            drafts: vec!["small".into(), "vision".into()],
+            predicted_quality: vec![0.61, 0.4 + i as f64 * 1e-9],
+            threshold: 0.7,
+            escalation: vec!["small".into(), "big".into()],
+        }),
+    }
+}
+
+/// A verdict on request `i`'s drafts: accepted on even ids, escalated on odd ones.
+fn verification(i: usize) -> VerificationRecord {
+    let accepted = i.is_multiple_of(2);
+    VerificationRecord {
+        request_id: format!("r{i}"),
+        time_ms: 1_700_000_000_200 + i as u64,
+        drafts: vec![
+            LoggedDraft {
+                model: "small".into(),
+                answer: Some(format!("{i}")),
+                form: Some("number".into()),
+                chars: 120,
+                refuses: false,
+                hedges: !accepted,
+            },
+            LoggedDraft {
+                model: "vision".into(),
+                answer: None,
+                form: None,
+                chars: 0,
+                refuses: true,
+                hedges: false,
+            },
+        ],
+        evidence: vec![0.25, -1.5, 1.0],
+        probability: 0.5 + i as f64 * 1e-3,
+        threshold: 0.7,
+        accepted: accepted.then(|| "small".into()),
+        escalated_to: (!accepted).then(|| "big".into()),
+        api_key: (i % 2 == 1).then(|| "team-a".into()),
     }
 }
 
@@ -102,6 +142,7 @@ fn parquet_round_trips_every_field() {
         .flat_map(|i| {
             [
                 LogRecord::Decision(decision(i)),
+                LogRecord::Verification(verification(i)),
                 LogRecord::Feedback(feedback(i)),
             ]
         })

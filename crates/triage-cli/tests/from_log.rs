@@ -37,6 +37,7 @@ fn decision(request_id: &str) -> DecisionRecord {
         session_id: String::new(),
         prompt: None,
         api_key: None,
+        draft_plan: None,
     }
 }
 

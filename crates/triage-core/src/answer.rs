@@ -43,6 +43,23 @@ impl AnswerForm {
         AnswerForm::Code,
         AnswerForm::Number,
     ];
+
+    /// `boxed`, `json_field`, `stated`, `choice`, `code` or `number` (as logs store it).
+    pub fn name(self) -> &'static str {
+        match self {
+            AnswerForm::Boxed => "boxed",
+            AnswerForm::JsonField => "json_field",
+            AnswerForm::Stated => "stated",
+            AnswerForm::Choice => "choice",
+            AnswerForm::Code => "code",
+            AnswerForm::Number => "number",
+        }
+    }
+
+    /// The inverse of [`name`](Self::name).
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|f| f.name() == name)
+    }
 }
 
 /// A final answer found in a response.

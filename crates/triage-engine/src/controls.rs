@@ -227,11 +227,21 @@ impl Controls {
                 if at.timestamp() < month_start {
                     return;
                 }
-                let cost = d
-                    .candidates
+                let predicted = |model: &str| {
+                    d.candidates
+                        .iter()
+                        .find(|c| c.model == model)
+                        .map_or(0.0, |c| c.predicted_cost_usd)
+                };
+                // As routing reserved it: the chosen model, plus any drafts planned before it.
+                let drafts: f64 = d
+                    .draft_plan
                     .iter()
-                    .find(|c| c.model == d.chosen)
-                    .map_or(0.0, |c| c.predicted_cost_usd);
+                    .flat_map(|p| &p.drafts)
+                    .filter(|m| **m != d.chosen)
+                    .map(|m| predicted(m))
+                    .sum();
+                let cost = predicted(&d.chosen) + drafts;
                 let key = d.api_key.as_deref().unwrap_or("anonymous");
                 self.ledger.charge(key, &d.request_id, cost, at);
                 let _ = self.check_alerts(key, at);
@@ -240,6 +250,8 @@ impl Controls {
                 let at = DateTime::from_timestamp_millis(f.time_ms as i64).unwrap_or(now);
                 self.ledger.settle(&f.request_id, f.cost_usd, at);
             }
+            // A verdict costs nothing: the drafts' calls are charged by their own reports.
+            LogRecord::Verification(_) => {}
         }
     }
 }

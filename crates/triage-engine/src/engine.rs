@@ -21,6 +21,7 @@ use triage_policy::{
 use crate::cache::{CacheUse, CachedInput, EmbeddingCache};
 use crate::controls::{BudgetCap, Controls};
 use crate::counted::{CountedPairs, Counts};
+use crate::drafts::{Direct, PlannedDrafts, Strategy, describe, plan_drafts};
 use crate::error::{RouteError, StartupError};
 use crate::recent::RecentPredictions;
 
@@ -46,6 +47,8 @@ pub struct RoutingRequest {
     /// Only these models can be called by the front door asking (the gateway: models with a
     /// provider); the others count as unavailable. `None`: every catalog model.
     pub reachable: Option<Arc<HashSet<String>>>,
+    /// Answer directly, or verify cheap drafts first.
+    pub strategy: Strategy,
 }
 
 impl RoutingRequest {
@@ -60,6 +63,7 @@ impl RoutingRequest {
             session_affinity: false,
             pinned: None,
             reachable: None,
+            strategy: Strategy::Route,
         }
     }
 }
@@ -91,6 +95,9 @@ pub struct RouteOutcome {
     pub cache: CacheUse,
     /// Spend alerts this request's charge set off.
     pub fired_alerts: Vec<FiredAlert>,
+    /// For a verify request: its drafts, or why it routes directly (`None`: not asked to
+    /// verify).
+    pub drafts: Option<Result<PlannedDrafts, Direct>>,
 }
 
 /// Catalog, encoder and policy: everything a decision needs.
@@ -250,6 +257,8 @@ impl RoutingEngine {
             LogRecord::Feedback(f) => {
                 self.learn(f);
             }
+            // Verdicts teach the acceptor in offline retraining, not the online learner.
+            LogRecord::Verification(_) => {}
         }
     }
 
@@ -307,26 +316,39 @@ impl RoutingEngine {
                 draw,
                 sticky,
             },
+            drafts,
             fired_alerts,
         ) = loop {
             tries += 1;
             let chosen =
                 self.choose(request, &predictions, &policy, stats.input_tokens, now_utc)?;
+            let drafts = (request.strategy == Strategy::Verify)
+                .then(|| plan_drafts(&policy, &chosen.decision));
             let picked = chosen.decision.chosen();
+            // A verify request reserves what its drafts are predicted to cost as well.
+            let drafts_cost = match &drafts {
+                Some(Ok(planned)) => planned.predicted_cost_usd,
+                Some(Err(_)) | None => 0.0,
+            };
             let reserved = self.controls.routed(
                 request_id,
                 &request.session_id,
                 &request.caller,
                 &picked.model,
-                picked.cost_usd,
+                picked.cost_usd + drafts_cost,
                 now_utc,
             );
             match reserved {
-                Some(fired) => break (chosen, fired),
+                Some(fired) => break (chosen, drafts, fired),
                 None if tries < MAX_RESERVATION_TRIES => {}
                 None => return Err(Controls::raced_budget(&request.caller)),
             }
         };
+        let mut decision = decision;
+        if let Some(drafts) = &drafts {
+            let said = describe(drafts, &decision.chosen().model);
+            decision.explanation = format!("{}; {said}", decision.explanation);
+        }
         let finished = Instant::now();
         self.recent.insert(request_id, &base_quality);
         Ok(RouteOutcome {
@@ -342,6 +364,7 @@ impl RoutingEngine {
             sticky,
             cache,
             fired_alerts,
+            drafts,
         })
     }
 

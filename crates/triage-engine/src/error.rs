@@ -47,6 +47,21 @@ pub enum RouteError {
         /// Why it is excluded (the decision's own reason).
         reason: String,
     },
+    /// The drafts handed to `Verify` do not fit the request's plan (which draft and why).
+    #[error("invalid drafts: {0}")]
+    Verify(#[from] triage_policy::verify::VerifyError),
+    /// The policy serving now no longer has the plan a request was routed with (it was
+    /// reloaded in between).
+    #[error(
+        "request_id {request_id:?} was planned by policy {policy_version}, which has since been \
+         replaced, and the serving policy has no such plan: route the request again"
+    )]
+    PlanRetired {
+        /// The request.
+        request_id: String,
+        /// The policy that planned it.
+        policy_version: String,
+    },
     /// The caller's key may not use the model it asked for by name.
     #[error("API key {key:?} may not use model {model:?}; ask for one of its allowed models")]
     ModelNotPermitted {

@@ -11,11 +11,13 @@
 //!   feedback is acknowledged once it is on disk.
 //! - [`startup`]: opening and replaying the log, and the background tasks (policy hot reload,
 //!   log compaction, `/metrics`).
+//! - [`drafts`]: verify then escalate: the drafts a request runs, and the verdict on them.
 //! - [`RouteError`]: the domain errors. Each door maps them exhaustively to its own codes.
 
 mod cache;
 mod controls;
 mod counted;
+pub mod drafts;
 mod engine;
 mod error;
 pub mod feedback;
@@ -29,8 +31,9 @@ pub mod startup;
 
 pub use cache::CacheUse;
 pub use controls::{BudgetCap, Controls};
+pub use drafts::{Direct, PlannedDrafts, Strategy};
 pub use engine::{RouteOutcome, RoutingEngine, RoutingRequest};
 pub use error::{RouteError, StartupError};
-pub use service::{ModelView, Routed, Service};
+pub use service::{ModelView, Routed, Service, Verdict};
 /// The archive format start-up takes, so that callers need not depend on `triage-log`.
 pub use triage_log::ArchiveFormat;

@@ -55,6 +55,13 @@ pub struct FeedbackLabels {
     pub error: String,
 }
 
+/// How a verification ended: `accepted` or `escalated`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VerifyLabels {
+    /// `accepted` or `escalated`.
+    pub outcome: String,
+}
+
 /// `scope` and `period` of a cost alert.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct AlertLabels {
@@ -125,6 +132,8 @@ pub struct Metrics {
     pub feedback_quality: Family<ModelLabel, Histogram, fn() -> Histogram>,
     /// Cost alerts fired.
     pub cost_alerts: Family<AlertLabels, Counter>,
+    /// Verdicts on drafts by outcome.
+    pub verifications: Family<VerifyLabels, Counter>,
     /// Requests the bandit explored.
     pub explorations: Counter,
     /// Exact-repeat embedding cache lookups by result.
@@ -160,6 +169,7 @@ impl Metrics {
             feedback: Family::default(),
             feedback_quality: Family::new_with_constructor(quality_histogram),
             cost_alerts: Family::default(),
+            verifications: Family::default(),
             explorations: Counter::default(),
             encoder_cache: Family::default(),
             encoder_cache_evictions: Counter::default(),
@@ -220,6 +230,11 @@ impl Metrics {
             "cost_alerts",
             "Cost alerts fired by scope and period",
             m.cost_alerts.clone(),
+        );
+        registry.register(
+            "verifications",
+            "Verdicts on verify-then-escalate drafts by outcome",
+            m.verifications.clone(),
         );
         registry.register(
             "explorations",

@@ -10,10 +10,12 @@ use triage_core::request::RequestLimits;
 use triage_guard::{AccessControl, Caller, FiredAlert, Override};
 use triage_log::{
     DecisionRecord, EventStore, FeedbackAck, FeedbackRecord, LogError, LoggedCandidate, Ticket,
-    encode_features,
+    VerificationAck, encode_features,
 };
+use triage_policy::verify::{DraftAnswer, verify};
 
 use crate::cache::CacheUse;
+use crate::drafts::{plan_record, serving_plan, verification_record};
 use crate::engine::{RouteOutcome, RoutingEngine, RoutingRequest};
 use crate::error::RouteError;
 use crate::metrics::{
@@ -32,6 +34,24 @@ pub struct Routed {
     pub outcome: RouteOutcome,
     /// Time spent in [`Service::route`], µs.
     pub total_us: u64,
+}
+
+/// What the acceptor made of a request's drafts.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Verdict {
+    /// The draft model whose answer to return; `None`: escalate.
+    pub accepted: Option<String>,
+    /// Where to escalate: the routed model, then its ranked fallbacks (empty when accepted).
+    pub escalation: Vec<String>,
+    /// The acceptor's probability that the returned draft is good.
+    pub probability: f64,
+    /// The threshold it was held to.
+    pub threshold: f64,
+    /// Whether the escalation model was itself a draft: its draft is the answer, with no
+    /// further call.
+    pub drafted: bool,
+    /// Whether this repeats a verdict already given (a retried call with the same drafts).
+    pub duplicate: bool,
 }
 
 /// A catalog model as a caller sees it.
@@ -280,6 +300,62 @@ impl Service {
         }
     }
 
+    /// Judges the drafts of a request routed to verify then escalate, and logs the verdict.
+    /// Only the key that routed the request may; a retry with the same drafts gets the same
+    /// verdict (judging is deterministic) and is not logged twice.
+    pub fn verify(
+        &self,
+        caller: &Caller,
+        request_id: &str,
+        drafts: &[DraftAnswer<'_>],
+    ) -> Result<Verdict, RouteError> {
+        let key = caller.key_name();
+        let planned = self.log.planned(request_id, key)?;
+        let policy = self.engine.policy();
+        let plan = serving_plan(&policy, &planned).ok_or_else(|| RouteError::PlanRetired {
+            request_id: request_id.to_owned(),
+            policy_version: planned.policy_version.clone(),
+        })?;
+        let recorded = &planned.plan;
+        let predicted = |model: &str| {
+            recorded
+                .drafts
+                .iter()
+                .zip(&recorded.predicted_quality)
+                .find(|(m, _)| *m == model)
+                .map_or(0.0, |(_, q)| *q)
+        };
+        let verification = verify(plan, recorded.threshold, predicted, drafts)?;
+        let record = verification_record(request_id, recorded, &verification, key);
+        let duplicate = match self.log.record_verification(record)? {
+            VerificationAck::Stored(_) => false,
+            VerificationAck::Duplicate => true,
+        };
+        let outcome = if verification.accepted.is_some() { "accepted" } else { "escalated" };
+        self.metrics
+            .verifications
+            .get_or_create(&crate::metrics::VerifyLabels {
+                outcome: outcome.into(),
+            })
+            .inc();
+        let drafted = verification.accepted.is_none()
+            && recorded
+                .escalation
+                .first()
+                .is_some_and(|m| recorded.drafts.contains(m));
+        Ok(Verdict {
+            drafted,
+            escalation: match verification.accepted {
+                Some(_) => Vec::new(),
+                None => recorded.escalation.clone(),
+            },
+            accepted: verification.accepted,
+            probability: verification.probability,
+            threshold: verification.threshold,
+            duplicate,
+        })
+    }
+
     /// Records what one upstream call by a front door did (the gateway's own feedback): queued
     /// behind its decision in the log without waiting for `fsync` (a later durable report
     /// implies it is durable too, since one writer appends in order), and learned from at once.
@@ -405,5 +481,9 @@ fn decision_record(
         session_id: request.session_id.clone(),
         prompt: store_prompt.then(|| request.conversation.transcript()),
         api_key: request.caller.key_name().map(str::to_owned),
+        draft_plan: match &outcome.drafts {
+            Some(Ok(planned)) => Some(plan_record(planned, decision)),
+            Some(Err(_)) | None => None,
+        },
     }
 }

@@ -8,7 +8,7 @@ use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
-use triage_engine::{RouteError, Routed, RoutingRequest};
+use triage_engine::{PlannedDrafts, RouteError, Routed, RoutingRequest};
 use triage_guard::Caller;
 use triage_log::ErrorKind;
 
@@ -17,6 +17,7 @@ use crate::call::{Answer, Reply, call};
 use crate::error::{AttemptSummary, GatewayError};
 use crate::record::{Attempt, Outcome};
 use crate::relay::Relay;
+use crate::verify::{DraftsRun, draft_response, run_drafts, verify_headers};
 use crate::wire::{self, ChatRequest, Target};
 
 /// The handler.
@@ -50,9 +51,29 @@ async fn answer(
     let deadline = started + Duration::from_millis(gw.settings.deadline_ms);
     let mut failures = Vec::new();
     let mut upstream_time = Duration::ZERO;
+    let mut drafted = match &routed.outcome.drafts {
+        Some(Ok(plan)) => {
+            let run = run_drafts(gw, &request, &routing.caller, &routed, plan, deadline).await;
+            upstream_time += run.elapsed;
+            Some((plan, run))
+        }
+        Some(Err(_)) | None => None,
+    };
+    let calls_before = drafted.as_ref().map_or(0, |(_, run)| run.calls);
+    if let Some((plan, run)) = &mut drafted
+        && let Some(i) = run.returned.take()
+    {
+        return Ok(answer_with_draft(&request, &routed, plan, run, i));
+    }
     for (i, model) in order.iter().enumerate() {
         if Instant::now() >= deadline {
             break;
+        }
+        // A model that already answered as a draft is not called again.
+        if let Some((plan, run)) = &mut drafted
+            && let Some(d) = run.answered.iter().position(|d| d.model == *model)
+        {
+            return Ok(answer_with_draft(&request, &routed, plan, run, d));
         }
         let Some(target) = gw.upstreams.target(model) else {
             continue;
@@ -61,7 +82,7 @@ async fn answer(
             &gw.service,
             &routing.caller,
             &routed.request_id,
-            i + 1,
+            calls_before + i + 1,
             model,
             &target.provider.name,
             routed.outcome.input_tokens,
@@ -109,6 +130,9 @@ async fn answer(
         if let Ok(v) = HeaderValue::from_str(&timing) {
             response.headers_mut().insert("server-timing", v);
         }
+        if let Some((plan, run)) = &drafted {
+            verify_headers(&mut response, plan, run);
+        }
         return Ok(response);
     }
     let unavailable = failures.iter().all(|f| f.outcome != "bad_response");
@@ -127,7 +151,7 @@ fn routing_request(
 ) -> Result<RoutingRequest, GatewayError> {
     let catalog = gw.service.engine().catalog();
     let (mode, pinned) = match &request.target {
-        Target::Route(mode) => (*mode, None),
+        Target::Route(mode, _) => (*mode, None),
         Target::Named(model) => {
             if catalog.get(model).is_none() {
                 return Err(RouteError::unknown_model(model).into());
@@ -159,6 +183,7 @@ fn routing_request(
         session_affinity: !request.options.no_session_affinity,
         pinned,
         reachable: Some(gw.upstreams.reachable().clone()),
+        strategy: request.strategy(),
     })
 }
 
@@ -230,15 +255,21 @@ fn respond(reply: Reply, attempt: Attempt, routed: &Routed, include_usage: bool)
             r
         }
     };
+    identity_headers(&mut response, routed, &model, attempts);
+    response
+}
+
+/// Who answered a routed request: its id, the model, the policy, the calls made, stickiness.
+fn identity_headers(response: &mut Response, routed: &Routed, model: &str, calls: usize) {
     let h = response.headers_mut();
     for (name, value) in [
         ("x-triage-request-id", routed.request_id.as_str()),
-        ("x-triage-model", model.as_str()),
+        ("x-triage-model", model),
         (
             "x-triage-policy-version",
             routed.outcome.policy_version.as_str(),
         ),
-        ("x-triage-attempts", &attempts.to_string()),
+        ("x-triage-attempts", &calls.to_string()),
         (
             "x-triage-sticky",
             if routed.outcome.sticky {
@@ -251,6 +282,24 @@ fn respond(reply: Reply, attempt: Attempt, routed: &Routed, include_usage: bool)
         if let Ok(v) = HeaderValue::from_str(value) {
             h.insert(name, v);
         }
+    }
+}
+
+/// The answer of draft `i` (accepted, or the escalation model's own draft).
+fn answer_with_draft(
+    request: &ChatRequest,
+    routed: &Routed,
+    plan: &PlannedDrafts,
+    run: &mut DraftsRun,
+    i: usize,
+) -> Response {
+    let draft = run.answered.swap_remove(i);
+    let model = draft.model.clone();
+    let mut response = draft_response(draft, request.stream, request.include_usage);
+    identity_headers(&mut response, routed, &model, run.calls);
+    verify_headers(&mut response, plan, run);
+    if let Ok(v) = HeaderValue::from_str(&format!("{:.8}", run.cost_usd)) {
+        response.headers_mut().insert("x-triage-cost-usd", v);
     }
     response
 }

@@ -189,6 +189,22 @@ fn route_shape(e: &RouteError) -> Shape {
             Some("model".into()),
             None,
         ),
+        // The gateway judges drafts it called itself; these reach a client only if that goes
+        // wrong (it escalates instead wherever it can).
+        RouteError::Verify(_) => (
+            S::BAD_GATEWAY,
+            "server_error",
+            "draft_unusable",
+            None,
+            None,
+        ),
+        RouteError::PlanRetired { .. } => (
+            S::SERVICE_UNAVAILABLE,
+            "server_error",
+            "policy_reloaded",
+            None,
+            Some(1),
+        ),
         RouteError::Log(l) => match l {
             LogError::UnknownRequest(_) | LogError::ExpiredRequest(..) => (
                 S::NOT_FOUND,
@@ -209,6 +225,20 @@ fn route_shape(e: &RouteError) -> Shape {
                 invalid,
                 "conflicting_feedback",
                 Some("feedback_id".into()),
+                None,
+            ),
+            LogError::AlreadyVerified(_) => (
+                S::CONFLICT,
+                invalid,
+                "already_verified",
+                Some("request_id".into()),
+                None,
+            ),
+            LogError::NotPlanned(_) => (
+                S::CONFLICT,
+                invalid,
+                "not_planned",
+                Some("request_id".into()),
                 None,
             ),
             LogError::InvalidRecord(_) => (S::BAD_REQUEST, invalid, "invalid_value", None, None),

@@ -9,6 +9,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
 use triage_core::InvalidRequest;
+use triage_engine::Strategy;
 use triage_log::{ErrorKind, FeedbackRecord};
 
 use crate::Gateway;
@@ -24,9 +25,13 @@ pub async fn models(State(gw): State<Gateway>, headers: HeaderMap) -> Response {
     };
     let mut data: Vec<_> = VIRTUAL_MODELS
         .iter()
-        .map(|(name, mode)| {
+        .map(|(name, mode, strategy)| {
+            let strategy = match strategy {
+                Strategy::Route => "route",
+                Strategy::Verify => "verify",
+            };
             json!({"id": name, "object": "model", "created": 0, "owned_by": "triage",
-                   "triage": {"virtual": true, "mode": mode.to_string()}})
+                   "triage": {"virtual": true, "mode": mode.to_string(), "strategy": strategy}})
         })
         .collect();
     for view in gw.service.models(&caller) {

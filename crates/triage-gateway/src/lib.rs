@@ -1,7 +1,7 @@
 //! The OpenAI-compatible HTTP front door: applications call Triage *as if it were a model*.
 //!
-//! `POST /v1/chat/completions` with `model: "triage"` (or `triage-quality`, `triage-cost`, or
-//! a catalog model by name) is routed by the same engine as gRPC `Route`, then answered by the
+//! `POST /v1/chat/completions` with `model: "triage"` (or `triage-quality`, `triage-cost`,
+//! `triage-verify`, or a catalog model by name) is routed by the same engine as gRPC `Route`, then answered by the
 //! chosen model's provider. When that model is rate-limited, down or slow to start, the next
 //! model of the ranking answers instead, up to `gateway.max_attempts`; the response's `model`
 //! and the `x-triage-*` headers say who answered. Each upstream call records its own feedback
@@ -13,6 +13,7 @@
 //! - `wire`: reads the request body, keeping unknown fields for the upstream;
 //! - `chat`: the handler and the attempt loop; `call`: one upstream call and how it ended;
 //!   `relay`: streaming to the client as events arrive; `record`: the per-attempt feedback;
+//! - `verify`: `triage-verify`, cheap drafts first and the acceptor's verdict;
 //! - `anthropic` / `openai`: the two upstream dialects; `upstreams`: providers and clients;
 //! - `error`: the one mapping of errors to HTTP statuses and OpenAI error bodies.
 
@@ -25,6 +26,7 @@ mod openai;
 mod record;
 mod relay;
 mod upstreams;
+mod verify;
 mod wire;
 
 use std::future::Future;

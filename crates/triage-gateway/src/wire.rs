@@ -9,19 +9,22 @@ use serde_json::{Map, Value};
 use triage_core::catalog::Capability;
 use triage_core::request::RequestLimits;
 use triage_core::{Conversation, InvalidRequest, Mode, Preferences};
+use triage_engine::Strategy;
 
-/// The virtual models and the mode each routes in.
-pub const VIRTUAL_MODELS: [(&str, Mode); 3] = [
-    ("triage", Mode::Balanced),
-    ("triage-quality", Mode::Quality),
-    ("triage-cost", Mode::Cost),
+/// The virtual models, the mode each routes in and how each answers (`triage-verify` runs the
+/// policy's cheap drafts first and escalates only when the acceptor declines them).
+pub const VIRTUAL_MODELS: [(&str, Mode, Strategy); 4] = [
+    ("triage", Mode::Balanced, Strategy::Route),
+    ("triage-quality", Mode::Quality, Strategy::Route),
+    ("triage-cost", Mode::Cost, Strategy::Route),
+    ("triage-verify", Mode::Balanced, Strategy::Verify),
 ];
 
 /// What `model` asks for.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Target {
-    /// A virtual model: route in this mode.
-    Route(Mode),
+    /// A virtual model: route in this mode, answering by this strategy.
+    Route(Mode, Strategy),
     /// A model asked for by name.
     Named(String),
 }
@@ -81,6 +84,19 @@ pub struct TriageOptions {
     /// With a model asked for by name: fall back to the ranking's next models when it fails.
     #[serde(default)]
     pub fallback: bool,
+    /// `route` or `verify`; overrides the virtual model's strategy.
+    #[serde(default)]
+    pub strategy: Option<WireStrategy>,
+}
+
+/// `strategy` as written in JSON.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WireStrategy {
+    /// The routed model answers.
+    Route,
+    /// Cheap drafts first, escalating when the acceptor declines them.
+    Verify,
 }
 
 /// `mode` as written in JSON.
@@ -141,16 +157,16 @@ pub fn parse(body: &[u8], limits: RequestLimits) -> Result<ChatRequest, InvalidR
     let target = match body.get("model") {
         Some(Value::String(m)) => VIRTUAL_MODELS
             .iter()
-            .find(|(name, _)| name == m)
+            .find(|(name, ..)| name == m)
             .map_or_else(
                 || Target::Named(m.clone()),
-                |(_, mode)| Target::Route(*mode),
+                |(_, mode, strategy)| Target::Route(*mode, *strategy),
             ),
         _ => {
             return Err(InvalidRequest::new(
                 "model",
-                "is missing or not a string; use \"triage\" (or triage-quality, triage-cost, or a \
-                 catalog model)",
+                "is missing or not a string; use \"triage\" (or triage-quality, triage-cost, \
+                 triage-verify, or a catalog model)",
             ));
         }
     };
@@ -175,6 +191,13 @@ pub fn parse(body: &[u8], limits: RequestLimits) -> Result<ChatRequest, InvalidR
         .and_then(Value::as_bool)
         .unwrap_or(false);
     let conversation = conversation(&body, limits)?;
+    if options.strategy == Some(WireStrategy::Verify) && matches!(target, Target::Named(_)) {
+        return Err(InvalidRequest::new(
+            "triage.strategy",
+            "\"verify\" needs a routed request: use model \"triage-verify\" (or another \
+             virtual model), not a model asked for by name",
+        ));
+    }
     Ok(ChatRequest {
         body,
         target,
@@ -183,6 +206,33 @@ pub fn parse(body: &[u8], limits: RequestLimits) -> Result<ChatRequest, InvalidR
         include_usage,
         options,
     })
+}
+
+impl ChatRequest {
+    /// How the request is answered: `triage.strategy`, else its virtual model's.
+    pub fn strategy(&self) -> Strategy {
+        match (self.options.strategy, &self.target) {
+            (Some(WireStrategy::Verify), _) => Strategy::Verify,
+            (Some(WireStrategy::Route), _) | (None, Target::Named(_)) => Strategy::Route,
+            (None, Target::Route(_, strategy)) => *strategy,
+        }
+    }
+
+    /// The same request asking for one whole answer (drafts are judged whole): no `stream`,
+    /// no `stream_options`.
+    pub fn unstreamed(&self) -> ChatRequest {
+        let mut body = self.body.clone();
+        body.remove("stream");
+        body.remove("stream_options");
+        ChatRequest {
+            body,
+            target: self.target.clone(),
+            conversation: self.conversation.clone(),
+            stream: false,
+            include_usage: false,
+            options: TriageOptions::default(),
+        }
+    }
 }
 
 /// The messages' roles and text, as the encoder reads them.
@@ -255,7 +305,8 @@ mod tests {
             "stream":true,"stream_options":{"include_usage":true},"seed":7,
             "triage":{"max_cost_usd":0.01,"required_capabilities":["tools"],"session_id":"s"}}"#;
         let r = parse(body.as_bytes(), LIMITS).expect("parses");
-        assert_eq!(r.target, Target::Route(Mode::Cost));
+        assert_eq!(r.target, Target::Route(Mode::Cost, Strategy::Route));
+        assert_eq!(r.strategy(), Strategy::Route);
         assert!(r.stream && r.include_usage);
         assert_eq!(r.body.get("seed"), Some(&Value::from(7)));
         assert!(

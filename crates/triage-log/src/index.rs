@@ -10,13 +10,22 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
-use crate::record::{FeedbackRecord, LogRecord};
+use crate::record::{DraftPlanRecord, FeedbackRecord, LogRecord, VerificationRecord};
 use crate::store::Ticket;
 
-/// What the index remembers of a decision: the models feedback may name, and the key that may.
+/// What the index remembers of a decision: the models feedback may name, the key that may, and
+/// for a verify-then-escalate request its plan and verdict.
 pub(crate) struct DecidedRequest {
     pub candidates: Vec<Arc<str>>,
     pub api_key: Option<Arc<str>>,
+    pub planned: Option<Box<Planned>>,
+}
+
+/// A draft plan as the index keeps it (only requests that asked to verify have one).
+pub(crate) struct Planned {
+    pub plan: DraftPlanRecord,
+    pub policy_version: String,
+    pub verified: Option<VerificationRecord>,
 }
 
 pub(crate) struct Index {
@@ -67,9 +76,17 @@ impl Index {
             LogRecord::Decision(d) if d.time_ms >= cutoff => {
                 let candidates = d.candidates.iter().map(|c| self.intern(&c.model)).collect();
                 let api_key = d.api_key.as_deref().map(|k| self.intern(k));
+                let planned = d.draft_plan.as_ref().map(|plan| {
+                    Box::new(Planned {
+                        plan: plan.clone(),
+                        policy_version: d.policy_version.clone(),
+                        verified: None,
+                    })
+                });
                 let decided = DecidedRequest {
                     candidates,
                     api_key,
+                    planned,
                 };
                 self.decisions.insert(d.request_id.clone(), decided);
                 self.decided_at.push_back((d.time_ms, d.request_id.clone()));
@@ -80,6 +97,17 @@ impl Index {
                         .insert(f.feedback_id.clone(), (f.clone(), ticket));
                     self.reported_at
                         .push_back((f.time_ms, f.feedback_id.clone()));
+                }
+            }
+            LogRecord::Verification(v) => {
+                let planned = self
+                    .decisions
+                    .get_mut(&v.request_id)
+                    .and_then(|d| d.planned.as_mut());
+                if let Some(planned) = planned
+                    && planned.verified.is_none()
+                {
+                    planned.verified = Some(v.clone());
                 }
             }
             LogRecord::Decision(_) | LogRecord::Feedback(_) => {}

@@ -43,12 +43,13 @@ mod writer;
 pub use compact::{ArchiveFormat, CompactReport, compact};
 pub use lock::LOCK_FILE;
 pub use record::{
-    DecisionRecord, ErrorKind, FeedbackRecord, LogRecord, LoggedCandidate, decode_features,
-    encode_features,
+    DecisionRecord, DraftPlanRecord, ErrorKind, FeedbackRecord, LogRecord, LoggedCandidate,
+    LoggedDraft, VerificationRecord, decode_features, encode_features,
 };
 pub use segment::{SegmentReport, read_log, read_log_with};
 pub use store::{
-    Durability, EventStore, FeedbackAck, FileEventLog, LogOptions, Ticket, now_ms, segment_file,
+    Durability, EventStore, FeedbackAck, FileEventLog, LogOptions, PlannedRequest, Ticket,
+    VerificationAck, now_ms, segment_file,
 };
 
 /// What can go wrong with the log.
@@ -104,6 +105,18 @@ pub enum LogError {
     /// The writer is behind by more records (or bytes) than the queue holds: shed load.
     #[error("event log queue is full; retry with backoff")]
     Full,
+    /// `Verify` for a request that was not routed to verify then escalate.
+    #[error(
+        "request_id {0:?} has no draft plan: Verify takes requests routed with strategy VERIFY \
+         whose plan named drafts (the Route response lists them)"
+    )]
+    NotPlanned(String),
+    /// `Verify` again for a request already verified, with other drafts.
+    #[error(
+        "request_id {0:?} was already verified with other drafts; each request is verified \
+         once (resend the same drafts only to retry)"
+    )]
+    AlreadyVerified(String),
     /// The record is not acceptable (message says why).
     #[error("{0}")]
     InvalidRecord(String),

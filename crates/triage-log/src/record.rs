@@ -12,6 +12,8 @@ pub enum LogRecord {
     Decision(DecisionRecord),
     /// A `Feedback` report.
     Feedback(FeedbackRecord),
+    /// The acceptor's verdict on the drafts of a verify-then-escalate request.
+    Verification(VerificationRecord),
 }
 
 /// A scored candidate as the deciding policy saw it.
@@ -65,6 +67,75 @@ pub struct DecisionRecord {
     /// Name of the caller's API key (`None`: anonymous).
     #[serde(default)]
     pub api_key: Option<String>,
+    /// The drafts to run first, when the request asked to verify then escalate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub draft_plan: Option<DraftPlanRecord>,
+}
+
+/// The drafts a verify-then-escalate request runs before its escalation.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DraftPlanRecord {
+    /// The draft models, in the order the acceptor reads them.
+    pub drafts: Vec<String>,
+    /// The routing policy's predicted quality per draft model (online corrections included):
+    /// part of the acceptor's evidence.
+    pub predicted_quality: Vec<f64>,
+    /// Least accept probability at which a draft is returned.
+    pub threshold: f64,
+    /// Where a declined request goes: the routing policy's choice, then its ranked fallbacks.
+    pub escalation: Vec<String>,
+}
+
+/// What one draft offered the acceptor (its text is not kept, only what was read from it).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LoggedDraft {
+    /// The model that wrote it.
+    pub model: String,
+    /// Its final-answer key, if one was found.
+    pub answer: Option<String>,
+    /// Where the key was found (`boxed`, `json_field`, `stated`, `choice`, `code`, `number`).
+    pub form: Option<String>,
+    /// Length in characters.
+    pub chars: u64,
+    /// Whether it declines to answer.
+    pub refuses: bool,
+    /// Whether it signals doubt.
+    pub hedges: bool,
+}
+
+/// The acceptor's verdict on a request's drafts.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct VerificationRecord {
+    /// The decision whose plan the drafts followed.
+    pub request_id: String,
+    /// Milliseconds since the Unix epoch.
+    pub time_ms: u64,
+    /// The drafts, in the plan's order.
+    pub drafts: Vec<LoggedDraft>,
+    /// The head's input, for audits (retraining reads the drafts, with its own predictions).
+    pub evidence: Vec<f64>,
+    /// The acceptor's probability that the returned draft is good.
+    pub probability: f64,
+    /// The threshold it was held to.
+    pub threshold: f64,
+    /// The draft model whose answer was returned; `None`: escalated.
+    pub accepted: Option<String>,
+    /// The model escalated to (`None` when accepted).
+    pub escalated_to: Option<String>,
+    /// Name of the caller's API key (`None`: anonymous).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key: Option<String>,
+}
+
+impl VerificationRecord {
+    /// The verdict without its time: a retried `Verify` with the same drafts compares equal.
+    pub fn same_verdict(&self, other: &VerificationRecord) -> bool {
+        let strip = |v: &VerificationRecord| VerificationRecord {
+            time_ms: 0,
+            ..v.clone()
+        };
+        strip(self) == strip(other)
+    }
 }
 
 /// How the upstream call failed, if it did.

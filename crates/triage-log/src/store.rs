@@ -12,9 +12,11 @@ use tokio::sync::watch;
 
 use crate::LogError;
 use crate::compact::{ArchiveFormat, Source, read_archive, sources};
-use crate::index::{Index, issued_ms};
+use crate::index::{DecidedRequest, Index, issued_ms};
 use crate::lock::DirLock;
-use crate::record::{DecisionRecord, FeedbackRecord, LogRecord};
+use crate::record::{
+    DecisionRecord, DraftPlanRecord, FeedbackRecord, LogRecord, VerificationRecord,
+};
 use crate::segment::{MAX_RECORD_BYTES, frame, io_error, salvage, scan_segment, segment_path};
 use crate::writer::{Durable, Pending, SegmentWriter, Shared, spawn};
 
@@ -40,6 +42,26 @@ impl FeedbackAck {
     }
 }
 
+/// How a verification was taken.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VerificationAck {
+    /// New: queued at this position.
+    Stored(Ticket),
+    /// The same verdict was already recorded (a retried `Verify`); not stored again.
+    Duplicate,
+}
+
+/// A verify-then-escalate request as the store knows it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PlannedRequest {
+    /// Its draft plan.
+    pub plan: DraftPlanRecord,
+    /// The policy that planned it.
+    pub policy_version: String,
+    /// Its verdict, once verified.
+    pub verified: Option<VerificationRecord>,
+}
+
 /// A future resolving when a record is durable.
 pub type Durability<'a> = Pin<Box<dyn Future<Output = Result<(), LogError>> + Send + 'a>>;
 
@@ -50,6 +72,16 @@ pub trait EventStore: Send + Sync {
     fn record_decision(&self, decision: DecisionRecord) -> Result<Ticket, LogError>;
     /// Checks a report against the decisions and earlier reports, then queues it.
     fn record_feedback(&self, feedback: FeedbackRecord) -> Result<FeedbackAck, LogError>;
+    /// The plan of a request routed to verify then escalate, for the key `api_key` that routed
+    /// it (another key is told `NotYourRequest`, a request without a plan `NotPlanned`).
+    fn planned(&self, request_id: &str, api_key: Option<&str>)
+    -> Result<PlannedRequest, LogError>;
+    /// Checks a verdict against its request's plan and earlier verdicts, then queues it (like a
+    /// decision, without waiting for `fsync`).
+    fn record_verification(
+        &self,
+        verification: VerificationRecord,
+    ) -> Result<VerificationAck, LogError>;
     /// Resolves once everything up to `ticket` is durable.
     fn wait_durable(&self, ticket: Ticket) -> Durability<'_>;
     /// Decisions and distinct feedback reports held.
@@ -219,6 +251,29 @@ impl FileEventLog {
         &self.dir
     }
 
+    /// The decision `request_id`, when `api_key` routed it: unknown, expired (past the retention)
+    /// and another key's requests are told apart.
+    fn decided<'i>(
+        &self,
+        index: &'i Index,
+        request_id: &str,
+        api_key: Option<&str>,
+    ) -> Result<&'i DecidedRequest, LogError> {
+        let decided = index.decisions.get(request_id).ok_or_else(|| {
+            let id = request_id.to_owned();
+            match (issued_ms(&id), index.cutoff_ms(now_ms())) {
+                (Some(issued), Some(cutoff)) if issued < cutoff => {
+                    LogError::ExpiredRequest(id, self.retention_days)
+                }
+                _ => LogError::UnknownRequest(id),
+            }
+        })?;
+        if decided.api_key.as_deref() != api_key {
+            return Err(LogError::NotYourRequest(request_id.to_owned()));
+        }
+        Ok(decided)
+    }
+
     /// Assigns the next sequence number and queues `record` under the index lock, so queue order
     /// is sequence order.
     fn enqueue(&self, index: &mut Index, record: &LogRecord) -> Result<Ticket, LogError> {
@@ -322,15 +377,7 @@ impl EventStore for FileEventLog {
                 Err(LogError::ConflictingFeedback(feedback.feedback_id))
             };
         }
-        let decided = index.decisions.get(&feedback.request_id).ok_or_else(|| {
-            let id = feedback.request_id.clone();
-            match (issued_ms(&id), index.cutoff_ms(now_ms())) {
-                (Some(issued), Some(cutoff)) if issued < cutoff => {
-                    LogError::ExpiredRequest(id, self.retention_days)
-                }
-                _ => LogError::UnknownRequest(id),
-            }
-        })?;
+        let decided = self.decided(&index, &feedback.request_id, feedback.api_key.as_deref())?;
         if !decided.candidates.iter().any(|m| **m == *feedback.model) {
             let names: Vec<&str> = decided.candidates.iter().map(|m| &**m).collect();
             return Err(LogError::InvalidRecord(format!(
@@ -343,6 +390,44 @@ impl EventStore for FileEventLog {
         }
         self.enqueue(&mut index, &LogRecord::Feedback(feedback))
             .map(FeedbackAck::Stored)
+    }
+
+    fn planned(
+        &self,
+        request_id: &str,
+        api_key: Option<&str>,
+    ) -> Result<PlannedRequest, LogError> {
+        let index = self.lock();
+        let decided = self.decided(&index, request_id, api_key)?;
+        let planned = decided
+            .planned
+            .as_ref()
+            .ok_or_else(|| LogError::NotPlanned(request_id.to_owned()))?;
+        Ok(PlannedRequest {
+            plan: planned.plan.clone(),
+            policy_version: planned.policy_version.clone(),
+            verified: planned.verified.clone(),
+        })
+    }
+
+    fn record_verification(
+        &self,
+        verification: VerificationRecord,
+    ) -> Result<VerificationAck, LogError> {
+        let mut index = self.lock();
+        let id = verification.request_id.as_str();
+        let decided = self.decided(&index, id, verification.api_key.as_deref())?;
+        let planned = decided
+            .planned
+            .as_ref()
+            .ok_or_else(|| LogError::NotPlanned(id.to_owned()))?;
+        match &planned.verified {
+            Some(earlier) if earlier.same_verdict(&verification) => Ok(VerificationAck::Duplicate),
+            Some(_) => Err(LogError::AlreadyVerified(id.to_owned())),
+            None => self
+                .enqueue(&mut index, &LogRecord::Verification(verification))
+                .map(VerificationAck::Stored),
+        }
     }
 
     fn wait_durable(&self, ticket: Ticket) -> Durability<'_> {

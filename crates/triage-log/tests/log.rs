@@ -43,6 +43,7 @@ fn decision(request_id: &str) -> DecisionRecord {
         session_id: String::new(),
         prompt: None,
         api_key: None,
+        draft_plan: None,
     }
 }
 
@@ -219,7 +220,7 @@ async fn segments_rotate_and_read_back_in_order() {
         .iter()
         .filter_map(|r| match r {
             LogRecord::Decision(d) => Some(d.request_id.clone()),
-            LogRecord::Feedback(_) => None,
+            LogRecord::Feedback(_) | LogRecord::Verification(_) => None,
         })
         .collect();
     let expected: Vec<String> = (0..40).map(|i| format!("r{i}")).collect();

@@ -34,6 +34,8 @@ pub struct Verification {
     pub threshold: f64,
     /// The evidence vector the head saw, for the decision log.
     pub evidence: Vec<f64>,
+    /// What each draft offered, in the plan's order (what retraining reads from the log).
+    pub drafts: Vec<DraftEvidence>,
 }
 
 /// Why drafts cannot be judged.
@@ -155,6 +157,7 @@ pub fn verify(
         probability,
         threshold,
         evidence: features,
+        drafts: evidence,
     })
 }
 

@@ -4,7 +4,7 @@
 use triage_core::catalog::Capability;
 use triage_core::request::RequestLimits;
 use triage_core::{Catalog, Conversation, InvalidRequest, Mode, Preferences};
-use triage_engine::{RouteOutcome, RoutingRequest};
+use triage_engine::{RouteOutcome, RoutingRequest, Strategy, Verdict};
 use triage_guard::Caller;
 use triage_log::{ErrorKind, FeedbackRecord};
 use triage_policy::{Candidate, Exclusion};
@@ -34,6 +34,19 @@ pub fn routing_request(
     };
     preferences.validate(catalog, "preferences.")?;
     triage_core::request::check_session_id(&request.session_id, "session_id")?;
+    let strategy = match v1::Strategy::try_from(request.strategy) {
+        Ok(v1::Strategy::Unspecified | v1::Strategy::Route) => Strategy::Route,
+        Ok(v1::Strategy::Verify) => Strategy::Verify,
+        Err(_) => {
+            return Err(InvalidRequest::new(
+                "strategy",
+                format!(
+                    "unknown strategy {}; use STRATEGY_ROUTE or STRATEGY_VERIFY",
+                    request.strategy
+                ),
+            ));
+        }
+    };
     Ok(RoutingRequest {
         conversation,
         preferences,
@@ -43,6 +56,7 @@ pub fn routing_request(
         session_affinity,
         pinned: None,
         reachable: None,
+        strategy,
     })
 }
 
@@ -98,6 +112,13 @@ pub fn route_response(
     total_us: u64,
 ) -> v1::RouteResponse {
     let decision = outcome.decision;
+    let draft_plan = match outcome.drafts {
+        Some(Ok(planned)) => Some(v1::DraftPlan {
+            drafts: planned.drafts,
+            threshold: planned.threshold,
+        }),
+        Some(Err(_)) | None => None,
+    };
     v1::RouteResponse {
         request_id,
         model: decision.chosen().model.clone(),
@@ -113,6 +134,28 @@ pub fn route_response(
         explored: outcome.explored,
         propensity: outcome.propensity,
         sticky: outcome.sticky,
+        draft_plan,
+    }
+}
+
+/// The wire verdict.
+pub fn verify_response(verdict: Verdict) -> v1::VerifyResponse {
+    let accepted = verdict.accepted.is_some();
+    let (model, fallbacks) = match verdict.accepted {
+        Some(model) => (model, Vec::new()),
+        None => {
+            let mut ranked = verdict.escalation.into_iter();
+            (ranked.next().unwrap_or_default(), ranked.collect())
+        }
+    };
+    v1::VerifyResponse {
+        accepted,
+        model,
+        fallbacks,
+        probability: verdict.probability,
+        threshold: verdict.threshold,
+        drafted: verdict.drafted,
+        duplicate: verdict.duplicate,
     }
 }
 
@@ -129,7 +172,8 @@ pub fn feedback_record(f: v1::FeedbackRequest) -> Result<FeedbackRecord, Invalid
             return Err(InvalidRequest::new(
                 "error",
                 format!(
-                    "unknown error kind {}; use ERROR_UNSPECIFIED (none), ERROR_RATE_LIMITED,                      ERROR_UNAVAILABLE, ERROR_TIMEOUT or ERROR_OTHER",
+                    "unknown error kind {}; use ERROR_UNSPECIFIED (none), ERROR_RATE_LIMITED, \
+                     ERROR_UNAVAILABLE, ERROR_TIMEOUT or ERROR_OTHER",
                     f.error
                 ),
             ));

@@ -42,10 +42,15 @@ pub fn status(error: RouteError) -> Status {
         RouteError::UnknownModel(_) => Code::InvalidArgument,
         RouteError::ModelExcluded { .. } => Code::FailedPrecondition,
         RouteError::ModelNotPermitted { .. } => Code::PermissionDenied,
+        RouteError::Verify(_) => Code::InvalidArgument,
+        RouteError::PlanRetired { .. } => Code::FailedPrecondition,
         RouteError::Log(e) => match e {
             LogError::UnknownRequest(_) | LogError::ExpiredRequest(..) => Code::NotFound,
             LogError::NotYourRequest(_) => Code::PermissionDenied,
-            LogError::ConflictingFeedback(_) => Code::AlreadyExists,
+            LogError::ConflictingFeedback(_) | LogError::AlreadyVerified(_) => {
+                Code::AlreadyExists
+            }
+            LogError::NotPlanned(_) => Code::FailedPrecondition,
             LogError::InvalidRecord(_) => Code::InvalidArgument,
             LogError::Full => Code::ResourceExhausted,
             LogError::WriterStopped(_) | LogError::Unavailable(_) => Code::Unavailable,

@@ -6,6 +6,7 @@ use tracing::Instrument;
 use triage_engine::metrics::ErrorLabels;
 use triage_engine::{RouteError, Service};
 use triage_guard::{Caller, Override};
+use triage_policy::verify::DraftAnswer;
 use triage_proto::v1;
 use triage_proto::v1::router_server::Router;
 
@@ -78,6 +79,24 @@ impl RouterService {
         let record = convert::feedback_record(request.into_inner())?;
         let duplicate = self.service.feedback(&caller, record).await?;
         Ok(v1::FeedbackResponse { duplicate })
+    }
+
+    fn verify_inner(
+        &self,
+        request: Request<v1::VerifyRequest>,
+    ) -> Result<v1::VerifyResponse, RouteError> {
+        let caller = self.caller(&request)?;
+        let r = request.into_inner();
+        let drafts: Vec<DraftAnswer<'_>> = r
+            .drafts
+            .iter()
+            .map(|d| DraftAnswer {
+                model: &d.model,
+                text: &d.response,
+            })
+            .collect();
+        let verdict = self.service.verify(&caller, &r.request_id, &drafts)?;
+        Ok(convert::verify_response(verdict))
     }
 
     fn report_health_inner(
@@ -172,6 +191,14 @@ impl Router for RouterService {
             .instrument(tracing::info_span!("feedback"))
             .await;
         self.counted("Feedback", result).map(Response::new)
+    }
+
+    async fn verify(
+        &self,
+        request: Request<v1::VerifyRequest>,
+    ) -> Result<Response<v1::VerifyResponse>, Status> {
+        let result = self.verify_inner(request);
+        self.counted("Verify", result).map(Response::new)
     }
 
     async fn report_health(

@@ -142,14 +142,14 @@ async fn feedback_is_validated_stored_once_and_joined_to_its_decision() {
         .iter()
         .filter_map(|r| match r {
             LogRecord::Decision(d) => Some(d),
-            LogRecord::Feedback(_) => None,
+            LogRecord::Feedback(_) | LogRecord::Verification(_) => None,
         })
         .collect();
     let feedback: Vec<_> = records
         .iter()
         .filter_map(|r| match r {
             LogRecord::Feedback(f) => Some(f),
-            LogRecord::Decision(_) => None,
+            LogRecord::Decision(_) | LogRecord::Verification(_) => None,
         })
         .collect();
     assert_eq!(decisions.len(), 1);

@@ -234,7 +234,7 @@ async fn a_hostile_tenant_cannot_take_down_bill_or_fill_up_another() {
         .iter()
         .filter_map(|r| match r {
             triage_log::LogRecord::Feedback(f) => Some(f),
-            triage_log::LogRecord::Decision(_) => None,
+            triage_log::LogRecord::Decision(_) | triage_log::LogRecord::Verification(_) => None,
         })
         .collect();
     for id in &acknowledged {

@@ -13,7 +13,9 @@ use std::path::Path;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use triage_core::Catalog;
-use triage_log::{DecisionRecord, FeedbackRecord, LogRecord, decode_features, read_log_with};
+use triage_log::{
+    DecisionRecord, FeedbackRecord, LogRecord, VerificationRecord, decode_features, read_log_with,
+};
 
 use crate::TrainError;
 use crate::embed::PromptFeatures;
@@ -63,6 +65,9 @@ pub struct LoggedData {
     pub decisions: Vec<DecisionRecord>,
     /// Joined outcomes.
     pub outcomes: Vec<LoggedOutcome>,
+    /// Verdicts on verify-then-escalate drafts, one per request: the drafts' evidence, which
+    /// retrains the acceptor (joined to quality feedback on the draft models).
+    pub verifications: Vec<VerificationRecord>,
     /// The counts.
     pub counts: LogCounts,
     /// Hash of the ids read (the training metadata's data hash).
@@ -90,6 +95,8 @@ impl LoggedData {
         let mut by_request: HashMap<String, usize> = HashMap::new();
         let mut reports: Vec<FeedbackRecord> = Vec::new();
         let mut seen_reports: HashMap<String, ()> = HashMap::new();
+        let mut verifications: Vec<VerificationRecord> = Vec::new();
+        let mut verified: HashMap<String, ()> = HashMap::new();
         for record in records {
             match record {
                 LogRecord::Decision(d) => {
@@ -101,6 +108,11 @@ impl LoggedData {
                 LogRecord::Feedback(f) => {
                     if seen_reports.insert(f.feedback_id.clone(), ()).is_none() {
                         reports.push(f);
+                    }
+                }
+                LogRecord::Verification(v) => {
+                    if verified.insert(v.request_id.clone(), ()).is_none() {
+                        verifications.push(v);
                     }
                 }
             }
@@ -151,6 +163,7 @@ impl LoggedData {
             },
             decisions,
             outcomes,
+            verifications,
             sha256: hex::encode(hasher.finalize()),
         })
     }
@@ -190,6 +203,12 @@ impl LoggedData {
                 feedback: self.counts.feedback,
                 outcomes: outcomes.len(),
             },
+            verifications: self
+                .verifications
+                .iter()
+                .filter(|v| keep_id(v.request_id.as_str()))
+                .cloned()
+                .collect(),
             decisions,
             outcomes,
             sha256: self.sha256.clone(),

@@ -496,6 +496,7 @@ mod tests {
         let mut outcomes: Vec<LoggedOutcome> = (0..9).map(|_| outcome(1.0, 1.0)).collect();
         outcomes.push(outcome(0.0, 10.0));
         let logged = LoggedData {
+            verifications: Vec::new(),
             decisions: Vec::new(),
             counts: LogCounts {
                 decisions: 0,
@@ -533,6 +534,7 @@ mod tests {
             session_id: String::new(),
             prompt: None,
             api_key: None,
+            draft_plan: None,
         };
         let decisions: Vec<_> = (0..300)
             .map(|i| decision(i, if i < 100 { 3 } else { 4 }))
@@ -551,6 +553,7 @@ mod tests {
             })
             .collect();
         let logged = LoggedData {
+            verifications: Vec::new(),
             decisions,
             counts: LogCounts {
                 decisions: 300,

@@ -11,6 +11,8 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
+use triage_core::answer::AnswerForm;
+use triage_log::VerificationRecord;
 use triage_policy::DraftEvidence;
 
 use crate::TrainError;
@@ -110,6 +112,54 @@ impl Responses {
             cells,
             answers: source.answers_label(),
         })
+    }
+
+    /// The drafts' evidence the decision log kept with each verdict, joined to `outcomes` (a
+    /// table read from the log, whose prompt ids are request ids); `None` when none joins.
+    pub fn from_log(verifications: &[VerificationRecord], outcomes: &Outcomes) -> Option<Self> {
+        let prompt_index: HashMap<&str, usize> = outcomes
+            .prompts
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p.id.as_str(), i))
+            .collect();
+        let mut cells = vec![vec![None; outcomes.models.len()]; outcomes.prompts.len()];
+        let mut joined = 0usize;
+        for v in verifications {
+            let Some(&p) = prompt_index.get(v.request_id.as_str()) else {
+                continue;
+            };
+            for d in &v.drafts {
+                if let Some(m) = outcomes.model_index(&d.model) {
+                    cells[p][m] = Some(DraftEvidence {
+                        predicted_quality: 0.0,
+                        answer: d.answer.clone(),
+                        form: d.form.as_deref().and_then(AnswerForm::from_name),
+                        chars: usize::try_from(d.chars).unwrap_or(usize::MAX),
+                        refuses: d.refuses,
+                        hedges: d.hedges,
+                    });
+                    joined += 1;
+                }
+            }
+        }
+        tracing::info!(joined, "drafts' evidence joined from the decision log");
+        (joined > 0).then(|| Self {
+            cells,
+            answers: "generic".into(),
+        })
+    }
+
+    /// These responses, with cells they lack taken from `other` (same table).
+    pub fn filled_from(mut self, other: Responses) -> Self {
+        for (mine, theirs) in self.cells.iter_mut().zip(other.cells) {
+            for (cell, from) in mine.iter_mut().zip(theirs) {
+                if cell.is_none() {
+                    *cell = from;
+                }
+            }
+        }
+        self
     }
 
     /// The evidence of model `m` on prompt `p`, with its predicted quality set.

@@ -65,11 +65,20 @@ pub fn train(options: &TrainOptions) -> Result<TrainReport, TrainError> {
         }
     };
     // Read before fitting, so a bad responses file fails in seconds, not after minutes.
-    let responses = options
+    let from_file = options
         .responses
         .as_ref()
         .map(|source| Responses::load(source, &prepared.outcomes))
         .transpose()?;
+    // The log's verdicts keep each draft's evidence: with quality feedback on the drafts, they
+    // retrain the acceptor as a responses file would.
+    let from_log = logged
+        .as_ref()
+        .and_then(|log| Responses::from_log(&log.verifications, &prepared.outcomes));
+    let responses = match (from_file, from_log) {
+        (Some(file), Some(log)) => Some(file.filled_from(log)),
+        (file, log) => file.or(log),
+    };
     // The gate judges fold 0's policy on fold 0; the recipe fitted on every training prompt is
     // what gets written.
     let Fitted {

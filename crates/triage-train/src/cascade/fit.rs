@@ -141,6 +141,13 @@ pub fn fit_acceptor(
 /// prompt (at most [`MAX_DRAFT_MODELS`]): a model without responses cannot draft.
 fn draft_models(prepared: &Prepared, responses: &Responses, prompts: &[usize]) -> Vec<usize> {
     let o = &prepared.outcomes;
+    // Coverage counts the prompts that have any response: a log mixes drafted requests with
+    // routed ones, and only the drafted ones can teach the acceptor.
+    let prompts: Vec<usize> = prompts
+        .iter()
+        .copied()
+        .filter(|&p| responses.cells[p].iter().any(Option::is_some))
+        .collect();
     let needed = (prompts.len() as f64 * DRAFT_COVERAGE).ceil() as usize;
     let mut by_cost: Vec<(usize, f64)> = (0..o.models.len())
         .filter_map(|m| {
