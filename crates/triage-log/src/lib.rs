@@ -69,7 +69,7 @@ pub enum LogError {
     /// Feedback names a request older than the log's retention.
     #[error(
         "request_id {0:?} is past the log's retention (log.retention_days = {1}): feedback must \
-         come while its decision is kept"
+         (and Verify) come while its decision is kept"
     )]
     ExpiredRequest(String, u64),
     /// Another process has the log directory open.

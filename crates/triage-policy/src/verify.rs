@@ -6,6 +6,8 @@
 //! which draft and why, never a guess. The evidence vector is returned with the verdict so the
 //! decision log can keep it and retraining can learn from it.
 
+use triage_core::request::clip;
+
 use crate::acceptor::{
     DraftEvidence, DraftPlan, evidence_features, head_probability, returned_draft,
 };
@@ -96,7 +98,8 @@ pub enum VerifyError {
     },
 }
 
-/// Judges `drafts` under `plan` at `threshold`; `predicted_quality` gives the routing policy's
+/// Judges `drafts` under `plan` at `threshold` (model names in errors are clipped: they echo
+/// caller input); `predicted_quality` gives the routing policy's
 /// probability of a good answer per draft model on this prompt (from the decision).
 pub fn verify(
     plan: &DraftPlan,
@@ -121,20 +124,20 @@ pub fn verify(
             .position(|m| m == d.model)
             .ok_or_else(|| VerifyError::NotInPlan {
                 index,
-                model: d.model.to_owned(),
+                model: clip(d.model).into_owned(),
                 plan: planned.clone(),
             })?;
         if ordered[slot].is_some() {
             return Err(VerifyError::Repeated {
                 index,
-                model: d.model.to_owned(),
+                model: clip(d.model).into_owned(),
             });
         }
         let chars = d.text.chars().take(MAX_DRAFT_CHARS + 1).count();
         if chars > MAX_DRAFT_CHARS {
             return Err(VerifyError::TooLong {
                 index,
-                model: d.model.to_owned(),
+                model: clip(d.model).into_owned(),
                 chars,
                 max: MAX_DRAFT_CHARS,
             });
@@ -142,7 +145,7 @@ pub fn verify(
         if d.text.trim().is_empty() {
             return Err(VerifyError::Empty {
                 index,
-                model: d.model.to_owned(),
+                model: clip(d.model).into_owned(),
             });
         }
         ordered[slot] = Some(DraftEvidence::read(d.text, predicted_quality(d.model)));

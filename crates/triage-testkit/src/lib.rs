@@ -11,6 +11,11 @@
 //! chunks the connection breaks), `malformed` (a 200 whose body is not JSON), `no_usage`.
 //! `GET /_calls` counts calls per model, `GET /_abandoned` those whose caller hung up while the
 //! upstream was still waiting to answer; `POST /_reset` clears scripts and counts.
+//!
+//! Recorded answers replace the generated one: `POST /_record` with
+//! `{"answers": [{"model": "m", "prompt": "…", "text": "…"}]}` makes every call to `m` whose
+//! last user message is exactly `prompt` answer `text` (e.g. a model's recorded response from
+//! an outcome table), streamed word by word like any other answer.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -83,6 +88,8 @@ struct Script {
     calls: HashMap<String, u64>,
     /// Calls whose caller went away before the answer began.
     abandoned: HashMap<String, u64>,
+    /// Recorded answers by (model, prompt).
+    recorded: HashMap<(String, String), String>,
 }
 
 /// Counts a call as abandoned if it is dropped (the caller hung up) before `done`.
@@ -145,6 +152,7 @@ impl LocalUpstream {
             .route("/v1/chat/completions", post(openai))
             .route("/v1/messages", post(anthropic))
             .route("/_script", post(script))
+            .route("/_record", post(record))
             .route("/_reset", post(reset))
             .route("/_calls", get(calls))
             .route("/_abandoned", get(abandoned))
@@ -169,6 +177,26 @@ impl Drop for LocalUpstream {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+#[derive(Deserialize)]
+struct RecordedAnswer {
+    model: String,
+    prompt: String,
+    text: String,
+}
+
+#[derive(Deserialize)]
+struct RecordBody {
+    answers: Vec<RecordedAnswer>,
+}
+
+async fn record(State(up): State<Upstream>, body: axum::Json<RecordBody>) -> StatusCode {
+    let mut s = up.script.lock().unwrap_or_else(PoisonError::into_inner);
+    for a in body.0.answers {
+        s.recorded.insert((a.model, a.prompt), a.text);
+    }
+    StatusCode::NO_CONTENT
 }
 
 #[derive(Deserialize)]
@@ -227,12 +255,25 @@ fn prompt_of(body: &Value) -> String {
     }
 }
 
-/// The answer's words: the model's name, an echo of the prompt's start, then filler.
-fn answer_words(model: &str, prompt: &str, n: usize) -> Vec<String> {
+/// The answer's pieces, streamed one per chunk: the recorded answer for (model, prompt) cut
+/// after each run of whitespace, else the model's name, an echo of the prompt's start, then
+/// filler.
+fn answer_pieces(up: &Upstream, model: &str, prompt: &str, n: usize) -> Vec<String> {
+    let s = up.script.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(text) = s.recorded.get(&(model.to_owned(), prompt.to_owned())) {
+        return text
+            .split_inclusive(char::is_whitespace)
+            .map(str::to_owned)
+            .collect();
+    }
     let mut words = vec![format!("[{model}]")];
     words.extend(prompt.split_whitespace().take(6).map(str::to_owned));
     words.extend((0..n).map(|i| format!("w{i}")));
     words
+        .into_iter()
+        .enumerate()
+        .map(|(i, w)| if i == 0 { w } else { format!(" {w}") })
+        .collect()
 }
 
 /// Roughly 4 bytes a token, at least 1.
@@ -243,7 +284,8 @@ fn tokens(text: &str) -> u64 {
 struct Call {
     model: String,
     stream: bool,
-    words: Vec<String>,
+    /// The answer, in the pieces it is streamed in.
+    pieces: Vec<String>,
     input_tokens: u64,
     fault: Option<Fault>,
 }
@@ -297,7 +339,7 @@ async fn prepare(up: &Upstream, body: &Bytes) -> Result<Call, Response> {
         .unwrap_or_default();
     Ok(Call {
         stream: body.get("stream").and_then(Value::as_bool).unwrap_or(false),
-        words: answer_words(&model, &prompt, up.behaviour.answer_words),
+        pieces: answer_pieces(up, &model, &prompt, up.behaviour.answer_words),
         input_tokens: tokens(&all_text),
         model,
         fault,
@@ -309,7 +351,7 @@ async fn openai(State(up): State<Upstream>, body: Bytes) -> Response {
         Ok(c) => c,
         Err(r) => return r,
     };
-    let text = call.words.join(" ");
+    let text = call.pieces.concat();
     let usage = json!({"prompt_tokens": call.input_tokens, "completion_tokens": tokens(&text),
                        "total_tokens": call.input_tokens + tokens(&text)});
     let with_usage = !matches!(call.fault, Some(Fault::NoUsage));
@@ -330,9 +372,8 @@ async fn openai(State(up): State<Upstream>, body: Bytes) -> Response {
         json!({"role": "assistant", "content": ""}),
         Value::Null,
     )];
-    for (i, w) in call.words.iter().enumerate() {
-        let sep = if i == 0 { "" } else { " " };
-        events.push(chunk(json!({"content": format!("{sep}{w}")}), Value::Null));
+    for piece in &call.pieces {
+        events.push(chunk(json!({"content": piece}), Value::Null));
     }
     events.push(chunk(json!({}), "stop".into()));
     if with_usage {
@@ -354,7 +395,7 @@ async fn anthropic(State(up): State<Upstream>, body: Bytes) -> Response {
         Ok(c) => c,
         Err(r) => return r,
     };
-    let text = call.words.join(" ");
+    let text = call.pieces.concat();
     let out = tokens(&text);
     if !call.stream {
         return axum::Json(json!({"id": "msg_local", "type": "message", "role": "assistant",
@@ -373,12 +414,11 @@ async fn anthropic(State(up): State<Upstream>, body: Bytes) -> Response {
         json!({"type": "content_block_start", "index": 0,
         "content_block": {"type": "text", "text": ""}}),
     ));
-    for (i, w) in call.words.iter().enumerate() {
-        let sep = if i == 0 { "" } else { " " };
+    for piece in &call.pieces {
         frames.push(event(
             "content_block_delta",
             json!({"type": "content_block_delta", "index": 0,
-            "delta": {"type": "text_delta", "text": format!("{sep}{w}")}}),
+            "delta": {"type": "text_delta", "text": piece}}),
         ));
     }
     frames.push(event(
@@ -455,4 +495,32 @@ pub fn local_providers(settings: &triage_core::Settings, base_url: &str) -> Vec<
             total_ms: 120_000,
         })
         .collect()
+}
+
+/// Writes `policy` (a policy file, e.g. the bundled one) to `dir` with its acceptor replaced by
+/// one plan of the two `drafts` whose head trusts their agreement and nothing else: agreeing
+/// drafts are accepted (probability ≈ 0.98), disagreeing ones escalate (≈ 0.02), at every
+/// trade-off. Tests of the serving path use it so that what they check is the wiring, not a
+/// trained head's judgement of one example. Returns the new file's path.
+pub fn policy_trusting_agreement(
+    policy: &std::path::Path,
+    drafts: [&str; 2],
+    dir: &std::path::Path,
+) -> std::io::Result<std::path::PathBuf> {
+    let text = std::fs::read_to_string(policy)?;
+    let mut file: Value = serde_json::from_str(&text).map_err(std::io::Error::other)?;
+    let width = triage_policy::acceptor::evidence_len(2);
+    let mut weights = vec![0.0; width];
+    // The last feature of a pair's evidence is whether their answers agree.
+    weights[width - 1] = 8.0;
+    file["acceptor"] = json!({
+        "plans": [{"drafts": drafts, "head": {"weights": weights, "bias": -4.0}}],
+        "settings": [{"cost_weight": 0.0, "plan": 0, "threshold": 0.5}],
+        "answers": "generic",
+    });
+    let version = file["version"].as_str().unwrap_or("policy").to_owned();
+    file["version"] = format!("{version}-trusts-agreement").into();
+    let path = dir.join("policy-trusting-agreement.json");
+    std::fs::write(&path, file.to_string())?;
+    Ok(path)
 }
