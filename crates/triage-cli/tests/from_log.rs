@@ -110,7 +110,7 @@ async fn dry_run_prints_distinct_counts_as_json() {
     // quality, and r1/small was reported twice (one outcome: the latest).
     assert_eq!(
         counts,
-        serde_json::json!({"decisions": 3, "feedback": 4, "outcomes": 2})
+        serde_json::json!({"decisions": 3, "feedback": 4, "outcomes": 2, "verifications": 0})
     );
 
     let missing = Command::new(env!("CARGO_BIN_EXE_triage"))

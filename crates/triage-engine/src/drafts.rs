@@ -63,7 +63,10 @@ impl std::fmt::Display for Direct {
                 f.write_str("training found that drafts do not pay at this trade-off")
             }
             Direct::DraftExcluded { model, reason } => {
-                write!(f, "planned draft {model} cannot serve this request: {reason}")
+                write!(
+                    f,
+                    "planned draft {model} cannot serve this request: {reason}"
+                )
             }
         }
     }
@@ -72,9 +75,7 @@ impl std::fmt::Display for Direct {
 /// The drafts `policy`'s acceptor plans for `decision`, held to the decision's exclusions.
 pub fn plan_drafts(policy: &Policy, decision: &Decision) -> Result<PlannedDrafts, Direct> {
     let acceptor = policy.file().acceptor.as_ref().ok_or(Direct::NoAcceptor)?;
-    let (plan, threshold) = acceptor
-        .plan_for(decision.rule)
-        .ok_or(Direct::NotWorthIt)?;
+    let (plan, threshold) = acceptor.plan_for(decision.rule).ok_or(Direct::NotWorthIt)?;
     let mut predicted_quality = Vec::with_capacity(plan.drafts.len());
     let mut predicted_cost_usd = 0.0;
     for model in &plan.drafts {
@@ -90,7 +91,11 @@ pub fn plan_drafts(policy: &Policy, decision: &Decision) -> Result<PlannedDrafts
             Some(c) => {
                 return Err(Direct::DraftExcluded {
                     model: model.clone(),
-                    reason: c.exclusion.as_ref().map(ToString::to_string).unwrap_or_default(),
+                    reason: c
+                        .exclusion
+                        .as_ref()
+                        .map(ToString::to_string)
+                        .unwrap_or_default(),
                 });
             }
             None => {

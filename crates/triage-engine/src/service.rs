@@ -331,7 +331,11 @@ impl Service {
             VerificationAck::Stored(_) => false,
             VerificationAck::Duplicate => true,
         };
-        let outcome = if verification.accepted.is_some() { "accepted" } else { "escalated" };
+        let outcome = if verification.accepted.is_some() {
+            "accepted"
+        } else {
+            "escalated"
+        };
         self.metrics
             .verifications
             .get_or_create(&crate::metrics::VerifyLabels {

@@ -191,13 +191,7 @@ fn route_shape(e: &RouteError) -> Shape {
         ),
         // The gateway judges drafts it called itself; these reach a client only if that goes
         // wrong (it escalates instead wherever it can).
-        RouteError::Verify(_) => (
-            S::BAD_GATEWAY,
-            "server_error",
-            "draft_unusable",
-            None,
-            None,
-        ),
+        RouteError::Verify(_) => (S::BAD_GATEWAY, "server_error", "draft_unusable", None, None),
         RouteError::PlanRetired { .. } => (
             S::SERVICE_UNAVAILABLE,
             "server_error",

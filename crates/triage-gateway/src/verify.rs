@@ -68,9 +68,11 @@ pub async fn run_drafts(
 ) -> DraftsRun {
     let started = Instant::now();
     let whole = request.unstreamed();
-    let calls = plan.drafts.iter().enumerate().map(|(i, model)| {
-        call_draft(gw, &whole, caller, routed, i + 1, model, deadline)
-    });
+    let calls = plan
+        .drafts
+        .iter()
+        .enumerate()
+        .map(|(i, model)| call_draft(gw, &whole, caller, routed, i + 1, model, deadline));
     let results = futures::future::join_all(calls).await;
     let cost_usd = results.iter().map(|(_, cost)| cost).sum();
     let answered: Vec<Drafted> = results.into_iter().filter_map(|(d, _)| d).collect();

@@ -49,7 +49,10 @@ struct Recorded {
 /// A prompt whose two recorded drafts agree (by the benchmark's own key and by the generic
 /// extraction) and one where they disagree by both.
 fn recorded_pair(responses: PathBuf, table: PathBuf) -> (Recorded, Recorded) {
-    let df = read(&responses, &["prompt_id", "model", "response", "final_answer"]);
+    let df = read(
+        &responses,
+        &["prompt_id", "model", "response", "final_answer"],
+    );
     let text = |name: &str| -> Vec<String> {
         df.column(name)
             .expect("column")
@@ -79,7 +82,10 @@ fn recorded_pair(responses: PathBuf, table: PathBuf) -> (Recorded, Recorded) {
         let ([Some(a), Some(b)], Some(prompt)) = (rows, prompts.get(*id)) else {
             continue;
         };
-        if prompt.chars().count() > MAX_PROMPT_CHARS || finals[*a].is_empty() || finals[*b].is_empty() {
+        if prompt.chars().count() > MAX_PROMPT_CHARS
+            || finals[*a].is_empty()
+            || finals[*b].is_empty()
+        {
             continue;
         }
         let same_final = finals[*a] == finals[*b];
@@ -112,8 +118,18 @@ fn read(path: &std::path::Path, columns: &[&str]) -> DataFrame {
 /// Prompt text by prompt id.
 fn prompt_texts(table: PathBuf) -> std::collections::HashMap<String, String> {
     let df = read(&table, &["prompt_id", "prompt"]);
-    let ids = df.column("prompt_id").expect("ids").str().expect("text").clone();
-    let prompts = df.column("prompt").expect("prompts").str().expect("text").clone();
+    let ids = df
+        .column("prompt_id")
+        .expect("ids")
+        .str()
+        .expect("text")
+        .clone();
+    let prompts = df
+        .column("prompt")
+        .expect("prompts")
+        .str()
+        .expect("text")
+        .clone();
     ids.iter()
         .zip(prompts.iter())
         .filter_map(|(i, p)| Some((i?.to_owned(), p?.to_owned())))
@@ -172,9 +188,10 @@ async fn triage_verify_accepts_agreeing_drafts_and_streams_the_escalation_otherw
     let answers: Vec<Value> = [&agree, &differ]
         .iter()
         .flat_map(|r| {
-            DRAFTS.iter().zip(&r.responses).map(|(model, text)| {
-                json!({"model": model, "prompt": r.prompt, "text": text})
-            })
+            DRAFTS
+                .iter()
+                .zip(&r.responses)
+                .map(|(model, text)| json!({"model": model, "prompt": r.prompt, "text": text}))
         })
         .collect();
     let recorded = router
@@ -188,8 +205,10 @@ async fn triage_verify_accepts_agreeing_drafts_and_streams_the_escalation_otherw
 
     // Agreeing drafts: the accepted draft is the answer, and nothing else is called.
     let r = router
-        .chat(json!({"model": "triage-verify", "messages": user(&agree.prompt),
-                     "triage": {"mode": "quality"}}))
+        .chat(
+            json!({"model": "triage-verify", "messages": user(&agree.prompt),
+                     "triage": {"mode": "quality"}}),
+        )
         .await;
     assert_eq!(r.status(), 200);
     assert_eq!(header(&r, "x-triage-verdict"), "accepted");
@@ -197,19 +216,27 @@ async fn triage_verify_accepts_agreeing_drafts_and_streams_the_escalation_otherw
     assert_eq!(header(&r, "x-triage-attempts"), "2");
     let accepted_id = header(&r, "x-triage-request-id").to_owned();
     let model = header(&r, "x-triage-model").to_owned();
-    let slot = DRAFTS.iter().position(|m| *m == model).expect("a draft answered");
+    let slot = DRAFTS
+        .iter()
+        .position(|m| *m == model)
+        .expect("a draft answered");
     let cost: f64 = header(&r, "x-triage-cost-usd").parse().expect("a cost");
     let body: Value = r.json().await.expect("json");
     assert_eq!(body["model"], model);
-    assert_eq!(body["choices"][0]["message"]["content"], agree.responses[slot]);
+    assert_eq!(
+        body["choices"][0]["message"]["content"],
+        agree.responses[slot]
+    );
     for draft in DRAFTS {
         assert_eq!(router.calls(draft).await, 1, "{draft} drafted once");
     }
 
     // Disagreeing drafts, streamed: the escalation streams as it arrives.
     let r = router
-        .chat(json!({"model": "triage", "messages": user(&differ.prompt), "stream": true,
-                     "triage": {"mode": "quality", "strategy": "verify"}}))
+        .chat(
+            json!({"model": "triage", "messages": user(&differ.prompt), "stream": true,
+                     "triage": {"mode": "quality", "strategy": "verify"}}),
+        )
         .await;
     assert_eq!(r.status(), 200);
     assert_eq!(header(&r, "x-triage-verdict"), "escalated");
@@ -223,9 +250,16 @@ async fn triage_verify_accepts_agreeing_drafts_and_streams_the_escalation_otherw
     let streamed: String = events
         .iter()
         .filter_map(|e| serde_json::from_str::<Value>(e).ok())
-        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str().map(str::to_owned))
+        .filter_map(|c| {
+            c["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_owned)
+        })
         .collect();
-    assert!(streamed.starts_with(&format!("[{escalation}]")), "{streamed}");
+    assert!(
+        streamed.starts_with(&format!("[{escalation}]")),
+        "{streamed}"
+    );
     assert_eq!(router.calls(&escalation).await, 1);
 
     // Every call wrote its own priced record; the verdicts kept the drafts' evidence.
@@ -235,7 +269,10 @@ async fn triage_verify_accepts_agreeing_drafts_and_streams_the_escalation_otherw
     .await;
     let accepted_calls = calls_for(&records, &accepted_id);
     assert_eq!(accepted_calls.len(), 2);
-    assert!(accepted_calls.iter().all(|f| f.cost_usd > 0.0), "{accepted_calls:?}");
+    assert!(
+        accepted_calls.iter().all(|f| f.cost_usd > 0.0),
+        "{accepted_calls:?}"
+    );
     let logged: f64 = accepted_calls.iter().map(|f| f.cost_usd).sum();
     assert!((logged - cost).abs() < 1e-7, "{logged} vs header {cost}");
     let escalated_calls = calls_for(&records, &escalated_id);
@@ -244,7 +281,10 @@ async fn triage_verify_accepts_agreeing_drafts_and_streams_the_escalation_otherw
     let mut expected = vec![DRAFTS[0], DRAFTS[1], escalation.as_str()];
     expected.sort_unstable();
     assert_eq!(called, expected);
-    assert!(escalated_calls.iter().all(|f| f.cost_usd > 0.0), "{escalated_calls:?}");
+    assert!(
+        escalated_calls.iter().all(|f| f.cost_usd > 0.0),
+        "{escalated_calls:?}"
+    );
     let accepted = verdict_for(&records, &accepted_id).expect("verdict logged");
     assert_eq!(accepted.accepted.as_deref(), Some(model.as_str()));
     assert!(accepted.drafts.iter().all(|d| d.answer.is_some()));
@@ -269,8 +309,10 @@ async fn a_failed_draft_escalates_without_a_verdict() {
         .script(DRAFTS[1], json!([{"kind": "status", "status": 503}]))
         .await;
     let r = router
-        .chat(json!({"model": "triage-verify", "messages": user("What is 17 * 3?"),
-                     "triage": {"mode": "quality"}}))
+        .chat(
+            json!({"model": "triage-verify", "messages": user("What is 17 * 3?"),
+                     "triage": {"mode": "quality"}}),
+        )
         .await;
     assert_eq!(r.status(), 200);
     assert_eq!(header(&r, "x-triage-verdict"), "unverified");
@@ -280,6 +322,10 @@ async fn a_failed_draft_escalates_without_a_verdict() {
     let records = log_until(&log_dir, |r| calls_for(r, &id).len() == 3).await;
     let calls = calls_for(&records, &id);
     assert_eq!(calls.len(), 3, "two drafts and the escalation: {calls:?}");
-    assert!(calls.iter().any(|f| f.model == DRAFTS[1] && f.cost_usd == 0.0));
+    assert!(
+        calls
+            .iter()
+            .any(|f| f.model == DRAFTS[1] && f.cost_usd == 0.0)
+    );
     assert!(verdict_for(&records, &id).is_none());
 }

@@ -74,8 +74,7 @@ pub trait EventStore: Send + Sync {
     fn record_feedback(&self, feedback: FeedbackRecord) -> Result<FeedbackAck, LogError>;
     /// The plan of a request routed to verify then escalate, for the key `api_key` that routed
     /// it (another key is told `NotYourRequest`, a request without a plan `NotPlanned`).
-    fn planned(&self, request_id: &str, api_key: Option<&str>)
-    -> Result<PlannedRequest, LogError>;
+    fn planned(&self, request_id: &str, api_key: Option<&str>) -> Result<PlannedRequest, LogError>;
     /// Checks a verdict against its request's plan and earlier verdicts, then queues it (like a
     /// decision, without waiting for `fsync`).
     fn record_verification(
@@ -392,11 +391,7 @@ impl EventStore for FileEventLog {
             .map(FeedbackAck::Stored)
     }
 
-    fn planned(
-        &self,
-        request_id: &str,
-        api_key: Option<&str>,
-    ) -> Result<PlannedRequest, LogError> {
+    fn planned(&self, request_id: &str, api_key: Option<&str>) -> Result<PlannedRequest, LogError> {
         let index = self.lock();
         let decided = self.decided(&index, request_id, api_key)?;
         let planned = decided

@@ -47,9 +47,7 @@ pub fn status(error: RouteError) -> Status {
         RouteError::Log(e) => match e {
             LogError::UnknownRequest(_) | LogError::ExpiredRequest(..) => Code::NotFound,
             LogError::NotYourRequest(_) => Code::PermissionDenied,
-            LogError::ConflictingFeedback(_) | LogError::AlreadyVerified(_) => {
-                Code::AlreadyExists
-            }
+            LogError::ConflictingFeedback(_) | LogError::AlreadyVerified(_) => Code::AlreadyExists,
             LogError::NotPlanned(_) => Code::FailedPrecondition,
             LogError::InvalidRecord(_) => Code::InvalidArgument,
             LogError::Full => Code::ResourceExhausted,

@@ -78,12 +78,22 @@ async fn verify_accepts_agreeing_drafts_escalates_others_and_logs_both() {
         .into_inner();
     let plan = routed.draft_plan.clone().expect("a draft plan");
     assert_eq!(plan.drafts, DRAFTS);
-    assert!(routed.explanation.contains("verify: drafts"), "{}", routed.explanation);
-    assert!(!DRAFTS.contains(&routed.model.as_str()), "quality mode escalates to a dearer model");
+    assert!(
+        routed.explanation.contains("verify: drafts"),
+        "{}",
+        routed.explanation
+    );
+    assert!(
+        !DRAFTS.contains(&routed.model.as_str()),
+        "quality mode escalates to a dearer model"
+    );
 
     // Both drafts say 72, in different forms: accepted, returning the draft rated higher.
     let agree = [
-        (DRAFTS[1], "April: 48. May: 48 / 2 = 24. Total: 48 + 24 = 72.\nThe answer is 72."),
+        (
+            DRAFTS[1],
+            "April: 48. May: 48 / 2 = 24. Total: 48 + 24 = 72.\nThe answer is 72.",
+        ),
         (DRAFTS[0], "She sold 48 + 24 = **72** clips.\n\\boxed{72}"),
     ];
     let verdict = client
@@ -93,7 +103,10 @@ async fn verify_accepts_agreeing_drafts_escalates_others_and_logs_both() {
         .into_inner();
     assert!(verdict.accepted, "{verdict:?}");
     assert!(DRAFTS.contains(&verdict.model.as_str()), "{verdict:?}");
-    assert!(verdict.probability > 0.9 && verdict.threshold == 0.5, "{verdict:?}");
+    assert!(
+        verdict.probability > 0.9 && verdict.threshold == 0.5,
+        "{verdict:?}"
+    );
     assert!(verdict.fallbacks.is_empty() && !verdict.duplicate);
     // A retry with the same drafts gets the same verdict, marked as a repeat.
     let again = client
@@ -125,7 +138,10 @@ async fn verify_accepts_agreeing_drafts_escalates_others_and_logs_both() {
         .await
         .expect("judged")
         .into_inner();
-    assert!(!verdict2.accepted && verdict2.probability < 0.1, "{verdict2:?}");
+    assert!(
+        !verdict2.accepted && verdict2.probability < 0.1,
+        "{verdict2:?}"
+    );
     assert_eq!(verdict2.model, routed2.model);
     assert_eq!(verdict2.fallbacks, eligible(&routed2)[1..].to_vec());
     assert!(!verdict2.drafted);
@@ -145,9 +161,15 @@ async fn verify_accepts_agreeing_drafts_escalates_others_and_logs_both() {
         .collect();
     assert_eq!(planned, 2);
     assert_eq!(verdicts.len(), 2, "the retry was not logged twice");
-    assert_eq!(verdicts[0].accepted.as_deref(), Some(verdict.model.as_str()));
+    assert_eq!(
+        verdicts[0].accepted.as_deref(),
+        Some(verdict.model.as_str())
+    );
     assert_eq!(verdicts[0].drafts[0].answer.as_deref(), Some("num:72"));
-    assert_eq!(verdicts[1].escalated_to.as_deref(), Some(routed2.model.as_str()));
+    assert_eq!(
+        verdicts[1].escalated_to.as_deref(),
+        Some(routed2.model.as_str())
+    );
     assert_eq!(verdicts[1].drafts.len(), 2);
 }
 
@@ -178,7 +200,10 @@ async fn verify_refuses_bad_input_with_what_is_wrong() {
             "unknown request_id",
         ),
         (
-            drafts(id, [(DRAFTS[0], "72"), ("claude-3-5-sonnet-20240620", "72")]),
+            drafts(
+                id,
+                [(DRAFTS[0], "72"), ("claude-3-5-sonnet-20240620", "72")],
+            ),
             Code::InvalidArgument,
             "is not in this request's plan",
         ),
@@ -227,7 +252,10 @@ async fn verify_refuses_bad_input_with_what_is_wrong() {
     let routed = client.route(plain).await.expect("routes").into_inner();
     assert!(routed.draft_plan.is_none());
     let err = client
-        .verify(drafts(&routed.request_id, [(DRAFTS[0], "72"), (DRAFTS[1], "72")]))
+        .verify(drafts(
+            &routed.request_id,
+            [(DRAFTS[0], "72"), (DRAFTS[1], "72")],
+        ))
         .await
         .expect_err("no plan");
     assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
@@ -235,7 +263,10 @@ async fn verify_refuses_bad_input_with_what_is_wrong() {
 
     // After every refusal, the request can still be verified properly.
     let ok = client
-        .verify(drafts(id, [(DRAFTS[0], "72"), (DRAFTS[1], "The answer is 72.")]))
+        .verify(drafts(
+            id,
+            [(DRAFTS[0], "72"), (DRAFTS[1], "The answer is 72.")],
+        ))
         .await
         .expect("judged")
         .into_inner();
@@ -255,8 +286,7 @@ async fn verify_routes_directly_when_a_draft_cannot_serve_or_there_is_no_accepto
     let routed = client.route(narrow).await.expect("routes").into_inner();
     assert!(routed.draft_plan.is_none());
     assert!(
-        routed.explanation.contains("routed directly")
-            && routed.explanation.contains(DRAFTS[1]),
+        routed.explanation.contains("routed directly") && routed.explanation.contains(DRAFTS[1]),
         "{}",
         routed.explanation
     );
@@ -277,7 +307,11 @@ async fn verify_routes_directly_when_a_draft_cannot_serve_or_there_is_no_accepto
         .expect("routes")
         .into_inner();
     assert!(routed.draft_plan.is_none());
-    assert!(routed.explanation.contains("no acceptor"), "{}", routed.explanation);
+    assert!(
+        routed.explanation.contains("no acceptor"),
+        "{}",
+        routed.explanation
+    );
     server.shutdown().await.expect("stops");
 }
 
@@ -293,7 +327,10 @@ async fn a_plan_survives_a_restart() {
     server.shutdown().await.expect("stops");
     let (server, mut client) = start_with(s).await;
     let verdict = client
-        .verify(drafts(&routed.request_id, [(DRAFTS[0], "72"), (DRAFTS[1], "72")]))
+        .verify(drafts(
+            &routed.request_id,
+            [(DRAFTS[0], "72"), (DRAFTS[1], "72")],
+        ))
         .await
         .expect("the plan was read back from the log")
         .into_inner();

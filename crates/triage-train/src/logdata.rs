@@ -31,6 +31,8 @@ pub struct LogCounts {
     pub feedback: usize,
     /// Distinct (request, model) pairs with a quality score and a known decision.
     pub outcomes: usize,
+    /// Requests whose drafts were verified (their evidence can retrain the acceptor).
+    pub verifications: usize,
 }
 
 /// One logged outcome.
@@ -160,6 +162,7 @@ impl LoggedData {
                 decisions: decisions.len(),
                 feedback: reports.len(),
                 outcomes: outcomes.len(),
+                verifications: verifications.len(),
             },
             decisions,
             outcomes,
@@ -179,6 +182,12 @@ impl LoggedData {
     }
 
     fn filtered(&self, keep_id: impl Fn(&str) -> bool) -> LoggedData {
+        let verifications: Vec<VerificationRecord> = self
+            .verifications
+            .iter()
+            .filter(|v| keep_id(v.request_id.as_str()))
+            .cloned()
+            .collect();
         let mut keep = HashMap::new();
         let mut decisions = Vec::new();
         for (i, d) in self.decisions.iter().enumerate() {
@@ -202,13 +211,9 @@ impl LoggedData {
                 decisions: decisions.len(),
                 feedback: self.counts.feedback,
                 outcomes: outcomes.len(),
+                verifications: verifications.len(),
             },
-            verifications: self
-                .verifications
-                .iter()
-                .filter(|v| keep_id(v.request_id.as_str()))
-                .cloned()
-                .collect(),
+            verifications,
             decisions,
             outcomes,
             sha256: self.sha256.clone(),

@@ -137,8 +137,9 @@ pub fn fit_acceptor(
     assemble_acceptor(prepared, responses, &plans, &rows, &fits, &chosen, lambdas)
 }
 
-/// The cheapest half, by mean cost, of the models with an outcome and a response on nearly every
-/// prompt (at most [`MAX_DRAFT_MODELS`]): a model without responses cannot draft.
+/// The cheapest of the models with an outcome and a response on nearly every prompt that has
+/// responses, as many as half the table's models (at most [`MAX_DRAFT_MODELS`]): a model
+/// without responses cannot draft.
 fn draft_models(prepared: &Prepared, responses: &Responses, prompts: &[usize]) -> Vec<usize> {
     let o = &prepared.outcomes;
     // Coverage counts the prompts that have any response: a log mixes drafted requests with
@@ -161,7 +162,9 @@ fn draft_models(prepared: &Prepared, responses: &Responses, prompts: &[usize]) -
         })
         .collect();
     by_cost.sort_by(|a, b| a.1.total_cmp(&b.1));
-    let half = by_cost.len().div_ceil(2).min(MAX_DRAFT_MODELS);
+    // Half of the table's models: from a log, only the models that drafted have responses, and
+    // all of them can be kept.
+    let half = o.models.len().div_ceil(2).min(MAX_DRAFT_MODELS);
     by_cost.into_iter().take(half).map(|(m, _)| m).collect()
 }
 
