@@ -163,6 +163,7 @@ async fn keys_allow_lists_and_budgets_apply_as_over_grpc() {
             "triage",
             "triage-quality",
             "triage-cost",
+            "triage-verify",
             "gpt-4o-mini-2024-07-18",
             "claude-3-haiku-20240307"
         ]
