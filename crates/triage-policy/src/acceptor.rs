@@ -141,6 +141,21 @@ pub struct CascadeSetting {
     pub threshold: f64,
 }
 
+/// Which settings the built-in modes use (indices into [`Acceptor::settings`]), chosen in
+/// training as routing's margins are: QUALITY the setting with the best out-of-fold quality,
+/// BALANCED and COST the cheapest within [`crate::decide::BALANCED_QUALITY_DROP`] and
+/// [`crate::decide::COST_QUALITY_DROP`] of it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModeSettings {
+    /// QUALITY mode's setting.
+    pub quality: usize,
+    /// BALANCED mode's setting.
+    pub balanced: usize,
+    /// COST mode's setting.
+    pub cost: usize,
+}
+
 /// The verify-then-escalate part of a policy, chosen by cross-validation in training.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -151,14 +166,18 @@ pub struct Acceptor {
     pub settings: Vec<CascadeSetting>,
     /// Where the final-answer keys came from in training (`generic` or a column's name).
     pub answers: String,
+    /// The built-in modes' settings (absent in policies trained before modes had their own: the
+    /// least, middle and greatest cost weights then stand in).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub modes: Option<ModeSettings>,
 }
 
 impl Acceptor {
-    /// The setting for `rule`: the nearest cost weight at or below λ (the first above when none
-    /// is). Modes have no λ: QUALITY takes the least cost weight, COST the greatest, BALANCED
-    /// the middle one.
+    /// The setting for `rule`: for λ the nearest cost weight at or below it (the first above
+    /// when none is); for a mode, the setting training chose for it.
     pub fn setting_for(&self, rule: Rule) -> Option<&CascadeSetting> {
         let s = &self.settings;
+        let modes = self.modes;
         match rule {
             // Cost weights read back from a policy file are exact (serde_json parses floats
             // with `float_roundtrip`), so the grid training used finds its own settings.
@@ -167,9 +186,9 @@ impl Acceptor {
                 .rev()
                 .find(|x| x.cost_weight <= lambda)
                 .or_else(|| s.first()),
-            Rule::Mode(Mode::Quality) => s.first(),
-            Rule::Mode(Mode::Cost) => s.last(),
-            Rule::Mode(Mode::Balanced) => s.get(s.len() / 2),
+            Rule::Mode(Mode::Quality) => modes.map_or(s.first(), |m| s.get(m.quality)),
+            Rule::Mode(Mode::Cost) => modes.map_or(s.last(), |m| s.get(m.cost)),
+            Rule::Mode(Mode::Balanced) => modes.map_or(s.get(s.len() / 2), |m| s.get(m.balanced)),
         }
     }
 
@@ -220,6 +239,13 @@ impl Acceptor {
             if s.plan.is_some_and(|p| p >= self.plans.len()) {
                 return Err("an acceptor setting names a plan that does not exist".into());
             }
+        }
+        if let Some(m) = self.modes
+            && [m.quality, m.balanced, m.cost]
+                .iter()
+                .any(|&i| i >= self.settings.len())
+        {
+            return Err("the acceptor's mode settings name a setting that does not exist".into());
         }
         Ok(())
     }
@@ -280,6 +306,7 @@ mod tests {
                 })
                 .collect(),
             answers: "generic".into(),
+            modes: None,
         };
         assert!(acceptor.validate(&["x"]).is_ok());
         assert!(acceptor.plan_for(Rule::CostWeight(5.0)).is_none());
@@ -291,6 +318,25 @@ mod tests {
                 .validate(&["y"])
                 .expect_err("unknown model")
                 .contains("\"x\"")
+        );
+        // Modes use the settings training chose for them once the acceptor names them.
+        let mut moded = acceptor.clone();
+        moded.modes = Some(ModeSettings {
+            quality: 1,
+            balanced: 2,
+            cost: 0,
+        });
+        assert!(moded.validate(&["x"]).is_ok());
+        assert!(moded.plan_for(Rule::Mode(Mode::Quality)).is_some());
+        assert!(moded.plan_for(Rule::Mode(Mode::Cost)).is_none());
+        moded.modes = Some(ModeSettings {
+            quality: 0,
+            balanced: 3,
+            cost: 0,
+        });
+        assert!(
+            moded.validate(&["x"]).is_err(),
+            "a setting that does not exist"
         );
         let mut bad = acceptor.clone();
         bad.settings[0].threshold = 2.0;

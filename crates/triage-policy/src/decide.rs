@@ -105,6 +105,13 @@ pub struct Candidate {
     pub exclusion: Option<Exclusion>,
 }
 
+/// What the built-in modes give up: BALANCED keeps mean out-of-fold quality within this of
+/// QUALITY mode's, and training chooses each mode's margin (and the acceptor's setting for the
+/// mode) as the cheapest that does.
+pub const BALANCED_QUALITY_DROP: f64 = 0.01;
+/// What COST mode gives up, in the same sense as [`BALANCED_QUALITY_DROP`].
+pub const COST_QUALITY_DROP: f64 = 0.05;
+
 /// The trade-off between quality and cost a decision applies: a built-in mode or a cost
 /// weight λ. The one definition of the routing knob: the server decides with it, the decision
 /// log stores it by [`Rule::name`] and [`Rule::cost_weight`], and training replays it.

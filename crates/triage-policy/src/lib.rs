@@ -26,9 +26,10 @@ mod online;
 mod shared;
 pub mod verify;
 
-pub use acceptor::{Acceptor, CascadeSetting, DraftEvidence, DraftPlan};
+pub use acceptor::{Acceptor, CascadeSetting, DraftEvidence, DraftPlan, ModeSettings};
 pub use decide::{
-    Availability, Candidate, Decision, DecisionError, Exclusion, Rule, decide, decide_with,
+    Availability, BALANCED_QUALITY_DROP, COST_QUALITY_DROP, Candidate, Decision, DecisionError,
+    Exclusion, Rule, decide, decide_with,
 };
 pub use file::{
     DecisionParams, LengthHead, LinearHead, ModelHead, POLICY_FORMAT, POLICY_FORMAT_VERSION,

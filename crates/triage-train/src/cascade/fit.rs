@@ -18,7 +18,10 @@
 use ndarray16::Array2;
 use rayon::prelude::*;
 use triage_policy::acceptor::head_probability;
-use triage_policy::{Acceptor, CascadeSetting, DraftPlan, Policy, PolicyFile};
+use triage_policy::{
+    Acceptor, BALANCED_QUALITY_DROP, COST_QUALITY_DROP, CascadeSetting, DraftPlan, ModeSettings,
+    Policy, PolicyFile,
+};
 
 use super::{PlanRow, PromptView, plan_row, views};
 use crate::TrainError;
@@ -62,6 +65,18 @@ struct PlanFit {
 
 /// A candidate at one λ: `None` routes directly.
 type Choice = Option<(usize, f64)>;
+
+/// What cross-validation chose at one λ, with its out-of-fold figures.
+struct Picked {
+    choice: Choice,
+    /// Mean out-of-fold utility, quality − λ·cost.
+    utility: f64,
+    /// Routing directly's.
+    direct_utility: f64,
+    /// Mean out-of-fold quality and cost of the choice (what the modes are chosen by).
+    quality: f64,
+    cost: f64,
+}
 
 /// Learns the acceptor from `fold_policies` (each fold's policy and held prompts), or `None`
 /// (with a warning saying why) when there is too little to learn from.
@@ -127,7 +142,7 @@ pub fn fit_acceptor(
         rows: &rows,
         fits: &fits,
     };
-    let chosen: Vec<(Choice, f64, f64)> = (0..lambdas.len())
+    let chosen: Vec<Picked> = (0..lambdas.len())
         .into_par_iter()
         .map(|li| {
             let folds = (folds.as_slice(), fold_policies.len());
@@ -263,15 +278,14 @@ fn complexity(plans: &[Vec<usize>], choice: Choice) -> usize {
 }
 
 /// The setting at λ index `li` (value `lambda`): the best mean out-of-fold utility, or the
-/// simplest candidate within one standard error of it. Returns the choice, its mean utility and
-/// routing directly's.
+/// simplest candidate within one standard error of it.
 fn choose(
     prepared: &Prepared,
     views: &[&PromptView],
     plans: &Plans<'_>,
     (folds, k): (&[usize], usize),
     (li, lambda): (usize, f64),
-) -> (Choice, f64, f64) {
+) -> Picked {
     let mut candidates: Vec<Choice> = vec![None];
     for j in 0..plans.drafts.len() {
         candidates.extend(THRESHOLDS.iter().map(|&t| Some((j, t))));
@@ -315,7 +329,50 @@ fn choose(
                 .then(mean(&per_fold[b]).total_cmp(&mean(&per_fold[a])))
         })
         .unwrap_or(best);
-    (candidates[pick], mean(&per_fold[pick]), mean(&per_fold[0]))
+    let (mut quality, mut cost) = (0.0, 0.0);
+    for (i, view) in views.iter().enumerate() {
+        let (c, q) = plans.realise(prepared, view, i, li, candidates[pick]);
+        cost += c;
+        quality += q;
+    }
+    let n = views.len().max(1) as f64;
+    Picked {
+        choice: candidates[pick],
+        utility: mean(&per_fold[pick]),
+        direct_utility: mean(&per_fold[0]),
+        quality: quality / n,
+        cost: cost / n,
+    }
+}
+
+/// The settings the built-in modes use: QUALITY the best out-of-fold quality (the cheaper on a
+/// tie), BALANCED and COST the cheapest within their quality drop of it, as routing's margins.
+fn mode_settings(chosen: &[Picked]) -> ModeSettings {
+    let top = (0..chosen.len())
+        .max_by(|&a, &b| {
+            chosen[a]
+                .quality
+                .total_cmp(&chosen[b].quality)
+                .then(chosen[b].cost.total_cmp(&chosen[a].cost))
+        })
+        .unwrap_or(0);
+    let cheapest_within = |drop: f64| {
+        let floor = chosen.get(top).map_or(0.0, |p| p.quality) - drop;
+        (0..chosen.len())
+            .filter(|&i| chosen[i].quality >= floor)
+            .min_by(|&a, &b| {
+                chosen[a]
+                    .cost
+                    .total_cmp(&chosen[b].cost)
+                    .then(chosen[b].quality.total_cmp(&chosen[a].quality))
+            })
+            .unwrap_or(top)
+    };
+    ModeSettings {
+        quality: top,
+        balanced: cheapest_within(BALANCED_QUALITY_DROP),
+        cost: cheapest_within(COST_QUALITY_DROP),
+    }
 }
 
 /// The acceptor from the per-λ choices: every plan some λ uses, refitted on all prompts.
@@ -325,14 +382,14 @@ fn assemble_acceptor(
     plans: &[Vec<usize>],
     rows: &[Vec<&PlanRow>],
     fits: &[PlanFit],
-    chosen: &[(Choice, f64, f64)],
+    chosen: &[Picked],
     lambdas: &[f64],
 ) -> Result<Option<AcceptorFit>, TrainError> {
     let o = &prepared.outcomes;
     let names = |d: &[usize]| -> Vec<String> { d.iter().map(|&m| o.models[m].clone()).collect() };
     let mut used: Vec<usize> = chosen
         .iter()
-        .filter_map(|(c, _, _)| c.map(|(j, _)| j))
+        .filter_map(|p| p.choice.map(|(j, _)| j))
         .collect();
     used.sort_unstable();
     used.dedup();
@@ -348,25 +405,35 @@ fn assemble_acceptor(
     let settings: Vec<CascadeSetting> = chosen
         .iter()
         .zip(lambdas)
-        .map(|((c, _, _), &cost_weight)| CascadeSetting {
+        .map(|(p, &cost_weight)| CascadeSetting {
             cost_weight,
-            plan: c.and_then(|(j, _)| used.iter().position(|&u| u == j)),
-            threshold: c.map_or(1.0, |(_, t)| t),
+            plan: p
+                .choice
+                .and_then(|(j, _)| used.iter().position(|&u| u == j)),
+            threshold: p.choice.map_or(1.0, |(_, t)| t),
         })
         .collect();
+    let modes = mode_settings(chosen);
     let report = serde_json::json!({
         "answers": responses.answers,
         "prompts": rows.first().map_or(0, Vec::len),
         "plans": plans.iter().zip(fits).map(|(d, f)| serde_json::json!({
             "drafts": names(d), "alpha": f.alpha, "oof_log_loss": f.log_loss,
         })).collect::<Vec<_>>(),
-        "settings": chosen.iter().zip(lambdas).map(|((c, u, direct), l)| serde_json::json!({
+        "settings": chosen.iter().zip(lambdas).map(|(p, l)| serde_json::json!({
             "lambda": l,
-            "drafts": c.map(|(j, _)| names(&plans[j])),
-            "threshold": c.map(|(_, t)| t),
-            "oof_utility": u,
-            "direct_oof_utility": direct,
+            "drafts": p.choice.map(|(j, _)| names(&plans[j])),
+            "threshold": p.choice.map(|(_, t)| t),
+            "oof_utility": p.utility,
+            "direct_oof_utility": p.direct_utility,
+            "oof_quality": p.quality,
+            "oof_cost_usd": p.cost,
         })).collect::<Vec<_>>(),
+        "modes": {
+            "quality": lambdas.get(modes.quality),
+            "balanced": lambdas.get(modes.balanced),
+            "cost": lambdas.get(modes.cost),
+        },
         "rule": "per λ the best mean out-of-fold quality − λ·cost; the simplest within one \
                  standard error (direct < one draft < two)",
     });
@@ -381,6 +448,7 @@ fn assemble_acceptor(
             plans: out_plans,
             settings,
             answers: responses.answers.clone(),
+            modes: Some(modes),
         },
         report,
     }))

@@ -4,7 +4,7 @@
 use rayon::prelude::*;
 use serde::Serialize;
 use triage_core::Mode;
-use triage_policy::{DecisionParams, Rule};
+use triage_policy::{BALANCED_QUALITY_DROP, COST_QUALITY_DROP, DecisionParams, Rule};
 
 use super::Fold;
 use crate::TrainError;
@@ -277,8 +277,8 @@ fn best_of(candidates: &[Candidate]) -> Option<Routing> {
         .map(|c| c.routing)
 }
 
-/// The widest margins whose mean out-of-fold quality in BALANCED (COST) mode stays within 0.01
-/// (0.05) of QUALITY mode's.
+/// The widest margins whose mean out-of-fold quality in BALANCED (COST) mode stays within
+/// [`BALANCED_QUALITY_DROP`] ([`COST_QUALITY_DROP`]) of QUALITY mode's.
 pub(super) fn choose_margins(
     prepared: &Prepared,
     folds: &[Fold],
@@ -317,10 +317,10 @@ pub(super) fn choose_margins(
     let (mut balanced, mut cost) = (0.0, 0.0);
     for (i, &m) in MARGINS.iter().enumerate() {
         let drop = per_fold.iter().map(|(top, at)| top - at[i]).sum::<f64>() / n;
-        if drop <= 0.01 {
+        if drop <= BALANCED_QUALITY_DROP {
             balanced = m;
         }
-        if drop <= 0.05 {
+        if drop <= COST_QUALITY_DROP {
             cost = m;
         }
     }
