@@ -58,6 +58,29 @@ def test_errors_arrive_as_typed_exceptions(client):
     assert "messages[0].role" in str(bad.value)
 
 
+# Before the rate-limit test below: its 429 keeps a model (possibly a draft) out for seconds, and
+# a plan whose draft cannot serve is routed directly.
+def test_triage_verify_drafts_first_and_says_how_it_ended(client):
+    raw = client.chat.completions.with_raw_response.create(
+        model="triage-verify", messages=[{"role": "user", "content": "What is 17 * 3?"}]
+    )
+    drafts = raw.headers["x-triage-drafts"].split(",")
+    verdict = raw.headers["x-triage-verdict"]
+    answer = raw.parse()
+    assert len(drafts) in (1, 2) and verdict in ("accepted", "escalated"), (drafts, verdict)
+    # An accepted answer is a draft's; an escalation calls the routed model, unless it was
+    # itself a draft (its draft is then the answer).
+    assert verdict == "escalated" or answer.model in drafts, (answer.model, drafts, verdict)
+    assert answer.choices[0].message.content.startswith(f"[{answer.model}]")
+    assert int(raw.headers["x-triage-attempts"]) == len(drafts) + (answer.model not in drafts)
+    streamed = list(client.chat.completions.create(
+        model="triage", stream=True, messages=[{"role": "user", "content": "What is 17 * 3?"}],
+        extra_body={"triage": {"strategy": "verify"}},
+    ))
+    text = "".join(c.choices[0].delta.content or "" for c in streamed if c.choices)
+    assert text.startswith(f"[{streamed[0].model}]")
+
+
 def test_a_rate_limited_model_is_answered_by_the_next(client, gateway):
     _, _, upstream = gateway
     chosen = ask(client, FRANCE).model
@@ -80,3 +103,4 @@ def test_a_rate_limited_model_is_answered_by_the_next(client, gateway):
         f"http://{http}/v1/feedback", data=score, headers={"content-type": "application/json"},
     ), timeout=10)
     assert json.load(reply) == {"duplicate": False}
+
