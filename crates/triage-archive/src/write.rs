@@ -129,16 +129,7 @@ impl<'a> Columns<'a> {
         self.session_id.push(Some(&d.session_id));
         self.prompt.push(d.prompt.as_deref());
         self.api_key.push(d.api_key.as_deref());
-        self.feedback_id.push(None);
-        self.model.push(None);
-        self.quality.push(None);
-        self.output_tokens.push(None);
-        self.cost_usd.push(None);
-        self.latency_ms.push(None);
-        self.error.push(None);
-        self.retry_after_ms.push(None);
-        self.first_byte_ms.push(None);
-        self.tokens_estimated.push(None);
+        self.no_feedback();
         self.detail.push(
             d.draft_plan
                 .as_ref()
@@ -152,21 +143,32 @@ impl<'a> Columns<'a> {
         self.request_id.push(&v.request_id);
         self.time_ms.push(v.time_ms);
         self.input_tokens.push(0);
+        self.api_key.push(v.api_key.as_deref());
+        self.no_decision();
+        self.no_feedback();
+        self.detail.push(serde_json::to_string(v).ok());
+    }
+
+    /// Nulls in the columns only decisions fill.
+    fn no_decision(&mut self) {
         for column in [
             &mut self.policy_version,
             &mut self.knob,
             &mut self.chosen,
             &mut self.session_id,
             &mut self.prompt,
-            &mut self.feedback_id,
-            &mut self.model,
         ] {
             column.push(None);
         }
-        self.api_key.push(v.api_key.as_deref());
         self.cost_weight.push(None);
         self.propensity.push(None);
         self.explored.push(None);
+    }
+
+    /// Nulls in the columns only feedback reports fill.
+    fn no_feedback(&mut self) {
+        self.feedback_id.push(None);
+        self.model.push(None);
         self.quality.push(None);
         self.output_tokens.push(None);
         self.cost_usd.push(None);
@@ -175,7 +177,6 @@ impl<'a> Columns<'a> {
         self.retry_after_ms.push(None);
         self.first_byte_ms.push(None);
         self.tokens_estimated.push(None);
-        self.detail.push(serde_json::to_string(v).ok());
     }
 
     fn push_feedback(&mut self, f: &'a FeedbackRecord) {
@@ -183,14 +184,7 @@ impl<'a> Columns<'a> {
         self.request_id.push(&f.request_id);
         self.time_ms.push(f.time_ms);
         self.input_tokens.push(f.input_tokens);
-        self.policy_version.push(None);
-        self.knob.push(None);
-        self.cost_weight.push(None);
-        self.chosen.push(None);
-        self.propensity.push(None);
-        self.explored.push(None);
-        self.session_id.push(None);
-        self.prompt.push(None);
+        self.no_decision();
         self.api_key.push(f.api_key.as_deref());
         self.feedback_id.push(Some(&f.feedback_id));
         self.model.push(Some(&f.model));

@@ -25,19 +25,7 @@ const DRAFTS: [&str; 2] = ["deepseek-v2.5-0908", "gpt-4o-mini-2024-07-18"];
 const MAX_PROMPT_CHARS: usize = 1500;
 
 fn shared(name: &str) -> Option<PathBuf> {
-    let dir = std::env::var_os("TRIAGE_SHARED_DATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join("../shared/data"));
-    let path = dir.join(name);
-    if path.is_file() {
-        Some(path)
-    } else {
-        eprintln!(
-            "SKIPPED: {} not found (set TRIAGE_SHARED_DATA to the shared data directory)",
-            path.display()
-        );
-        None
-    }
+    triage_testkit::shared_data_file(&root(), name)
 }
 
 /// One prompt with both drafts' recorded responses.
@@ -136,6 +124,23 @@ fn prompt_texts(table: PathBuf) -> std::collections::HashMap<String, String> {
         .collect()
 }
 
+/// Both doors serving the bundled policy with the agreement-trusting acceptor, and the log's
+/// directory.
+async fn start_trusting_agreement() -> (common::Router, PathBuf) {
+    let mut log_dir = PathBuf::new();
+    let router = start_with(Behaviour::default(), |s| {
+        s.policy.path = triage_testkit::policy_trusting_agreement(
+            &root().join("models/policy.json"),
+            DRAFTS,
+            &s.log.dir,
+        )
+        .expect("test policy written");
+        log_dir = s.log.dir.clone();
+    })
+    .await;
+    (router, log_dir)
+}
+
 /// The log's records, once `done` says everything expected has been written.
 async fn log_until(dir: &std::path::Path, done: impl Fn(&[LogRecord]) -> bool) -> Vec<LogRecord> {
     let until = Instant::now() + Duration::from_secs(10);
@@ -174,17 +179,7 @@ async fn triage_verify_accepts_agreeing_drafts_and_streams_the_escalation_otherw
         return;
     };
     let (agree, differ) = recorded_pair(responses, table);
-    let mut log_dir = PathBuf::new();
-    let router = start_with(Behaviour::default(), |s| {
-        s.policy.path = triage_testkit::policy_trusting_agreement(
-            &root().join("models/policy.json"),
-            DRAFTS,
-            &s.log.dir,
-        )
-        .expect("test policy written");
-        log_dir = s.log.dir.clone();
-    })
-    .await;
+    let (router, log_dir) = start_trusting_agreement().await;
     let answers: Vec<Value> = [&agree, &differ]
         .iter()
         .flat_map(|r| {
@@ -294,17 +289,7 @@ async fn triage_verify_accepts_agreeing_drafts_and_streams_the_escalation_otherw
 
 #[tokio::test]
 async fn a_failed_draft_escalates_without_a_verdict() {
-    let mut log_dir = PathBuf::new();
-    let router = start_with(Behaviour::default(), |s| {
-        s.policy.path = triage_testkit::policy_trusting_agreement(
-            &root().join("models/policy.json"),
-            DRAFTS,
-            &s.log.dir,
-        )
-        .expect("test policy written");
-        log_dir = s.log.dir.clone();
-    })
-    .await;
+    let (router, log_dir) = start_trusting_agreement().await;
     router
         .script(DRAFTS[1], json!([{"kind": "status", "status": 503}]))
         .await;

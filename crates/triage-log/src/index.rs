@@ -10,7 +10,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
-use crate::record::{DraftPlanRecord, FeedbackRecord, LogRecord, VerificationRecord};
+use crate::record::{DraftPlanRecord, FeedbackRecord, LogRecord};
 use crate::store::Ticket;
 
 /// What the index remembers of a decision: the models feedback may name, the key that may, and
@@ -21,11 +21,12 @@ pub(crate) struct DecidedRequest {
     pub planned: Option<Box<Planned>>,
 }
 
-/// A draft plan as the index keeps it (only requests that asked to verify have one).
+/// A draft plan as the index keeps it (only requests that asked to verify have one), with the
+/// digest of its verdict once verified.
 pub(crate) struct Planned {
     pub plan: DraftPlanRecord,
-    pub policy_version: String,
-    pub verified: Option<VerificationRecord>,
+    pub policy_version: Arc<str>,
+    pub verified: Option<u64>,
 }
 
 pub(crate) struct Index {
@@ -76,10 +77,11 @@ impl Index {
             LogRecord::Decision(d) if d.time_ms >= cutoff => {
                 let candidates = d.candidates.iter().map(|c| self.intern(&c.model)).collect();
                 let api_key = d.api_key.as_deref().map(|k| self.intern(k));
+                let policy_version = self.intern(&d.policy_version);
                 let planned = d.draft_plan.as_ref().map(|plan| {
                     Box::new(Planned {
                         plan: plan.clone(),
-                        policy_version: d.policy_version.clone(),
+                        policy_version,
                         verified: None,
                     })
                 });
@@ -107,7 +109,7 @@ impl Index {
                 if let Some(planned) = planned
                     && planned.verified.is_none()
                 {
-                    planned.verified = Some(v.clone());
+                    planned.verified = Some(v.verdict_digest());
                 }
             }
             LogRecord::Decision(_) | LogRecord::Feedback(_) => {}

@@ -128,13 +128,20 @@ pub struct VerificationRecord {
 }
 
 impl VerificationRecord {
-    /// The verdict without its time: a retried `Verify` with the same drafts compares equal.
-    pub fn same_verdict(&self, other: &VerificationRecord) -> bool {
-        let strip = |v: &VerificationRecord| VerificationRecord {
+    /// A digest of the verdict without its time: a retried `Verify` with the same drafts has
+    /// the same one. The log's index keeps only this, not the record, so that a verdict's
+    /// answer keys cost no memory for the retention.
+    pub fn verdict_digest(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let timeless = VerificationRecord {
             time_ms: 0,
-            ..v.clone()
+            ..self.clone()
         };
-        strip(self) == strip(other)
+        let mut h = std::hash::DefaultHasher::new();
+        serde_json::to_string(&timeless)
+            .unwrap_or_default()
+            .hash(&mut h);
+        h.finish()
     }
 }
 

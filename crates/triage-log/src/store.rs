@@ -58,8 +58,8 @@ pub struct PlannedRequest {
     pub plan: DraftPlanRecord,
     /// The policy that planned it.
     pub policy_version: String,
-    /// Its verdict, once verified.
-    pub verified: Option<VerificationRecord>,
+    /// Whether it has been verified.
+    pub verified: bool,
 }
 
 /// A future resolving when a record is durable.
@@ -400,8 +400,8 @@ impl EventStore for FileEventLog {
             .ok_or_else(|| LogError::NotPlanned(request_id.to_owned()))?;
         Ok(PlannedRequest {
             plan: planned.plan.clone(),
-            policy_version: planned.policy_version.clone(),
-            verified: planned.verified.clone(),
+            policy_version: planned.policy_version.to_string(),
+            verified: planned.verified.is_some(),
         })
     }
 
@@ -416,8 +416,10 @@ impl EventStore for FileEventLog {
             .planned
             .as_ref()
             .ok_or_else(|| LogError::NotPlanned(id.to_owned()))?;
-        match &planned.verified {
-            Some(earlier) if earlier.same_verdict(&verification) => Ok(VerificationAck::Duplicate),
+        match planned.verified {
+            Some(earlier) if earlier == verification.verdict_digest() => {
+                Ok(VerificationAck::Duplicate)
+            }
             Some(_) => Err(LogError::AlreadyVerified(id.to_owned())),
             None => self
                 .enqueue(&mut index, &LogRecord::Verification(verification))

@@ -9,8 +9,10 @@ mod common;
 use common::{root, settings, start_with, user};
 use tonic::Code;
 use tonic::metadata::MetadataValue;
+use tonic::transport::Channel;
 use triage_guard::{KeySpec, hash_key};
 use triage_log::LogRecord;
+use triage_proto::v1::router_client::RouterClient;
 use triage_proto::v1::{
     Draft, Mode, Preferences, RouteRequest, RouteResponse, Strategy, VerifyRequest,
 };
@@ -44,6 +46,15 @@ fn verify_request(text: &str) -> RouteRequest {
     }
 }
 
+/// Routes [`SUM`] with `STRATEGY_VERIFY` in quality mode.
+async fn route_verify(client: &mut RouterClient<Channel>) -> RouteResponse {
+    client
+        .route(verify_request(SUM))
+        .await
+        .expect("routes")
+        .into_inner()
+}
+
 fn drafts(request_id: &str, answers: [(&str, &str); 2]) -> VerifyRequest {
     VerifyRequest {
         request_id: request_id.into(),
@@ -71,11 +82,7 @@ async fn verify_accepts_agreeing_drafts_escalates_others_and_logs_both() {
     let dir = s.log.dir.clone();
     let (server, mut client) = start_with(s).await;
 
-    let routed = client
-        .route(verify_request(SUM))
-        .await
-        .expect("routes")
-        .into_inner();
+    let routed = route_verify(&mut client).await;
     let plan = routed.draft_plan.clone().expect("a draft plan");
     assert_eq!(plan.drafts, DRAFTS);
     assert!(
@@ -124,11 +131,7 @@ async fn verify_accepts_agreeing_drafts_escalates_others_and_logs_both() {
     assert_eq!(err.code(), Code::AlreadyExists, "{err:?}");
 
     // They disagree: escalate to the routed model, with the ranked fallbacks after it.
-    let routed2 = client
-        .route(verify_request(SUM))
-        .await
-        .expect("routes")
-        .into_inner();
+    let routed2 = route_verify(&mut client).await;
     let differ = [
         (DRAFTS[0], "48 + 24 = 72. The answer is 72."),
         (DRAFTS[1], "48 * 2 = 96. The answer is 96."),
@@ -186,11 +189,7 @@ async fn verify_refuses_bad_input_with_what_is_wrong() {
         admin: false,
     }];
     let (server, mut client) = start_with(s).await;
-    let routed = client
-        .route(verify_request(SUM))
-        .await
-        .expect("routes")
-        .into_inner();
+    let routed = route_verify(&mut client).await;
     let id = routed.request_id.as_str();
     let huge = "7".repeat(200_001);
     let cases: Vec<(VerifyRequest, Code, &str)> = vec![
@@ -301,11 +300,7 @@ async fn verify_routes_directly_when_a_draft_cannot_serve_or_there_is_no_accepto
     std::fs::write(&path, v.to_string()).expect("writes");
     s.policy.path = path;
     let (server, mut client) = start_with(s).await;
-    let routed = client
-        .route(verify_request(SUM))
-        .await
-        .expect("routes")
-        .into_inner();
+    let routed = route_verify(&mut client).await;
     assert!(routed.draft_plan.is_none());
     assert!(
         routed.explanation.contains("no acceptor"),
@@ -319,11 +314,7 @@ async fn verify_routes_directly_when_a_draft_cannot_serve_or_there_is_no_accepto
 async fn a_plan_survives_a_restart() {
     let s = verify_settings();
     let (server, mut client) = start_with(s.clone()).await;
-    let routed = client
-        .route(verify_request(SUM))
-        .await
-        .expect("routes")
-        .into_inner();
+    let routed = route_verify(&mut client).await;
     server.shutdown().await.expect("stops");
     let (server, mut client) = start_with(s).await;
     let verdict = client

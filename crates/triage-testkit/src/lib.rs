@@ -524,3 +524,22 @@ pub fn policy_trusting_agreement(
     std::fs::write(&path, file.to_string())?;
     Ok(path)
 }
+
+/// A file of the shared data directory (`$TRIAGE_SHARED_DATA`, else `../shared/data` beside the
+/// repository at `root`), or `None` with a SKIPPED line when it is absent: tests that need the
+/// shared tables skip, saying so, where they are not.
+pub fn shared_data_file(root: &std::path::Path, name: &str) -> Option<std::path::PathBuf> {
+    let dir = std::env::var_os("TRIAGE_SHARED_DATA")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| root.join("../shared/data"));
+    let path = dir.join(name);
+    if path.is_file() {
+        Some(path)
+    } else {
+        eprintln!(
+            "SKIPPED: {} not found (set TRIAGE_SHARED_DATA to the shared data directory)",
+            path.display()
+        );
+        None
+    }
+}

@@ -36,6 +36,16 @@ impl ResponsesSource {
     }
 }
 
+/// Each prompt's row in `outcomes`, by prompt id.
+fn prompt_index(outcomes: &Outcomes) -> HashMap<&str, usize> {
+    outcomes
+        .prompts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (p.id.as_str(), i))
+        .collect()
+}
+
 /// Evidence per (prompt, model) cell of an outcome table.
 #[derive(Clone, Debug)]
 pub struct Responses {
@@ -64,12 +74,7 @@ impl Responses {
             })?),
             None => None,
         };
-        let prompt_index: HashMap<&str, usize> = outcomes
-            .prompts
-            .iter()
-            .enumerate()
-            .map(|(i, p)| (p.id.as_str(), i))
-            .collect();
+        let prompt_index = prompt_index(outcomes);
         let mut cells = vec![vec![None; outcomes.models.len()]; outcomes.prompts.len()];
         let mut unmatched = 0usize;
         for row in 0..df.height() {
@@ -117,12 +122,7 @@ impl Responses {
     /// The drafts' evidence the decision log kept with each verdict, joined to `outcomes` (a
     /// table read from the log, whose prompt ids are request ids); `None` when none joins.
     pub fn from_log(verifications: &[VerificationRecord], outcomes: &Outcomes) -> Option<Self> {
-        let prompt_index: HashMap<&str, usize> = outcomes
-            .prompts
-            .iter()
-            .enumerate()
-            .map(|(i, p)| (p.id.as_str(), i))
-            .collect();
+        let prompt_index = prompt_index(outcomes);
         let mut cells = vec![vec![None; outcomes.models.len()]; outcomes.prompts.len()];
         let mut joined = 0usize;
         for v in verifications {

@@ -21,22 +21,9 @@ pub fn shared_table() -> Option<PathBuf> {
     shared_file("zeroeval.parquet")
 }
 
-/// A file of the shared data directory (`../shared/data`, or `$TRIAGE_SHARED_DATA`), or `None`
-/// with a SKIPPED line when it is absent.
+/// A file of the shared data directory, or `None` (with a SKIPPED line) when it is absent.
 pub fn shared_file(name: &str) -> Option<PathBuf> {
-    let dir = std::env::var_os("TRIAGE_SHARED_DATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join("../shared/data"));
-    let path = dir.join(name);
-    if path.is_file() {
-        Some(path)
-    } else {
-        eprintln!(
-            "SKIPPED: {} not found (set TRIAGE_SHARED_DATA to the shared data directory)",
-            path.display()
-        );
-        None
-    }
+    triage_testkit::shared_data_file(&root(), name)
 }
 
 /// Every 4th prompt of the real table, three models, written as CSV (exercises the CSV reader).
