@@ -13,7 +13,7 @@ use triage_guard::Caller;
 use triage_log::ErrorKind;
 
 use crate::Gateway;
-use crate::call::{Answer, Reply, call};
+use crate::call::{Answer, Failure, Reply, call};
 use crate::error::{AttemptSummary, GatewayError};
 use crate::record::{Attempt, Outcome};
 use crate::relay::Relay;
@@ -51,6 +51,7 @@ async fn answer(
     let deadline = started + Duration::from_millis(gw.settings.deadline_ms);
     let mut failures = Vec::new();
     let mut upstream_time = Duration::ZERO;
+    // A verify request runs its drafts first; the attempts below are its escalation.
     let mut drafted = match &routed.outcome.drafts {
         Some(Ok(plan)) => {
             let run = run_drafts(gw, &request, &routing.caller, &routed, plan, deadline).await;
@@ -93,43 +94,15 @@ async fn answer(
         let reply = match result {
             Ok(reply) => reply,
             Err(failure) => {
-                attempt.finish(&Outcome::unbilled(
-                    failure.kind,
-                    failure.outcome,
-                    failure.retry_after,
-                ));
-                tracing::info!(request_id = %routed.request_id, %model, outcome = failure.outcome,
-                    detail = %failure.detail, "upstream attempt failed; trying the next model");
-                failures.push(AttemptSummary {
-                    model: model.clone(),
-                    outcome: failure.outcome,
-                    detail: failure.detail,
-                });
+                failures.push(failed(&attempt, failure, &routed.request_id));
                 continue;
             }
         };
         if i > 0 {
             gw.service.metrics().fallbacks.inc();
         }
-        let overhead = started
-            .elapsed()
-            .saturating_sub(upstream_time)
-            .saturating_sub(Duration::from_micros(routed.outcome.encoder_us));
-        gw.service
-            .metrics()
-            .gateway_overhead_seconds
-            .observe(overhead.as_secs_f64());
         let mut response = respond(reply, attempt, &routed, request.include_usage);
-        // Where the time went, for clients and benchmarks (the W3C Server-Timing header).
-        let timing = format!(
-            "encoder;dur={:.3}, route;dur={:.3}, upstream;dur={:.3}",
-            routed.outcome.encoder_us as f64 / 1e3,
-            routed.total_us as f64 / 1e3,
-            upstream_time.as_secs_f64() * 1e3,
-        );
-        if let Ok(v) = HeaderValue::from_str(&timing) {
-            response.headers_mut().insert("server-timing", v);
-        }
+        time_headers(gw, &mut response, &routed, started, upstream_time);
         if let Some((plan, run)) = &drafted {
             verify_headers(&mut response, plan, run);
         }
@@ -140,6 +113,50 @@ async fn answer(
         attempts: failures,
         unavailable,
     })
+}
+
+/// Records a failed attempt and sums it up for the error a client sees if every attempt fails.
+fn failed(attempt: &Attempt, failure: Failure, request_id: &str) -> AttemptSummary {
+    attempt.finish(&Outcome::unbilled(
+        failure.kind,
+        failure.outcome,
+        failure.retry_after,
+    ));
+    tracing::info!(%request_id, model = %attempt.model, outcome = failure.outcome,
+        detail = %failure.detail, "upstream attempt failed; trying the next model");
+    AttemptSummary {
+        model: attempt.model.clone(),
+        outcome: failure.outcome,
+        detail: failure.detail,
+    }
+}
+
+/// Counts the gateway's own overhead and says where the time went (the W3C `Server-Timing`
+/// header, for clients and benchmarks).
+fn time_headers(
+    gw: &Gateway,
+    response: &mut Response,
+    routed: &Routed,
+    started: Instant,
+    upstream_time: Duration,
+) {
+    let overhead = started
+        .elapsed()
+        .saturating_sub(upstream_time)
+        .saturating_sub(Duration::from_micros(routed.outcome.encoder_us));
+    gw.service
+        .metrics()
+        .gateway_overhead_seconds
+        .observe(overhead.as_secs_f64());
+    let timing = format!(
+        "encoder;dur={:.3}, route;dur={:.3}, upstream;dur={:.3}",
+        routed.outcome.encoder_us as f64 / 1e3,
+        routed.total_us as f64 / 1e3,
+        upstream_time.as_secs_f64() * 1e3,
+    );
+    if let Ok(v) = HeaderValue::from_str(&timing) {
+        response.headers_mut().insert("server-timing", v);
+    }
 }
 
 /// The engine request: virtual models route in their mode; a model named by the caller is
