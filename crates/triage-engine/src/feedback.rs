@@ -7,10 +7,10 @@ use triage_log::FeedbackRecord;
 /// Longest accepted `feedback_id` and `request_id` (Triage's own ids are 36 bytes).
 pub const MAX_FEEDBACK_ID_BYTES: usize = 128;
 
-/// Refuses a report that names no request, model or id, or carries an impossible number (a cost
-/// above `max_cost_usd` included).
-pub fn check(f: &FeedbackRecord, max_cost_usd: f64) -> Result<(), InvalidRequest> {
-    if f.request_id.trim().is_empty() || f.request_id.len() > MAX_FEEDBACK_ID_BYTES {
+/// Refuses a `request_id` no decision could have (empty, or longer than any id Triage issues):
+/// feedback and `Verify` name one, and the errors that follow repeat it.
+pub fn check_request_id(request_id: &str) -> Result<(), InvalidRequest> {
+    if request_id.trim().is_empty() || request_id.len() > MAX_FEEDBACK_ID_BYTES {
         return Err(InvalidRequest::new(
             "request_id",
             format!(
@@ -19,6 +19,13 @@ pub fn check(f: &FeedbackRecord, max_cost_usd: f64) -> Result<(), InvalidRequest
             ),
         ));
     }
+    Ok(())
+}
+
+/// Refuses a report that names no request, model or id, or carries an impossible number (a cost
+/// above `max_cost_usd` included).
+pub fn check(f: &FeedbackRecord, max_cost_usd: f64) -> Result<(), InvalidRequest> {
+    check_request_id(&f.request_id)?;
     if f.feedback_id.trim().is_empty() || f.feedback_id.len() > MAX_FEEDBACK_ID_BYTES {
         return Err(InvalidRequest::new(
             "feedback_id",

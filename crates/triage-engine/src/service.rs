@@ -309,6 +309,7 @@ impl Service {
         request_id: &str,
         drafts: &[DraftAnswer<'_>],
     ) -> Result<Verdict, RouteError> {
+        crate::feedback::check_request_id(request_id)?;
         let key = caller.key_name();
         let planned = self.log.planned(request_id, key)?;
         let policy = self.engine.policy();

@@ -192,11 +192,23 @@ async fn verify_refuses_bad_input_with_what_is_wrong() {
     let routed = route_verify(&mut client).await;
     let id = routed.request_id.as_str();
     let huge = "7".repeat(200_001);
+    // An attacker's megabyte id or model name is refused without being echoed whole.
+    let (long_id, long_model) = ("x".repeat(1 << 20), "m".repeat(1 << 16));
     let cases: Vec<(VerifyRequest, Code, &str)> = vec![
         (
             drafts("no-such-request", [(DRAFTS[0], "1"), (DRAFTS[1], "1")]),
             Code::NotFound,
             "unknown request_id",
+        ),
+        (
+            drafts(&long_id, [(DRAFTS[0], "1"), (DRAFTS[1], "1")]),
+            Code::InvalidArgument,
+            "request_id: must be 1..=128 bytes",
+        ),
+        (
+            drafts(id, [(DRAFTS[0], "72"), (&long_model, "72")]),
+            Code::InvalidArgument,
+            "is not in this request's plan",
         ),
         (
             drafts(
@@ -232,6 +244,11 @@ async fn verify_refuses_bad_input_with_what_is_wrong() {
         let err = client.verify(request).await.expect_err("refused");
         assert_eq!(err.code(), code, "{err:?}");
         assert!(err.message().contains(said), "{}", err.message());
+        assert!(
+            err.message().len() < 2_000,
+            "bounded: {} bytes",
+            err.message().len()
+        );
     }
 
     // Another key may not verify this request.
