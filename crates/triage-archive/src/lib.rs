@@ -6,10 +6,11 @@
 //! embeds it, do not pull in polars.
 //!
 //! One row per log record, in log order, so replaying an archive replays the log exactly. A
-//! `kind` column says `decision` or `feedback`; columns that only one kind has are null on the
-//! other. Decision candidates are parallel list columns (`candidate_model`,
-//! `candidate_predicted_quality`, …) and the feature vector is a list of f32, so outside tools
-//! (pandas, DuckDB, polars) read an archive without knowing the segment framing:
+//! `kind` column says `decision`, `feedback` or `verification`; columns that only some kinds
+//! have are null on the others. Decision candidates are parallel list columns
+//! (`candidate_model`, `candidate_predicted_quality`, …) and the feature vector is a list of
+//! f32, so outside tools (pandas, DuckDB, polars) read an archive without knowing the segment
+//! framing:
 //!
 //! ```text
 //! kind · request_id · time_ms · input_tokens
@@ -20,10 +21,16 @@
 //! feedback: feedback_id · model · quality · output_tokens · cost_usd · latency_ms · error ·
 //!           retry_after_ms · first_byte_ms · tokens_estimated (the last two absent in older
 //!           archives: read as null and false)
+//! verification: api_key · detail (the verdict as JSON; a decision's `detail` is its draft plan)
 //! ```
+//!
+//! [`export_tables`] writes the same records as one table per kind, for analysis.
 
+mod export;
 mod read;
 mod write;
+
+pub use export::{ExportReport, export_tables};
 
 use std::path::Path;
 

@@ -231,6 +231,37 @@ pub fn compact_log(dir: &std::path::Path, min_segments: usize, json: bool) -> an
     Ok(())
 }
 
+/// `triage log export`: the log as one Parquet table per record kind.
+#[cfg(feature = "train")]
+pub fn export_log(from: &std::path::Path, to: &std::path::Path, json: bool) -> anyhow::Result<()> {
+    if !from.is_dir() {
+        anyhow::bail!(
+            "{}: no such log directory (the server's --data-dir)",
+            from.display()
+        );
+    }
+    let (records, scan) = triage_log::read_log_with(from, Some(&triage_archive::ParquetArchive))?;
+    let report = triage_archive::export_tables(&records, to)?;
+    if json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!(
+            "{}: {} decisions, {} feedback reports, {} verdicts written to {}{}",
+            from.display(),
+            report.decisions,
+            report.feedback,
+            report.verifications,
+            to.display(),
+            if scan.torn_bytes > 0 {
+                " (a tail still being written was left out)"
+            } else {
+                ""
+            }
+        );
+    }
+    Ok(())
+}
+
 /// `triage train --from-log DIR --dry-run`: distinct decisions, reports and outcomes.
 #[cfg(feature = "train")]
 pub fn log_counts(dir: Option<&std::path::Path>, json: bool) -> anyhow::Result<()> {

@@ -53,6 +53,20 @@ enum LogCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Write the log as analysis tables: decisions.parquet, feedback.parquet and
+    /// verifications.parquet (for DuckDB, polars, pandas). Safe while a server appends.
+    Export {
+        /// The log directory (a server's --data-dir).
+        #[arg(long)]
+        from_log: PathBuf,
+        /// Directory to write the tables into (created when missing; existing tables are never
+        /// overwritten).
+        #[arg(long)]
+        to: PathBuf,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -278,6 +292,10 @@ fn main() -> anyhow::Result<()> {
                     json,
                 },
         } => commands::compact_log(&data_dir.unwrap_or(settings.log.dir), min_segments, json),
+        #[cfg(feature = "train")]
+        Command::Log {
+            command: LogCommand::Export { from_log, to, json },
+        } => commands::export_log(&from_log, &to, json),
         #[cfg(feature = "train")]
         Command::Train {
             data,

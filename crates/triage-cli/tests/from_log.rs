@@ -1,5 +1,5 @@
 //! `triage train --from-log DIR --dry-run --json` counts what a real log holds, after
-//! de-duplication.
+//! de-duplication; `triage log export` writes it as one table per record kind.
 
 use std::process::Command;
 
@@ -8,8 +8,8 @@ mod common;
 use common::dry_run_counts;
 
 use triage_log::{
-    DecisionRecord, ErrorKind, EventStore, FeedbackAck, FeedbackRecord, FileEventLog, LogOptions,
-    LoggedCandidate, encode_features,
+    DecisionRecord, DraftPlanRecord, ErrorKind, EventStore, FeedbackAck, FeedbackRecord,
+    FileEventLog, LogOptions, LoggedCandidate, LoggedDraft, VerificationRecord, encode_features,
 };
 
 fn decision(request_id: &str) -> DecisionRecord {
@@ -125,4 +125,103 @@ async fn dry_run_prints_distinct_counts_as_json() {
         .expect("triage runs");
     assert!(!missing.status.success());
     assert!(String::from_utf8_lossy(&missing.stderr).contains("no such log directory"));
+}
+
+#[tokio::test]
+async fn log_export_writes_one_table_per_kind() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log_dir = dir.path().join("log");
+    {
+        let log = FileEventLog::open(&LogOptions {
+            dir: log_dir.clone(),
+            segment_bytes: 1 << 20,
+            queue_capacity: 64,
+            queue_bytes: 64 << 20,
+            retention: None,
+            archive: None,
+        })
+        .expect("log opens");
+        let mut planned = decision("r2");
+        planned.draft_plan = Some(DraftPlanRecord {
+            drafts: vec!["small".into()],
+            predicted_quality: vec![0.6],
+            threshold: 0.7,
+            escalation: vec!["small".into()],
+        });
+        log.record_decision(decision("r1")).expect("decision");
+        log.record_decision(planned).expect("decision");
+        log.record_verification(VerificationRecord {
+            request_id: "r2".into(),
+            time_ms: 3,
+            drafts: vec![LoggedDraft {
+                model: "small".into(),
+                answer: Some("num:4".into()),
+                form: Some("number".into()),
+                chars: 12,
+                refuses: false,
+                hedges: false,
+            }],
+            evidence: vec![1.0],
+            probability: 0.8,
+            threshold: 0.7,
+            accepted: Some("small".into()),
+            escalated_to: None,
+            api_key: None,
+        })
+        .expect("verdict");
+        let ack = log
+            .record_feedback(report("r1", "f1", "small", Some(1.0)))
+            .expect("feedback");
+        log.wait_durable(ack.ticket()).await.expect("durable");
+    }
+    let out = dir.path().join("tables");
+    let (from, to) = (log_dir.to_string_lossy(), out.to_string_lossy());
+    let args = ["log", "export", "--from-log", &from, "--to", &to, "--json"];
+    let report: serde_json::Value =
+        serde_json::from_str(&common::triage(&args)).expect("JSON on stdout");
+    assert_eq!(
+        (
+            &report["decisions"],
+            &report["feedback"],
+            &report["verifications"]
+        ),
+        (&2.into(), &1.into(), &1.into())
+    );
+    let table = |name: &str| {
+        let file = std::fs::File::open(out.join(name)).expect("table written");
+        polars::prelude::ParquetReader::new(file)
+            .finish()
+            .expect("parquet reads")
+    };
+    use polars::prelude::SerReader as _;
+    let decisions = table("decisions.parquet");
+    assert_eq!(decisions.height(), 2);
+    assert!(decisions.column("candidate_model").is_ok() && decisions.column("quality").is_err());
+    let plans = decisions
+        .column("draft_plan")
+        .expect("plans")
+        .str()
+        .expect("text")
+        .clone();
+    assert_eq!(plans.null_count(), 1, "only r2 was planned");
+    let feedback = table("feedback.parquet");
+    assert_eq!(feedback.height(), 1);
+    assert!(feedback.column("chosen").is_err());
+    let verdicts = table("verifications.parquet");
+    assert_eq!(verdicts.height(), 1);
+    let accepted = verdicts
+        .column("accepted")
+        .expect("accepted")
+        .str()
+        .expect("text")
+        .get(0);
+    assert_eq!(accepted, Some("small"));
+
+    // An export is written once: a second one into the same place is refused.
+    let again = Command::new(env!("CARGO_BIN_EXE_triage"))
+        .args(["log", "export", "--from-log", &from, "--to", &to])
+        .output()
+        .expect("triage runs");
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("never overwrites"));
 }
