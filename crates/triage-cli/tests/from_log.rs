@@ -41,6 +41,19 @@ fn decision(request_id: &str) -> DecisionRecord {
     }
 }
 
+/// A log in `dir` with small queues, as the tests write it.
+fn open_log(dir: &std::path::Path) -> FileEventLog {
+    FileEventLog::open(&LogOptions {
+        dir: dir.to_path_buf(),
+        segment_bytes: 1 << 20,
+        queue_capacity: 64,
+        queue_bytes: 64 << 20,
+        retention: None,
+        archive: None,
+    })
+    .expect("log opens")
+}
+
 fn report(
     request_id: &str,
     feedback_id: &str,
@@ -73,15 +86,7 @@ fn report(
 async fn dry_run_prints_distinct_counts_as_json() {
     let dir = tempfile::tempdir().expect("tempdir");
     {
-        let log = FileEventLog::open(&LogOptions {
-            dir: dir.path().to_path_buf(),
-            segment_bytes: 1 << 20,
-            queue_capacity: 64,
-            queue_bytes: 64 << 20,
-            retention: None,
-            archive: None,
-        })
-        .expect("log opens");
+        let log = open_log(dir.path());
         for id in ["r1", "r2", "r3", "r3"] {
             log.record_decision(decision(id)).expect("decision");
         }
@@ -132,15 +137,7 @@ async fn log_export_writes_one_table_per_kind() {
     let dir = tempfile::tempdir().expect("tempdir");
     let log_dir = dir.path().join("log");
     {
-        let log = FileEventLog::open(&LogOptions {
-            dir: log_dir.clone(),
-            segment_bytes: 1 << 20,
-            queue_capacity: 64,
-            queue_bytes: 64 << 20,
-            retention: None,
-            archive: None,
-        })
-        .expect("log opens");
+        let log = open_log(&log_dir);
         let mut planned = decision("r2");
         planned.draft_plan = Some(DraftPlanRecord {
             drafts: vec!["small".into()],
