@@ -52,19 +52,21 @@ async fn answer(
     let mut failures = Vec::new();
     let mut upstream_time = Duration::ZERO;
     // A verify request runs its drafts first; the attempts below are its escalation.
-    let mut drafted = match &routed.outcome.drafts {
-        Some(Ok(plan)) => {
-            let run = run_drafts(gw, &request, &routing.caller, &routed, plan, deadline).await;
-            upstream_time += run.elapsed;
-            Some((plan, run))
-        }
-        Some(Err(_)) | None => None,
-    };
+    let mut drafted = drafts_first(gw, &request, &routing, &routed, deadline).await;
+    upstream_time += drafted
+        .as_ref()
+        .map_or(Duration::ZERO, |(_, run)| run.elapsed);
     let calls_before = drafted.as_ref().map_or(0, |(_, run)| run.calls);
+    let exchange = Exchange {
+        gw,
+        request: &request,
+        routed: &routed,
+        started,
+    };
     if let Some((plan, run)) = &mut drafted
         && let Some(i) = run.returned.take()
     {
-        return Ok(answer_with_draft(&request, &routed, plan, run, i));
+        return Ok(exchange.with_draft(plan, run, i));
     }
     for (i, model) in order.iter().enumerate() {
         if Instant::now() >= deadline {
@@ -74,7 +76,7 @@ async fn answer(
         if let Some((plan, run)) = &mut drafted
             && let Some(d) = run.answered.iter().position(|d| d.model == *model)
         {
-            return Ok(answer_with_draft(&request, &routed, plan, run, d));
+            return Ok(exchange.with_draft(plan, run, d));
         }
         let Some(target) = gw.upstreams.target(model) else {
             continue;
@@ -113,6 +115,19 @@ async fn answer(
         attempts: failures,
         unavailable,
     })
+}
+
+/// The drafts of a verify request with a plan, called and judged.
+async fn drafts_first<'r>(
+    gw: &Gateway,
+    request: &ChatRequest,
+    routing: &RoutingRequest,
+    routed: &'r Routed,
+    deadline: Instant,
+) -> Option<(&'r PlannedDrafts, DraftsRun)> {
+    let plan = routed.outcome.drafts.as_ref()?.as_ref().ok()?;
+    let run = run_drafts(gw, request, &routing.caller, routed, plan, deadline).await;
+    Some((plan, run))
 }
 
 /// Records a failed attempt and sums it up for the error a client sees if every attempt fails.
@@ -302,21 +317,34 @@ fn identity_headers(response: &mut Response, routed: &Routed, model: &str, calls
     }
 }
 
-/// The answer of draft `i` (accepted, or the escalation model's own draft).
-fn answer_with_draft(
-    request: &ChatRequest,
-    routed: &Routed,
-    plan: &PlannedDrafts,
-    run: &mut DraftsRun,
-    i: usize,
-) -> Response {
-    let draft = run.answered.swap_remove(i);
-    let model = draft.model.clone();
-    let mut response = draft_response(draft, request.stream, request.include_usage);
-    identity_headers(&mut response, routed, &model, run.calls);
-    verify_headers(&mut response, plan, run);
-    if let Ok(v) = HeaderValue::from_str(&format!("{:.8}", run.cost_usd)) {
-        response.headers_mut().insert("x-triage-cost-usd", v);
+/// One request being answered, for the answers that come from its drafts.
+struct Exchange<'a> {
+    gw: &'a Gateway,
+    request: &'a ChatRequest,
+    routed: &'a Routed,
+    /// When the request arrived.
+    started: Instant,
+}
+
+impl Exchange<'_> {
+    /// The answer of draft `i` (accepted, or the escalation model's own draft).
+    fn with_draft(&self, plan: &PlannedDrafts, run: &mut DraftsRun, i: usize) -> Response {
+        let draft = run.answered.swap_remove(i);
+        let model = draft.model.clone();
+        let request = self.request;
+        let mut response = draft_response(draft, request.stream, request.include_usage);
+        identity_headers(&mut response, self.routed, &model, run.calls);
+        time_headers(
+            self.gw,
+            &mut response,
+            self.routed,
+            self.started,
+            run.elapsed,
+        );
+        verify_headers(&mut response, plan, run);
+        if let Ok(v) = HeaderValue::from_str(&format!("{:.8}", run.cost_usd)) {
+            response.headers_mut().insert("x-triage-cost-usd", v);
+        }
+        response
     }
-    response
 }
