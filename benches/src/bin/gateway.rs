@@ -5,7 +5,10 @@
 //!    both paths alike): per pair, gateway end-to-end − its encoder time (Server-Timing) − the
 //!    direct call. Printed as p50 / p99, beside the raw figures.
 //! 2. **Time to first chunk** (streaming): gateway − encoder − direct, p50 / p99.
-//! 3. **Concurrency**: waves of `--streams` (default 1,000) streaming requests in flight at once
+//! 3. **`triage-verify`, drafts accepted**: both drafts answer the same recorded text, so the
+//!    acceptor returns one; the gateway's cost beyond the encoder and one direct call (the
+//!    drafts run in parallel): two upstream calls, the verdict, three log records.
+//! 4. **Concurrency**: waves of `--streams` (default 1,000) streaming requests in flight at once
 //!    against an upstream whose answers take about a second; prints how many were in flight at
 //!    the peak, the process's threads and resident memory after each wave (flat memory and a
 //!    constant thread count mean no per-request threads and nothing retained).
@@ -50,6 +53,8 @@ async fn main() -> anyhow::Result<()> {
         )
         .await?;
     }
+
+    verify_overhead(&client, &gateway, &fast.base_url(), &prompt, calls).await?;
 
     let slow = LocalUpstream::start(Behaviour {
         chunk_delay: Duration::from_millis(55),
@@ -220,6 +225,79 @@ async fn compare(
         println!("  {name:<30} {:>9.0} {:>9.0}", pct(v, 0.5), pct(v, 0.99));
     }
     println!();
+    Ok(())
+}
+
+/// Interleaved pairs of a direct call and a `triage-verify` call whose drafts agree: what
+/// verifying adds beyond the encoder and one round trip to the upstream.
+async fn verify_overhead(
+    c: &reqwest::Client,
+    gateway: &str,
+    upstream: &str,
+    prompt: &str,
+    calls: usize,
+) -> anyhow::Result<()> {
+    let verify = body("triage-verify", prompt, false);
+    let r = c
+        .post(format!("{gateway}/chat/completions"))
+        .json(&verify)
+        .send()
+        .await?;
+    let drafts: Vec<String> = r
+        .headers()
+        .get("x-triage-drafts")
+        .context("the bundled policy plans drafts for triage-verify")?
+        .to_str()?
+        .split(',')
+        .map(str::to_owned)
+        .collect();
+    let answers: Vec<Value> = drafts
+        .iter()
+        .map(|m| json!({"model": m, "prompt": prompt, "text": "6 * 7 = 42.\nThe answer is 42."}))
+        .collect();
+    c.post(format!("{}/_record", upstream.trim_end_matches("/v1")))
+        .json(&json!({"answers": answers}))
+        .send()
+        .await?
+        .error_for_status()?;
+    let (mut over, mut accepted) = (Vec::new(), 0usize);
+    for i in 0..calls + 20 {
+        let d = timed(
+            c,
+            &format!("{upstream}/chat/completions"),
+            &body(&drafts[0], prompt, false),
+        )
+        .await?;
+        let t = Instant::now();
+        let r = c
+            .post(format!("{gateway}/chat/completions"))
+            .json(&verify)
+            .send()
+            .await?;
+        let encoder = timing_us(&r, "encoder");
+        let verdict = r
+            .headers()
+            .get("x-triage-verdict")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            == "accepted";
+        r.bytes().await?;
+        let total = t.elapsed().as_secs_f64() * 1e6;
+        if i >= 20 {
+            over.push(total - encoder - d.total);
+            accepted += usize::from(verdict);
+        }
+    }
+    println!(
+        "triage-verify, drafts {} agreeing ({accepted} of {calls} accepted), µs   p50       p99",
+        drafts.join(" + ")
+    );
+    println!(
+        "  {:<30} {:>9.0} {:>9.0}\n",
+        "OVERHEAD (gw − enc − direct)",
+        pct(&mut over, 0.5),
+        pct(&mut over, 0.99)
+    );
     Ok(())
 }
 
