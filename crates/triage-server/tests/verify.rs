@@ -345,3 +345,44 @@ async fn a_plan_survives_a_restart() {
     assert!(verdict.accepted);
     server.shutdown().await.expect("stops");
 }
+
+#[tokio::test]
+async fn a_plan_the_reloaded_policy_lacks_is_refused_with_route_again() {
+    let mut s = verify_settings();
+    s.policy.reload_interval_ms = 50;
+    let path = s.policy.path.clone();
+    let (server, mut client) = start_with(s).await;
+    let routed = route_verify(&mut client).await;
+    // The policy file is replaced by one without an acceptor (written aside, then renamed in,
+    // as a deployment would).
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).expect("reads")).expect("json");
+    v.as_object_mut().expect("object").remove("acceptor");
+    v["version"] = "without-acceptor".into();
+    let aside = path.with_extension("new");
+    std::fs::write(&aside, v.to_string()).expect("writes");
+    std::fs::rename(&aside, &path).expect("renames");
+    let mut reloaded = false;
+    for _ in 0..100 {
+        if route_verify(&mut client).await.policy_version == "without-acceptor" {
+            reloaded = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(reloaded, "the new policy was never served");
+    let err = client
+        .verify(drafts(
+            &routed.request_id,
+            [(DRAFTS[0], "72"), (DRAFTS[1], "72")],
+        ))
+        .await
+        .expect_err("the plan is gone");
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(
+        err.message().contains("route the request again"),
+        "{}",
+        err.message()
+    );
+    server.shutdown().await.expect("stops");
+}
