@@ -54,6 +54,17 @@ pub struct Verdict {
     pub duplicate: bool,
 }
 
+impl Verdict {
+    /// `accepted` or `escalated`, as metrics and headers say it.
+    pub fn outcome(&self) -> &'static str {
+        if self.accepted.is_some() {
+            "accepted"
+        } else {
+            "escalated"
+        }
+    }
+}
+
 /// A catalog model as a caller sees it.
 #[derive(Clone, Debug)]
 pub struct ModelView {
@@ -332,23 +343,12 @@ impl Service {
             VerificationAck::Stored(_) => false,
             VerificationAck::Duplicate => true,
         };
-        let outcome = if verification.accepted.is_some() {
-            "accepted"
-        } else {
-            "escalated"
-        };
-        self.metrics
-            .verifications
-            .get_or_create(&crate::metrics::VerifyLabels {
-                outcome: outcome.into(),
-            })
-            .inc();
         let drafted = verification.accepted.is_none()
             && recorded
                 .escalation
                 .first()
                 .is_some_and(|m| recorded.drafts.contains(m));
-        Ok(Verdict {
+        let verdict = Verdict {
             drafted,
             escalation: match verification.accepted {
                 Some(_) => Vec::new(),
@@ -358,7 +358,14 @@ impl Service {
             probability: verification.probability,
             threshold: verification.threshold,
             duplicate,
-        })
+        };
+        self.metrics
+            .verifications
+            .get_or_create(&crate::metrics::VerifyLabels {
+                outcome: verdict.outcome().into(),
+            })
+            .inc();
+        Ok(verdict)
     }
 
     /// Records what one upstream call by a front door did (the gateway's own feedback): queued

@@ -15,8 +15,9 @@ use triage_log::ErrorKind;
 use crate::Gateway;
 use crate::call::{Answer, Failure, Reply, call};
 use crate::error::{AttemptSummary, GatewayError};
+use crate::openai::completion_text;
 use crate::record::{Attempt, Outcome};
-use crate::relay::Relay;
+use crate::relay::{Relay, event_stream};
 use crate::verify::{DraftsRun, draft_response, run_drafts, verify_headers};
 use crate::wire::{self, ChatRequest, Target};
 
@@ -132,11 +133,7 @@ async fn drafts_first<'r>(
 
 /// Records a failed attempt and sums it up for the error a client sees if every attempt fails.
 fn failed(attempt: &Attempt, failure: Failure, request_id: &str) -> AttemptSummary {
-    attempt.finish(&Outcome::unbilled(
-        failure.kind,
-        failure.outcome,
-        failure.retry_after,
-    ));
+    attempt.finish(&Outcome::failed(&failure));
     tracing::info!(%request_id, model = %attempt.model, outcome = failure.outcome,
         detail = %failure.detail, "upstream attempt failed; trying the next model");
     AttemptSummary {
@@ -242,18 +239,7 @@ fn respond(reply: Reply, attempt: Attempt, routed: &Routed, include_usage: bool)
     let (model, attempts) = (attempt.model.clone(), attempt.number);
     let mut response = match reply {
         Reply::Complete { body, usage } => {
-            let cost = attempt.finish(&Outcome {
-                error: ErrorKind::None,
-                label: "ok",
-                usage,
-                answer: body
-                    .pointer("/choices/0/message/content")
-                    .and_then(serde_json::Value::as_str)
-                    .unwrap_or_default(),
-                extra_tokens: 0,
-                retry_after: None,
-                billed: true,
-            });
+            let cost = attempt.finish(&Outcome::answered(usage, completion_text(&body)));
             let mut r = axum::Json(body).into_response();
             if let Ok(v) = HeaderValue::from_str(&format!("{cost:.8}")) {
                 r.headers_mut().insert("x-triage-cost-usd", v);
@@ -277,14 +263,7 @@ fn respond(reply: Reply, attempt: Attempt, routed: &Routed, include_usage: bool)
             usage,
         } => {
             let relay = Relay::new(first, rest, translator, usage, attempt, include_usage);
-            let mut r = Response::new(Body::from_stream(relay.into_stream()));
-            let h = r.headers_mut();
-            h.insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("text/event-stream"),
-            );
-            h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-            r
+            event_stream(Body::from_stream(relay.into_stream()))
         }
     };
     identity_headers(&mut response, routed, &model, attempts);

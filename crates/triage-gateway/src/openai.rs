@@ -36,6 +36,13 @@ impl Usage {
     }
 }
 
+/// The answer text of a chat completion ("" when it has none).
+pub fn completion_text(body: &Value) -> &str {
+    body.pointer("/choices/0/message/content")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+}
+
 /// A `chat.completion.chunk` with one choice.
 pub fn chunk(id: &str, model: &str, created: u64, delta: Value, finish: Value) -> Value {
     json!({

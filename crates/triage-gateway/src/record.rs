@@ -10,6 +10,7 @@ use triage_engine::metrics::{ModelLabel, TokenLabels, UpstreamLabels};
 use triage_guard::Caller;
 use triage_log::{ErrorKind, FeedbackRecord};
 
+use crate::call::Failure;
 use crate::openai::Usage;
 
 /// One upstream call being made for a routed request.
@@ -47,7 +48,27 @@ pub struct Outcome<'a> {
     pub billed: bool,
 }
 
+impl<'a> Outcome<'a> {
+    /// A call that answered `answer` (billed; tokens from `usage`, else counted from the text).
+    pub fn answered(usage: Usage, answer: &'a str) -> Self {
+        Self {
+            error: ErrorKind::None,
+            label: "ok",
+            usage,
+            answer,
+            extra_tokens: 0,
+            retry_after: None,
+            billed: true,
+        }
+    }
+}
+
 impl Outcome<'static> {
+    /// A failed call, as the attempt's classification says.
+    pub fn failed(failure: &Failure) -> Self {
+        Self::unbilled(failure.kind, failure.outcome, failure.retry_after)
+    }
+
     /// A call that produced nothing billed: a failure to fall back from, or a refusal.
     pub fn unbilled(error: ErrorKind, label: &'static str, retry_after: Option<Duration>) -> Self {
         Self {

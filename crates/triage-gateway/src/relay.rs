@@ -8,6 +8,9 @@
 use std::collections::VecDeque;
 use std::convert::Infallible;
 
+use axum::body::Body;
+use axum::http::{HeaderValue, header};
+use axum::response::Response;
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use serde_json::{Value, json};
@@ -144,8 +147,7 @@ impl Relay {
             self.queue.push_back(sse(&chunk));
         }
         self.finish(ErrorKind::None, "ok");
-        self.queue
-            .push_back(Bytes::from_static(b"data: [DONE]\n\n"));
+        self.queue.push_back(Bytes::from_static(DONE));
         self.finished = true;
     }
 
@@ -187,7 +189,22 @@ impl Drop for Relay {
     }
 }
 
+/// The event that ends a chat-completions stream.
+pub const DONE: &[u8] = b"data: [DONE]\n\n";
+
+/// A server-sent-event response over `body`.
+pub fn event_stream(body: Body) -> Response {
+    let mut r = Response::new(body);
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    r
+}
+
 /// One server-sent event.
-fn sse(value: &Value) -> Bytes {
+pub fn sse(value: &Value) -> Bytes {
     Bytes::from(format!("data: {value}\n\n"))
 }

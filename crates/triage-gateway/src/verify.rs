@@ -12,7 +12,7 @@ use std::convert::Infallible;
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
-use axum::http::{HeaderValue, header};
+use axum::http::HeaderValue;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde_json::Value;
@@ -23,8 +23,9 @@ use triage_policy::verify::DraftAnswer;
 
 use crate::Gateway;
 use crate::call::{Answer, Reply, call};
-use crate::openai::{Usage, chunk, now_secs, usage_chunk};
+use crate::openai::{Usage, chunk, completion_text, now_secs, usage_chunk};
 use crate::record::{Attempt, Outcome};
+use crate::relay::{DONE, event_stream, sse};
 use crate::wire::ChatRequest;
 
 /// A draft that answered.
@@ -104,11 +105,7 @@ pub async fn run_drafts(
                 .as_ref()
                 .or(verdict.escalation.first().filter(|_| verdict.drafted));
             run.returned = returned.and_then(|m| answered.iter().position(|d| d.model == *m));
-            run.verdict = if verdict.accepted.is_some() {
-                "accepted"
-            } else {
-                "escalated"
-            };
+            run.verdict = verdict.outcome();
         }
         Err(e) => {
             // A draft the acceptor cannot read (too long, say) is no reason to fail the
@@ -147,20 +144,8 @@ async fn call_draft(
     attempt.first_byte = first_byte;
     match result {
         Ok(Reply::Complete { body, usage }) => {
-            let text = body
-                .pointer("/choices/0/message/content")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_owned();
-            let cost = attempt.finish(&Outcome {
-                error: ErrorKind::None,
-                label: "ok",
-                usage,
-                answer: &text,
-                extra_tokens: 0,
-                retry_after: None,
-                billed: true,
-            });
+            let text = completion_text(&body).to_owned();
+            let cost = attempt.finish(&Outcome::answered(usage, &text));
             let drafted = Drafted {
                 model: model.to_owned(),
                 body,
@@ -179,11 +164,7 @@ async fn call_draft(
             (None, 0.0)
         }
         Err(failure) => {
-            attempt.finish(&Outcome::unbilled(
-                failure.kind,
-                failure.outcome,
-                failure.retry_after,
-            ));
+            attempt.finish(&Outcome::failed(&failure));
             (None, 0.0)
         }
     }
@@ -219,19 +200,9 @@ pub fn draft_response(draft: Drafted, stream: bool, include_usage: bool) -> Resp
     if include_usage {
         events.push(usage_chunk(&id, &draft.model, created, &draft.usage));
     }
-    let mut frames: Vec<Result<Bytes, Infallible>> = events
-        .iter()
-        .map(|e| Ok(Bytes::from(format!("data: {e}\n\n"))))
-        .collect();
-    frames.push(Ok(Bytes::from_static(b"data: [DONE]\n\n")));
-    let mut r = Response::new(Body::from_stream(futures::stream::iter(frames)));
-    let h = r.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream"),
-    );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    r
+    let mut frames: Vec<Result<Bytes, Infallible>> = events.iter().map(|e| Ok(sse(e))).collect();
+    frames.push(Ok(Bytes::from_static(DONE)));
+    event_stream(Body::from_stream(futures::stream::iter(frames)))
 }
 
 /// The verify headers: the drafts, the verdict and the acceptor's probability.
