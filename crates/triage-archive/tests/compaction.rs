@@ -120,7 +120,7 @@ async fn write_log(dir: &Path, range: std::ops::Range<usize>, archive: bool) {
     // Waiting for each report keeps group commits small, so segments roll as they fill.
     for i in range {
         log.record_decision(decision(i)).expect("decision queued");
-        let ack = log.record_feedback(feedback(i)).expect("feedback queued");
+        let ack = log.record_feedback(feedback(i)).await.expect("feedback queued");
         log.wait_durable(ack.ticket()).await.expect("durable");
     }
 }
@@ -185,14 +185,14 @@ async fn compacted_log_reads_and_reopens_the_same() {
     {
         let log = FileEventLog::open(&options(dir.path(), true)).expect("reopens");
         assert_eq!(log.counts(), (40, 40));
-        let retried = log.record_feedback(feedback(3)).expect("retry taken");
+        let retried = log.record_feedback(feedback(3)).await.expect("retry taken");
         assert!(matches!(retried, FeedbackAck::Duplicate(_)), "{retried:?}");
         let late = FeedbackRecord {
             feedback_id: "late".into(),
             ..feedback(5)
         };
         let ack = log
-            .record_feedback(late)
+            .record_feedback(late).await
             .expect("archived request is known");
         log.wait_durable(ack.ticket()).await.expect("durable");
     }

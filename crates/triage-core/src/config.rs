@@ -212,6 +212,17 @@ fn default_reload_ms() -> u64 {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogSettings {
+    /// Where decisions and reports are kept: `file` (the embedded log in `dir`, for one
+    /// machine) or `postgres` (a database at `url`, shared by replicas).
+    #[serde(default)]
+    pub backend: LogBackend,
+    /// The PostgreSQL connection URL (`postgres://user:password@host:port/db`) when `backend` is
+    /// `postgres`; set it with `TRIAGE_LOG__URL` to keep the password out of files.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Connections to PostgreSQL (the writer's, reservations' and lookups' together).
+    #[serde(default = "default_pool_size")]
+    pub pool_size: usize,
     /// Directory of the log segments (`triage serve --data-dir` overrides it).
     pub dir: PathBuf,
     /// Store the prompt text with each decision (off: only the feature vector is kept).
@@ -232,6 +243,21 @@ pub struct LogSettings {
     pub compact_after_segments: usize,
     /// How often the server checks whether to compact, ms.
     pub compact_interval_ms: u64,
+}
+
+/// Where the log lives.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogBackend {
+    /// Segment files in `log.dir` (one server per directory).
+    #[default]
+    File,
+    /// A PostgreSQL database at `log.url`, shared by any number of replicas.
+    Postgres,
+}
+
+fn default_pool_size() -> usize {
+    8
 }
 
 fn default_retention_days() -> u64 {
@@ -507,6 +533,16 @@ impl Settings {
                      everything)",
                     self.log.retention_days
                 ),
+            });
+        }
+        if self.log.backend == LogBackend::Postgres
+            && self.log.url.as_deref().is_none_or(|u| u.trim().is_empty())
+        {
+            return Err(ConfigError::OutOfRange {
+                key: "log.url",
+                problem: "log.backend = \"postgres\" needs log.url = \"postgres://user@host:port/db\" \
+                          (or TRIAGE_LOG__URL in the environment)"
+                    .into(),
             });
         }
         if self.log.compact_after_segments > 0 && self.log.compact_interval_ms == 0 {

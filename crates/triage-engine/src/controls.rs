@@ -175,6 +175,38 @@ impl Controls {
         ))
     }
 
+    /// The refusal when the budgets shared by every replica have no room for the request.
+    pub fn shared_refusal(key: &triage_guard::KeySpec, day_usd: f64, month_usd: f64) -> RouteError {
+        let spent = |limit: Option<f64>, usd: f64, which: &str| {
+            limit.map(|l| format!("${usd:.4} of its {which} budget of ${l:.2}"))
+        };
+        let said: Vec<String> = [
+            spent(key.daily_usd, day_usd, "daily"),
+            spent(key.monthly_usd, month_usd, "monthly"),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        RouteError::BudgetExhausted(format!(
+            "API key {:?} has spent {} across all replicas, and this request's predicted cost \
+             does not fit; retry with a cheaper constraint, wait for the next UTC period, or \
+             raise the limit",
+            key.name,
+            said.join(" and ")
+        ))
+    }
+
+    /// Takes back the predicted charge of a request that was not served after all.
+    pub fn release(&self, request_id: &str) {
+        self.ledger.settle(request_id, 0.0, Utc::now());
+    }
+
+    /// Adopts the spend the shared store reported for `key` (every replica's requests), so
+    /// that the next decisions are capped by what is really left.
+    pub fn observe_spend(&self, key: &str, day_usd: f64, month_usd: f64) {
+        self.ledger.observe(key, day_usd, month_usd, Utc::now());
+    }
+
     fn check_alerts(&self, key: &str, now: DateTime<Utc>) -> Vec<FiredAlert> {
         let mut fired = self.alerts.check(key, &self.ledger.spent(key, now));
         fired.extend(self.alerts.check("global", &self.ledger.global(now)));
@@ -227,21 +259,7 @@ impl Controls {
                 if at.timestamp() < month_start {
                     return;
                 }
-                let predicted = |model: &str| {
-                    d.candidates
-                        .iter()
-                        .find(|c| c.model == model)
-                        .map_or(0.0, |c| c.predicted_cost_usd)
-                };
-                // As routing reserved it: the chosen model, plus any drafts planned before it.
-                let drafts: f64 = d
-                    .draft_plan
-                    .iter()
-                    .flat_map(|p| &p.drafts)
-                    .filter(|m| **m != d.chosen)
-                    .map(|m| predicted(m))
-                    .sum();
-                let cost = predicted(&d.chosen) + drafts;
+                let cost = d.reserved_usd();
                 let key = d.api_key.as_deref().unwrap_or("anonymous");
                 self.ledger.charge(key, &d.request_id, cost, at);
                 let _ = self.check_alerts(key, at);

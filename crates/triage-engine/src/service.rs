@@ -9,8 +9,8 @@ use triage_core::catalog::ModelSpec;
 use triage_core::request::RequestLimits;
 use triage_guard::{AccessControl, Caller, FiredAlert, Override};
 use triage_log::{
-    DecisionRecord, EventStore, FeedbackAck, FeedbackRecord, LogError, LoggedCandidate, Ticket,
-    VerificationAck, encode_features,
+    DecisionRecord, EventStore, FeedbackAck, FeedbackRecord, LogError, LoggedCandidate, Reserved,
+    SpendReservation, Ticket, VerificationAck, encode_features,
 };
 use triage_policy::verify::{DraftAnswer, verify};
 
@@ -151,7 +151,7 @@ impl Service {
     /// Decides, logs the decision and counts it.
     pub async fn route(&self, routing: &RoutingRequest) -> Result<Routed, RouteError> {
         // A decision that cannot be logged cannot take feedback: refuse before charging budgets.
-        if let Some(why) = self.log.failure() {
+        if let Some(why) = self.log.refuses_decisions() {
             return Err(RouteError::Log(LogError::Unavailable(why)));
         }
         let started = Instant::now();
@@ -159,12 +159,12 @@ impl Service {
         // is told "expired" rather than "unknown".
         let request_id = uuid::Uuid::now_v7().to_string();
         let outcome = self.engine.route(&request_id, routing).await?;
-        self.log.record_decision(decision_record(
-            &request_id,
-            routing,
-            &outcome,
-            self.store_prompts,
-        ))?;
+        let record = decision_record(&request_id, routing, &outcome, self.store_prompts);
+        self.reserve_shared(routing, &record).await?;
+        if let Err(e) = self.log.record_decision(record) {
+            self.engine.controls().release(&request_id);
+            return Err(e.into());
+        }
         let total_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
         self.count_route(routing.caller.name(), &outcome, total_us);
         tracing::debug!(
@@ -180,6 +180,52 @@ impl Service {
             outcome,
             total_us,
         })
+    }
+
+    /// Reserves the request's predicted charge in the store's shared budgets, when the caller's
+    /// key has limits and the store keeps budgets across replicas (the engine's own ledger has
+    /// reserved it already, against this replica's view of the key's spend). A refusal, or a
+    /// store that cannot answer, releases that local reservation: a key with limits is not
+    /// routed on a guess.
+    async fn reserve_shared(
+        &self,
+        routing: &RoutingRequest,
+        record: &DecisionRecord,
+    ) -> Result<(), RouteError> {
+        let Some(key) = &routing.caller.key else {
+            return Ok(());
+        };
+        if key.daily_usd.is_none() && key.monthly_usd.is_none() {
+            return Ok(());
+        }
+        let reservation = SpendReservation {
+            api_key: key.name.clone(),
+            request_id: record.request_id.clone(),
+            usd: record.reserved_usd(),
+            daily_usd: key.daily_usd,
+            monthly_usd: key.monthly_usd,
+            time_ms: record.time_ms,
+        };
+        let controls = self.engine.controls();
+        let reserved = self.log.reserve_spend(reservation).await;
+        match reserved {
+            Ok(Reserved::Local) => Ok(()),
+            Ok(Reserved::Charged { day_usd, month_usd }) => {
+                controls.observe_spend(&key.name, day_usd, month_usd);
+                Ok(())
+            }
+            Ok(Reserved::Refused { day_usd, month_usd }) => {
+                controls.release(&record.request_id);
+                controls.observe_spend(&key.name, day_usd, month_usd);
+                Err(crate::controls::Controls::shared_refusal(
+                    key, day_usd, month_usd,
+                ))
+            }
+            Err(e) => {
+                controls.release(&record.request_id);
+                Err(e.into())
+            }
+        }
     }
 
     fn count_route(&self, key: &str, outcome: &RouteOutcome, total_us: u64) {
@@ -255,32 +301,41 @@ impl Service {
     /// corrections). Returns whether it was a retry of a report already stored, which is
     /// acknowledged without being counted again.
     /// Only `caller`, the key that routed the request, may report on it.
-    pub async fn feedback(
-        &self,
-        caller: &Caller,
-        mut record: FeedbackRecord,
-    ) -> Result<bool, RouteError> {
+    pub async fn feedback(&self, caller: &Caller, mut record: FeedbackRecord) -> Result<bool, RouteError> {
         record.api_key = caller.key_name().map(str::to_owned);
         crate::feedback::check(&record, self.max_reported_cost_usd)?;
-        let ack = self.log.record_feedback(record.clone())?;
-        let ticket = match ack {
-            FeedbackAck::Duplicate(ticket) => {
-                self.log.wait_durable(ticket).await?;
-                return Ok(true);
-            }
-            FeedbackAck::Stored(ticket) => ticket,
-        };
-        // Learning happens on its own task once the report is durable, whatever the caller
-        // does: a client that gives up (its deadline, a dropped connection) before then would
-        // otherwise leave a stored report that breakers, budgets and the learner never see,
-        // since its retry is a duplicate. The caller hears the first outcome.
+        // Storing and learning happen on their own task, whatever the caller does: a client
+        // that gives up (its deadline, a dropped connection) before then would otherwise leave
+        // a stored report that breakers, budgets and the learner never see, since its retry is
+        // a duplicate. The caller hears the first outcome.
         let (told, outcome) = tokio::sync::oneshot::channel();
         let service = self.clone();
-        tokio::spawn(async move { service.apply_when_durable(ticket, record, told).await });
+        tokio::spawn(async move { service.store_and_learn(record, told).await });
         outcome
             .await
-            .map_err(|_| RouteError::Log(LogError::WriterStopped("the log is closed".into())))??;
-        Ok(false)
+            .map_err(|_| RouteError::Log(LogError::WriterStopped("the log is closed".into())))?
+    }
+
+    /// Stores `record`, telling `told` whether it was a duplicate (or why it was refused), and
+    /// learns from it once durable.
+    async fn store_and_learn(
+        &self,
+        record: FeedbackRecord,
+        told: tokio::sync::oneshot::Sender<Result<bool, RouteError>>,
+    ) {
+        let ticket = match self.log.record_feedback(record.clone()).await {
+            Ok(FeedbackAck::Stored(ticket)) => ticket,
+            Ok(FeedbackAck::Duplicate(ticket)) => {
+                let waited = self.log.wait_durable(ticket).await;
+                let _ = told.send(waited.map(|()| true).map_err(RouteError::Log));
+                return;
+            }
+            Err(e) => {
+                let _ = told.send(Err(RouteError::Log(e)));
+                return;
+            }
+        };
+        self.apply_when_durable(ticket, record, told).await;
     }
 
     /// Learns from `record` once it is durable, telling `told` how the first wait ended. While
@@ -290,7 +345,7 @@ impl Service {
         &self,
         ticket: Ticket,
         record: FeedbackRecord,
-        told: tokio::sync::oneshot::Sender<Result<(), LogError>>,
+        told: tokio::sync::oneshot::Sender<Result<bool, RouteError>>,
     ) {
         let mut told = Some(told);
         let mut pause = std::time::Duration::from_millis(50);
@@ -301,7 +356,7 @@ impl Service {
                 self.learn(&record);
             }
             if let Some(told) = told.take() {
-                let _ = told.send(waited);
+                let _ = told.send(waited.map(|()| false).map_err(RouteError::Log));
             }
             if !retry {
                 return;
@@ -314,7 +369,7 @@ impl Service {
     /// Judges the drafts of a request routed to verify then escalate, and logs the verdict.
     /// Only the key that routed the request may; a retry with the same drafts gets the same
     /// verdict (judging is deterministic) and is not logged twice.
-    pub fn verify(
+    pub async fn verify(
         &self,
         caller: &Caller,
         request_id: &str,
@@ -322,7 +377,7 @@ impl Service {
     ) -> Result<Verdict, RouteError> {
         crate::feedback::check_request_id(request_id)?;
         let key = caller.key_name();
-        let planned = self.log.planned(request_id, key)?;
+        let planned = self.log.planned(request_id, key).await?;
         let policy = self.engine.policy();
         let plan = serving_plan(&policy, &planned).ok_or_else(|| RouteError::PlanRetired {
             request_id: request_id.to_owned(),
@@ -339,7 +394,7 @@ impl Service {
         };
         let verification = verify(plan, recorded.threshold, predicted, drafts)?;
         let record = verification_record(request_id, recorded, &verification, key);
-        let duplicate = match self.log.record_verification(record)? {
+        let duplicate = match self.log.record_verification(record).await? {
             VerificationAck::Stored(_) => false,
             VerificationAck::Duplicate => true,
         };
@@ -378,7 +433,7 @@ impl Service {
     ) -> Result<(), RouteError> {
         record.api_key = caller.key_name().map(str::to_owned);
         crate::feedback::check(&record, self.max_reported_cost_usd)?;
-        if let FeedbackAck::Stored(_) = self.log.record_feedback(record.clone())? {
+        if self.log.record_attempt(record.clone())? {
             self.learn(&record);
         }
         Ok(())

@@ -97,7 +97,7 @@ pub async fn run_drafts(
             text: &d.text,
         })
         .collect();
-    match gw.service.verify(caller, &routed.request_id, &drafts) {
+    match gw.service.verify(caller, &routed.request_id, &drafts).await {
         Ok(verdict) => {
             run.probability = Some(verdict.probability);
             let returned = verdict

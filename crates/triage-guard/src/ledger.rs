@@ -157,6 +157,16 @@ impl Ledger {
         Some(key)
     }
 
+    /// Sets `key`'s spend this day and month to what a shared store counted (every replica's
+    /// requests), keeping what is pending here for settlement.
+    pub fn observe(&self, key: &str, day_usd: f64, month_usd: f64, now: DateTime<Utc>) {
+        let mut inner = self.lock();
+        let spend = inner.by_key.entry(key.to_owned()).or_default();
+        spend.roll(now);
+        spend.day_usd = day_usd.max(0.0);
+        spend.month_usd = month_usd.max(0.0);
+    }
+
     /// Spend of `key` now.
     pub fn spent(&self, key: &str, now: DateTime<Utc>) -> Spend {
         let mut inner = self.lock();

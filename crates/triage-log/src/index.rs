@@ -11,7 +11,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use crate::record::{DraftPlanRecord, FeedbackRecord, LogRecord};
-use crate::store::Ticket;
+use crate::event_store::Ticket;
 
 /// What the index remembers of a decision: the models feedback may name, the key that may, and
 /// for a verify-then-escalate request its plan and verdict.
@@ -132,7 +132,7 @@ impl Index {
 }
 
 /// Creation time of a UUIDv7 request id, ms since the epoch (`None` for any other id).
-pub(crate) fn issued_ms(request_id: &str) -> Option<u64> {
+pub fn issued_ms(request_id: &str) -> Option<u64> {
     let id = uuid::Uuid::parse_str(request_id).ok()?;
     if id.get_version_num() != 7 {
         return None;

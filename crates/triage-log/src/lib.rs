@@ -33,6 +33,7 @@
 //! writer appends in queue order, a durable feedback implies its decision is durable too.
 
 mod compact;
+mod event_store;
 mod index;
 mod lock;
 mod record;
@@ -47,10 +48,12 @@ pub use record::{
     LoggedDraft, VerificationRecord, decode_features, encode_features,
 };
 pub use segment::{SegmentReport, read_log, read_log_with};
-pub use store::{
-    Durability, EventStore, FeedbackAck, FileEventLog, LogOptions, PlannedRequest, Ticket,
-    VerificationAck, now_ms, segment_file,
+pub use event_store::{
+    Durability, EventStore, FeedbackAck, PlannedRequest, Reserved, SpendReservation, Ticket,
+    VerificationAck,
 };
+pub use index::issued_ms;
+pub use store::{FileEventLog, LogOptions, now_ms, segment_file};
 
 /// What can go wrong with the log.
 #[derive(Debug, thiserror::Error)]

@@ -16,6 +16,17 @@ pub enum LogRecord {
     Verification(VerificationRecord),
 }
 
+impl LogRecord {
+    /// When it was written, ms since the epoch.
+    pub fn time_ms(&self) -> u64 {
+        match self {
+            LogRecord::Decision(d) => d.time_ms,
+            LogRecord::Feedback(f) => f.time_ms,
+            LogRecord::Verification(v) => v.time_ms,
+        }
+    }
+}
+
 /// A scored candidate as the deciding policy saw it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LoggedCandidate {
@@ -70,6 +81,28 @@ pub struct DecisionRecord {
     /// The drafts to run first, when the request asked to verify then escalate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub draft_plan: Option<DraftPlanRecord>,
+}
+
+impl DecisionRecord {
+    /// What routing reserved against the key's budget for this request: the chosen model's
+    /// predicted cost, plus any drafts planned before it (one definition for the ledger's
+    /// replay and the shared stores' budgets).
+    pub fn reserved_usd(&self) -> f64 {
+        let predicted = |model: &str| {
+            self.candidates
+                .iter()
+                .find(|c| c.model == model)
+                .map_or(0.0, |c| c.predicted_cost_usd)
+        };
+        let drafts: f64 = self
+            .draft_plan
+            .iter()
+            .flat_map(|p| &p.drafts)
+            .filter(|m| **m != self.chosen)
+            .map(|m| predicted(m))
+            .sum();
+        predicted(&self.chosen) + drafts
+    }
 }
 
 /// The drafts a verify-then-escalate request runs before its escalation.
@@ -227,7 +260,7 @@ impl ErrorKind {
 
 impl FeedbackRecord {
     /// The report without its receipt time: two sends of the same report compare equal.
-    pub(crate) fn same_report(&self, other: &FeedbackRecord) -> bool {
+    pub fn same_report(&self, other: &FeedbackRecord) -> bool {
         let strip = |f: &FeedbackRecord| FeedbackRecord {
             time_ms: 0,
             ..f.clone()

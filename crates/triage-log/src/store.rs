@@ -1,8 +1,6 @@
-//! The [`EventStore`] trait and its embedded file implementation.
+//! [`FileEventLog`]: the embedded [`EventStore`], over a local directory.
 
-use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
@@ -11,83 +9,17 @@ use crossbeam_channel::{Sender, TrySendError};
 use tokio::sync::watch;
 
 use crate::LogError;
+use crate::event_store::{
+    Durability, EventStore, FeedbackAck, PlannedRequest, Ticket, VerificationAck,
+};
 use crate::compact::{ArchiveFormat, Source, read_archive, sources};
 use crate::index::{DecidedRequest, Index, issued_ms};
 use crate::lock::DirLock;
 use crate::record::{
-    DecisionRecord, DraftPlanRecord, FeedbackRecord, LogRecord, VerificationRecord,
+    DecisionRecord, FeedbackRecord, LogRecord, VerificationRecord,
 };
 use crate::segment::{MAX_RECORD_BYTES, frame, io_error, salvage, scan_segment, segment_path};
 use crate::writer::{Durable, Pending, SegmentWriter, Shared, spawn};
-
-/// Position of a record in the log; await it with [`EventStore::wait_durable`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Ticket(u64);
-
-/// How a feedback report was taken.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FeedbackAck {
-    /// New: stored at this position.
-    Stored(Ticket),
-    /// A retry of a report already taken (at this position); not stored again.
-    Duplicate(Ticket),
-}
-
-impl FeedbackAck {
-    /// Where the report (first copy) lies.
-    pub fn ticket(self) -> Ticket {
-        match self {
-            FeedbackAck::Stored(t) | FeedbackAck::Duplicate(t) => t,
-        }
-    }
-}
-
-/// How a verification was taken.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum VerificationAck {
-    /// New: queued at this position.
-    Stored(Ticket),
-    /// The same verdict was already recorded (a retried `Verify`); not stored again.
-    Duplicate,
-}
-
-/// A verify-then-escalate request as the store knows it.
-#[derive(Clone, Debug, PartialEq)]
-pub struct PlannedRequest {
-    /// Its draft plan.
-    pub plan: DraftPlanRecord,
-    /// The policy that planned it.
-    pub policy_version: String,
-    /// Whether it has been verified.
-    pub verified: bool,
-}
-
-/// A future resolving when a record is durable.
-pub type Durability<'a> = Pin<Box<dyn Future<Output = Result<(), LogError>> + Send + 'a>>;
-
-/// Where decisions and feedback go. Implementations must make a feedback durable before
-/// [`wait_durable`](EventStore::wait_durable) resolves for its ticket.
-pub trait EventStore: Send + Sync {
-    /// Queues a decision.
-    fn record_decision(&self, decision: DecisionRecord) -> Result<Ticket, LogError>;
-    /// Checks a report against the decisions and earlier reports, then queues it.
-    fn record_feedback(&self, feedback: FeedbackRecord) -> Result<FeedbackAck, LogError>;
-    /// The plan of a request routed to verify then escalate, for the key `api_key` that routed
-    /// it (another key is told `NotYourRequest`, a request without a plan `NotPlanned`).
-    fn planned(&self, request_id: &str, api_key: Option<&str>) -> Result<PlannedRequest, LogError>;
-    /// Checks a verdict against its request's plan and earlier verdicts, then queues it (like a
-    /// decision, without waiting for `fsync`).
-    fn record_verification(
-        &self,
-        verification: VerificationRecord,
-    ) -> Result<VerificationAck, LogError>;
-    /// Resolves once everything up to `ticket` is durable.
-    fn wait_durable(&self, ticket: Ticket) -> Durability<'_>;
-    /// Decisions and distinct feedback reports held.
-    fn counts(&self) -> (usize, usize);
-    /// Why the store can take no more records, if it cannot (readiness probes ask).
-    fn failure(&self) -> Option<String>;
-}
 
 /// Settings of [`FileEventLog`].
 #[derive(Clone, Debug)]
@@ -111,6 +43,8 @@ pub struct LogOptions {
 /// The embedded store: checksummed segments in a local directory (see the crate docs).
 pub struct FileEventLog {
     dir: PathBuf,
+    /// For reading history back (compacted archives).
+    archive: Option<Arc<dyn ArchiveFormat>>,
     index: Mutex<Index>,
     queue: Option<Sender<Pending>>,
     durable: watch::Receiver<Durable>,
@@ -234,6 +168,7 @@ impl FileEventLog {
         let writer = spawn(writer, receiver, durable_tx, Arc::clone(&shared))?;
         Ok(Self {
             dir,
+            archive: options.archive.clone(),
             index: Mutex::new(index),
             queue: Some(queue),
             durable,
@@ -320,6 +255,39 @@ impl FileEventLog {
         Ok(ticket)
     }
 
+    /// Checks a report against the index and queues it.
+    fn take_feedback(&self, feedback: FeedbackRecord) -> Result<FeedbackAck, LogError> {
+        let mut index = self.lock();
+        // Ownership first: another key learns nothing about the request, not even which
+        // feedback ids it has.
+        if let Some(decided) = index.decisions.get(&feedback.request_id)
+            && decided.api_key.as_deref() != feedback.api_key.as_deref()
+        {
+            return Err(LogError::NotYourRequest(feedback.request_id));
+        }
+        if let Some((earlier, ticket)) = index.feedback.get(&feedback.feedback_id) {
+            return if earlier.same_report(&feedback) {
+                Ok(FeedbackAck::Duplicate(*ticket))
+            } else {
+                Err(LogError::ConflictingFeedback(feedback.feedback_id))
+            };
+        }
+        let decided = self.decided(&index, &feedback.request_id, feedback.api_key.as_deref())?;
+        if !decided.candidates.iter().any(|m| **m == *feedback.model) {
+            let names: Vec<&str> = decided.candidates.iter().map(|m| &**m).collect();
+            return Err(LogError::InvalidRecord(format!(
+                "model {:?} was not a candidate of request {}; name the model actually used, one \
+                 of {}",
+                feedback.model,
+                feedback.request_id,
+                names.join(", ")
+            )));
+        }
+        self.enqueue(&mut index, &LogRecord::Feedback(feedback))
+            .map(FeedbackAck::Stored)
+    }
+
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Index> {
         self.index.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -354,44 +322,26 @@ fn cut_tail(path: &Path, valid: u64) -> Result<(), LogError> {
         .map_err(|e| io_error(path, e))
 }
 
+#[async_trait::async_trait]
 impl EventStore for FileEventLog {
     fn record_decision(&self, decision: DecisionRecord) -> Result<Ticket, LogError> {
         let mut index = self.lock();
         self.enqueue(&mut index, &LogRecord::Decision(decision))
     }
 
-    fn record_feedback(&self, feedback: FeedbackRecord) -> Result<FeedbackAck, LogError> {
-        let mut index = self.lock();
-        // Ownership first: another key learns nothing about the request, not even which
-        // feedback ids it has.
-        if let Some(decided) = index.decisions.get(&feedback.request_id)
-            && decided.api_key.as_deref() != feedback.api_key.as_deref()
-        {
-            return Err(LogError::NotYourRequest(feedback.request_id));
-        }
-        if let Some((earlier, ticket)) = index.feedback.get(&feedback.feedback_id) {
-            return if earlier.same_report(&feedback) {
-                Ok(FeedbackAck::Duplicate(*ticket))
-            } else {
-                Err(LogError::ConflictingFeedback(feedback.feedback_id))
-            };
-        }
-        let decided = self.decided(&index, &feedback.request_id, feedback.api_key.as_deref())?;
-        if !decided.candidates.iter().any(|m| **m == *feedback.model) {
-            let names: Vec<&str> = decided.candidates.iter().map(|m| &**m).collect();
-            return Err(LogError::InvalidRecord(format!(
-                "model {:?} was not a candidate of request {}; name the model actually used, one \
-                 of {}",
-                feedback.model,
-                feedback.request_id,
-                names.join(", ")
-            )));
-        }
-        self.enqueue(&mut index, &LogRecord::Feedback(feedback))
-            .map(FeedbackAck::Stored)
+    async fn record_feedback(&self, feedback: FeedbackRecord) -> Result<FeedbackAck, LogError> {
+        self.take_feedback(feedback)
     }
 
-    fn planned(&self, request_id: &str, api_key: Option<&str>) -> Result<PlannedRequest, LogError> {
+    fn record_attempt(&self, attempt: FeedbackRecord) -> Result<bool, LogError> {
+        Ok(matches!(self.take_feedback(attempt)?, FeedbackAck::Stored(_)))
+    }
+
+    async fn planned(
+        &self,
+        request_id: &str,
+        api_key: Option<&str>,
+    ) -> Result<PlannedRequest, LogError> {
         let index = self.lock();
         let decided = self.decided(&index, request_id, api_key)?;
         let planned = decided
@@ -405,7 +355,7 @@ impl EventStore for FileEventLog {
         })
     }
 
-    fn record_verification(
+    async fn record_verification(
         &self,
         verification: VerificationRecord,
     ) -> Result<VerificationAck, LogError> {
@@ -455,6 +405,24 @@ impl EventStore for FileEventLog {
                 Durable { .. } => Err(LogError::WriterStopped("the log is closed".into())),
             }
         })
+    }
+
+    async fn history(
+        &self,
+        since_ms: Option<u64>,
+        visit: &mut (dyn FnMut(LogRecord) + Send),
+    ) -> Result<(), LogError> {
+        let (dir, archive) = (self.dir.clone(), self.archive.clone());
+        let (records, _) =
+            tokio::task::spawn_blocking(move || crate::read_log_with(&dir, archive.as_deref()))
+                .await
+                .map_err(|e| LogError::WriterStopped(format!("the reader failed: {e}")))??;
+        let since = since_ms.unwrap_or(0);
+        records
+            .into_iter()
+            .filter(|r| r.time_ms() >= since)
+            .for_each(visit);
+        Ok(())
     }
 
     fn counts(&self) -> (usize, usize) {

@@ -81,28 +81,28 @@ async fn feedback_is_durable_once_and_survives_reopening() {
         let log = FileEventLog::open(&options(dir.path())).expect("opens");
         log.record_decision(decision("r1")).expect("decision");
         let ack = log
-            .record_feedback(feedback("r1", "f1", 1.0))
+            .record_feedback(feedback("r1", "f1", 1.0)).await
             .expect("feedback");
         assert!(matches!(ack, FeedbackAck::Stored(_)));
         log.wait_durable(ack.ticket()).await.expect("durable");
         // Acknowledged means on disk: a reader sees it while the log is still open.
         assert_eq!(feedback_count(dir.path()), 1);
         let retry = log
-            .record_feedback(feedback("r1", "f1", 1.0))
+            .record_feedback(feedback("r1", "f1", 1.0)).await
             .expect("retry");
         assert_eq!(retry, FeedbackAck::Duplicate(ack.ticket()));
         assert!(matches!(
-            log.record_feedback(feedback("r1", "f1", 0.0)),
+            log.record_feedback(feedback("r1", "f1", 0.0)).await,
             Err(LogError::ConflictingFeedback(_))
         ));
         assert!(matches!(
-            log.record_feedback(feedback("nope", "f2", 1.0)),
+            log.record_feedback(feedback("nope", "f2", 1.0)).await,
             Err(LogError::UnknownRequest(_))
         ));
         let mut wrong_model = feedback("r1", "f3", 1.0);
         wrong_model.model = "other".into();
         assert!(matches!(
-            log.record_feedback(wrong_model),
+            log.record_feedback(wrong_model).await,
             Err(LogError::InvalidRecord(m)) if m.contains("big, small")
         ));
     }
@@ -112,7 +112,7 @@ async fn feedback_is_durable_once_and_survives_reopening() {
     let mut other_key = feedback("r1", "f9", 0.0);
     other_key.api_key = Some("mallory".into());
     assert!(matches!(
-        log.record_feedback(other_key),
+        log.record_feedback(other_key).await,
         Err(LogError::NotYourRequest(id)) if id == "r1"
     ));
     let mut keyed = decision("r2");
@@ -120,17 +120,17 @@ async fn feedback_is_durable_once_and_survives_reopening() {
     log.record_decision(keyed).expect("decision");
     assert!(
         matches!(
-            log.record_feedback(feedback("r2", "f10", 1.0)),
+            log.record_feedback(feedback("r2", "f10", 1.0)).await,
             Err(LogError::NotYourRequest(_))
         ),
         "an anonymous report on a keyed request is refused too"
     );
     // The index was rebuilt: a retry after restart is still a duplicate.
     let retry = log
-        .record_feedback(feedback("r1", "f1", 1.0))
+        .record_feedback(feedback("r1", "f1", 1.0)).await
         .expect("retry");
     assert!(matches!(retry, FeedbackAck::Duplicate(_)));
-    let ack = log.record_feedback(feedback("r1", "f4", 0.0)).expect("new");
+    let ack = log.record_feedback(feedback("r1", "f4", 0.0)).await.expect("new");
     log.wait_durable(ack.ticket()).await.expect("durable");
     assert_eq!(feedback_count(dir.path()), 2);
 }
@@ -142,7 +142,7 @@ async fn a_torn_tail_is_cut_and_appends_continue_after_valid_data() {
         let log = FileEventLog::open(&options(dir.path())).expect("opens");
         log.record_decision(decision("r1")).expect("decision");
         let ack = log
-            .record_feedback(feedback("r1", "f1", 1.0))
+            .record_feedback(feedback("r1", "f1", 1.0)).await
             .expect("feedback");
         log.wait_durable(ack.ticket()).await.expect("durable");
     }
@@ -163,7 +163,7 @@ async fn a_torn_tail_is_cut_and_appends_continue_after_valid_data() {
     let log = FileEventLog::open(&options(dir.path())).expect("recovers");
     assert_eq!(std::fs::metadata(&segment).expect("segment").len(), intact);
     let ack = log
-        .record_feedback(feedback("r1", "f2", 0.0))
+        .record_feedback(feedback("r1", "f2", 0.0)).await
         .expect("feedback");
     log.wait_durable(ack.ticket()).await.expect("durable");
     let (records, report) = read_log(dir.path()).expect("reads");
@@ -237,7 +237,7 @@ async fn concurrent_reports_share_fsyncs_and_all_land() {
         let log = std::sync::Arc::clone(&log);
         tasks.push(tokio::spawn(async move {
             let ack = log
-                .record_feedback(feedback("r1", &format!("f{i}"), 1.0))
+                .record_feedback(feedback("r1", &format!("f{i}"), 1.0)).await
                 .expect("feedback");
             log.wait_durable(ack.ticket()).await.expect("durable");
         }));
@@ -263,7 +263,7 @@ async fn a_record_too_large_for_a_frame_is_refused_before_it_is_written() {
         log.record_decision(decision("r3"))
             .expect("decision after it");
         let ack = log
-            .record_feedback(feedback("r3", "f1", 1.0))
+            .record_feedback(feedback("r3", "f1", 1.0)).await
             .expect("feedback");
         log.wait_durable(ack.ticket()).await.expect("durable");
     }
@@ -297,7 +297,7 @@ async fn damage_in_the_middle_costs_one_record_and_the_file_is_kept_aside() {
                 .expect("decision");
         }
         let ack = log
-            .record_feedback(feedback("r2", "f1", 1.0))
+            .record_feedback(feedback("r2", "f1", 1.0)).await
             .expect("feedback");
         log.wait_durable(ack.ticket()).await.expect("durable");
     }
@@ -331,7 +331,7 @@ async fn damage_in_the_middle_costs_one_record_and_the_file_is_kept_aside() {
         "kept as found"
     );
     let ack = log
-        .record_feedback(feedback("r0", "f2", 0.0))
+        .record_feedback(feedback("r0", "f2", 0.0)).await
         .expect("appends after the intact records");
     log.wait_durable(ack.ticket()).await.expect("durable");
     drop(log);
@@ -371,11 +371,11 @@ async fn decisions_past_the_retention_are_forgotten_and_not_read_at_start() {
             "the old decision is not kept in the index"
         );
         assert!(matches!(
-            log.record_feedback(feedback(&old_id, "late", 1.0)),
+            log.record_feedback(feedback(&old_id, "late", 1.0)).await,
             Err(LogError::ExpiredRequest(id, 35)) if id == old_id
         ));
         assert!(matches!(
-            log.record_feedback(feedback("never-issued", "f", 1.0)),
+            log.record_feedback(feedback("never-issued", "f", 1.0)).await,
             Err(LogError::UnknownRequest(_))
         ));
     }

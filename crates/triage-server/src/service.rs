@@ -81,7 +81,7 @@ impl RouterService {
         Ok(v1::FeedbackResponse { duplicate })
     }
 
-    fn verify_inner(
+    async fn verify_inner(
         &self,
         request: Request<v1::VerifyRequest>,
     ) -> Result<v1::VerifyResponse, RouteError> {
@@ -95,7 +95,7 @@ impl RouterService {
                 text: &d.response,
             })
             .collect();
-        let verdict = self.service.verify(&caller, &r.request_id, &drafts)?;
+        let verdict = self.service.verify(&caller, &r.request_id, &drafts).await?;
         Ok(convert::verify_response(verdict))
     }
 
@@ -197,7 +197,7 @@ impl Router for RouterService {
         &self,
         request: Request<v1::VerifyRequest>,
     ) -> Result<Response<v1::VerifyResponse>, Status> {
-        let result = self.verify_inner(request);
+        let result = self.verify_inner(request).await;
         self.counted("Verify", result).map(Response::new)
     }
 

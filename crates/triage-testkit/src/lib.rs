@@ -17,6 +17,8 @@
 //! last user message is exactly `prompt` answer `text` (e.g. a model's recorded response from
 //! an outcome table), streamed word by word like any other answer.
 
+pub mod postgres;
+
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
