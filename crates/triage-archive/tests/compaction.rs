@@ -120,7 +120,10 @@ async fn write_log(dir: &Path, range: std::ops::Range<usize>, archive: bool) {
     // Waiting for each report keeps group commits small, so segments roll as they fill.
     for i in range {
         log.record_decision(decision(i)).expect("decision queued");
-        let ack = log.record_feedback(feedback(i)).await.expect("feedback queued");
+        let ack = log
+            .record_feedback(feedback(i))
+            .await
+            .expect("feedback queued");
         log.wait_durable(ack.ticket()).await.expect("durable");
     }
 }
@@ -192,7 +195,8 @@ async fn compacted_log_reads_and_reopens_the_same() {
             ..feedback(5)
         };
         let ack = log
-            .record_feedback(late).await
+            .record_feedback(late)
+            .await
             .expect("archived request is known");
         log.wait_durable(ack.ticket()).await.expect("durable");
     }

@@ -58,7 +58,7 @@ pub fn serve(
             grpc = %listener.local_addr()?,
             http = ?gateway.as_ref().and_then(|(_, l)| l.local_addr().ok()),
             policy = service.engine().policy().version(),
-            log = %settings.log.dir.display(),
+            log = %log_location(&settings),
             models = service.engine().catalog().models().len(),
             providers = settings.providers.len(),
             "triage serving: gRPC (triage.v1.Router, grpc.health.v1, reflection) and the HTTP \
@@ -83,16 +83,31 @@ pub fn serve(
             }
         };
         let grpc_door = async {
-            triage_server::serve_grpc(service, &settings, listener, when(stopped.clone()))
+            triage_server::serve_grpc(service.clone(), &settings, listener, when(stopped.clone()))
                 .await
                 .context("gRPC server failed")
         };
         let (grpc, http) = tokio::join!(grpc_door, http_door);
+        // Decisions still queued for a shared store are written before the process ends (the
+        // file log flushes when the last door lets it go).
+        if let Err(e) = service.close_log().await {
+            tracing::warn!(error = %e, "records still queued could not be written");
+        }
         grpc?;
         http?;
         tracing::info!("stopped");
         Ok(())
     })
+}
+
+/// Where the log lives, for the start-up line (a database URL without its credentials).
+fn log_location(settings: &Settings) -> String {
+    match settings.log.backend {
+        triage_core::config::LogBackend::File => settings.log.dir.display().to_string(),
+        triage_core::config::LogBackend::Postgres => {
+            triage_postgres::redacted(settings.log.url.as_deref().unwrap_or_default())
+        }
+    }
 }
 
 /// The format compacted log archives are read and written in: Parquet, which needs polars, so
@@ -195,7 +210,7 @@ pub fn simulate(settings: Settings, args: SimulateArgs) -> anyhow::Result<()> {
 #[cfg(feature = "train")]
 pub struct TrainSources {
     pub data: Option<PathBuf>,
-    pub from_log: Option<PathBuf>,
+    pub from_log: Option<triage_train::logdata::LogSource>,
     pub force: bool,
     pub strict: bool,
     pub cv_folds: usize,
@@ -233,49 +248,41 @@ pub fn compact_log(dir: &std::path::Path, min_segments: usize, json: bool) -> an
 
 /// `triage log export`: the log as one Parquet table per record kind.
 #[cfg(feature = "train")]
-pub fn export_log(from: &std::path::Path, to: &std::path::Path, json: bool) -> anyhow::Result<()> {
-    if !from.is_dir() {
-        anyhow::bail!(
-            "{}: no such log directory (the server's --data-dir)",
-            from.display()
-        );
-    }
-    let (records, scan) = triage_log::read_log_with(from, Some(&triage_archive::ParquetArchive))?;
+pub fn export_log(
+    from: &triage_train::logdata::LogSource,
+    to: &std::path::Path,
+    json: bool,
+) -> anyhow::Result<()> {
+    let records = from.records()?;
     let report = triage_archive::export_tables(&records, to)?;
     if json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
         println!(
-            "{}: {} decisions, {} feedback reports, {} verdicts written to {}{}",
-            from.display(),
+            "{from}: {} decisions, {} feedback reports, {} verdicts written to {}",
             report.decisions,
             report.feedback,
             report.verifications,
             to.display(),
-            if scan.torn_bytes > 0 {
-                " (a tail still being written was left out)"
-            } else {
-                ""
-            }
         );
     }
     Ok(())
 }
 
-/// `triage train --from-log DIR --dry-run`: distinct decisions, reports and outcomes.
+/// `triage train --from-log SOURCE --dry-run`: distinct decisions, reports and outcomes.
 #[cfg(feature = "train")]
-pub fn log_counts(dir: Option<&std::path::Path>, json: bool) -> anyhow::Result<()> {
-    let dir = dir.context("--dry-run needs --from-log DIR")?;
-    let counts = triage_train::logdata::LoggedData::read(dir)?.counts;
+pub fn log_counts(
+    source: Option<&triage_train::logdata::LogSource>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let source = source.context("--dry-run needs --from-log DIR or --from-log postgres://…")?;
+    let counts = triage_train::logdata::LoggedData::read(source)?.counts;
     if json {
         println!("{}", serde_json::to_string(&counts)?);
     } else {
         println!(
-            "{}: {} decisions, {} feedback reports, {} outcomes (distinct, joined)",
-            dir.display(),
-            counts.decisions,
-            counts.feedback,
-            counts.outcomes
+            "{source}: {} decisions, {} feedback reports, {} outcomes (distinct, joined)",
+            counts.decisions, counts.feedback, counts.outcomes
         );
     }
     Ok(())

@@ -9,6 +9,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
+#[cfg(feature = "train")]
+use triage_train::logdata::LogSource;
 
 /// Triage: a learned LLM model router.
 #[derive(Parser)]
@@ -56,9 +58,10 @@ enum LogCommand {
     /// Write the log as analysis tables: decisions.parquet, feedback.parquet and
     /// verifications.parquet (for DuckDB, polars, pandas). Safe while a server appends.
     Export {
-        /// The log directory (a server's --data-dir).
+        /// The log: a server's --data-dir, or the PostgreSQL URL replicas share
+        /// (postgres://user@host:port/db).
         #[arg(long)]
-        from_log: PathBuf,
+        from_log: String,
         /// Directory to write the tables into (created when missing; existing tables are never
         /// overwritten).
         #[arg(long)]
@@ -119,9 +122,10 @@ enum Command {
         /// Outcome table (.parquet, .csv or .jsonl).
         #[arg(long, required_unless_present = "from_log")]
         data: Option<PathBuf>,
-        /// Learn from the server's decision and feedback log (its --data-dir).
+        /// Learn from the server's decision and feedback log: its --data-dir, or the PostgreSQL
+        /// URL replicas share (postgres://user@host:port/db).
         #[arg(long)]
-        from_log: Option<PathBuf>,
+        from_log: Option<String>,
         /// Only count what the log holds; train nothing.
         #[arg(long, requires = "from_log")]
         dry_run: bool,
@@ -295,7 +299,7 @@ fn main() -> anyhow::Result<()> {
         #[cfg(feature = "train")]
         Command::Log {
             command: LogCommand::Export { from_log, to, json },
-        } => commands::export_log(&from_log, &to, json),
+        } => commands::export_log(&LogSource::parse(&from_log), &to, json),
         #[cfg(feature = "train")]
         Command::Train {
             data,
@@ -312,11 +316,12 @@ fn main() -> anyhow::Result<()> {
             cache_dir,
         } => {
             if dry_run {
-                return commands::log_counts(from_log.as_deref(), json);
+                let source = from_log.as_deref().map(LogSource::parse);
+                return commands::log_counts(source.as_ref(), json);
             }
             let sources = commands::TrainSources {
                 data,
-                from_log,
+                from_log: from_log.as_deref().map(LogSource::parse),
                 force,
                 strict,
                 cv_folds,

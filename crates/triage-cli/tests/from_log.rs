@@ -99,7 +99,8 @@ async fn dry_run_prints_distinct_counts_as_json() {
             ("r1", "f1", "small", Some(1.0)),
         ] {
             let ack = log
-                .record_feedback(report(request, feedback, model, quality)).await
+                .record_feedback(report(request, feedback, model, quality))
+                .await
                 .expect("feedback");
             if feedback == "f1" && last.is_some() {
                 assert!(matches!(ack, FeedbackAck::Duplicate(_)));
@@ -164,10 +165,12 @@ async fn log_export_writes_one_table_per_kind() {
             accepted: Some("small".into()),
             escalated_to: None,
             api_key: None,
-        }).await
+        })
+        .await
         .expect("verdict");
         let ack = log
-            .record_feedback(report("r1", "f1", "small", Some(1.0))).await
+            .record_feedback(report("r1", "f1", "small", Some(1.0)))
+            .await
             .expect("feedback");
         log.wait_durable(ack.ticket()).await.expect("durable");
     }

@@ -540,9 +540,10 @@ impl Settings {
         {
             return Err(ConfigError::OutOfRange {
                 key: "log.url",
-                problem: "log.backend = \"postgres\" needs log.url = \"postgres://user@host:port/db\" \
+                problem:
+                    "log.backend = \"postgres\" needs log.url = \"postgres://user@host:port/db\" \
                           (or TRIAGE_LOG__URL in the environment)"
-                    .into(),
+                        .into(),
             });
         }
         if self.log.compact_after_segments > 0 && self.log.compact_interval_ms == 0 {

@@ -106,6 +106,11 @@ pub enum StartupError {
     /// The decision and feedback log could not be opened.
     #[error(transparent)]
     Log(#[from] LogError),
+    /// The PostgreSQL store (`log.backend = "postgres"`) could not be reached or prepared.
+    #[error(
+        "log.backend = \"postgres\": {0} (check log.url / TRIAGE_LOG__URL and that the database runs)"
+    )]
+    Postgres(#[from] triage_postgres::PgError),
     /// Binding or serving failed.
     #[error("transport: {0}")]
     Transport(String),

@@ -138,6 +138,11 @@ impl Service {
         self.log.failure()
     }
 
+    /// Writes what the log still has queued (before the process ends).
+    pub async fn close_log(&self) -> Result<(), RouteError> {
+        Ok(self.log.close().await?)
+    }
+
     /// Decisions and distinct feedback reports the log holds.
     pub fn log_counts(&self) -> (usize, usize) {
         self.log.counts()
@@ -301,7 +306,11 @@ impl Service {
     /// corrections). Returns whether it was a retry of a report already stored, which is
     /// acknowledged without being counted again.
     /// Only `caller`, the key that routed the request, may report on it.
-    pub async fn feedback(&self, caller: &Caller, mut record: FeedbackRecord) -> Result<bool, RouteError> {
+    pub async fn feedback(
+        &self,
+        caller: &Caller,
+        mut record: FeedbackRecord,
+    ) -> Result<bool, RouteError> {
         record.api_key = caller.key_name().map(str::to_owned);
         crate::feedback::check(&record, self.max_reported_cost_usd)?;
         // Storing and learning happen on their own task, whatever the caller does: a client

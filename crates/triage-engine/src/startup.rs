@@ -9,8 +9,10 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use triage_core::Settings;
+use triage_core::config::LogBackend;
 use triage_guard::AccessControl;
-use triage_log::{ArchiveFormat, FileEventLog, LogOptions, compact};
+use triage_log::{ArchiveFormat, EventStore, FileEventLog, LogOptions, LogRecord, compact};
+use triage_postgres::{PgEventStore, PgOptions};
 
 use crate::engine::RoutingEngine;
 use crate::error::StartupError;
@@ -19,17 +21,48 @@ use crate::metrics::{Metrics, ModelLabel};
 use crate::scrape::serve_metrics;
 use crate::service::Service;
 
-/// Opens the decision and feedback log (`settings.log.dir`), replaying it into budgets, alerts
-/// and online learning, and returns the service both doors share. With an `archive` format the
-/// log's compacted archives are read too.
+/// Opens the decision and feedback log (`log.backend`: the file log in `settings.log.dir`, or
+/// PostgreSQL at `log.url`), replaying it into budgets, alerts and online learning, and returns
+/// the service both doors share. With an `archive` format the file log's compacted archives
+/// are read too.
 pub async fn open(
     engine: RoutingEngine,
     settings: &Settings,
     archive: Option<Arc<dyn ArchiveFormat>>,
 ) -> Result<Service, StartupError> {
     let access = Arc::new(AccessControl::new(&settings.auth, Path::new("."))?);
+    let log: Arc<dyn EventStore> = match settings.log.backend {
+        LogBackend::File => Arc::new(open_file_log(&engine, settings, archive).await?),
+        LogBackend::Postgres => Arc::new(open_postgres(&engine, settings).await?),
+    };
+    Ok(Service::new(
+        engine,
+        settings.server.limits(),
+        log,
+        settings.log.store_prompts,
+        access,
+        Arc::new(Metrics::new()),
+        settings.server.max_reported_cost_usd,
+    ))
+}
+
+/// Replays one logged record into budgets, alerts and online learning, so they pick up where
+/// they were.
+fn replayer(engine: &RoutingEngine) -> impl FnMut(&LogRecord) + Send + use<> {
+    let (engine, now) = (engine.clone(), chrono::Utc::now());
+    move |record| {
+        engine.controls().replay(record, now);
+        engine.replay_learning(record);
+    }
+}
+
+async fn open_file_log(
+    engine: &RoutingEngine,
+    settings: &Settings,
+    archive: Option<Arc<dyn ArchiveFormat>>,
+) -> Result<FileEventLog, StartupError> {
     let log_settings = settings.log.clone();
-    let replay_engine = engine.clone();
+    let mut replay = replayer(engine);
     let log = tokio::task::spawn_blocking(move || {
         let options = LogOptions {
             dir: log_settings.dir,
@@ -40,26 +73,42 @@ pub async fn open(
                 .then(|| Duration::from_secs(log_settings.retention_days.saturating_mul(86_400))),
             archive,
         };
-        // Budgets, alerts and online learning pick up where they were: the log is replayed
-        // during the scan that recovers it.
-        let controls = replay_engine.controls();
-        let now = chrono::Utc::now();
-        FileEventLog::open_visiting(&options, |record| {
-            controls.replay(record, now);
-            replay_engine.replay_learning(record);
-        })
+        // The file log's read side would scan the directory a second time: history is
+        // replayed during the scan that recovers it.
+        FileEventLog::open_visiting(&options, &mut replay)
     })
     .await
     .map_err(|e| StartupError::Transport(e.to_string()))??;
-    Ok(Service::new(
-        engine,
-        settings.server.limits(),
-        Arc::new(log),
-        settings.log.store_prompts,
-        access,
-        Arc::new(Metrics::new()),
-        settings.server.max_reported_cost_usd,
-    ))
+    Ok(log)
+}
+
+/// Connects to the shared store and replays what every replica wrote within the retention
+/// (spend, breakers' history is not shared: see docs/scaling.md).
+async fn open_postgres(
+    engine: &RoutingEngine,
+    settings: &Settings,
+) -> Result<PgEventStore, StartupError> {
+    let log = &settings.log;
+    let store = PgEventStore::connect(&PgOptions {
+        url: log.url.clone().unwrap_or_default(),
+        pool_size: log.pool_size,
+        queue_capacity: log.queue_capacity,
+        retention_days: log.retention_days,
+    })
+    .await?;
+    let since = (log.retention_days > 0).then(|| {
+        triage_log::now_ms().saturating_sub(log.retention_days.saturating_mul(86_400_000))
+    });
+    let mut replay = replayer(engine);
+    let mut records = 0usize;
+    store
+        .history(since, &mut |record| {
+            records += 1;
+            replay(&record);
+        })
+        .await?;
+    tracing::info!(records, "replayed the shared log");
+    Ok(store)
 }
 
 /// Tasks that run beside the front doors; stopped by [`Background::stop`] or on drop.
@@ -99,6 +148,8 @@ impl Background {
                 Duration::from_millis(ms),
             ));
         }
+        // Compaction is the file log's; a database keeps its own pages.
+        let archive = archive.filter(|_| settings.log.backend == LogBackend::File);
         if let Some(task) = archive.and_then(|format| compact_periodically(settings, format)) {
             tasks.push(task);
         }

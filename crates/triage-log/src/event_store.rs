@@ -14,7 +14,9 @@ use std::pin::Pin;
 use async_trait::async_trait;
 
 use crate::LogError;
-use crate::record::{DecisionRecord, DraftPlanRecord, FeedbackRecord, LogRecord, VerificationRecord};
+use crate::record::{
+    DecisionRecord, DraftPlanRecord, FeedbackRecord, LogRecord, VerificationRecord,
+};
 
 /// Position of a record in the log; await it with [`EventStore::wait_durable`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]

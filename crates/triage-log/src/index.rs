@@ -10,8 +10,8 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
-use crate::record::{DraftPlanRecord, FeedbackRecord, LogRecord};
 use crate::event_store::Ticket;
+use crate::record::{DraftPlanRecord, FeedbackRecord, LogRecord};
 
 /// What the index remembers of a decision: the models feedback may name, the key that may, and
 /// for a verify-then-escalate request its plan and verdict.

@@ -42,17 +42,17 @@ mod store;
 mod writer;
 
 pub use compact::{ArchiveFormat, CompactReport, compact};
+pub use event_store::{
+    Durability, EventStore, FeedbackAck, PlannedRequest, Reserved, SpendReservation, Ticket,
+    VerificationAck,
+};
+pub use index::issued_ms;
 pub use lock::LOCK_FILE;
 pub use record::{
     DecisionRecord, DraftPlanRecord, ErrorKind, FeedbackRecord, LogRecord, LoggedCandidate,
     LoggedDraft, VerificationRecord, decode_features, encode_features,
 };
 pub use segment::{SegmentReport, read_log, read_log_with};
-pub use event_store::{
-    Durability, EventStore, FeedbackAck, PlannedRequest, Reserved, SpendReservation, Ticket,
-    VerificationAck,
-};
-pub use index::issued_ms;
 pub use store::{FileEventLog, LogOptions, now_ms, segment_file};
 
 /// What can go wrong with the log.

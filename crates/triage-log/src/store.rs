@@ -9,15 +9,13 @@ use crossbeam_channel::{Sender, TrySendError};
 use tokio::sync::watch;
 
 use crate::LogError;
+use crate::compact::{ArchiveFormat, Source, read_archive, sources};
 use crate::event_store::{
     Durability, EventStore, FeedbackAck, PlannedRequest, Ticket, VerificationAck,
 };
-use crate::compact::{ArchiveFormat, Source, read_archive, sources};
 use crate::index::{DecidedRequest, Index, issued_ms};
 use crate::lock::DirLock;
-use crate::record::{
-    DecisionRecord, FeedbackRecord, LogRecord, VerificationRecord,
-};
+use crate::record::{DecisionRecord, FeedbackRecord, LogRecord, VerificationRecord};
 use crate::segment::{MAX_RECORD_BYTES, frame, io_error, salvage, scan_segment, segment_path};
 use crate::writer::{Durable, Pending, SegmentWriter, Shared, spawn};
 
@@ -287,7 +285,6 @@ impl FileEventLog {
             .map(FeedbackAck::Stored)
     }
 
-
     fn lock(&self) -> std::sync::MutexGuard<'_, Index> {
         self.index.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -334,7 +331,10 @@ impl EventStore for FileEventLog {
     }
 
     fn record_attempt(&self, attempt: FeedbackRecord) -> Result<bool, LogError> {
-        Ok(matches!(self.take_feedback(attempt)?, FeedbackAck::Stored(_)))
+        Ok(matches!(
+            self.take_feedback(attempt)?,
+            FeedbackAck::Stored(_)
+        ))
     }
 
     async fn planned(

@@ -81,14 +81,16 @@ async fn feedback_is_durable_once_and_survives_reopening() {
         let log = FileEventLog::open(&options(dir.path())).expect("opens");
         log.record_decision(decision("r1")).expect("decision");
         let ack = log
-            .record_feedback(feedback("r1", "f1", 1.0)).await
+            .record_feedback(feedback("r1", "f1", 1.0))
+            .await
             .expect("feedback");
         assert!(matches!(ack, FeedbackAck::Stored(_)));
         log.wait_durable(ack.ticket()).await.expect("durable");
         // Acknowledged means on disk: a reader sees it while the log is still open.
         assert_eq!(feedback_count(dir.path()), 1);
         let retry = log
-            .record_feedback(feedback("r1", "f1", 1.0)).await
+            .record_feedback(feedback("r1", "f1", 1.0))
+            .await
             .expect("retry");
         assert_eq!(retry, FeedbackAck::Duplicate(ack.ticket()));
         assert!(matches!(
@@ -127,10 +129,14 @@ async fn feedback_is_durable_once_and_survives_reopening() {
     );
     // The index was rebuilt: a retry after restart is still a duplicate.
     let retry = log
-        .record_feedback(feedback("r1", "f1", 1.0)).await
+        .record_feedback(feedback("r1", "f1", 1.0))
+        .await
         .expect("retry");
     assert!(matches!(retry, FeedbackAck::Duplicate(_)));
-    let ack = log.record_feedback(feedback("r1", "f4", 0.0)).await.expect("new");
+    let ack = log
+        .record_feedback(feedback("r1", "f4", 0.0))
+        .await
+        .expect("new");
     log.wait_durable(ack.ticket()).await.expect("durable");
     assert_eq!(feedback_count(dir.path()), 2);
 }
@@ -142,7 +148,8 @@ async fn a_torn_tail_is_cut_and_appends_continue_after_valid_data() {
         let log = FileEventLog::open(&options(dir.path())).expect("opens");
         log.record_decision(decision("r1")).expect("decision");
         let ack = log
-            .record_feedback(feedback("r1", "f1", 1.0)).await
+            .record_feedback(feedback("r1", "f1", 1.0))
+            .await
             .expect("feedback");
         log.wait_durable(ack.ticket()).await.expect("durable");
     }
@@ -163,7 +170,8 @@ async fn a_torn_tail_is_cut_and_appends_continue_after_valid_data() {
     let log = FileEventLog::open(&options(dir.path())).expect("recovers");
     assert_eq!(std::fs::metadata(&segment).expect("segment").len(), intact);
     let ack = log
-        .record_feedback(feedback("r1", "f2", 0.0)).await
+        .record_feedback(feedback("r1", "f2", 0.0))
+        .await
         .expect("feedback");
     log.wait_durable(ack.ticket()).await.expect("durable");
     let (records, report) = read_log(dir.path()).expect("reads");
@@ -237,7 +245,8 @@ async fn concurrent_reports_share_fsyncs_and_all_land() {
         let log = std::sync::Arc::clone(&log);
         tasks.push(tokio::spawn(async move {
             let ack = log
-                .record_feedback(feedback("r1", &format!("f{i}"), 1.0)).await
+                .record_feedback(feedback("r1", &format!("f{i}"), 1.0))
+                .await
                 .expect("feedback");
             log.wait_durable(ack.ticket()).await.expect("durable");
         }));
@@ -263,7 +272,8 @@ async fn a_record_too_large_for_a_frame_is_refused_before_it_is_written() {
         log.record_decision(decision("r3"))
             .expect("decision after it");
         let ack = log
-            .record_feedback(feedback("r3", "f1", 1.0)).await
+            .record_feedback(feedback("r3", "f1", 1.0))
+            .await
             .expect("feedback");
         log.wait_durable(ack.ticket()).await.expect("durable");
     }
@@ -297,7 +307,8 @@ async fn damage_in_the_middle_costs_one_record_and_the_file_is_kept_aside() {
                 .expect("decision");
         }
         let ack = log
-            .record_feedback(feedback("r2", "f1", 1.0)).await
+            .record_feedback(feedback("r2", "f1", 1.0))
+            .await
             .expect("feedback");
         log.wait_durable(ack.ticket()).await.expect("durable");
     }
@@ -331,7 +342,8 @@ async fn damage_in_the_middle_costs_one_record_and_the_file_is_kept_aside() {
         "kept as found"
     );
     let ack = log
-        .record_feedback(feedback("r0", "f2", 0.0)).await
+        .record_feedback(feedback("r0", "f2", 0.0))
+        .await
         .expect("appends after the intact records");
     log.wait_durable(ack.ticket()).await.expect("durable");
     drop(log);
@@ -375,7 +387,8 @@ async fn decisions_past_the_retention_are_forgotten_and_not_read_at_start() {
             Err(LogError::ExpiredRequest(id, 35)) if id == old_id
         ));
         assert!(matches!(
-            log.record_feedback(feedback("never-issued", "f", 1.0)).await,
+            log.record_feedback(feedback("never-issued", "f", 1.0))
+                .await,
             Err(LogError::UnknownRequest(_))
         ));
     }

@@ -137,7 +137,10 @@ impl PgEventStore {
         if let Some(oldest) = oldest_day(options.retention_days) {
             let dropped = schema::drop_before(&mut client, oldest).await?;
             if dropped > 0 {
-                tracing::info!(dropped, "PostgreSQL log: partitions past the retention dropped");
+                tracing::info!(
+                    dropped,
+                    "PostgreSQL log: partitions past the retention dropped"
+                );
             }
         }
         drop(client);
@@ -226,6 +229,31 @@ impl PgEventStore {
     }
 }
 
+/// Every record in the database at `url`, oldest first, read over one plain connection (no
+/// migrations, no writer): for training and export, which only read.
+pub async fn read_records(url: &str) -> Result<Vec<LogRecord>, PgError> {
+    let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
+    let connection = tokio::spawn(connection);
+    let mut records = Vec::new();
+    let read = read::history(&client, None, &mut |r| records.push(r)).await;
+    drop(client);
+    let _ = connection.await;
+    read.map(|()| records)
+}
+
+/// Whether a `--from-log` argument names a database rather than a directory.
+pub fn is_url(source: &str) -> bool {
+    source.starts_with("postgres://") || source.starts_with("postgresql://")
+}
+
+/// `url` without its credentials, for messages and logs.
+pub fn redacted(url: &str) -> String {
+    match (url.split_once("://"), url.rsplit_once('@')) {
+        (Some((scheme, _)), Some((_, host))) => format!("{scheme}://…@{host}"),
+        _ => url.to_owned(),
+    }
+}
+
 /// Unknown, or expired when its id says it was issued before the retention's cutoff.
 pub(crate) fn missing_request(request_id: &str, retention_days: u64) -> LogError {
     let id = request_id.to_owned();
@@ -249,9 +277,8 @@ pub(crate) fn day_of(ms: u64) -> i32 {
 
 /// The first day the retention keeps (`None`: keeps everything).
 pub(crate) fn oldest_day(retention_days: u64) -> Option<i32> {
-    (retention_days > 0).then(|| {
-        day_of(now_ms()).saturating_sub(i32::try_from(retention_days).unwrap_or(i32::MAX))
-    })
+    (retention_days > 0)
+        .then(|| day_of(now_ms()).saturating_sub(i32::try_from(retention_days).unwrap_or(i32::MAX)))
 }
 
 #[async_trait]
@@ -336,7 +363,8 @@ impl EventStore for PgEventStore {
         since_ms: Option<u64>,
         visit: &mut (dyn FnMut(LogRecord) + Send),
     ) -> Result<(), LogError> {
-        Ok(read::history(&self.pool, since_ms, visit).await?)
+        let client = self.pool.get().await.map_err(PgError::from)?;
+        Ok(read::history(&client, since_ms, visit).await?)
     }
 
     fn counts(&self) -> (usize, usize) {

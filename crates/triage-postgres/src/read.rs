@@ -116,7 +116,11 @@ fn check(
     let Some(d) = decided else {
         return Err(missing_request(&f.request_id, retention_days));
     };
-    if !d.candidates.split(CANDIDATE_SEPARATOR).any(|m| m == f.model) {
+    if !d
+        .candidates
+        .split(CANDIDATE_SEPARATOR)
+        .any(|m| m == f.model)
+    {
         let names: Vec<&str> = d.candidates.split(CANDIDATE_SEPARATOR).collect();
         return Err(LogError::InvalidRecord(format!(
             "model {:?} was not a candidate of request {}; name the model actually used, one of {}",
@@ -323,7 +327,7 @@ pub(crate) async fn planned(
 /// Streams every record since `since_ms` to `visit`: ordered by time, a decision before the
 /// reports and verdicts written in the same millisecond.
 pub(crate) async fn history(
-    pool: &Pool,
+    client: &tokio_postgres::Client,
     since_ms: Option<u64>,
     visit: &mut (dyn FnMut(LogRecord) + Send),
 ) -> Result<(), PgError> {
@@ -331,7 +335,6 @@ pub(crate) async fn history(
     // Reports lie in their request's partition, which is never newer than the report.
     let first_day = day_of(since);
     let since = i64::try_from(since).unwrap_or(i64::MAX);
-    let client = pool.get().await?;
     let statement = client
         .prepare(
             "SELECT kind, record FROM (

@@ -186,7 +186,9 @@ impl Writer {
             .iter()
             .filter(|o| matches!(o, Ok(FeedbackAck::Stored(_))))
             .count();
-        self.state.feedback.fetch_add(new_reports, Ordering::Relaxed);
+        self.state
+            .feedback
+            .fetch_add(new_reports, Ordering::Relaxed);
         let mut reports = outcomes.reports.into_iter();
         let mut verdicts = outcomes.verdicts.into_iter();
         let lost = || LogError::Unavailable("the record lost its place in the group".into());
@@ -252,10 +254,7 @@ impl Writer {
     /// Checks that the database answers; health follows.
     async fn ping(&mut self) {
         let answered = match self.pool.get().await {
-            Ok(client) => client
-                .simple_query("SELECT 1")
-                .await
-                .map_err(PgError::from),
+            Ok(client) => client.simple_query("SELECT 1").await.map_err(PgError::from),
             Err(e) => Err(PgError::from(e)),
         };
         match answered {
@@ -356,7 +355,10 @@ fn answer(items: Vec<Item>, error: &LogError) {
 /// a catalog name holds).
 pub(crate) const CANDIDATE_SEPARATOR: char = '\u{1}';
 
-async fn insert_decisions(tx: &Transaction<'_>, decisions: &[&DecisionRecord]) -> Result<(), PgError> {
+async fn insert_decisions(
+    tx: &Transaction<'_>,
+    decisions: &[&DecisionRecord],
+) -> Result<(), PgError> {
     if decisions.is_empty() {
         return Ok(());
     }

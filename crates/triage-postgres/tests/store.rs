@@ -101,7 +101,8 @@ async fn two_replicas_share_decisions_reports_and_retries() {
         Err(LogError::ConflictingFeedback(_))
     ));
     assert!(matches!(
-        b.record_feedback(report(&id, "f2", Some("other"), 0.0)).await,
+        b.record_feedback(report(&id, "f2", Some("other"), 0.0))
+            .await,
         Err(LogError::NotYourRequest(_))
     ));
     let mut wrong_model = report(&id, "f3", Some("k"), 0.0);
@@ -111,7 +112,8 @@ async fn two_replicas_share_decisions_reports_and_retries() {
         other => panic!("{other:?}"),
     }
     assert!(matches!(
-        b.record_feedback(report("not-an-id\u{0}", "f4", Some("k"), 0.0)).await,
+        b.record_feedback(report("not-an-id\u{0}", "f4", Some("k"), 0.0))
+            .await,
         Err(LogError::UnknownRequest(_))
     ));
     // Issued long ago and never stored: unknown at once, no waiting for lag.
@@ -129,7 +131,10 @@ async fn two_replicas_share_decisions_reports_and_retries() {
     assert!(started.elapsed() < Duration::from_secs(1));
     // The gateway's own call records go in without waiting; a fresh store reads everything
     // back, each record once, the decision first.
-    assert!(a.record_attempt(report(&id, "gateway:1", Some("k"), 0.0)).expect("queued"));
+    assert!(
+        a.record_attempt(report(&id, "gateway:1", Some("k"), 0.0))
+            .expect("queued")
+    );
     a.close().await.expect("flushed");
     let reader = store(&cluster, 16).await;
     let mut seen = Vec::new();
@@ -147,7 +152,9 @@ async fn two_replicas_share_decisions_reports_and_retries() {
         .collect();
     assert_eq!(kinds, ["decision", "feedback", "feedback"]);
     match &seen[0] {
-        LogRecord::Decision(d) => assert_eq!(d.prompt.as_deref(), Some("a prompt with a NUL \u{0} in it")),
+        LogRecord::Decision(d) => {
+            assert_eq!(d.prompt.as_deref(), Some("a prompt with a NUL \u{0} in it"))
+        }
         other => panic!("{other:?}"),
     }
     assert_eq!(b.counts().1, 1, "b stored one new report");
@@ -194,18 +201,29 @@ async fn a_budget_holds_across_replicas_and_reports_settle_it() {
 
     // A report replaces its request's prediction with the real cost; a second adds its own.
     let id = request_id();
-    let reserved = a.reserve_spend(reservation(id.clone())).await.expect("answers");
-    assert!(matches!(reserved, Reserved::Refused { .. }), "the day is full");
+    let reserved = a
+        .reserve_spend(reservation(id.clone()))
+        .await
+        .expect("answers");
+    assert!(
+        matches!(reserved, Reserved::Refused { .. }),
+        "the day is full"
+    );
     let c = store(&cluster, 64).await;
     let id2 = request_id();
-    c.record_decision(decision(&id2, Some("team"), 0.03)).expect("queued");
+    c.record_decision(decision(&id2, Some("team"), 0.03))
+        .expect("queued");
     b.record_feedback(report(&id2, "s1", Some("team"), 0.01))
         .await
         .expect("stored");
     b.record_feedback(report(&id2, "s2", Some("team"), 0.005))
         .await
         .expect("stored");
-    match a.reserve_spend(reservation(request_id())).await.expect("answers") {
+    match a
+        .reserve_spend(reservation(request_id()))
+        .await
+        .expect("answers")
+    {
         Reserved::Refused { day_usd, .. } => {
             let expected = 33.0 * 0.03 - 0.03 + 0.01 + 0.005;
             assert!((day_usd - expected).abs() < 1e-9, "{day_usd} vs {expected}");
@@ -221,11 +239,15 @@ async fn an_outage_refuses_reports_buffers_decisions_and_loses_nothing() {
     };
     let log = store(&cluster, 8).await;
     let before = request_id();
-    log.record_decision(decision(&before, None, 0.001)).expect("queued");
+    log.record_decision(decision(&before, None, 0.001))
+        .expect("queued");
     log.close().await.expect("written");
     cluster.stop();
     let refused = log.record_feedback(report(&before, "r1", None, 0.0)).await;
-    assert!(matches!(refused, Err(LogError::Unavailable(_))), "{refused:?}");
+    assert!(
+        matches!(refused, Err(LogError::Unavailable(_))),
+        "{refused:?}"
+    );
     assert!(log.failure().is_some(), "health follows the outage");
     // Decisions wait in the bounded queue (the writer holds some in its group), then are shed.
     let mut buffered = Vec::new();
@@ -238,7 +260,10 @@ async fn an_outage_refuses_reports_buffers_decisions_and_loses_nothing() {
         assert!(buffered.len() < 100, "the queue is bounded");
     };
     assert!(matches!(full, LogError::Full), "{full:?}");
-    assert!(log.refuses_decisions().is_none(), "routing is shed by the queue, not stopped");
+    assert!(
+        log.refuses_decisions().is_none(),
+        "routing is shed by the queue, not stopped"
+    );
     cluster.resume();
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while log.failure().is_some() {
@@ -275,7 +300,10 @@ async fn a_plan_is_verified_once_from_any_replica() {
         escalation: vec!["big".into()],
     });
     a.record_decision(planned).expect("queued");
-    let plan = a.planned(&id, Some("k")).await.expect("its own, still queued");
+    let plan = a
+        .planned(&id, Some("k"))
+        .await
+        .expect("its own, still queued");
     assert_eq!(plan.plan.drafts, ["small"]);
     assert!(!plan.verified);
     assert!(matches!(
@@ -293,9 +321,15 @@ async fn a_plan_is_verified_once_from_any_replica() {
         escalated_to: Some("big".into()),
         api_key: Some("k".into()),
     };
-    let first = b.record_verification(verdict.clone()).await.expect("stored");
+    let first = b
+        .record_verification(verdict.clone())
+        .await
+        .expect("stored");
     assert!(matches!(first, VerificationAck::Stored(_)));
-    let again = a.record_verification(verdict.clone()).await.expect("a retry");
+    let again = a
+        .record_verification(verdict.clone())
+        .await
+        .expect("a retry");
     assert_eq!(again, VerificationAck::Duplicate);
     let mut other = verdict;
     other.accepted = Some("small".into());
@@ -305,7 +339,8 @@ async fn a_plan_is_verified_once_from_any_replica() {
     ));
     assert!(b.planned(&id, Some("k")).await.expect("found").verified);
     let plain = request_id();
-    a.record_decision(decision(&plain, Some("k"), 0.001)).expect("queued");
+    a.record_decision(decision(&plain, Some("k"), 0.001))
+        .expect("queued");
     assert!(matches!(
         b.planned(&plain, Some("k")).await,
         Err(LogError::NotPlanned(_))

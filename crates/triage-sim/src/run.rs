@@ -295,7 +295,7 @@ pub fn simulate(o: &SimOptions) -> Result<SimReport, SimError> {
         }
         let mut candidate_aiq = None;
         let verdict = match train(&TrainOptions {
-            from_log: Some(log_dir.clone()),
+            from_log: Some(log_dir.clone().into()),
             ..train_options(
                 o,
                 o.seed_models.as_ref().map(|_| o.data.clone()),

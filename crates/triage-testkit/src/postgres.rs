@@ -32,8 +32,8 @@ impl PgCluster {
             );
             return None;
         };
-        let scratch = std::env::var_os("TRIAGE_PG_SCRATCH")
-            .map_or_else(std::env::temp_dir, PathBuf::from);
+        let scratch =
+            std::env::var_os("TRIAGE_PG_SCRATCH").map_or_else(std::env::temp_dir, PathBuf::from);
         let root = scratch.join(format!(
             "triage-pg-{}-{}",
             std::process::id(),
@@ -55,13 +55,25 @@ impl PgCluster {
         };
         let data = cluster.data();
         let mut initdb = cluster.command("initdb");
-        run(initdb
-            .arg("-D")
-            .arg(&data)
-            .args(["-U", "triage", "--auth=trust", "-E", "UTF8", "--no-instructions"]));
+        run(initdb.arg("-D").arg(&data).args([
+            "-U",
+            "triage",
+            "--auth=trust",
+            "-E",
+            "UTF8",
+            "--no-instructions",
+        ]));
         cluster.resume();
         let mut createdb = cluster.command("createdb");
-        run(createdb.args(["-h", "127.0.0.1", "-p", &cluster.port.to_string(), "-U", "triage", "triage"]));
+        run(createdb.args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &cluster.port.to_string(),
+            "-U",
+            "triage",
+            "triage",
+        ]));
         Some(cluster)
     }
 
@@ -168,7 +180,12 @@ fn unprivileged_user() -> String {
             .output()
             .is_ok_and(|o| o.status.success())
     };
-    if exists("postgres") { "postgres" } else { "nobody" }.to_owned()
+    if exists("postgres") {
+        "postgres"
+    } else {
+        "nobody"
+    }
+    .to_owned()
 }
 
 fn set_mode(path: &Path, mode: u32) -> std::io::Result<()> {

@@ -8,7 +8,7 @@
 //! reports by feedback id, and several reports on one (request, model) keep the latest.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::PathBuf;
 
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -60,6 +60,72 @@ fn fitting_weight(decision: &DecisionRecord, model: &str) -> f64 {
     }
 }
 
+/// Where a log is read from: a server's `--data-dir`, or the PostgreSQL database replicas
+/// share (`--from-log postgres://…`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LogSource {
+    /// Segments and Parquet archives in a directory.
+    Dir(PathBuf),
+    /// A `postgres://` URL.
+    Postgres(String),
+}
+
+impl LogSource {
+    /// A URL (`postgres://…`, `postgresql://…`) or else a directory.
+    pub fn parse(source: &str) -> Self {
+        if triage_postgres::is_url(source) {
+            LogSource::Postgres(source.to_owned())
+        } else {
+            LogSource::Dir(PathBuf::from(source))
+        }
+    }
+
+    /// Every record, oldest first (a tail still being written is left out).
+    pub fn records(&self) -> Result<Vec<LogRecord>, TrainError> {
+        match self {
+            LogSource::Dir(dir) => {
+                if !dir.is_dir() {
+                    return Err(TrainError::Data(format!(
+                        "{}: no such log directory (the server's --data-dir, or a postgres:// URL)",
+                        dir.display()
+                    )));
+                }
+                let (records, report) = read_log_with(dir, Some(&triage_archive::ParquetArchive))
+                    .map_err(|e| TrainError::Data(e.to_string()))?;
+                if report.torn_bytes > 0 {
+                    tracing::info!(
+                        bytes = report.torn_bytes,
+                        "log tail not yet complete; left out"
+                    );
+                }
+                Ok(records)
+            }
+            LogSource::Postgres(url) => tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| TrainError::Data(format!("cannot start a runtime: {e}")))?
+                .block_on(triage_postgres::read_records(url))
+                .map_err(|e| TrainError::Data(format!("{self}: {e}"))),
+        }
+    }
+}
+
+impl From<PathBuf> for LogSource {
+    fn from(dir: PathBuf) -> Self {
+        LogSource::Dir(dir)
+    }
+}
+
+impl std::fmt::Display for LogSource {
+    /// The directory, or the URL without its credentials.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LogSource::Dir(dir) => write!(f, "{}", dir.display()),
+            LogSource::Postgres(url) => f.write_str(&triage_postgres::redacted(url)),
+        }
+    }
+}
+
 /// The log, de-duplicated and joined.
 #[derive(Clone, Debug)]
 pub struct LoggedData {
@@ -77,22 +143,9 @@ pub struct LoggedData {
 }
 
 impl LoggedData {
-    /// Reads and joins the log in `dir` (read-only; a running server may keep appending).
-    pub fn read(dir: &Path) -> Result<Self, TrainError> {
-        if !dir.is_dir() {
-            return Err(TrainError::Data(format!(
-                "{}: no such log directory (the server's --data-dir)",
-                dir.display()
-            )));
-        }
-        let (records, report) = read_log_with(dir, Some(&triage_archive::ParquetArchive))
-            .map_err(|e| TrainError::Data(e.to_string()))?;
-        if report.torn_bytes > 0 {
-            tracing::info!(
-                bytes = report.torn_bytes,
-                "log tail not yet complete; left out"
-            );
-        }
+    /// Reads and joins the log at `source` (read-only; running servers may keep appending).
+    pub fn read(source: &LogSource) -> Result<Self, TrainError> {
+        let records = source.records()?;
         let mut decisions: Vec<DecisionRecord> = Vec::new();
         let mut by_request: HashMap<String, usize> = HashMap::new();
         let mut reports: Vec<FeedbackRecord> = Vec::new();

@@ -17,8 +17,8 @@ use crate::table::{Outcomes, Split};
 pub struct TrainOptions {
     /// Outcome table (a seed dataset; optional when training from the log).
     pub data: Option<PathBuf>,
-    /// The server's decision and feedback log directory, to learn from usage.
-    pub from_log: Option<PathBuf>,
+    /// The server's decision and feedback log (a directory or a database), to learn from usage.
+    pub from_log: Option<crate::logdata::LogSource>,
     /// Replace the policy at `out` even if the gate says the new one is worse.
     pub force: bool,
     /// Refuse an outcome table with holes (an empty or NaN quality or cost) instead of leaving

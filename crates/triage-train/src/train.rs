@@ -42,7 +42,7 @@ pub fn train(options: &TrainOptions) -> Result<TrainReport, TrainError> {
     let catalog = options.catalog()?;
     let logged = options
         .from_log
-        .as_deref()
+        .as_ref()
         .map(LoggedData::read)
         .transpose()?;
     let prepared = match (&options.data, &logged) {

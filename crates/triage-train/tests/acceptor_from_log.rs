@@ -136,7 +136,8 @@ async fn write_traffic(dir: &std::path::Path) {
             accepted: agree.then(|| DRAFTS[0].into()),
             escalated_to: (!agree).then(|| DEAR.into()),
             api_key: None,
-        }).await
+        })
+        .await
         .expect("verdict");
         // A judge scored every answer: the drafts and the escalation.
         for (n, (model, good)) in [
@@ -149,7 +150,8 @@ async fn write_traffic(dir: &std::path::Path) {
         {
             let q = if good { 1.0 } else { 0.0 };
             last = Some(
-                log.record_feedback(report(&id, model, q, n)).await
+                log.record_feedback(report(&id, model, q, n))
+                    .await
                     .expect("report")
                     .ticket(),
             );

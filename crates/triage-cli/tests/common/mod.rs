@@ -27,6 +27,14 @@ pub fn spawn_with_gateway(data_dir: &Path, config: &Path) -> (Child, String, Str
     (child, urls[0].clone(), urls[1].clone())
 }
 
+/// Starts `triage serve` (gRPC only) with `config` and `env`; returns it with its URL.
+pub fn spawn_with_config(data_dir: &Path, config: &Path, env: &[(&str, &str)]) -> (Child, String) {
+    let config = config.to_string_lossy().into_owned();
+    let args = ["--config", config.as_str(), "--http-listen", "off"];
+    let (child, mut urls) = spawn(data_dir, env, &args, 1);
+    (child, urls.remove(0))
+}
+
 fn spawn(
     data_dir: &Path,
     env: &[(&str, &str)],
