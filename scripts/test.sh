@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sets up everything (idempotent), then runs the whole test suite: formatting, clippy, the Rust
 # tests (real ONNX encoder, real gRPC and HTTP servers on loopback port 0, a local LLM upstream)
-# and the client tests in Python and Node (official `openai` packages, gRPC clients).
+# and the client tests in Python and Node (official `openai` packages, gRPC clients), and the
+# shared store's tests on throwaway PostgreSQL clusters.
 # The cargo target directory defaults to one outside the clone so that fresh clones on the same
 # machine reuse compiled dependencies (polars takes long to build the first time).
 set -euo pipefail
@@ -16,6 +17,20 @@ bash scripts/setup.sh
 bash scripts/setup-python.sh
 bash scripts/setup-node.sh
 bash scripts/setup-mono.sh
+bash scripts/setup-postgres.sh
+
+# Tests that need PostgreSQL start throwaway clusters under this directory; whatever happens
+# (a failure, an interrupt), none outlives the run.
+TRIAGE_PG_SCRATCH=$(mktemp -d)
+chmod 755 "$TRIAGE_PG_SCRATCH"
+export TRIAGE_PG_SCRATCH
+stop_clusters() {
+    for pid_file in "$TRIAGE_PG_SCRATCH"/*/data/postmaster.pid; do
+        [ -f "$pid_file" ] && kill -QUIT "$(head -1 "$pid_file")" 2>/dev/null || true
+    done
+    rm -rf "$TRIAGE_PG_SCRATCH"
+}
+trap stop_clusters EXIT
 
 # The tests on real outcome tables (training, evaluation, simulation) skip without them, and
 # cargo hides a passing test's output: say so here, where it is seen.

@@ -535,6 +535,12 @@ impl Settings {
                 ),
             });
         }
+        if self.log.pool_size == 0 {
+            return Err(ConfigError::OutOfRange {
+                key: "log.pool_size",
+                problem: "must be at least 1 (PostgreSQL connections per replica)".into(),
+            });
+        }
         if self.log.backend == LogBackend::Postgres
             && self.log.url.as_deref().is_none_or(|u| u.trim().is_empty())
         {
@@ -710,6 +716,30 @@ mod tests {
 
     #[test]
     #[allow(clippy::result_large_err)] // figment's Jail fixes the closure's error type
+    fn the_database_url_comes_from_the_environment() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("t.toml");
+        std::fs::write(&path, "[log]\nbackend = \"postgres\"\n").expect("write");
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("TRIAGE_LOG__URL", "postgres://triage:secret@db:5432/triage");
+            let s = Settings::load(Some(&path)).map_err(|e| e.to_string())?;
+            assert_eq!(s.log.backend, LogBackend::Postgres);
+            assert_eq!(
+                s.log.url.as_deref(),
+                Some("postgres://triage:secret@db:5432/triage")
+            );
+            Ok(())
+        });
+        let defaults = Settings::load_with_env(None, no_env()).expect("defaults load");
+        assert_eq!(
+            defaults.log.backend,
+            LogBackend::File,
+            "no database by default"
+        );
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail fixes the closure's error type
     fn file_and_environment_override_defaults() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("t.toml");
@@ -758,6 +788,10 @@ mod tests {
             ("health", "half_open_probes = 0", "health"),
             ("health", "max_retry_after_secs = -1.0", "health"),
             ("server", "drain_secs = inf", "server.drain_secs"),
+            ("log", "backend = \"postgres\"", "log.url"),
+            ("log", "backend = \"postgres\"\nurl = \" \"", "log.url"),
+            ("log", "backend = \"mysql\"", "backend"),
+            ("log", "pool_size = 0", "log.pool_size"),
         ] {
             let bad = dir.path().join("bad.toml");
             std::fs::write(&bad, format!("[{section}]\n{line}\n")).expect("write");

@@ -10,12 +10,15 @@ pub const MAX_FEEDBACK_ID_BYTES: usize = 128;
 /// Refuses a `request_id` no decision could have (empty, or longer than any id Triage issues):
 /// feedback and `Verify` name one, and the errors that follow repeat it.
 pub fn check_request_id(request_id: &str) -> Result<(), InvalidRequest> {
-    if request_id.trim().is_empty() || request_id.len() > MAX_FEEDBACK_ID_BYTES {
+    if request_id.trim().is_empty()
+        || request_id.len() > MAX_FEEDBACK_ID_BYTES
+        || request_id.contains('\0')
+    {
         return Err(InvalidRequest::new(
             "request_id",
             format!(
-                "must be 1..={MAX_FEEDBACK_ID_BYTES} bytes; send the request_id that the routed \
-                 call returned"
+                "must be 1..={MAX_FEEDBACK_ID_BYTES} bytes without NUL characters; send the \
+                 request_id that the routed call returned"
             ),
         ));
     }
@@ -26,12 +29,15 @@ pub fn check_request_id(request_id: &str) -> Result<(), InvalidRequest> {
 /// above `max_cost_usd` included).
 pub fn check(f: &FeedbackRecord, max_cost_usd: f64) -> Result<(), InvalidRequest> {
     check_request_id(&f.request_id)?;
-    if f.feedback_id.trim().is_empty() || f.feedback_id.len() > MAX_FEEDBACK_ID_BYTES {
+    if f.feedback_id.trim().is_empty()
+        || f.feedback_id.len() > MAX_FEEDBACK_ID_BYTES
+        || f.feedback_id.contains('\0')
+    {
         return Err(InvalidRequest::new(
             "feedback_id",
             format!(
-                "must be 1..={MAX_FEEDBACK_ID_BYTES} bytes; use a fresh id (e.g. a UUID) per \
-                 report and the same id when retrying it"
+                "must be 1..={MAX_FEEDBACK_ID_BYTES} bytes without NUL characters; use a fresh \
+                 id (e.g. a UUID) per report and the same id when retrying it"
             ),
         ));
     }

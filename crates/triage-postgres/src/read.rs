@@ -219,6 +219,9 @@ async fn settle(tx: &Transaction<'_>, reports: &[&FeedbackRecord]) -> Result<(),
             entry.1 += delta;
         }
     }
+    if deltas.is_empty() {
+        return Ok(());
+    }
     let mut keys: Vec<(&String, &(f64, f64))> = deltas.iter().collect();
     keys.sort_by(|a, b| a.0.cmp(b.0));
     let names: Vec<&str> = keys.iter().map(|(k, _)| k.as_str()).collect();

@@ -170,7 +170,7 @@ async fn train_from_log_retrains_the_acceptor_from_logged_draft_evidence() {
     let out = dir.path().join("policy.json");
     let mut o = options(root().join("unused"), out.clone());
     o.data = None;
-    o.from_log = Some(log_dir);
+    o.from_log = Some(log_dir.into());
     o.force = true;
     let report = tokio::task::spawn_blocking(move || triage_train::train(&o))
         .await
