@@ -317,4 +317,40 @@ async fn two_replicas_lose_no_acknowledged_report_through_a_kill_and_a_database_
         child.kill().expect("stop");
         child.wait().expect("reaped");
     }
+
+    // Training and export read every replica's records from the database.
+    let counts: serde_json::Value = serde_json::from_str(&common::triage(&[
+        "train",
+        "--from-log",
+        &url,
+        "--dry-run",
+        "--json",
+    ]))
+    .expect("JSON");
+    // Every acknowledged report, "first" and "late"; at most one more per client: a report
+    // committed whose answer the kill or the outage cut off (never acknowledged, rightly).
+    let reports = (acked.len() + 2) as u64;
+    let counted = counts["feedback"].as_u64().unwrap_or_default();
+    assert!(
+        (reports..=reports + 4).contains(&counted),
+        "{counts} vs {reports} acknowledged"
+    );
+    assert!(
+        counts["decisions"].as_u64().is_some_and(|d| d >= 17),
+        "{counts}"
+    );
+    let tables = tempfile::tempdir().expect("dir");
+    let out = tables.path().join("t");
+    let exported: serde_json::Value = serde_json::from_str(&common::triage(&[
+        "log",
+        "export",
+        "--from-log",
+        &url,
+        "--to",
+        &out.to_string_lossy(),
+        "--json",
+    ]))
+    .expect("JSON");
+    assert_eq!(exported["feedback"].as_u64(), Some(counted), "{exported}");
+    assert!(out.join("decisions.parquet").is_file());
 }
