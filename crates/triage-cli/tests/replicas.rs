@@ -196,17 +196,14 @@ async fn two_replicas_lose_no_acknowledged_report_through_a_kill_and_a_database_
         }));
     }
     let count = || acked.lock().expect("lock").len();
-    let wait_for = |n: usize| {
-        let count = count.clone();
-        async move {
-            for _ in 0..600 {
-                if count() >= n {
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(25)).await;
+    let wait_for = |n: usize| async move {
+        for _ in 0..600 {
+            if count() >= n {
+                return;
             }
-            panic!("only {} reports acknowledged", count());
+            tokio::time::sleep(Duration::from_millis(25)).await;
         }
+        panic!("only {} reports acknowledged", count());
     };
     wait_for(200).await;
     b.kill().expect("SIGKILL B mid-stream");

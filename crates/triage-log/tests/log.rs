@@ -142,6 +142,33 @@ async fn feedback_is_durable_once_and_survives_reopening() {
 }
 
 #[tokio::test]
+async fn history_reads_back_what_was_written_since_a_time() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = FileEventLog::open(&options(dir.path())).expect("opens");
+    let mut early = decision("r1");
+    early.time_ms = 1_000;
+    let mut late = decision("r2");
+    late.time_ms = 5_000;
+    log.record_decision(early).expect("queued");
+    log.record_decision(late).expect("queued");
+    let mut report = feedback("r2", "f1", 1.0);
+    report.time_ms = 6_000;
+    let ack = log.record_feedback(report).await.expect("stored");
+    log.wait_durable(ack.ticket()).await.expect("durable");
+    let mut all = Vec::new();
+    log.history(None, &mut |r| all.push(r))
+        .await
+        .expect("reads");
+    assert_eq!(all.len(), 3);
+    let mut recent = Vec::new();
+    log.history(Some(5_000), &mut |r| recent.push(r))
+        .await
+        .expect("reads");
+    let ids: Vec<u64> = recent.iter().map(LogRecord::time_ms).collect();
+    assert_eq!(ids, [5_000, 6_000]);
+}
+
+#[tokio::test]
 async fn a_torn_tail_is_cut_and_appends_continue_after_valid_data() {
     let dir = tempfile::tempdir().expect("tempdir");
     {

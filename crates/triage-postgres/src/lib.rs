@@ -184,36 +184,41 @@ impl PgEventStore {
             .map_err(|_| LogError::WriterStopped("the PostgreSQL writer has ended".into()))?
     }
 
-    /// Runs `attempt` again while it says the request is unknown and the request is recent
-    /// enough to be on its way from another replica; still unknown then: `Unavailable` while
-    /// within [`DECISION_LAG`], the unknown-request error after.
+    /// Runs `attempt` again once the request's decision is stored, while it says the request
+    /// is unknown and the request is recent enough to be on its way from another replica. The
+    /// waiting is a cheap lookup, not a trip through the writer, so reports on made-up recent
+    /// ids cost the writer one check each. Still unknown after 2 s: `Unavailable` ("not stored
+    /// yet"); not recent: the unknown-request error at once.
     async fn tolerating_lag<T, F, Fut>(&self, request_id: &str, attempt: F) -> Result<T, LogError>
     where
         F: Fn() -> Fut,
         Fut: std::future::Future<Output = Result<T, LogError>>,
     {
-        let mut pause = Duration::from_millis(20);
+        let mut pause = Duration::from_millis(10);
         let mut waited = Duration::ZERO;
         loop {
-            match attempt().await {
-                Err(LogError::UnknownRequest(id)) => {
-                    let recent = issued_ms(&id).is_some_and(|at| {
-                        now_ms().saturating_sub(at) < DECISION_LAG.as_millis() as u64
-                    });
-                    if !recent {
-                        return Err(LogError::UnknownRequest(id));
-                    }
-                    if waited >= Duration::from_secs(2) {
-                        return Err(LogError::Unavailable(format!(
-                            "request_id {request_id:?} is not stored yet (the replica that \
-                             routed it is still writing it); retry in a moment"
-                        )));
-                    }
-                    tokio::time::sleep(pause).await;
-                    waited += pause;
-                    pause = (pause * 2).min(Duration::from_millis(500));
-                }
+            let missing = match attempt().await {
+                Err(LogError::UnknownRequest(id)) => id,
                 other => return other,
+            };
+            let recent = issued_ms(&missing)
+                .is_some_and(|at| now_ms().saturating_sub(at) < DECISION_LAG.as_millis() as u64);
+            let Some(day) = request_day(&missing).filter(|_| recent) else {
+                return Err(LogError::UnknownRequest(missing));
+            };
+            loop {
+                if waited >= Duration::from_secs(2) {
+                    return Err(LogError::Unavailable(format!(
+                        "request_id {request_id:?} is not stored yet (the replica that routed \
+                         it is still writing it); retry in a moment"
+                    )));
+                }
+                tokio::time::sleep(pause).await;
+                waited += pause;
+                pause = (pause * 2).min(Duration::from_millis(400));
+                if read::is_decided(&self.pool, day, request_id).await? {
+                    break;
+                }
             }
         }
     }

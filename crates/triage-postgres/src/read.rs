@@ -295,6 +295,18 @@ pub(crate) async fn reserve(pool: &Pool, r: &SpendReservation) -> Result<Reserve
     })
 }
 
+/// Whether the decision `request_id` is stored.
+pub(crate) async fn is_decided(pool: &Pool, day: i32, request_id: &str) -> Result<bool, PgError> {
+    let client = pool.get().await?;
+    Ok(client
+        .query_opt(
+            "SELECT 1 FROM decisions WHERE day = $1 AND request_id = $2",
+            &[&day, &request_id],
+        )
+        .await?
+        .is_some())
+}
+
 /// The plan of a verify-then-escalate request, for the key that routed it.
 pub(crate) async fn planned(
     pool: &Pool,

@@ -129,6 +129,17 @@ async fn two_replicas_share_decisions_reports_and_retries() {
         Err(LogError::UnknownRequest(_))
     ));
     assert!(started.elapsed() < Duration::from_secs(1));
+    // Made up, recent: waited for briefly (it could be on its way from another replica), then
+    // "not stored yet", never a hang.
+    let started = std::time::Instant::now();
+    match b
+        .record_feedback(report(&request_id(), "f6", Some("k"), 0.0))
+        .await
+    {
+        Err(LogError::Unavailable(m)) => assert!(m.contains("not stored yet"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(started.elapsed() < Duration::from_secs(4));
     // The gateway's own call records go in without waiting; a fresh store reads everything
     // back, each record once, the decision first.
     assert!(
