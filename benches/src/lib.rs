@@ -39,30 +39,10 @@ pub fn flag<T: std::str::FromStr>(name: &str) -> Result<Option<T>, String> {
 /// A decision record of the size serving writes: a 384-wide feature vector and twelve scored
 /// candidates (for measuring the stores alone).
 pub fn sample_decision() -> triage_log::DecisionRecord {
+    let names: Vec<String> = (0..12).map(|i| format!("model-{i}")).collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let mut d = triage_testkit::records::decision("", &names, 0.0001);
     let features: Vec<f32> = (0..384).map(|i| (i as f32 * 0.37).sin()).collect();
-    triage_log::DecisionRecord {
-        request_id: String::new(),
-        time_ms: triage_log::now_ms(),
-        policy_version: "bench".into(),
-        features: triage_log::encode_features(&features),
-        input_tokens: 40,
-        knob: "balanced".into(),
-        cost_weight: None,
-        candidates: (0..12)
-            .map(|i| triage_log::LoggedCandidate {
-                model: format!("model-{i}"),
-                predicted_quality: 0.5 + i as f64 * 0.01,
-                base_quality: Some(0.5),
-                predicted_cost_usd: 0.0001 * (i + 1) as f64,
-                eligible: true,
-            })
-            .collect(),
-        chosen: "model-3".into(),
-        propensity: 1.0,
-        explored: false,
-        session_id: String::new(),
-        prompt: None,
-        api_key: None,
-        draft_plan: None,
-    }
+    d.features = triage_log::encode_features(&features);
+    d
 }

@@ -11,36 +11,14 @@ use std::time::Duration;
 
 use triage_log::{LogRecord, read_log};
 use triage_proto::v1::router_client::RouterClient;
-use triage_proto::v1::{FeedbackRequest, Message, RouteRequest};
+use triage_proto::v1::{Message, RouteRequest};
 
 mod common;
 
-use common::spawn_server;
+use common::{report, route_request, spawn_server};
 
 /// The drain test queues long prompts on purpose: no shedding by queue wait here.
 const ENV: &[(&str, &str)] = &[("TRIAGE_ENCODER__MAX_QUEUE_WAIT_MS", "0")];
-
-fn route_request(i: usize) -> RouteRequest {
-    RouteRequest {
-        messages: vec![Message {
-            role: "user".into(),
-            content: format!("Question {i}: what is {i} times 7?"),
-        }],
-        ..Default::default()
-    }
-}
-
-fn report(request_id: &str, feedback_id: &str, model: &str) -> FeedbackRequest {
-    FeedbackRequest {
-        request_id: request_id.into(),
-        feedback_id: feedback_id.into(),
-        model: model.into(),
-        quality: Some(1.0),
-        output_tokens: 10,
-        cost_usd: 0.0001,
-        ..Default::default()
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_loses_no_acknowledged_feedback_and_duplicates_none() {

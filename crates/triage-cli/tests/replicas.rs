@@ -13,10 +13,11 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use triage_proto::v1::router_client::RouterClient;
-use triage_proto::v1::{FeedbackRequest, Message, RouteRequest};
 use triage_testkit::postgres::PgCluster;
 
 mod common;
+
+use common::{report, route_request};
 
 const LOAD_KEY: &str = "load-secret";
 const TEAM_KEY: &str = "team-secret";
@@ -56,28 +57,6 @@ fn with_key<T>(key: &str, message: T) -> tonic::Request<T> {
         format!("Bearer {key}").parse().expect("ascii"),
     );
     request
-}
-
-fn route_request(i: usize) -> RouteRequest {
-    RouteRequest {
-        messages: vec![Message {
-            role: "user".into(),
-            content: format!("Question {i}: explain step by step why {i} squared is even or odd."),
-        }],
-        ..Default::default()
-    }
-}
-
-fn report(request_id: &str, feedback_id: &str, model: &str) -> FeedbackRequest {
-    FeedbackRequest {
-        request_id: request_id.into(),
-        feedback_id: feedback_id.into(),
-        model: model.into(),
-        quality: Some(1.0),
-        output_tokens: 10,
-        cost_usd: 0.0001,
-        ..Default::default()
-    }
 }
 
 async fn health(url: &str) -> Option<i32> {

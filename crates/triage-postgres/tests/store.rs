@@ -4,12 +4,12 @@
 use std::time::Duration;
 
 use triage_log::{
-    DecisionRecord, DraftPlanRecord, ErrorKind, EventStore, FeedbackAck, FeedbackRecord, LogError,
-    LogRecord, LoggedCandidate, Reserved, SpendReservation, VerificationAck, VerificationRecord,
-    now_ms,
+    DecisionRecord, DraftPlanRecord, EventStore, FeedbackAck, FeedbackRecord, LogError, LogRecord,
+    Reserved, SpendReservation, VerificationAck, VerificationRecord, now_ms,
 };
 use triage_postgres::{PgEventStore, PgOptions};
 use triage_testkit::postgres::PgCluster;
+use triage_testkit::records;
 
 async fn store(cluster: &PgCluster, queue_capacity: usize) -> PgEventStore {
     PgEventStore::connect(&PgOptions {
@@ -26,52 +26,19 @@ fn request_id() -> String {
     uuid::Uuid::now_v7().to_string()
 }
 
+/// A decision between "big" and "small" (chosen) for `key`, with a prompt a text column could
+/// not hold.
 fn decision(request_id: &str, key: Option<&str>, predicted_usd: f64) -> DecisionRecord {
-    DecisionRecord {
-        request_id: request_id.into(),
-        time_ms: now_ms(),
-        policy_version: "p1".into(),
-        features: triage_log::encode_features(&[0.5, -0.25]),
-        input_tokens: 12,
-        knob: "balanced".into(),
-        cost_weight: None,
-        candidates: ["big", "small"]
-            .iter()
-            .map(|m| LoggedCandidate {
-                model: (*m).into(),
-                predicted_quality: 0.5,
-                base_quality: None,
-                predicted_cost_usd: predicted_usd,
-                eligible: true,
-            })
-            .collect(),
-        chosen: "small".into(),
-        propensity: 1.0,
-        explored: false,
-        session_id: String::new(),
-        prompt: Some("a prompt with a NUL \u{0} in it".into()),
-        api_key: key.map(str::to_owned),
-        draft_plan: None,
-    }
+    let mut d = records::decision(request_id, &["big", "small"], predicted_usd);
+    d.api_key = key.map(str::to_owned);
+    d.prompt = Some("a prompt with a NUL \u{0} in it".into());
+    d
 }
 
 fn report(request_id: &str, feedback_id: &str, key: Option<&str>, cost_usd: f64) -> FeedbackRecord {
-    FeedbackRecord {
-        request_id: request_id.into(),
-        feedback_id: feedback_id.into(),
-        time_ms: now_ms(),
-        model: "small".into(),
-        quality: Some(1.0),
-        input_tokens: 12,
-        output_tokens: 40,
-        cost_usd,
-        latency_ms: 300,
-        error: ErrorKind::None,
-        retry_after_ms: None,
-        first_byte_ms: None,
-        tokens_estimated: false,
-        api_key: key.map(str::to_owned),
-    }
+    let mut f = records::report(request_id, feedback_id, "small", cost_usd);
+    f.api_key = key.map(str::to_owned);
+    f
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

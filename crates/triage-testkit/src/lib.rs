@@ -18,6 +18,7 @@
 //! an outcome table), streamed word by word like any other answer.
 
 pub mod postgres;
+pub mod records;
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;

@@ -6,6 +6,8 @@ use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
+use triage_proto::v1::{FeedbackRequest, Message, RouteRequest};
+
 /// The repository root (where `models/` and the encoder live).
 pub fn root() -> &'static Path {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
@@ -98,4 +100,28 @@ pub fn dry_run_counts(dir: &Path) -> serde_json::Value {
     let dir = dir.to_string_lossy();
     let out = triage(&["train", "--from-log", &dir, "--dry-run", "--json"]);
     serde_json::from_str(&out).expect("JSON on stdout")
+}
+
+/// A short distinct question, `i`.
+pub fn route_request(i: usize) -> RouteRequest {
+    RouteRequest {
+        messages: vec![Message {
+            role: "user".into(),
+            content: format!("Question {i}: what is {i} times 7?"),
+        }],
+        ..Default::default()
+    }
+}
+
+/// A good report on `request_id` answered by `model`.
+pub fn report(request_id: &str, feedback_id: &str, model: &str) -> FeedbackRequest {
+    FeedbackRequest {
+        request_id: request_id.into(),
+        feedback_id: feedback_id.into(),
+        model: model.into(),
+        quality: Some(1.0),
+        output_tokens: 10,
+        cost_usd: 0.0001,
+        ..Default::default()
+    }
 }
