@@ -9,36 +9,11 @@ use common::dry_run_counts;
 
 use triage_log::{
     DecisionRecord, DraftPlanRecord, ErrorKind, EventStore, FeedbackAck, FeedbackRecord,
-    FileEventLog, LogOptions, LoggedCandidate, LoggedDraft, VerificationRecord, encode_features,
+    FileEventLog, LogOptions, LoggedDraft, VerificationRecord,
 };
 
 fn decision(request_id: &str) -> DecisionRecord {
-    DecisionRecord {
-        request_id: request_id.into(),
-        time_ms: 1,
-        policy_version: "p".into(),
-        features: encode_features(&[0.0; 4]),
-        input_tokens: 10,
-        knob: "balanced".into(),
-        cost_weight: None,
-        candidates: ["big", "small"]
-            .iter()
-            .map(|m| LoggedCandidate {
-                model: (*m).into(),
-                predicted_quality: 0.5,
-                base_quality: None,
-                predicted_cost_usd: 0.001,
-                eligible: true,
-            })
-            .collect(),
-        chosen: "small".into(),
-        propensity: 1.0,
-        explored: false,
-        session_id: String::new(),
-        prompt: None,
-        api_key: None,
-        draft_plan: None,
-    }
+    triage_testkit::records::decision(request_id, &["big", "small"], 0.001)
 }
 
 /// A log in `dir` with small queues, as the tests write it.
@@ -60,26 +35,12 @@ fn report(
     model: &str,
     quality: Option<f64>,
 ) -> FeedbackRecord {
-    FeedbackRecord {
-        request_id: request_id.into(),
-        feedback_id: feedback_id.into(),
-        time_ms: 2,
-        model: model.into(),
-        quality,
-        input_tokens: 10,
-        output_tokens: 20,
-        cost_usd: 0.0001,
-        latency_ms: 100,
-        error: if quality.is_some() {
-            ErrorKind::None
-        } else {
-            ErrorKind::RateLimited
-        },
-        retry_after_ms: None,
-        first_byte_ms: None,
-        tokens_estimated: false,
-        api_key: None,
+    let mut f = triage_testkit::records::report(request_id, feedback_id, model, 0.0001);
+    f.quality = quality;
+    if quality.is_none() {
+        f.error = ErrorKind::RateLimited;
     }
+    f
 }
 
 #[tokio::test]
