@@ -131,6 +131,12 @@ async fn a_hostile_tenant_cannot_take_down_bill_or_fill_up_another() {
         code(c.feedback(with_key(billion, "mallory-key")).await),
         Code::InvalidArgument
     );
+    // A NUL in an id (which a database text column cannot hold) is refused at the door.
+    let nul = report(&victim.request_id, "m5\u{0}", &victim.model);
+    assert_eq!(
+        code(c.feedback(with_key(nul, "mallory-key")).await),
+        Code::InvalidArgument
+    );
 
     // Mallory's own request: a retry-after of 49 days and a flood of reports count once, and
     // hold the breaker for at most health.max_retry_after_secs.
