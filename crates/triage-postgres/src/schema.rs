@@ -7,6 +7,9 @@
 //! `decisions`, `feedback` and `verifications` are range-partitioned by day (days since the
 //! epoch, UTC). A report and a verdict lie in the partition of their *request's* day (taken
 //! from its UUIDv7 id), so a lookup touches one partition and retention drops whole days.
+//! A partitioned table's unique key must include the partition key, so `feedback_id` is
+//! unique per request day: an id reused on a request of another day is not seen as a conflict
+//! (a retry always names the same request, so retries are always recognised).
 
 use std::collections::HashSet;
 
