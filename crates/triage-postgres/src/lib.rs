@@ -29,7 +29,8 @@ mod read;
 mod schema;
 mod writer;
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -113,6 +114,8 @@ pub struct PgEventStore {
     state: Arc<State>,
     retention_days: u64,
     writer: tokio::task::JoinHandle<()>,
+    /// Keys whose `budgets` row exists: a reservation is then one statement.
+    budget_rows: Mutex<HashSet<String>>,
 }
 
 impl PgEventStore {
@@ -159,6 +162,7 @@ impl PgEventStore {
             state,
             retention_days: options.retention_days,
             writer,
+            budget_rows: Mutex::new(HashSet::new()),
         })
     }
 
@@ -346,7 +350,19 @@ impl EventStore for PgEventStore {
     }
 
     async fn reserve_spend(&self, reservation: SpendReservation) -> Result<Reserved, LogError> {
-        Ok(read::reserve(&self.pool, &reservation).await?)
+        let has_row = self
+            .budget_rows
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(&reservation.api_key);
+        let reserved = read::reserve(&self.pool, &reservation, has_row).await?;
+        if !has_row {
+            self.budget_rows
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(reservation.api_key);
+        }
+        Ok(reserved)
     }
 
     fn wait_durable(&self, _ticket: Ticket) -> Durability<'_> {

@@ -246,19 +246,27 @@ fn period_i32(period: i64) -> i32 {
 
 /// Reserves a request's predicted cost on its key's budget row, in one conditional update:
 /// charged only when the day's and the month's spend, with it, stay within their limits.
-pub(crate) async fn reserve(pool: &Pool, r: &SpendReservation) -> Result<Reserved, PgError> {
+/// `has_row`: whether the key's row is known to exist (rows are never deleted), which saves
+/// creating it first.
+pub(crate) async fn reserve(
+    pool: &Pool,
+    r: &SpendReservation,
+    has_row: bool,
+) -> Result<Reserved, PgError> {
     let client = pool.get().await?;
     let at = DateTime::from_timestamp_millis(i64::try_from(r.time_ms).unwrap_or(i64::MAX))
         .unwrap_or_else(Utc::now);
     let (day, month) = periods(at);
     let (day, month) = (period_i32(day), period_i32(month));
-    client
-        .execute(
-            "INSERT INTO budgets (api_key, day, day_usd, month, month_usd) VALUES ($1, $2, 0, $3, 0)
-             ON CONFLICT (api_key) DO NOTHING",
-            &[&r.api_key, &day, &month],
-        )
-        .await?;
+    if !has_row {
+        client
+            .execute(
+                "INSERT INTO budgets (api_key, day, day_usd, month, month_usd)
+                 VALUES ($1, $2, 0, $3, 0) ON CONFLICT (api_key) DO NOTHING",
+                &[&r.api_key, &day, &month],
+            )
+            .await?;
+    }
     // The same relative slack as the ledger: what the decision computed as fitting still fits.
     let charged = client
         .query_opt(
