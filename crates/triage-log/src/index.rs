@@ -10,6 +10,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
+use crate::LogError;
 use crate::event_store::Ticket;
 use crate::record::{DraftPlanRecord, FeedbackRecord, LogRecord};
 
@@ -128,6 +129,18 @@ impl Index {
             self.feedback.remove(id);
             self.reported_at.pop_front();
         }
+    }
+}
+
+/// The error for a request a store holds no decision for: expired when its id says it was
+/// issued before `cutoff_ms` (the retention's; `retention_days` for the message), else unknown.
+pub fn missing_request(request_id: &str, cutoff_ms: Option<u64>, retention_days: u64) -> LogError {
+    let id = request_id.to_owned();
+    match (issued_ms(&id), cutoff_ms) {
+        (Some(issued), Some(cutoff)) if issued < cutoff => {
+            LogError::ExpiredRequest(id, retention_days)
+        }
+        _ => LogError::UnknownRequest(id),
     }
 }
 

@@ -46,7 +46,7 @@ pub use event_store::{
     Durability, EventStore, FeedbackAck, PlannedRequest, Reserved, SpendReservation, Ticket,
     VerificationAck,
 };
-pub use index::issued_ms;
+pub use index::{issued_ms, missing_request};
 pub use lock::LOCK_FILE;
 pub use record::{
     DecisionRecord, DraftPlanRecord, ErrorKind, FeedbackRecord, LogRecord, LoggedCandidate,

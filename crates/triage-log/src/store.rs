@@ -13,7 +13,7 @@ use crate::compact::{ArchiveFormat, Source, read_archive, sources};
 use crate::event_store::{
     Durability, EventStore, FeedbackAck, PlannedRequest, Ticket, VerificationAck,
 };
-use crate::index::{DecidedRequest, Index, issued_ms};
+use crate::index::{DecidedRequest, Index, missing_request};
 use crate::lock::DirLock;
 use crate::record::{DecisionRecord, FeedbackRecord, LogRecord, VerificationRecord};
 use crate::segment::{MAX_RECORD_BYTES, frame, io_error, salvage, scan_segment, segment_path};
@@ -192,13 +192,7 @@ impl FileEventLog {
         api_key: Option<&str>,
     ) -> Result<&'i DecidedRequest, LogError> {
         let decided = index.decisions.get(request_id).ok_or_else(|| {
-            let id = request_id.to_owned();
-            match (issued_ms(&id), index.cutoff_ms(now_ms())) {
-                (Some(issued), Some(cutoff)) if issued < cutoff => {
-                    LogError::ExpiredRequest(id, self.retention_days)
-                }
-                _ => LogError::UnknownRequest(id),
-            }
+            missing_request(request_id, index.cutoff_ms(now_ms()), self.retention_days)
         })?;
         if decided.api_key.as_deref() != api_key {
             return Err(LogError::NotYourRequest(request_id.to_owned()));

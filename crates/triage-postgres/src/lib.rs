@@ -263,15 +263,12 @@ pub fn redacted(url: &str) -> String {
     }
 }
 
-/// Unknown, or expired when its id says it was issued before the retention's cutoff.
+/// Unknown, or expired when its id says it was issued before the first day the retention
+/// keeps (partitions go by whole days).
 pub(crate) fn missing_request(request_id: &str, retention_days: u64) -> LogError {
-    let id = request_id.to_owned();
-    match (issued_ms(&id), oldest_day(retention_days)) {
-        (Some(at), Some(oldest)) if day_of(at) < oldest => {
-            LogError::ExpiredRequest(id, retention_days)
-        }
-        _ => LogError::UnknownRequest(id),
-    }
+    let cutoff_ms =
+        oldest_day(retention_days).map(|day| u64::try_from(day).unwrap_or(0) * 86_400_000);
+    triage_log::missing_request(request_id, cutoff_ms, retention_days)
 }
 
 /// The partition day of a request (its UUIDv7 time); `None` for an id Triage never issued.
@@ -330,12 +327,16 @@ impl EventStore for PgEventStore {
         let Some(day) = request_day(request_id) else {
             return Err(self.missing(request_id));
         };
-        // This replica's own decision may still be queued.
-        self.flush().await?;
-        self.tolerating_lag(request_id, || {
-            read::planned(&self.pool, day, request_id, api_key, self.retention_days)
-        })
-        .await
+        let lookup = || read::planned(&self.pool, day, request_id, api_key, self.retention_days);
+        match lookup().await {
+            // Not stored yet: this replica's own decision may still be queued (write it), or
+            // another replica's on its way.
+            Err(LogError::UnknownRequest(_)) => {
+                self.flush().await?;
+                self.tolerating_lag(request_id, lookup).await
+            }
+            other => other,
+        }
     }
 
     async fn record_verification(
