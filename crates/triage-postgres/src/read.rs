@@ -178,12 +178,15 @@ async fn settle(tx: &Transaction<'_>, reports: &[&FeedbackRecord]) -> Result<(),
     ids.sort_unstable();
     ids.dedup();
     let days: Vec<i32> = ids.iter().filter_map(|id| request_day(id)).collect();
-    // Rows locked in one order, so two replicas settling the same requests cannot deadlock.
+    // Only requests of keys with a budget row (keys with limits) have anything to settle:
+    // reports on the others touch no decision row. Rows locked in one order, so two replicas
+    // settling the same requests cannot deadlock.
     let rows = tx
         .query(
             "WITH before AS (
                 SELECT day, request_id, settled FROM decisions
-                 WHERE day = ANY($1) AND request_id = ANY($2) AND api_key IS NOT NULL
+                 WHERE day = ANY($1) AND request_id = ANY($2)
+                   AND api_key IN (SELECT api_key FROM budgets)
                  ORDER BY request_id FOR UPDATE)
              UPDATE decisions d SET settled = true FROM before
               WHERE d.day = before.day AND d.request_id = before.request_id

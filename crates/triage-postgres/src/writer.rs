@@ -168,7 +168,7 @@ impl Writer {
                 Ok(()) => {}
                 Err(e) if e.is_rejection() => {
                     tracing::error!(error = %e, "PostgreSQL refused a record; it is dropped");
-                    answer(single, &LogError::InvalidRecord(e.to_string()));
+                    answer(single, || LogError::InvalidRecord(e.to_string()));
                 }
                 Err(_) => Box::pin(self.write_until_done(&mut single)).await,
             }
@@ -312,7 +312,6 @@ fn item_day(item: &Item) -> Option<i32> {
 /// Tells the waiters of `group` that nothing of theirs was stored, and drops them; decisions
 /// and call records stay to be retried.
 fn answer_unavailable(group: &mut Vec<Item>, why: &str) {
-    let error = LogError::Unavailable(format!("the PostgreSQL log cannot write now ({why})"));
     let waiters: Vec<Item> = group
         .extract_if(.., |i| {
             matches!(
@@ -321,25 +320,22 @@ fn answer_unavailable(group: &mut Vec<Item>, why: &str) {
             )
         })
         .collect();
-    answer(waiters, &error);
+    answer(waiters, || LogError::Unavailable(why.to_owned()));
 }
 
-/// Answers every waiter in `items` with `error`.
-fn answer(items: Vec<Item>, error: &LogError) {
-    let copy = || match error {
-        LogError::InvalidRecord(m) => LogError::InvalidRecord(m.clone()),
-        other => LogError::Unavailable(other.to_string()),
-    };
+/// Answers every waiter in `items` with the error `error` makes (one each: errors are not
+/// `Clone`); records nobody waits for are logged as lost.
+fn answer(items: Vec<Item>, error: impl Fn() -> LogError) {
     for item in items {
         match item {
             Item::Feedback(_, reply) => {
-                let _ = reply.send(Err(copy()));
+                let _ = reply.send(Err(error()));
             }
             Item::Verification(_, reply) => {
-                let _ = reply.send(Err(copy()));
+                let _ = reply.send(Err(error()));
             }
             Item::Flush(reply) => {
-                let _ = reply.send(Err(copy()));
+                let _ = reply.send(Err(error()));
             }
             Item::Decision(d) => {
                 tracing::error!(request_id = %d.request_id, "decision not stored");
