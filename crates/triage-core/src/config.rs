@@ -287,6 +287,37 @@ pub struct GatewaySettings {
     /// Connections served at once (more wait in the listen backlog).
     #[serde(default = "default_gateway_connections")]
     pub max_connections: usize,
+    /// Time a client has to send a request's body once its head is in, ms (408 after).
+    #[serde(default = "default_gateway_body_read_ms")]
+    pub body_read_ms: u64,
+    /// Longest a connection is kept open with no request in flight, ms (HTTP/1 keep-alive and
+    /// HTTP/2 alike).
+    #[serde(default = "default_gateway_idle_ms")]
+    pub idle_ms: u64,
+    /// Longest a connection lives, ms: then it takes no new request, and the ones in flight
+    /// get `deadline_ms` to finish.
+    #[serde(default = "default_gateway_connection_lifetime_ms")]
+    pub connection_lifetime_ms: u64,
+    /// Largest whole (non-streamed) answer read from an upstream, bytes (a larger one is a
+    /// failed attempt).
+    #[serde(default = "default_gateway_upstream_body_bytes")]
+    pub max_upstream_body_bytes: usize,
+}
+
+fn default_gateway_body_read_ms() -> u64 {
+    30_000
+}
+
+fn default_gateway_idle_ms() -> u64 {
+    60_000
+}
+
+fn default_gateway_connection_lifetime_ms() -> u64 {
+    3_600_000
+}
+
+fn default_gateway_upstream_body_bytes() -> usize {
+    8 * 1024 * 1024
 }
 
 fn default_gateway_header_read_ms() -> u64 {
@@ -306,6 +337,10 @@ impl Default for GatewaySettings {
             deadline_ms: 600_000,
             header_read_ms: default_gateway_header_read_ms(),
             max_connections: default_gateway_connections(),
+            body_read_ms: default_gateway_body_read_ms(),
+            idle_ms: default_gateway_idle_ms(),
+            connection_lifetime_ms: default_gateway_connection_lifetime_ms(),
+            max_upstream_body_bytes: default_gateway_upstream_body_bytes(),
         }
     }
 }
@@ -512,6 +547,22 @@ impl Settings {
                 usize::try_from(self.gateway.header_read_ms).unwrap_or(usize::MAX),
             ),
             ("gateway.max_connections", self.gateway.max_connections),
+            (
+                "gateway.body_read_ms",
+                usize::try_from(self.gateway.body_read_ms).unwrap_or(usize::MAX),
+            ),
+            (
+                "gateway.idle_ms",
+                usize::try_from(self.gateway.idle_ms).unwrap_or(usize::MAX),
+            ),
+            (
+                "gateway.connection_lifetime_ms",
+                usize::try_from(self.gateway.connection_lifetime_ms).unwrap_or(usize::MAX),
+            ),
+            (
+                "gateway.max_upstream_body_bytes",
+                self.gateway.max_upstream_body_bytes,
+            ),
             (
                 "metrics.connection_secs",
                 usize::try_from(self.metrics.connection_secs).unwrap_or(usize::MAX),

@@ -1,10 +1,18 @@
 //! One attempt: call one model's provider and classify what came back.
 //!
-//! A failure that another model may not share (connection refused, a timeout before the first
-//! byte, 408, 409, 429, 5xx, a garbled answer) is a [`Failure`] and the caller tries the next
-//! candidate; any other 4xx is the caller's own request being refused, returned unchanged. A
-//! stream counts as answered once its first event has arrived, so that nothing is committed to
-//! the client before a fallback is still possible.
+//! A failure that another model may not share (connection refused, a timeout, 408, 409, 429,
+//! 5xx, a redirect, a garbled or oversized answer) is a [`Failure`] and the caller tries the
+//! next candidate. So are 401, 403 and 404: they say the *operator's* provider key or endpoint
+//! is wrong, which is no fault of the caller's; the caller gets a generic message and the
+//! operator a log line. Any other 4xx is the caller's own request being refused, returned
+//! unchanged. A stream counts as answered once its first event has arrived, so that nothing is
+//! committed to the client before a fallback is still possible.
+//!
+//! Bounded in time and memory whatever the upstream does: a stream's first event must come
+//! within the provider's `first_byte_ms`, everything within its `total_ms`; a whole answer is
+//! read up to `gateway.max_upstream_body_bytes`, an error body up to [`MAX_ERROR_BODY_BYTES`],
+//! and a server-sent event up to [`MAX_SSE_EVENT_BYTES`]. Redirects are never followed (the
+//! provider's key would go with them).
 
 use std::pin::Pin;
 use std::time::{Duration, Instant};
@@ -23,8 +31,25 @@ use crate::upstreams::Target;
 use crate::wire::ChatRequest;
 
 /// The upstream's remaining events.
-pub type Events =
-    Pin<Box<dyn Stream<Item = Result<Event, EventStreamError<reqwest::Error>>> + Send>>;
+pub type Events = Pin<Box<dyn Stream<Item = Result<Event, EventStreamError<StreamError>>> + Send>>;
+
+/// Largest error body read from an upstream (a refusal passed back to the caller).
+pub const MAX_ERROR_BODY_BYTES: usize = 64 * 1024;
+
+/// Largest server-sent event from an upstream (bytes between two blank lines): a stream that
+/// never ends an event is cut here instead of being buffered without limit.
+pub const MAX_SSE_EVENT_BYTES: usize = 1 << 20;
+
+/// Why an upstream's event stream could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    /// The connection failed, or the call's deadline passed.
+    #[error("{0}")]
+    Transport(#[from] reqwest::Error),
+    /// An event grew past [`MAX_SSE_EVENT_BYTES`] without ending.
+    #[error("an event is longer than {0} bytes without ending")]
+    EventTooLong(usize),
+}
 
 /// What a model answered.
 pub enum Reply {
@@ -110,20 +135,29 @@ pub async fn call(
         }
     };
     let left = deadline.saturating_duration_since(started);
+    let total = provider.total.min(left);
     let sent = provider
         .client
         .post(&provider.endpoint)
         .headers(provider.headers.clone())
         .header("content-type", "application/json")
         .body(body)
-        .timeout(provider.total.min(left))
+        .timeout(total)
         .send();
-    let response = match tokio::time::timeout(provider.first_byte.min(left), sent).await {
+    // A stream must start within the first-byte timeout. A whole answer only comes once it is
+    // generated, which for a long answer or a reasoning model takes longer than any first
+    // byte: it is bounded by the total timeout alone (and a provider bills it either way).
+    let head_within = if request.stream {
+        provider.first_byte.min(left)
+    } else {
+        total
+    };
+    let response = match tokio::time::timeout(head_within, sent).await {
         Err(_) => {
             let f = Failure::new(
                 ErrorKind::Timeout,
                 "timeout",
-                "no response before the first-byte timeout",
+                "no response before the upstream's timeout",
             );
             return Answer {
                 result: Err(f),
@@ -139,11 +173,12 @@ pub async fn call(
         Ok(Ok(r)) => r,
     };
     let first_byte = Some(started.elapsed());
-    let result = match classify(response).await {
+    let result = match classify(response, &provider.name).await {
         Classified::Success(ok) if request.stream => {
-            first_events(ok, provider.kind, model, provider.first_byte).await
+            let left = head_within.saturating_sub(started.elapsed());
+            first_events(ok, provider.kind, model, left).await
         }
-        Classified::Success(ok) => complete(ok, provider.kind, model).await,
+        Classified::Success(ok) => complete(ok, provider.kind, model, provider.max_body).await,
         Classified::Finished(result) => result,
     };
     Answer { result, first_byte }
@@ -200,8 +235,8 @@ enum Classified {
     Finished(Result<Reply, Failure>),
 }
 
-/// Sorts a response by its status.
-async fn classify(response: reqwest::Response) -> Classified {
+/// Sorts a response by its status (`provider` names it in the operator's log).
+async fn classify(response: reqwest::Response, provider: &str) -> Classified {
     let status = response.status();
     if status.is_success() {
         return Classified::Success(response);
@@ -219,11 +254,86 @@ async fn classify(response: reqwest::Response) -> Classified {
         429 => failure(ErrorKind::RateLimited, "rate_limited"),
         408 => failure(ErrorKind::Timeout, "timeout"),
         409 | 500..=599 => failure(ErrorKind::Unavailable, "unavailable"),
-        _ => Classified::Finished(match response.bytes().await {
-            Ok(body) => Ok(Reply::Refused { status, body }),
-            Err(e) => Err(transport_failure(&e)),
+        300..=399 => Classified::Finished(Err(Failure::new(
+            ErrorKind::Unavailable,
+            "redirected",
+            format!(
+                "upstream answered {status}; redirects are never followed (the provider's key \
+                 would go with them)"
+            ),
+        ))),
+        401 | 403 | 404 => {
+            // The operator's key or endpoint is wrong, not the caller's request: the caller
+            // learns only that the provider failed; the operator reads why here.
+            tracing::warn!(%provider, %status, "the provider refused the gateway's own request: \
+                check its base_url, the model's upstream_model and the key in its api_key_env");
+            Classified::Finished(Err(Failure::new(
+                ErrorKind::Unavailable,
+                "provider_error",
+                "the provider refused the gateway's credentials or endpoint (the operator's \
+                 configuration; logged for them)",
+            )))
+        }
+        _ => Classified::Finished(match read_limited(response, MAX_ERROR_BODY_BYTES).await {
+            Ok(body) => Ok(Reply::Refused {
+                status,
+                body: body.into(),
+            }),
+            Err(failure) => Err(failure),
         }),
     }
+}
+
+/// The whole body, refused past `limit` bytes (announced or read) without reading on.
+async fn read_limited(mut response: reqwest::Response, limit: usize) -> Result<Vec<u8>, Failure> {
+    let too_large = || {
+        Failure::bad(format!(
+            "the upstream's answer is larger than {limit} bytes (gateway.max_upstream_body_bytes)"
+        ))
+    };
+    if response.content_length().is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(|e| transport_failure(&e))? {
+        if body.len() + chunk.len() > limit {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// The response's bytes, cut with [`StreamError::EventTooLong`] once an event runs past
+/// `max_event` bytes without the blank line that ends it.
+fn bounded_events(
+    response: reqwest::Response,
+    max_event: usize,
+) -> impl Stream<Item = Result<Bytes, StreamError>> + Send {
+    let mut since_blank = 0usize;
+    let mut line_start = true;
+    response.bytes_stream().map(move |chunk| {
+        let bytes = chunk?;
+        for &b in bytes.iter() {
+            match b {
+                b'\n' => {
+                    if line_start {
+                        since_blank = 0;
+                    }
+                    line_start = true;
+                }
+                b'\r' => {}
+                _ => {
+                    line_start = false;
+                    since_blank += 1;
+                }
+            }
+        }
+        if since_blank > max_event {
+            return Err(StreamError::EventTooLong(max_event));
+        }
+        Ok(bytes)
+    })
 }
 
 /// `retry-after-ms`, or `retry-after` in seconds.
@@ -237,8 +347,9 @@ async fn complete(
     response: reqwest::Response,
     kind: ProviderKind,
     model: &str,
+    max_body: usize,
 ) -> Result<Reply, Failure> {
-    let bytes = response.bytes().await.map_err(|e| transport_failure(&e))?;
+    let bytes = read_limited(response, max_body).await?;
     let mut value: Value = serde_json::from_slice(&bytes)
         .map_err(|e| Failure::bad(format!("the upstream's answer is not JSON ({e})")))?;
     match kind {
@@ -265,7 +376,7 @@ async fn first_events(
     model: &str,
     first_byte: Duration,
 ) -> Result<Reply, Failure> {
-    let mut rest: Events = Box::pin(response.bytes_stream().eventsource());
+    let mut rest: Events = Box::pin(bounded_events(response, MAX_SSE_EVENT_BYTES).eventsource());
     let mut translator =
         (kind == ProviderKind::Anthropic).then(|| StreamTranslator::new(model, openai::now_secs()));
     let mut usage = Usage::default();

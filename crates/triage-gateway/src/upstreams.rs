@@ -25,6 +25,8 @@ pub struct Provider {
     pub first_byte: Duration,
     /// Longest a whole call may take.
     pub total: Duration,
+    /// Largest whole answer read, bytes (`gateway.max_upstream_body_bytes`).
+    pub max_body: usize,
     /// Pooled connections (HTTP/2 where the upstream offers it over TLS).
     pub client: reqwest::Client,
 }
@@ -82,7 +84,8 @@ impl Upstreams {
     pub fn from_settings(settings: &Settings) -> Result<Self, ProviderError> {
         let mut providers = HashMap::new();
         for p in &settings.providers {
-            providers.insert(p.name.clone(), Arc::new(provider(p)?));
+            let max_body = settings.gateway.max_upstream_body_bytes;
+            providers.insert(p.name.clone(), Arc::new(provider(p, max_body)?));
         }
         let mut by_model = HashMap::new();
         for spec in &settings.models {
@@ -120,7 +123,7 @@ impl Upstreams {
     }
 }
 
-fn provider(p: &ProviderSettings) -> Result<Provider, ProviderError> {
+fn provider(p: &ProviderSettings, max_body: usize) -> Result<Provider, ProviderError> {
     let mut headers = HeaderMap::new();
     let bad = |header: &str| ProviderError::BadHeader {
         provider: p.name.clone(),
@@ -154,6 +157,9 @@ fn provider(p: &ProviderSettings) -> Result<Provider, ProviderError> {
         .connect_timeout(Duration::from_millis(p.connect_ms))
         .tcp_nodelay(true)
         .pool_idle_timeout(Duration::from_secs(90))
+        // A redirect would carry the provider's key (and the prompt) to wherever it points:
+        // never followed; the attempt fails and the next model answers.
+        .redirect(reqwest::redirect::Policy::none())
         .build()
         .map_err(|e| ProviderError::Client {
             provider: p.name.clone(),
@@ -170,6 +176,7 @@ fn provider(p: &ProviderSettings) -> Result<Provider, ProviderError> {
         headers,
         first_byte: Duration::from_millis(p.first_byte_ms),
         total: Duration::from_millis(p.total_ms),
+        max_body,
         client,
     })
 }

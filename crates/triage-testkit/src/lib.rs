@@ -8,7 +8,10 @@
 //! `{"model": "m", "faults": [{"kind": "status", "status": 429, "retry_after": 7}]}` queues
 //! faults that the next calls to `m` consume in order. Kinds: `status` (any status, with an
 //! optional `retry_after` in seconds), `slow_first_byte` (`ms`), `cut_stream` (after `chunks`
-//! chunks the connection breaks), `malformed` (a 200 whose body is not JSON), `no_usage`.
+//! chunks the connection breaks), `malformed` (a 200 whose body is not JSON), `no_usage`, and
+//! the misbehaving ones ([`misbehave`]): `redirect` (`status`, `location`), `endless_stream`
+//! (`ms` between chunks), `huge_body` (`bytes`, `announce`), `trickle` (`ms` per byte of the
+//! ordinary answer), `no_newlines`.
 //! `GET /_calls` counts calls per model, `GET /_abandoned` those whose caller hung up while the
 //! upstream was still waiting to answer; `POST /_reset` clears scripts and counts.
 //!
@@ -17,6 +20,7 @@
 //! last user message is exactly `prompt` answer `text` (e.g. a model's recorded response from
 //! an outcome table), streamed word by word like any other answer.
 
+pub mod misbehave;
 pub mod postgres;
 pub mod records;
 
@@ -62,6 +66,34 @@ pub enum Fault {
     Malformed,
     /// Answer normally but report no token usage.
     NoUsage,
+    /// A redirect (307 unless `status` says another 3xx) to `location`.
+    Redirect {
+        /// Where to.
+        location: String,
+        /// The 3xx status.
+        #[serde(default)]
+        status: Option<u16>,
+    },
+    /// A stream whose chunks never end, `ms` apart.
+    EndlessStream {
+        /// Delay between chunks, ms.
+        ms: u64,
+    },
+    /// A 200 of this many bytes (generated as sent).
+    HugeBody {
+        /// Body size.
+        bytes: u64,
+        /// Whether `content-length` announces it.
+        #[serde(default)]
+        announce: bool,
+    },
+    /// The ordinary answer, one byte every `ms`.
+    Trickle {
+        /// Delay per byte, ms.
+        ms: u64,
+    },
+    /// An event stream whose first line never ends.
+    NoNewlines,
 }
 
 /// How the upstream answers when no fault is scripted.
@@ -333,8 +365,24 @@ async fn prepare(up: &Upstream, body: &Bytes) -> Result<Call, Response> {
         }
         return Err(r);
     }
-    if let Some(Fault::Malformed) = &fault {
-        return Err((StatusCode::OK, "this is { not json").into_response());
+    match &fault {
+        Some(Fault::Malformed) => {
+            return Err((StatusCode::OK, "this is { not json").into_response());
+        }
+        Some(Fault::Redirect { location, status }) => {
+            return Err(misbehave::redirect(status.unwrap_or(307), location));
+        }
+        Some(Fault::EndlessStream { ms }) => {
+            return Err(misbehave::endless_stream(
+                &model,
+                Duration::from_millis(*ms),
+            ));
+        }
+        Some(Fault::HugeBody { bytes, announce }) => {
+            return Err(misbehave::huge_body(*bytes, *announce));
+        }
+        Some(Fault::NoNewlines) => return Err(misbehave::no_newlines()),
+        _ => {}
     }
     let all_text = body
         .get("messages")
@@ -364,6 +412,10 @@ async fn openai(State(up): State<Upstream>, body: Bytes) -> Response {
             "message": {"role": "assistant", "content": text}}]});
         if with_usage {
             v["usage"] = usage;
+        }
+        if let Some(Fault::Trickle { ms }) = call.fault {
+            let body = v.to_string().into_bytes();
+            return misbehave::trickle(body, "application/json", Duration::from_millis(ms));
         }
         return axum::Json(v).into_response();
     }
@@ -445,6 +497,10 @@ fn event(name: &str, data: Value) -> String {
 fn sse(frames: Vec<String>, call: &Call, delay: Duration) -> Response {
     let cut = match call.fault {
         Some(Fault::CutStream { chunks }) => Some(chunks),
+        Some(Fault::Trickle { ms }) => {
+            let body = frames.concat().into_bytes();
+            return misbehave::trickle(body, "text/event-stream", Duration::from_millis(ms));
+        }
         _ => None,
     };
     let stream = futures::stream::unfold(
