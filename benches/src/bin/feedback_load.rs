@@ -22,8 +22,12 @@ use triage_proto::v1::{FeedbackRequest, Message, RouteRequest};
 use triage_server::RoutingEngine;
 use triage_testkit::postgres::PgCluster;
 
-/// Decisions the reports refer to.
-const DECISIONS: usize = 256;
+/// Decisions the reports refer to: enough that a request keeps within the
+/// `MAX_REPORTS_PER_REQUEST` reports it may take over a 10-second run.
+const DECISIONS: usize = 16_384;
+
+/// Distinct prompts among them (the rest are exact repeats, routed from the encoder's cache).
+const PROMPTS: usize = 256;
 
 struct Measured {
     per_second: f64,
@@ -56,7 +60,11 @@ async fn measure(settings: &Settings, clients: usize, seconds: f64) -> anyhow::R
             .route(RouteRequest {
                 messages: vec![Message {
                     role: "user".into(),
-                    content: format!("{} (case {i})", triage_benches::prompt_of(16 + i % 24)),
+                    content: format!(
+                        "{} (case {})",
+                        triage_benches::prompt_of(16 + i % 24),
+                        i % PROMPTS
+                    ),
                 }],
                 ..Default::default()
             })

@@ -28,7 +28,8 @@ async fn sigkill_loses_no_acknowledged_feedback_and_duplicates_none() {
 
     // Route a pool of requests first, then stream feedback on them from several clients.
     let mut routed = Vec::new();
-    for i in 0..16 {
+    // Enough requests that the reports stay within MAX_REPORTS_PER_REQUEST on each.
+    for i in 0..64 {
         let r = client
             .clone()
             .route(route_request(i))

@@ -120,7 +120,8 @@ async fn two_replicas_lose_no_acknowledged_report_through_a_kill_and_a_database_
 
     // Routed on A; reported on B (and A): each replica checks against the shared decisions.
     let mut routed = Vec::new();
-    for i in 0..16 {
+    // Enough requests that the reports stay within MAX_REPORTS_PER_REQUEST on each.
+    for i in 0..64 {
         let r = router_a
             .clone()
             .route(with_key(LOAD_KEY, route_request(i)))

@@ -2,7 +2,7 @@
 
 use triage_core::InvalidRequest;
 use triage_core::request::MAX_ECHO_BYTES;
-use triage_log::FeedbackRecord;
+use triage_log::{FeedbackRecord, GATEWAY_FEEDBACK_PREFIX};
 
 /// Longest accepted `feedback_id` and `request_id` (Triage's own ids are 36 bytes).
 pub const MAX_FEEDBACK_ID_BYTES: usize = 128;
@@ -19,6 +19,21 @@ pub fn check_request_id(request_id: &str) -> Result<(), InvalidRequest> {
             format!(
                 "must be 1..={MAX_FEEDBACK_ID_BYTES} bytes without NUL characters; send the \
                  request_id that the routed call returned"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Refuses a caller's report whose `feedback_id` lies in the namespace of the gateway's own
+/// records (`gateway:…`): taking one first would erase the recorded cost of a call.
+pub fn check_caller_id(f: &FeedbackRecord) -> Result<(), InvalidRequest> {
+    if f.feedback_id.starts_with(GATEWAY_FEEDBACK_PREFIX) {
+        return Err(InvalidRequest::new(
+            "feedback_id",
+            format!(
+                "ids starting with {GATEWAY_FEEDBACK_PREFIX:?} are the gateway's own records of \
+                 its calls; use another id (e.g. a UUID)"
             ),
         ));
     }

@@ -313,6 +313,7 @@ impl Service {
     ) -> Result<bool, RouteError> {
         record.api_key = caller.key_name().map(str::to_owned);
         crate::feedback::check(&record, self.max_reported_cost_usd)?;
+        crate::feedback::check_caller_id(&record)?;
         // Storing and learning happen on their own task, whatever the caller does: a client
         // that gives up (its deadline, a dropped connection) before then would otherwise leave
         // a stored report that breakers, budgets and the learner never see, since its retry is

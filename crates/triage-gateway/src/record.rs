@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use triage_engine::Service;
 use triage_engine::metrics::{ModelLabel, TokenLabels, UpstreamLabels};
 use triage_guard::Caller;
-use triage_log::{ErrorKind, FeedbackRecord};
+use triage_log::{ErrorKind, FeedbackRecord, GATEWAY_FEEDBACK_PREFIX};
 
 use crate::call::Failure;
 use crate::openai::Usage;
@@ -144,7 +144,10 @@ impl Attempt {
         let elapsed = self.started.elapsed();
         let record = FeedbackRecord {
             request_id: self.request_id.clone(),
-            feedback_id: format!("gateway:{}:{}", self.request_id, self.number),
+            feedback_id: format!(
+                "{GATEWAY_FEEDBACK_PREFIX}{}:{}",
+                self.request_id, self.number
+            ),
             time_ms: triage_engine::feedback::now_ms(),
             model: self.model.clone(),
             quality: None,

@@ -1,5 +1,8 @@
 //! What the open log remembers in memory: which requests were decided (feedback for others is
-//! refused), by which key, and which feedback ids were stored (a retry is a duplicate).
+//! refused), by which key, and which feedback ids were stored on each (a retry is a duplicate).
+//! Feedback ids are scoped to their request: two requests' `fb-1` are two reports. A report is
+//! kept as its id and a digest, never the record, and a request holds at most
+//! [`MAX_REPORTS_PER_REQUEST`] of them.
 //!
 //! Both are kept for the retention only (`log.retention_days`, 35 by default: enough for
 //! monthly budgets), so the index does not grow for ever: entries are dropped oldest first as
@@ -12,14 +15,30 @@ use std::sync::Arc;
 
 use crate::LogError;
 use crate::event_store::Ticket;
-use crate::record::{DraftPlanRecord, FeedbackRecord, LogRecord};
+use crate::record::{DraftPlanRecord, LogRecord, MAX_REPORTS_PER_REQUEST};
 
-/// What the index remembers of a decision: the models feedback may name, the key that may, and
-/// for a verify-then-escalate request its plan and verdict.
+/// What the index remembers of a decision: the models feedback may name, the key that may, for
+/// a verify-then-escalate request its plan and verdict, and the reports stored on it.
 pub(crate) struct DecidedRequest {
     pub candidates: Vec<Arc<str>>,
     pub api_key: Option<Arc<str>>,
     pub planned: Option<Box<Planned>>,
+    pub reports: Vec<StoredReport>,
+}
+
+/// A report as the index keeps it: enough to tell a retry from a conflict.
+pub(crate) struct StoredReport {
+    pub feedback_id: Box<str>,
+    /// [`FeedbackRecord::report_digest`](crate::FeedbackRecord::report_digest).
+    pub digest: u64,
+    pub ticket: Ticket,
+}
+
+impl DecidedRequest {
+    /// The report stored under `feedback_id`, if any.
+    pub fn report(&self, feedback_id: &str) -> Option<&StoredReport> {
+        self.reports.iter().find(|r| &*r.feedback_id == feedback_id)
+    }
 }
 
 /// A draft plan as the index keeps it (only requests that asked to verify have one), with the
@@ -34,12 +53,11 @@ pub(crate) struct Index {
     /// Sequence numbers start at 1, so "durable up to 0" means nothing is.
     pub next_seq: u64,
     pub decisions: HashMap<String, DecidedRequest>,
-    pub feedback: HashMap<String, (FeedbackRecord, Ticket)>,
+    /// Reports held, over every request.
+    pub reports: usize,
     model_names: HashMap<String, Arc<str>>,
     /// (time, request id) of the decisions, in arrival order.
     decided_at: VecDeque<(u64, String)>,
-    /// (time, feedback id) of the reports, in arrival order.
-    reported_at: VecDeque<(u64, String)>,
     /// How long entries are kept, ms (`None`: for ever).
     retention_ms: Option<u64>,
 }
@@ -49,10 +67,9 @@ impl Index {
         Self {
             next_seq: 1,
             decisions: HashMap::new(),
-            feedback: HashMap::new(),
+            reports: 0,
             model_names: HashMap::new(),
             decided_at: VecDeque::new(),
-            reported_at: VecDeque::new(),
             retention_ms,
         }
     }
@@ -90,16 +107,24 @@ impl Index {
                     candidates,
                     api_key,
                     planned,
+                    reports: Vec::new(),
                 };
                 self.decisions.insert(d.request_id.clone(), decided);
                 self.decided_at.push_back((d.time_ms, d.request_id.clone()));
             }
-            LogRecord::Feedback(f) if f.time_ms >= cutoff => {
-                if !self.feedback.contains_key(&f.feedback_id) {
-                    self.feedback
-                        .insert(f.feedback_id.clone(), (f.clone(), ticket));
-                    self.reported_at
-                        .push_back((f.time_ms, f.feedback_id.clone()));
+            LogRecord::Feedback(f) => {
+                // A report lives and expires with its decision (one on a request the index
+                // does not hold could not be taken now either).
+                if let Some(decided) = self.decisions.get_mut(&f.request_id)
+                    && decided.report(&f.feedback_id).is_none()
+                    && decided.reports.len() < MAX_REPORTS_PER_REQUEST
+                {
+                    decided.reports.push(StoredReport {
+                        feedback_id: f.feedback_id.as_str().into(),
+                        digest: f.report_digest(),
+                        ticket,
+                    });
+                    self.reports += 1;
                 }
             }
             LogRecord::Verification(v) => {
@@ -113,7 +138,7 @@ impl Index {
                     planned.verified = Some(v.verdict_digest());
                 }
             }
-            LogRecord::Decision(_) | LogRecord::Feedback(_) => {}
+            LogRecord::Decision(_) => {}
         }
         self.prune(cutoff);
     }
@@ -122,12 +147,10 @@ impl Index {
     /// an entry queued behind a newer one goes at the newer one's turn).
     fn prune(&mut self, cutoff: u64) {
         while let Some((_, id)) = self.decided_at.front().filter(|(t, _)| *t < cutoff) {
-            self.decisions.remove(id);
+            if let Some(decided) = self.decisions.remove(id) {
+                self.reports -= decided.reports.len();
+            }
             self.decided_at.pop_front();
-        }
-        while let Some((_, id)) = self.reported_at.front().filter(|(t, _)| *t < cutoff) {
-            self.feedback.remove(id);
-            self.reported_at.pop_front();
         }
     }
 }

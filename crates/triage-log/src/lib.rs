@@ -49,8 +49,9 @@ pub use event_store::{
 pub use index::{issued_ms, missing_request};
 pub use lock::LOCK_FILE;
 pub use record::{
-    DecisionRecord, DraftPlanRecord, ErrorKind, FeedbackRecord, LogRecord, LoggedCandidate,
-    LoggedDraft, VerificationRecord, decode_features, encode_features,
+    DecisionRecord, DraftPlanRecord, ErrorKind, FeedbackRecord, GATEWAY_FEEDBACK_PREFIX, LogRecord,
+    LoggedCandidate, LoggedDraft, MAX_REPORTS_PER_REQUEST, VerificationRecord, decode_features,
+    encode_features,
 };
 pub use segment::{SegmentReport, read_log, read_log_with};
 pub use store::{FileEventLog, LogOptions, now_ms, segment_file};
@@ -123,4 +124,10 @@ pub enum LogError {
     /// The record is not acceptable (message says why).
     #[error("{0}")]
     InvalidRecord(String),
+    /// A request already has as many reports as one request may have.
+    #[error(
+        "request_id {0:?} already has {1} reports, the most one request may have; report \
+         once per model called (resend the same feedback_id only to retry)"
+    )]
+    TooManyReports(String, usize),
 }

@@ -258,7 +258,31 @@ impl ErrorKind {
     }
 }
 
+/// Feedback ids starting with this are the gateway's own records of its upstream calls: a
+/// caller's report may not use them, so that no caller can take (and so erase) the record of
+/// what its request really cost.
+pub const GATEWAY_FEEDBACK_PREFIX: &str = "gateway:";
+
+/// The most reports one request may have (a caller's, the gateway's calls, a judge's): enough
+/// for every model a request can try, and a bound on what one request adds to the index.
+pub const MAX_REPORTS_PER_REQUEST: usize = 64;
+
 impl FeedbackRecord {
+    /// A digest of the report without its receipt time: a retry has the same one. The file
+    /// log's index keeps only this, not the record.
+    pub fn report_digest(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let timeless = FeedbackRecord {
+            time_ms: 0,
+            ..self.clone()
+        };
+        let mut h = std::hash::DefaultHasher::new();
+        serde_json::to_string(&timeless)
+            .unwrap_or_default()
+            .hash(&mut h);
+        h.finish()
+    }
+
     /// The report without its receipt time: two sends of the same report compare equal.
     pub fn same_report(&self, other: &FeedbackRecord) -> bool {
         let strip = |f: &FeedbackRecord| FeedbackRecord {

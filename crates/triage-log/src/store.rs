@@ -148,7 +148,7 @@ impl FileEventLog {
             sources = sources.len(),
             past_retention = skipped,
             decisions = index.decisions.len(),
-            feedback = index.feedback.len(),
+            feedback = index.reports,
             "event log opened"
         );
         let writer = SegmentWriter::open(dir.clone(), number, bytes, options.segment_bytes)?;
@@ -252,19 +252,20 @@ impl FileEventLog {
         let mut index = self.lock();
         // Ownership first: another key learns nothing about the request, not even which
         // feedback ids it has.
-        if let Some(decided) = index.decisions.get(&feedback.request_id)
-            && decided.api_key.as_deref() != feedback.api_key.as_deref()
-        {
-            return Err(LogError::NotYourRequest(feedback.request_id));
-        }
-        if let Some((earlier, ticket)) = index.feedback.get(&feedback.feedback_id) {
-            return if earlier.same_report(&feedback) {
-                Ok(FeedbackAck::Duplicate(*ticket))
+        let decided = self.decided(&index, &feedback.request_id, feedback.api_key.as_deref())?;
+        if let Some(earlier) = decided.report(&feedback.feedback_id) {
+            return if earlier.digest == feedback.report_digest() {
+                Ok(FeedbackAck::Duplicate(earlier.ticket))
             } else {
                 Err(LogError::ConflictingFeedback(feedback.feedback_id))
             };
         }
-        let decided = self.decided(&index, &feedback.request_id, feedback.api_key.as_deref())?;
+        if decided.reports.len() >= crate::MAX_REPORTS_PER_REQUEST {
+            return Err(LogError::TooManyReports(
+                feedback.request_id,
+                crate::MAX_REPORTS_PER_REQUEST,
+            ));
+        }
         if !decided.candidates.iter().any(|m| **m == *feedback.model) {
             let names: Vec<&str> = decided.candidates.iter().map(|m| &**m).collect();
             return Err(LogError::InvalidRecord(format!(
@@ -421,7 +422,7 @@ impl EventStore for FileEventLog {
 
     fn counts(&self) -> (usize, usize) {
         let index = self.lock();
-        (index.decisions.len(), index.feedback.len())
+        (index.decisions.len(), index.reports)
     }
 
     fn failure(&self) -> Option<String> {

@@ -266,13 +266,17 @@ async fn segments_rotate_and_read_back_in_order() {
 async fn concurrent_reports_share_fsyncs_and_all_land() {
     let dir = tempfile::tempdir().expect("tempdir");
     let log = std::sync::Arc::new(FileEventLog::open(&options(dir.path())).expect("opens"));
-    log.record_decision(decision("r1")).expect("decision");
+    // Spread over requests: one request takes at most MAX_REPORTS_PER_REQUEST.
+    for r in 0..4 {
+        log.record_decision(decision(&format!("r{r}")))
+            .expect("decision");
+    }
     let mut tasks = Vec::new();
     for i in 0..200 {
         let log = std::sync::Arc::clone(&log);
         tasks.push(tokio::spawn(async move {
             let ack = log
-                .record_feedback(feedback("r1", &format!("f{i}"), 1.0))
+                .record_feedback(feedback(&format!("r{}", i % 4), &format!("f{i}"), 1.0))
                 .await
                 .expect("feedback");
             log.wait_durable(ack.ticket()).await.expect("durable");
@@ -436,4 +440,60 @@ async fn decisions_past_the_retention_are_forgotten_and_not_read_at_start() {
     // Without a retention, everything is read and kept.
     let log = FileEventLog::open(&options(dir.path())).expect("reopens");
     assert_eq!(log.counts().0, 2);
+}
+
+#[tokio::test]
+async fn feedback_ids_are_scoped_to_their_request_and_reports_are_bounded() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = FileEventLog::open(&options(dir.path())).expect("opens");
+    for (request, key) in [("ra", "tenant-a"), ("rb", "tenant-b")] {
+        let mut d = decision(request);
+        d.api_key = Some(key.into());
+        log.record_decision(d).expect("decision");
+    }
+    let report = |request: &str, key: &str, id: &str| {
+        let mut f = feedback(request, id, 1.0);
+        f.api_key = Some(key.into());
+        f
+    };
+    // One tenant's `fb-1` says nothing about another's.
+    for (request, key) in [("ra", "tenant-a"), ("rb", "tenant-b")] {
+        let ack = log
+            .record_feedback(report(request, key, "fb-1"))
+            .await
+            .expect("stored");
+        assert!(matches!(ack, FeedbackAck::Stored(_)), "{request}: {ack:?}");
+    }
+    // A request takes a bounded number of reports; a retry of one stored still answers.
+    for i in 2..=triage_log::MAX_REPORTS_PER_REQUEST {
+        let ack = log
+            .record_feedback(report("ra", "tenant-a", &format!("fb-{i}")))
+            .await
+            .expect("within the bound");
+        assert!(matches!(ack, FeedbackAck::Stored(_)));
+    }
+    assert!(matches!(
+        log.record_feedback(report("ra", "tenant-a", "one-too-many")).await,
+        Err(LogError::TooManyReports(id, n)) if id == "ra" && n == triage_log::MAX_REPORTS_PER_REQUEST
+    ));
+    let retry = log
+        .record_feedback(report("ra", "tenant-a", "fb-1"))
+        .await
+        .expect("a retry is not a new report");
+    assert!(matches!(retry, FeedbackAck::Duplicate(_)));
+    let reports = 1 + triage_log::MAX_REPORTS_PER_REQUEST;
+    assert_eq!(log.counts(), (2, reports));
+    drop(log);
+    // Rebuilt from disk, the same bound and the same scoping hold.
+    let log = FileEventLog::open(&options(dir.path())).expect("reopens");
+    assert_eq!(log.counts(), (2, reports));
+    assert!(matches!(
+        log.record_feedback(report("ra", "tenant-a", "one-too-many"))
+            .await,
+        Err(LogError::TooManyReports(..))
+    ));
+    assert!(matches!(
+        log.record_feedback(report("rb", "tenant-b", "fb-1")).await,
+        Ok(FeedbackAck::Duplicate(_))
+    ));
 }

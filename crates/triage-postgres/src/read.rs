@@ -8,8 +8,8 @@ use deadpool_postgres::{Pool, Transaction};
 use futures::{StreamExt, pin_mut};
 use triage_guard::ledger::periods;
 use triage_log::{
-    DecisionRecord, FeedbackAck, FeedbackRecord, LogError, LogRecord, PlannedRequest, Reserved,
-    SpendReservation, Ticket, VerificationRecord,
+    DecisionRecord, FeedbackAck, FeedbackRecord, LogError, LogRecord, MAX_REPORTS_PER_REQUEST,
+    PlannedRequest, Reserved, SpendReservation, Ticket, VerificationRecord,
 };
 
 use crate::writer::CANDIDATE_SEPARATOR;
@@ -39,7 +39,6 @@ pub(crate) async fn take_reports(
         .into_iter()
         .collect();
     let request_ids: Vec<&str> = reports.iter().map(|f| f.request_id.as_str()).collect();
-    let feedback_ids: Vec<&str> = reports.iter().map(|f| f.feedback_id.as_str()).collect();
     let decided: HashMap<String, Decided> = tx
         .query(
             "SELECT request_id, api_key, candidates FROM decisions
@@ -56,16 +55,19 @@ pub(crate) async fn take_reports(
             (r.get(0), decided)
         })
         .collect();
-    let mut earlier: HashMap<String, FeedbackRecord> = HashMap::new();
+    // Every report already on these requests (at most MAX_REPORTS_PER_REQUEST each): feedback
+    // ids are scoped to their request.
+    let mut earlier = Earlier::default();
     for row in tx
         .query(
-            "SELECT feedback_id, record FROM feedback WHERE day = ANY($1) AND feedback_id = ANY($2)",
-            &[&days, &feedback_ids],
+            "SELECT request_id, feedback_id, record FROM feedback
+              WHERE day = ANY($1) AND request_id = ANY($2)",
+            &[&days, &request_ids],
         )
         .await?
     {
-        let record: Vec<u8> = row.get(1);
-        earlier.insert(row.get(0), serde_json::from_slice(&record)?);
+        let record: Vec<u8> = row.get(2);
+        earlier.add(row.get(0), row.get(1), serde_json::from_slice(&record)?);
     }
     let mut outcomes = Vec::with_capacity(reports.len());
     let mut accepted: Vec<&FeedbackRecord> = Vec::new();
@@ -73,7 +75,7 @@ pub(crate) async fn take_reports(
         let outcome = check(f, decided.get(&f.request_id), &earlier, retention_days);
         if let Ok(FeedbackAck::Stored(_)) = outcome {
             accepted.push(f);
-            earlier.insert(f.feedback_id.clone(), (*f).clone());
+            earlier.add(f.request_id.clone(), f.feedback_id.clone(), (*f).clone());
         }
         outcomes.push(outcome);
     }
@@ -82,7 +84,7 @@ pub(crate) async fn take_reports(
     let mut new_reports = Vec::new();
     for (f, outcome) in reports.iter().zip(outcomes.iter_mut()) {
         if let Ok(FeedbackAck::Stored(_)) = outcome {
-            if inserted.contains(&f.feedback_id) {
+            if inserted.contains(&(f.request_id.clone(), f.feedback_id.clone())) {
                 new_reports.push(*f);
             } else {
                 *outcome = Ok(FeedbackAck::Duplicate(Ticket::DURABLE));
@@ -93,29 +95,55 @@ pub(crate) async fn take_reports(
     Ok(outcomes)
 }
 
+/// The reports already stored on the requests being reported on.
+#[derive(Default)]
+struct Earlier {
+    /// (request id, feedback id) → the report.
+    reports: HashMap<(String, String), FeedbackRecord>,
+    /// Reports per request.
+    counts: HashMap<String, usize>,
+}
+
+impl Earlier {
+    fn add(&mut self, request_id: String, feedback_id: String, report: FeedbackRecord) {
+        *self.counts.entry(request_id.clone()).or_default() += 1;
+        self.reports.insert((request_id, feedback_id), report);
+    }
+
+    fn get(&self, f: &FeedbackRecord) -> Option<&FeedbackRecord> {
+        self.reports
+            .get(&(f.request_id.clone(), f.feedback_id.clone()))
+    }
+}
+
 /// The checks of the file log's index, against the shared tables: ownership first (another key
-/// learns nothing about the request), then retries and reused ids, then the model.
+/// learns nothing about the request), then retries and reused ids, the bound on reports per
+/// request, then the model.
 fn check(
     f: &FeedbackRecord,
     decided: Option<&Decided>,
-    earlier: &HashMap<String, FeedbackRecord>,
+    earlier: &Earlier,
     retention_days: u64,
 ) -> Result<FeedbackAck, LogError> {
-    if let Some(d) = decided
-        && d.api_key.as_deref() != f.api_key.as_deref()
-    {
+    let Some(d) = decided else {
+        return Err(missing_request(&f.request_id, retention_days));
+    };
+    if d.api_key.as_deref() != f.api_key.as_deref() {
         return Err(LogError::NotYourRequest(f.request_id.clone()));
     }
-    if let Some(first) = earlier.get(&f.feedback_id) {
+    if let Some(first) = earlier.get(f) {
         return if first.same_report(f) {
             Ok(FeedbackAck::Duplicate(Ticket::DURABLE))
         } else {
             Err(LogError::ConflictingFeedback(f.feedback_id.clone()))
         };
     }
-    let Some(d) = decided else {
-        return Err(missing_request(&f.request_id, retention_days));
-    };
+    if earlier.counts.get(&f.request_id).copied().unwrap_or(0) >= MAX_REPORTS_PER_REQUEST {
+        return Err(LogError::TooManyReports(
+            f.request_id.clone(),
+            MAX_REPORTS_PER_REQUEST,
+        ));
+    }
     if !d
         .candidates
         .split(CANDIDATE_SEPARATOR)
@@ -132,11 +160,11 @@ fn check(
     Ok(FeedbackAck::Stored(Ticket::DURABLE))
 }
 
-/// Inserts `reports`; returns the feedback ids that were new.
+/// Inserts `reports`; returns the (request id, feedback id) pairs that were new.
 async fn insert_reports(
     tx: &Transaction<'_>,
     reports: &[&FeedbackRecord],
-) -> Result<HashSet<String>, PgError> {
+) -> Result<HashSet<(String, String)>, PgError> {
     if reports.is_empty() {
         return Ok(HashSet::new());
     }
@@ -158,12 +186,12 @@ async fn insert_reports(
         .query(
             "INSERT INTO feedback (day, feedback_id, request_id, time_ms, record)
              SELECT * FROM unnest($1::int4[], $2::text[], $3::text[], $4::int8[], $5::bytea[])
-             ON CONFLICT DO NOTHING RETURNING feedback_id",
+             ON CONFLICT DO NOTHING RETURNING request_id, feedback_id",
             &[&days, &feedback_ids, &request_ids, &times, &records],
         )
         .await?
         .into_iter()
-        .map(|r| r.get(0))
+        .map(|r| (r.get(0), r.get(1)))
         .collect())
 }
 

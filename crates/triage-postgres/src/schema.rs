@@ -7,9 +7,9 @@
 //! `decisions`, `feedback` and `verifications` are range-partitioned by day (days since the
 //! epoch, UTC). A report and a verdict lie in the partition of their *request's* day (taken
 //! from its UUIDv7 id), so a lookup touches one partition and retention drops whole days.
-//! A partitioned table's unique key must include the partition key, so `feedback_id` is
-//! unique per request day: an id reused on a request of another day is not seen as a conflict
-//! (a retry always names the same request, so retries are always recognised).
+//! A report's key is (request day, request id, feedback id): feedback ids are scoped to their
+//! request (migration 2; before it, one tenant's `fb-1` made another tenant's `fb-1` a
+//! conflict), and a partitioned table's unique key must include the partition key.
 
 use std::collections::HashSet;
 
@@ -21,9 +21,10 @@ use crate::PgError;
 const LOCK_KEY: i64 = 0x7472_6961_6765;
 
 /// Versioned migrations, applied in order; never edit one that shipped, add the next.
-const MIGRATIONS: &[(i32, &str)] = &[(
-    1,
-    "CREATE TABLE decisions (
+const MIGRATIONS: &[(i32, &str)] = &[
+    (
+        1,
+        "CREATE TABLE decisions (
         day int4 NOT NULL,
         request_id text NOT NULL,
         time_ms int8 NOT NULL,
@@ -58,7 +59,13 @@ const MIGRATIONS: &[(i32, &str)] = &[(
         month int4 NOT NULL,
         month_usd float8 NOT NULL
     );",
-)];
+    ),
+    (
+        2,
+        "ALTER TABLE feedback DROP CONSTRAINT feedback_pkey;
+         ALTER TABLE feedback ADD PRIMARY KEY (day, request_id, feedback_id);",
+    ),
+];
 
 /// The partitioned tables.
 pub(crate) const PARTITIONED: [&str; 3] = ["decisions", "feedback", "verifications"];

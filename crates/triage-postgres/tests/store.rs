@@ -324,3 +324,43 @@ async fn a_plan_is_verified_once_from_any_replica() {
         Err(LogError::NotPlanned(_))
     ));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn feedback_ids_are_scoped_to_their_request_and_reports_are_bounded() {
+    let Some(cluster) = PgCluster::start() else {
+        return;
+    };
+    let (a, b) = (store(&cluster, 1024).await, store(&cluster, 1024).await);
+    let (ra, rb) = (request_id(), request_id());
+    a.record_decision(decision(&ra, Some("tenant-a"), 0.001))
+        .expect("queued");
+    b.record_decision(decision(&rb, Some("tenant-b"), 0.001))
+        .expect("queued");
+    a.close().await.expect("flushed");
+    b.close().await.expect("flushed");
+    // One tenant's `fb-1` says nothing about another's.
+    for (request, key) in [(&ra, "tenant-a"), (&rb, "tenant-b")] {
+        let ack = b
+            .record_feedback(report(request, "fb-1", Some(key), 0.0))
+            .await
+            .expect("stored");
+        assert!(matches!(ack, FeedbackAck::Stored(_)), "{key}: {ack:?}");
+    }
+    for i in 2..=triage_log::MAX_REPORTS_PER_REQUEST {
+        let ack = a
+            .record_feedback(report(&ra, &format!("fb-{i}"), Some("tenant-a"), 0.0))
+            .await
+            .expect("within the bound");
+        assert!(matches!(ack, FeedbackAck::Stored(_)));
+    }
+    assert!(matches!(
+        b.record_feedback(report(&ra, "one-too-many", Some("tenant-a"), 0.0))
+            .await,
+        Err(LogError::TooManyReports(..))
+    ));
+    assert!(matches!(
+        b.record_feedback(report(&ra, "fb-1", Some("tenant-a"), 0.0))
+            .await,
+        Ok(FeedbackAck::Duplicate(_))
+    ));
+}

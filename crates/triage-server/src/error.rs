@@ -50,6 +50,7 @@ pub fn status(error: RouteError) -> Status {
             LogError::ConflictingFeedback(_) | LogError::AlreadyVerified(_) => Code::AlreadyExists,
             LogError::NotPlanned(_) => Code::FailedPrecondition,
             LogError::InvalidRecord(_) => Code::InvalidArgument,
+            LogError::TooManyReports(..) => Code::FailedPrecondition,
             LogError::Full => Code::ResourceExhausted,
             LogError::WriterStopped(_) | LogError::Unavailable(_) => Code::Unavailable,
             LogError::Io { .. } | LogError::Locked { .. } => Code::Internal,
