@@ -135,7 +135,9 @@ impl Background {
                 HttpLimits {
                     header_read: Duration::from_millis(settings.metrics.header_read_ms),
                     max_connections: settings.metrics.max_connections,
+                    idle: Some(Duration::from_secs(settings.metrics.connection_secs)),
                     lifetime: Some(Duration::from_secs(settings.metrics.connection_secs)),
+                    drain: Duration::from_secs(1),
                 },
             ));
         }

@@ -3,9 +3,8 @@
 
 use std::time::{Duration, Instant};
 
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::extract::State;
-use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use triage_engine::{PlannedDrafts, RouteError, Routed, RoutingRequest};
@@ -25,7 +24,7 @@ use crate::wire::{self, ChatRequest, Target};
 pub async fn chat_completions(
     State(gw): State<Gateway>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Response {
     let started = Instant::now();
     match answer(&gw, &headers, body, started).await {
@@ -37,11 +36,11 @@ pub async fn chat_completions(
 async fn answer(
     gw: &Gateway,
     headers: &HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
     started: Instant,
 ) -> Result<Response, GatewayError> {
-    let body = gw.body(body)?;
     let caller = gw.caller(headers)?;
+    let body = gw.body(headers, body).await?;
     let request = wire::parse(&body, gw.service.limits())?;
     if gw.upstreams.provider_count() == 0 {
         return Err(GatewayError::NoProviders);

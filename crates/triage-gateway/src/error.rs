@@ -38,6 +38,12 @@ pub enum GatewayError {
         /// The limit, bytes.
         limit: usize,
     },
+    /// The body did not arrive within `gateway.body_read_ms`.
+    #[error("the request body did not arrive within {ms} ms (gateway.body_read_ms); send it whole")]
+    BodyTimeout {
+        /// The limit, ms.
+        ms: u64,
+    },
     /// A catalog model asked for by name has no provider the gateway can call.
     #[error(
         "model {0:?} has no [[providers]] entry, so this gateway cannot call it (it stays \
@@ -236,6 +242,13 @@ fn route_shape(e: &RouteError) -> Shape {
                 None,
             ),
             LogError::InvalidRecord(_) => (S::BAD_REQUEST, invalid, "invalid_value", None, None),
+            LogError::TooManyReports(..) => (
+                S::CONFLICT,
+                invalid,
+                "too_many_reports",
+                Some("request_id".into()),
+                None,
+            ),
             LogError::Full => (
                 S::TOO_MANY_REQUESTS,
                 "rate_limit_error",
@@ -283,6 +296,9 @@ impl GatewayError {
             ),
             GatewayError::BodyTooLarge { .. } => {
                 (S::PAYLOAD_TOO_LARGE, invalid, "body_too_large", None, None)
+            }
+            GatewayError::BodyTimeout { .. } => {
+                (S::REQUEST_TIMEOUT, invalid, "body_timeout", None, None)
             }
             GatewayError::NotServed(_) => (
                 S::BAD_REQUEST,

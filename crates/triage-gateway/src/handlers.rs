@@ -1,9 +1,8 @@
 //! The gateway's other endpoints: models, feedback, liveness and readiness.
 
 use axum::Json;
-use axum::body::Bytes;
+use axum::body::Body;
 use axum::extract::State;
-use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -83,11 +82,7 @@ struct FeedbackBody {
 }
 
 /// The handler for `POST /v1/feedback`.
-pub async fn feedback(
-    State(gw): State<Gateway>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
+pub async fn feedback(State(gw): State<Gateway>, headers: HeaderMap, body: Body) -> Response {
     match store_feedback(&gw, &headers, body).await {
         Ok(duplicate) => Json(json!({"duplicate": duplicate})).into_response(),
         Err(e) => gw.refuse("feedback", e),
@@ -97,10 +92,10 @@ pub async fn feedback(
 async fn store_feedback(
     gw: &Gateway,
     headers: &HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Result<bool, GatewayError> {
-    let body = gw.body(body)?;
     let caller = gw.caller(headers)?;
+    let body = gw.body(headers, body).await?;
     let f: FeedbackBody = serde_json::from_slice(&body)
         .map_err(|e| InvalidRequest::new("body", format!("not a feedback report: {e}")))?;
     let error = match f.error.as_deref() {
@@ -139,22 +134,33 @@ pub async fn healthz() -> Response {
 }
 
 /// `GET /readyz`: a policy is loaded, the log takes records, and an upstream is configured.
-pub async fn readyz(State(gw): State<Gateway>) -> Response {
-    let mut problems = Vec::new();
+/// Anyone may ask (probes carry no key): the answer is ready or not, with reason codes. Only
+/// an admin key also reads the details, which can name files or database errors.
+pub async fn readyz(State(gw): State<Gateway>, headers: HeaderMap) -> Response {
+    let mut reasons = Vec::new();
+    let mut details = Vec::new();
     if let Some(why) = gw.service.log_failure() {
-        problems.push(format!("the decision log cannot take records: {why}"));
+        reasons.push("log_unavailable");
+        details.push(format!("the decision log cannot take records: {why}"));
     }
     if gw.upstreams.provider_count() == 0 {
-        problems.push("no [[providers]] are configured".to_owned());
+        reasons.push("no_providers");
+        details.push("no [[providers]] are configured".to_owned());
     }
     let policy = gw.service.engine().policy().version().to_owned();
-    if problems.is_empty() {
-        Json(json!({"status": "ready", "policy_version": policy})).into_response()
+    let admin = gw.caller(&headers).is_ok_and(|c| c.require_admin().is_ok());
+    let status = if reasons.is_empty() {
+        StatusCode::OK
     } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "not_ready", "policy_version": policy, "problems": problems})),
-        )
-            .into_response()
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let mut body = json!({
+        "status": if reasons.is_empty() { "ready" } else { "not_ready" },
+        "policy_version": policy,
+        "reasons": reasons,
+    });
+    if admin && !details.is_empty() {
+        body["details"] = json!(details);
     }
+    (status, Json(body)).into_response()
 }

@@ -35,12 +35,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::DefaultBodyLimit;
-use axum::extract::rejection::BytesRejection;
-use axum::http::{HeaderMap, StatusCode};
+use axum::body::{Body, Bytes};
+use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use triage_core::InvalidRequest;
@@ -75,14 +74,12 @@ impl Gateway {
 
     /// The axum router with every endpoint.
     pub fn router(self) -> Router {
-        let limit = self.settings.max_body_bytes;
         Router::new()
             .route("/v1/chat/completions", post(chat::chat_completions))
             .route("/v1/models", get(handlers::models))
             .route("/v1/feedback", post(handlers::feedback))
             .route("/healthz", get(handlers::healthz))
             .route("/readyz", get(handlers::readyz))
-            .layer(DefaultBodyLimit::max(limit))
             .with_state(self)
     }
 
@@ -106,17 +103,30 @@ impl Gateway {
         Ok(self.service.authenticate(authorization.as_deref())?)
     }
 
-    /// The request body, or why it cannot be read.
-    fn body(&self, body: Result<Bytes, BytesRejection>) -> Result<Bytes, GatewayError> {
-        body.map_err(|rejection| {
-            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                GatewayError::BodyTooLarge {
-                    limit: self.settings.max_body_bytes,
-                }
-            } else {
-                GatewayError::Invalid(InvalidRequest::new("body", rejection.body_text()))
+    /// The request body, read only once the caller is known (a bad key costs no body), within
+    /// `gateway.max_body_bytes` and `gateway.body_read_ms`.
+    async fn body(&self, headers: &HeaderMap, body: Body) -> Result<Bytes, GatewayError> {
+        let limit = self.settings.max_body_bytes;
+        let announced = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if announced.is_some_and(|n| n > limit as u64) {
+            return Err(GatewayError::BodyTooLarge { limit });
+        }
+        let ms = self.settings.body_read_ms;
+        let read = Limited::new(body, limit).collect();
+        match tokio::time::timeout(Duration::from_millis(ms), read).await {
+            Err(_) => Err(GatewayError::BodyTimeout { ms }),
+            Ok(Ok(collected)) => Ok(collected.to_bytes()),
+            Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
+                Err(GatewayError::BodyTooLarge { limit })
             }
-        })
+            Ok(Err(e)) => Err(GatewayError::Invalid(InvalidRequest::new(
+                "body",
+                format!("cannot be read: {e}"),
+            ))),
+        }
     }
 
     /// Counts a refused request and answers with its error.
@@ -140,11 +150,14 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let s = &gateway.settings;
     let limits = HttpLimits {
-        header_read: Duration::from_millis(gateway.settings.header_read_ms),
-        max_connections: gateway.settings.max_connections,
-        // Streamed answers may take the whole deadline; idle connections are the backlog's.
-        lifetime: None,
+        header_read: Duration::from_millis(s.header_read_ms),
+        max_connections: s.max_connections,
+        idle: Some(Duration::from_millis(s.idle_ms)),
+        lifetime: Some(Duration::from_millis(s.connection_lifetime_ms)),
+        // A request in flight may take its whole deadline, streamed answers included.
+        drain: Duration::from_millis(s.deadline_ms),
     };
     let service = hyper_util::service::TowerToHyperService::new(gateway.router());
     serve_http(listener, service, limits, shutdown).await;
