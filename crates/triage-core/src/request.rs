@@ -63,14 +63,20 @@ pub struct InvalidRequest {
 }
 
 impl InvalidRequest {
-    /// An error about `field`.
+    /// An error about `field`. Both are bounded whatever they repeat of the request: the
+    /// field's path to [`MAX_ECHO_BYTES`], the problem to [`MAX_PROBLEM_BYTES`] (the places
+    /// that quote a value clip it to [`MAX_ECHO_BYTES`] themselves, keeping the advice after it).
     pub fn new(field: impl Into<String>, problem: impl Into<String>) -> Self {
+        let (field, problem) = (field.into(), problem.into());
         Self {
-            field: field.into(),
-            problem: problem.into(),
+            field: clip_to(&field, MAX_ECHO_BYTES).into_owned(),
+            problem: clip_to(&problem, MAX_PROBLEM_BYTES).into_owned(),
         }
     }
 }
+
+/// Longest explanation an [`InvalidRequest`] carries, bytes.
+pub const MAX_PROBLEM_BYTES: usize = 1024;
 
 /// Most bytes of caller-sent text an error message repeats back.
 pub const MAX_ECHO_BYTES: usize = 200;
@@ -79,10 +85,15 @@ pub const MAX_ECHO_BYTES: usize = 200;
 /// character boundary, with `…` when cut), so that a hostile name cannot make every refusal
 /// as large as the request.
 pub fn clip(text: &str) -> std::borrow::Cow<'_, str> {
-    if text.len() <= MAX_ECHO_BYTES {
+    clip_to(text, MAX_ECHO_BYTES)
+}
+
+/// `text`, cut to at most `max` bytes at a character boundary, with `…` when cut.
+fn clip_to(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if text.len() <= max {
         return text.into();
     }
-    let mut end = MAX_ECHO_BYTES;
+    let mut end = max;
     while !text.is_char_boundary(end) {
         end -= 1;
     }

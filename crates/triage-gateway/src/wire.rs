@@ -7,7 +7,7 @@
 use serde::Deserialize;
 use serde_json::{Map, Value};
 use triage_core::catalog::Capability;
-use triage_core::request::RequestLimits;
+use triage_core::request::{RequestLimits, clip};
 use triage_core::{Conversation, InvalidRequest, Mode, Preferences};
 use triage_engine::Strategy;
 
@@ -139,7 +139,10 @@ pub fn parse(body: &[u8], limits: RequestLimits) -> Result<ChatRequest, InvalidR
     let value: Value = serde_json::from_str(text).map_err(|e| {
         InvalidRequest::new(
             "body",
-            format!("is not valid JSON ({e}); send a chat-completions request object"),
+            format!(
+                "is not valid JSON ({}); send a chat-completions request object",
+                clip(&e.to_string())
+            ),
         )
     })?;
     let Value::Object(mut body) = value else {
@@ -148,7 +151,9 @@ pub fn parse(body: &[u8], limits: RequestLimits) -> Result<ChatRequest, InvalidR
     let options = match body.remove("triage") {
         None | Some(Value::Null) => TriageOptions::default(),
         Some(v) => {
-            serde_json::from_value(v).map_err(|e| InvalidRequest::new("triage", format!("{e}")))?
+            // serde quotes the offending value (a 100 kB `mode`, say): clipped.
+            serde_json::from_value(v)
+                .map_err(|e| InvalidRequest::new("triage", clip(&e.to_string())))?
         }
     };
     if let Some(id) = &options.session_id {
@@ -176,7 +181,10 @@ pub fn parse(body: &[u8], limits: RequestLimits) -> Result<ChatRequest, InvalidR
         Some(n) => {
             return Err(InvalidRequest::new(
                 "n",
-                format!("{n} is not supported: the gateway returns one choice; send n=1"),
+                format!(
+                    "{} is not supported: the gateway returns one choice; send n=1",
+                    clip(&n.to_string())
+                ),
             ));
         }
     }

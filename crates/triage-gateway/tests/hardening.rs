@@ -169,3 +169,37 @@ async fn readiness_without_a_key_says_only_ready_or_a_reason_code() {
     let text = body.to_string();
     assert!(!text.contains('/') && !text.contains("problems"), "{text}");
 }
+
+#[tokio::test]
+async fn errors_that_quote_the_request_stay_small() {
+    let router = start_with(Behaviour::default(), |s| {
+        s.gateway.max_body_bytes = 1 << 20;
+    })
+    .await;
+    let huge = "9".repeat(100_000);
+    let mode = "m".repeat(100_000);
+    for body in [
+        format!(r#"{{"model":"triage","n":{huge},"messages":[{{"role":"user","content":"x"}}]}}"#),
+        format!(
+            r#"{{"model":"triage","n":"{mode}","messages":[{{"role":"user","content":"x"}}]}}"#
+        ),
+        format!(
+            r#"{{"model":"triage","triage":{{"mode":"{mode}"}},"messages":[{{"role":"user","content":"x"}}]}}"#
+        ),
+        format!(
+            r#"{{"model":"triage","triage":{{"{mode}":1}},"messages":[{{"role":"user","content":"x"}}]}}"#
+        ),
+    ] {
+        let r = router
+            .http
+            .post(router.url("/v1/chat/completions"))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .expect("answers");
+        assert_eq!(r.status(), 400);
+        let text = r.text().await.expect("body");
+        assert!(text.len() < 2048, "{} bytes: {}", text.len(), &text[..200]);
+    }
+}
