@@ -424,12 +424,18 @@ fn rank(eligible: &mut [Candidate], rule: &Rule, params: &DecisionParams) -> Str
 
 fn no_eligible(excluded: Vec<Candidate>) -> DecisionError {
     let mut groups: Vec<(String, Vec<&str>)> = Vec::new();
+    // The models a key may not use are counted, never named: the key learns nothing of the
+    // rest of the catalog.
+    let mut not_permitted: Option<(&str, usize)> = None;
     for c in &excluded {
         let Some(reason) = &c.exclusion else { continue };
         let key = match reason {
             Exclusion::Disabled => "disabled in the catalog".to_owned(),
             Exclusion::NotInPolicy => "not covered by the policy".to_owned(),
-            Exclusion::NotPermitted { key } => format!("not permitted for API key {key:?}"),
+            Exclusion::NotPermitted { key } => {
+                not_permitted.get_or_insert((key.as_str(), 0)).1 += 1;
+                continue;
+            }
             Exclusion::Unavailable { .. } => "unavailable (circuit open or marked down)".to_owned(),
             Exclusion::NotAllowed => "excluded by allowed_models".to_owned(),
             Exclusion::MissingCapability(cap) => {
@@ -453,11 +459,14 @@ fn no_eligible(excluded: Vec<Candidate>) -> DecisionError {
             None => groups.push((key, vec![&c.model])),
         }
     }
-    let summary = groups
+    let mut said: Vec<String> = groups
         .iter()
         .map(|(key, models)| format!("{key}: {}", models.join(", ")))
-        .collect::<Vec<_>>()
-        .join("; ");
+        .collect();
+    if let Some((key, n)) = not_permitted {
+        said.push(format!("{n} more not permitted for API key {key:?}"));
+    }
+    let summary = said.join("; ");
     DecisionError {
         summary: format!("{summary}. Relax these constraints or enable more models."),
         exclusions: excluded

@@ -226,3 +226,33 @@ fn disabled_and_unscored_models_are_listed_but_never_chosen() {
     assert!(reasons.contains(&Exclusion::Disabled));
     assert!(reasons.contains(&Exclusion::NotInPolicy));
 }
+
+#[test]
+fn nothing_eligible_never_names_the_models_a_key_may_not_use() {
+    let (catalog, predictions) = setup();
+    let prefs = Preferences {
+        allowed_models: vec!["weak".into()],
+        ..Preferences::default()
+    };
+    let not_permitted = |m: &str| (m != "weak").then(|| "team".to_owned());
+    let down = |m: &str| (m == "weak").then(|| "marked down".to_owned());
+    let error = triage_policy::decide_with(
+        &catalog,
+        &predictions,
+        &PARAMS,
+        &prefs,
+        1000,
+        triage_policy::Availability {
+            not_permitted: &not_permitted,
+            down: &down,
+        },
+    )
+    .expect_err("nothing eligible");
+    let said = error.to_string();
+    assert!(said.contains("weak"), "{said}");
+    assert!(
+        said.contains("2 more not permitted for API key \"team\""),
+        "{said}"
+    );
+    assert!(!said.contains("strong") && !said.contains("mid"), "{said}");
+}

@@ -26,8 +26,11 @@
 //! Tables, migrations and day partitions: [`schema`]; the writer: [`writer`].
 
 mod read;
+mod redact;
 mod schema;
 mod writer;
+
+pub use redact::redacted;
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -255,14 +258,6 @@ pub fn is_url(source: &str) -> bool {
     source.starts_with("postgres://") || source.starts_with("postgresql://")
 }
 
-/// `url` without its credentials, for messages and logs.
-pub fn redacted(url: &str) -> String {
-    match (url.split_once("://"), url.rsplit_once('@')) {
-        (Some((scheme, _)), Some((_, host))) => format!("{scheme}://…@{host}"),
-        _ => url.to_owned(),
-    }
-}
-
 /// Unknown, or expired when its id says it was issued before the first day the retention
 /// keeps (partitions go by whole days).
 pub(crate) fn missing_request(request_id: &str, retention_days: u64) -> LogError {
@@ -364,6 +359,10 @@ impl EventStore for PgEventStore {
                 .insert(reservation.api_key);
         }
         Ok(reserved)
+    }
+
+    async fn release_spend(&self, reservation: SpendReservation) -> Result<(), LogError> {
+        Ok(read::release(&self.pool, &reservation).await?)
     }
 
     fn wait_durable(&self, _ticket: Ticket) -> Durability<'_> {
