@@ -165,9 +165,16 @@ impl Service {
         let request_id = uuid::Uuid::now_v7().to_string();
         let outcome = self.engine.route(&request_id, routing).await?;
         let record = decision_record(&request_id, routing, &outcome, self.store_prompts);
-        self.reserve_shared(routing, &record).await?;
+        let shared = self.reserve_shared(routing, &record).await?;
         if let Err(e) = self.log.record_decision(record) {
+            // Not served: no charge stays behind, here or in the budgets replicas share.
             self.engine.controls().release(&request_id);
+            if let Some(reservation) = shared
+                && let Err(release) = self.log.release_spend(reservation).await
+            {
+                tracing::warn!(error = %release, %request_id,
+                    "a refused request's shared budget reservation could not be taken back");
+            }
             return Err(e.into());
         }
         let total_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
@@ -191,17 +198,17 @@ impl Service {
     /// key has limits and the store keeps budgets across replicas (the engine's own ledger has
     /// reserved it already, against this replica's view of the key's spend). A refusal, or a
     /// store that cannot answer, releases that local reservation: a key with limits is not
-    /// routed on a guess.
+    /// routed on a guess. Returns the reservation the store charged, if it charged one.
     async fn reserve_shared(
         &self,
         routing: &RoutingRequest,
         record: &DecisionRecord,
-    ) -> Result<(), RouteError> {
+    ) -> Result<Option<SpendReservation>, RouteError> {
         let Some(key) = &routing.caller.key else {
-            return Ok(());
+            return Ok(None);
         };
         if key.daily_usd.is_none() && key.monthly_usd.is_none() {
-            return Ok(());
+            return Ok(None);
         }
         let reservation = SpendReservation {
             api_key: key.name.clone(),
@@ -212,12 +219,12 @@ impl Service {
             time_ms: record.time_ms,
         };
         let controls = self.engine.controls();
-        let reserved = self.log.reserve_spend(reservation).await;
+        let reserved = self.log.reserve_spend(reservation.clone()).await;
         match reserved {
-            Ok(Reserved::Local) => Ok(()),
+            Ok(Reserved::Local) => Ok(None),
             Ok(Reserved::Charged { day_usd, month_usd }) => {
                 controls.observe_spend(&key.name, day_usd, month_usd);
-                Ok(())
+                Ok(Some(reservation))
             }
             Ok(Reserved::Refused { day_usd, month_usd }) => {
                 controls.release(&record.request_id);

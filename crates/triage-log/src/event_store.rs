@@ -138,6 +138,12 @@ pub trait EventStore: Send + Sync {
     async fn reserve_spend(&self, _reservation: SpendReservation) -> Result<Reserved, LogError> {
         Ok(Reserved::Local)
     }
+    /// Takes back a reservation [`reserve_spend`](EventStore::reserve_spend) charged, for a
+    /// request that was then not served (its decision could not be recorded). The default
+    /// keeps no shared budgets, so has nothing to take back.
+    async fn release_spend(&self, _reservation: SpendReservation) -> Result<(), LogError> {
+        Ok(())
+    }
     /// Resolves once everything up to `ticket` is durable.
     fn wait_durable(&self, ticket: Ticket) -> Durability<'_>;
     /// Writes what is still queued, before the process ends (the file log does so when

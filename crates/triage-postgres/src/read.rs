@@ -334,6 +334,26 @@ pub(crate) async fn reserve(
     })
 }
 
+/// Takes `r` back from its key's budget row, in the day and month it was charged in (a period
+/// that has rolled over since has nothing of it left to take).
+pub(crate) async fn release(pool: &Pool, r: &SpendReservation) -> Result<(), PgError> {
+    let client = pool.get().await?;
+    let at = DateTime::from_timestamp_millis(i64::try_from(r.time_ms).unwrap_or(i64::MAX))
+        .unwrap_or_else(Utc::now);
+    let (day, month) = periods(at);
+    let (day, month) = (period_i32(day), period_i32(month));
+    client
+        .execute(
+            "UPDATE budgets SET
+                day_usd = CASE WHEN day = $2 THEN greatest(0, day_usd - $4) ELSE day_usd END,
+                month_usd = CASE WHEN month = $3 THEN greatest(0, month_usd - $4) ELSE month_usd END
+              WHERE api_key = $1",
+            &[&r.api_key, &day, &month, &r.usd],
+        )
+        .await?;
+    Ok(())
+}
+
 /// Whether the decision `request_id` is stored.
 pub(crate) async fn is_decided(pool: &Pool, day: i32, request_id: &str) -> Result<bool, PgError> {
     let client = pool.get().await?;

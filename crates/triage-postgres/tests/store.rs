@@ -187,6 +187,17 @@ async fn a_budget_holds_across_replicas_and_reports_settle_it() {
         matches!(reserved, Reserved::Refused { .. }),
         "the day is full"
     );
+    // A request whose decision could not be recorded gives its charge back, at any replica:
+    // then the next one fits again.
+    b.release_spend(reservation(request_id()))
+        .await
+        .expect("released");
+    assert!(matches!(
+        a.reserve_spend(reservation(request_id()))
+            .await
+            .expect("answers"),
+        Reserved::Charged { day_usd, .. } if (day_usd - 0.99).abs() < 1e-9
+    ));
     let c = store(&cluster, 64).await;
     let id2 = request_id();
     c.record_decision(decision(&id2, Some("team"), 0.03))
