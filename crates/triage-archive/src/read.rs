@@ -120,6 +120,7 @@ pub(crate) fn records(df: &DataFrame) -> PolarsResult<Vec<LogRecord>> {
                         .as_deref()
                         .map(|json| parse_detail(json, row))
                         .transpose()?,
+                    held_usd: None,
                 })
             }
             Some("verification") => {
@@ -145,6 +146,7 @@ pub(crate) fn records(df: &DataFrame) -> PolarsResult<Vec<LogRecord>> {
                     first_byte_ms: first_byte_ms[row],
                     tokens_estimated: tokens_estimated[row].unwrap_or(false),
                     api_key: api_key[row].clone(),
+                    hold_usd: None,
                 })
             }
             other => return Err(malformed(format!("row {row} has kind {other:?}"))),

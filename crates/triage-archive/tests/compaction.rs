@@ -56,6 +56,7 @@ fn decision(i: usize) -> DecisionRecord {
             threshold: 0.7,
             escalation: vec!["small".into(), "big".into()],
         }),
+        held_usd: None,
     }
 }
 
@@ -112,6 +113,7 @@ fn feedback(i: usize) -> FeedbackRecord {
         first_byte_ms: i.is_multiple_of(3).then_some(120 + i as u32),
         tokens_estimated: i.is_multiple_of(5),
         api_key: (i % 2 == 1).then(|| "team-a".into()),
+        hold_usd: None,
     }
 }
 

@@ -5,9 +5,10 @@ use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
+use triage_core::catalog::ModelSpec;
 use triage_core::{Preferences, Settings};
 use triage_guard::{
-    Alerts, BoundedMap, Caller, FailureKind, FiredAlert, HealthBoard, Ledger, Limits,
+    Alerts, BoundedMap, Caller, FailureKind, FiredAlert, HealthBoard, KeySpec, Ledger, Limits,
 };
 use triage_log::{ErrorKind, FeedbackRecord, LogRecord};
 use triage_policy::Decision;
@@ -32,6 +33,42 @@ pub struct BudgetCap {
     message: String,
 }
 
+/// What a key has left of its tightest limit.
+struct Remaining {
+    usd: f64,
+    limit: f64,
+    which: &'static str,
+    period: &'static str,
+}
+
+/// A request's tokens, as its worst case reads them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tokens {
+    /// The encoder's count of the input (for a model's room).
+    pub input: u32,
+    /// The most input tokens a provider can count (what is held).
+    pub max_input: u32,
+    /// The request's `max_tokens`, if it gave one.
+    pub max_output: Option<u32>,
+}
+
+/// The worst case a request's calls may cost, held against its key's limits.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WorstCase {
+    /// Each call's hold: (model, USD).
+    pub shares: Vec<(String, f64)>,
+    /// The answer length the key's remaining budget covers, when it is less than the request
+    /// allows: sent upstream as the call's `max_tokens`.
+    pub output_cap: Option<u32>,
+}
+
+impl WorstCase {
+    /// The whole hold, USD.
+    pub fn total_usd(&self) -> f64 {
+        self.shares.iter().map(|(_, usd)| usd).sum()
+    }
+}
+
 impl Controls {
     /// From the `[health]` and `[[alerts]]` settings.
     pub fn new(settings: &Settings) -> Self {
@@ -41,6 +78,27 @@ impl Controls {
             alerts: Alerts::new(settings.alerts.clone()),
             sessions: Mutex::new(BoundedMap::new(REMEMBERED)),
         }
+    }
+
+    /// What `key` has left of its tightest limit now (`None`: it has no limits).
+    fn remaining(&self, key: &KeySpec, now: DateTime<Utc>) -> Option<Remaining> {
+        let spend = self.ledger.spent(&key.name, now);
+        let limits = [
+            key.daily_usd
+                .map(|l| (l - spend.day_usd, l, "daily", "day")),
+            key.monthly_usd
+                .map(|l| (l - spend.month_usd, l, "monthly", "month")),
+        ];
+        limits
+            .into_iter()
+            .flatten()
+            .min_by(|a, b| a.0.total_cmp(&b.0))
+            .map(|(usd, limit, which, period)| Remaining {
+                usd,
+                limit,
+                which,
+                period,
+            })
     }
 
     /// Lowers `prefs.max_cost_usd` to what the caller's key has left, or refuses when nothing is.
@@ -53,17 +111,12 @@ impl Controls {
         let Some(key) = &caller.key else {
             return Ok(None);
         };
-        let spend = self.ledger.spent(&key.name, now);
-        let limits = [
-            key.daily_usd
-                .map(|l| (l - spend.day_usd, l, "daily", "day")),
-            key.monthly_usd
-                .map(|l| (l - spend.month_usd, l, "monthly", "month")),
-        ];
-        let Some((left, limit, which, period)) = limits
-            .into_iter()
-            .flatten()
-            .min_by(|a, b| a.0.total_cmp(&b.0))
+        let Some(Remaining {
+            usd: left,
+            limit,
+            which,
+            period,
+        }) = self.remaining(key, now)
         else {
             return Ok(None);
         };
@@ -86,6 +139,85 @@ impl Controls {
             }));
         }
         Ok(None)
+    }
+
+    /// The worst case `calls` (the models a request will call, each once) may cost a key with
+    /// limits, at catalog prices: `tokens.max_input` in and, out, `tokens.max_output` (the
+    /// request's `max_tokens`) or all the room the model's context leaves. When the key has
+    /// less left, the answer's length is capped to what it covers (`output_cap`); when it does
+    /// not cover the input and one token, the request is refused. `None`: no limits to hold.
+    pub fn worst_case(
+        &self,
+        caller: &Caller,
+        calls: &[&ModelSpec],
+        tokens: Tokens,
+        now: DateTime<Utc>,
+    ) -> Result<Option<WorstCase>, RouteError> {
+        let Some(key) = &caller.key else {
+            return Ok(None);
+        };
+        let Some(left) = self.remaining(key, now) else {
+            return Ok(None);
+        };
+        let input = f64::from(tokens.max_input);
+        let room = |m: &ModelSpec| m.context_window.saturating_sub(tokens.input).max(1);
+        let out = |m: &ModelSpec| tokens.max_output.map_or(room(m), |t| t.min(room(m)));
+        let shares = |cap: Option<u32>| -> Vec<(String, f64)> {
+            calls
+                .iter()
+                .map(|m| {
+                    let tokens = cap.map_or(out(m), |c| c.min(out(m)));
+                    (m.name.clone(), m.cost_usd(input, f64::from(tokens)))
+                })
+                .collect()
+        };
+        let whole = shares(None);
+        if whole.iter().map(|(_, usd)| usd).sum::<f64>() <= left.usd {
+            return Ok(Some(WorstCase {
+                shares: whole,
+                output_cap: None,
+            }));
+        }
+        let input_usd: f64 = calls.iter().map(|m| m.cost_usd(input, 0.0)).sum();
+        let per_token: f64 = calls.iter().map(|m| m.cost_usd(0.0, 1.0)).sum();
+        let covered = if per_token > 0.0 {
+            ((left.usd - input_usd) / per_token).floor()
+        } else {
+            f64::from(u32::MAX)
+        };
+        if covered < 1.0 {
+            return Err(RouteError::BudgetExhausted(format!(
+                "API key {:?} has ${:.6} left of its {} budget of ${:.2}, which does not cover \
+                 this request's input (${input_usd:.6}) and an answer; it resets at the start of \
+                 the next UTC {} (or raise {}_usd)",
+                key.name,
+                left.usd.max(0.0),
+                left.which,
+                left.limit,
+                left.period,
+                left.which
+            )));
+        }
+        let cap = covered.min(f64::from(u32::MAX)) as u32;
+        Ok(Some(WorstCase {
+            shares: shares(Some(cap)),
+            output_cap: Some(cap),
+        }))
+    }
+
+    /// Holds `usd` more of the caller's budget for `request_id` (a fallback call about to be
+    /// made); false when the key's limits have no room for it.
+    pub fn hold_more(&self, caller: &Caller, request_id: &str, usd: f64) -> bool {
+        let limits = caller
+            .key
+            .as_ref()
+            .map_or_else(Limits::default, |k| k.limits());
+        self.ledger.hold_more(request_id, usd, limits, Utc::now())
+    }
+
+    /// Gives back `usd` held for `request_id` that no call used.
+    pub fn release_hold(&self, request_id: &str, usd: f64) {
+        self.ledger.release(request_id, usd, Utc::now());
     }
 
     /// The refusal for a decision that failed only because of the key's remaining budget.
@@ -198,7 +330,7 @@ impl Controls {
 
     /// Takes back the predicted charge of a request that was not served after all.
     pub fn release(&self, request_id: &str) {
-        self.ledger.settle(request_id, 0.0, Utc::now());
+        self.ledger.settle(request_id, 0.0, None, Utc::now());
     }
 
     /// Adopts the spend the shared store reported for `key` (every replica's requests), so
@@ -242,7 +374,10 @@ impl Controls {
     }
 
     fn settle(&self, f: &FeedbackRecord, now: DateTime<Utc>) -> Vec<FiredAlert> {
-        match self.ledger.settle(&f.request_id, f.cost_usd, now) {
+        match self
+            .ledger
+            .settle(&f.request_id, f.cost_usd, f.hold_usd, now)
+        {
             Some(key) => self.check_alerts(&key, now),
             None => Vec::new(),
         }
@@ -266,7 +401,9 @@ impl Controls {
             }
             LogRecord::Feedback(f) => {
                 let at = DateTime::from_timestamp_millis(f.time_ms as i64).unwrap_or(now);
-                self.ledger.settle(&f.request_id, f.cost_usd, at);
+                // At rest a request's spend is the sum of its reports' costs, whatever was
+                // held while it ran: holds are not replayed.
+                self.ledger.settle(&f.request_id, f.cost_usd, None, at);
             }
             // A verdict costs nothing: the drafts' calls are charged by their own reports.
             LogRecord::Verification(_) => {}

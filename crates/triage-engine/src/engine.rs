@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
+use triage_core::catalog::ModelSpec;
 use triage_core::config::ExplorationSettings;
 use triage_core::features::{PromptStats, features};
 use triage_core::{Catalog, Conversation, EncoderInput, Preferences, Settings};
@@ -19,7 +20,7 @@ use triage_policy::{
 };
 
 use crate::cache::{CacheUse, CachedInput, EmbeddingCache};
-use crate::controls::{BudgetCap, Controls};
+use crate::controls::{BudgetCap, Controls, Tokens, WorstCase};
 use crate::counted::{CountedPairs, Counts};
 use crate::drafts::{Direct, PlannedDrafts, Strategy, describe, plan_drafts};
 use crate::error::{RouteError, StartupError};
@@ -49,6 +50,25 @@ pub struct RoutingRequest {
     pub reachable: Option<Arc<HashSet<String>>>,
     /// Answer directly, or verify cheap drafts first.
     pub strategy: Strategy,
+    /// What the key's budget holds for the request.
+    pub charge: Charge,
+}
+
+/// What a request holds against its key's budget while it runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Charge {
+    /// The predicted cost: the caller calls the model and reports what it cost (gRPC).
+    #[default]
+    Predicted,
+    /// The worst case the request allows, for a key with limits: this process calls the
+    /// models itself (the gateway), so a budget is a cap no caller's estimate can lower.
+    WorstCase {
+        /// The request's `max_tokens` (`None`: all the room each model's context leaves).
+        max_output_tokens: Option<u32>,
+        /// The most input tokens a provider can count for it: its body's bytes (a token
+        /// covers at least one byte), since the encoder's count is only an estimate.
+        max_input_tokens: u32,
+    },
 }
 
 impl RoutingRequest {
@@ -64,6 +84,7 @@ impl RoutingRequest {
             pinned: None,
             reachable: None,
             strategy: Strategy::Route,
+            charge: Charge::Predicted,
         }
     }
 }
@@ -98,6 +119,8 @@ pub struct RouteOutcome {
     /// For a verify request: its drafts, or why it routes directly (`None`: not asked to
     /// verify).
     pub drafts: Option<Result<PlannedDrafts, Direct>>,
+    /// The worst case held for a [`Charge::WorstCase`] request on a key with limits.
+    pub held: Option<WorstCase>,
 }
 
 /// Catalog, encoder and policy: everything a decision needs.
@@ -317,6 +340,7 @@ impl RoutingEngine {
                 sticky,
             },
             drafts,
+            held,
             fired_alerts,
         ) = loop {
             tries += 1;
@@ -324,22 +348,32 @@ impl RoutingEngine {
                 self.choose(request, &predictions, &policy, stats.input_tokens, now_utc)?;
             let drafts = (request.strategy == Strategy::Verify)
                 .then(|| plan_drafts(&policy, &chosen.decision));
+            let held = self.worst_case(
+                request,
+                &chosen.decision,
+                &drafts,
+                stats.input_tokens,
+                now_utc,
+            )?;
             let picked = chosen.decision.chosen();
             // A verify request reserves what its drafts are predicted to cost as well.
             let drafts_cost = match &drafts {
                 Some(Ok(planned)) => planned.predicted_cost_usd,
                 Some(Err(_)) | None => 0.0,
             };
+            let hold = held
+                .as_ref()
+                .map_or(picked.cost_usd + drafts_cost, WorstCase::total_usd);
             let reserved = self.controls.routed(
                 request_id,
                 &request.session_id,
                 &request.caller,
                 &picked.model,
-                picked.cost_usd + drafts_cost,
+                hold,
                 now_utc,
             );
             match reserved {
-                Some(fired) => break (chosen, drafts, fired),
+                Some(fired) => break (chosen, drafts, held, fired),
                 None if tries < MAX_RESERVATION_TRIES => {}
                 None => return Err(Controls::raced_budget(&request.caller)),
             }
@@ -365,7 +399,43 @@ impl RoutingEngine {
             cache,
             fired_alerts,
             drafts,
+            held,
         })
+    }
+
+    /// The worst case a [`Charge::WorstCase`] request's planned calls may cost (the chosen
+    /// model and any drafts), when its key has limits.
+    fn worst_case(
+        &self,
+        request: &RoutingRequest,
+        decision: &Decision,
+        drafts: &Option<Result<PlannedDrafts, Direct>>,
+        input_tokens: u32,
+        now_utc: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Option<WorstCase>, RouteError> {
+        let Charge::WorstCase {
+            max_output_tokens,
+            max_input_tokens,
+        } = request.charge
+        else {
+            return Ok(None);
+        };
+        let mut calls = vec![decision.chosen().model.as_str()];
+        if let Some(Ok(planned)) = drafts {
+            for draft in &planned.drafts {
+                if !calls.contains(&draft.as_str()) {
+                    calls.push(draft);
+                }
+            }
+        }
+        let specs: Vec<&ModelSpec> = calls.iter().filter_map(|m| self.catalog.get(m)).collect();
+        let tokens = Tokens {
+            input: input_tokens,
+            max_input: max_input_tokens.max(input_tokens),
+            max_output: max_output_tokens,
+        };
+        self.controls
+            .worst_case(&request.caller, &specs, tokens, now_utc)
     }
 
     /// One decision for `request` under its key's current budget: constraints, availability,

@@ -30,9 +30,9 @@ mod service;
 pub mod startup;
 
 pub use cache::CacheUse;
-pub use controls::{BudgetCap, Controls};
+pub use controls::{BudgetCap, Controls, Tokens, WorstCase};
 pub use drafts::{Direct, PlannedDrafts, Strategy};
-pub use engine::{RouteOutcome, RoutingEngine, RoutingRequest};
+pub use engine::{Charge, RouteOutcome, RoutingEngine, RoutingRequest};
 pub use error::{RouteError, StartupError};
 pub use service::{ModelView, Routed, Service, Verdict};
 /// The archive format start-up takes, so that callers need not depend on `triage-log`.

@@ -15,6 +15,7 @@ use triage_log::{
 use triage_policy::verify::{DraftAnswer, verify};
 
 use crate::cache::CacheUse;
+use crate::controls::{Tokens, WorstCase};
 use crate::drafts::{plan_record, serving_plan, verification_record};
 use crate::engine::{RouteOutcome, RoutingEngine, RoutingRequest};
 use crate::error::RouteError;
@@ -165,7 +166,21 @@ impl Service {
         let request_id = uuid::Uuid::now_v7().to_string();
         let outcome = self.engine.route(&request_id, routing).await?;
         let record = decision_record(&request_id, routing, &outcome, self.store_prompts);
-        let shared = self.reserve_shared(routing, &record).await?;
+        let shared = match self
+            .reserve_shared(
+                &routing.caller,
+                &request_id,
+                record.reserved_usd(),
+                record.time_ms,
+            )
+            .await
+        {
+            Ok(shared) => shared,
+            Err(e) => {
+                self.engine.controls().release(&request_id);
+                return Err(e);
+            }
+        };
         if let Err(e) = self.log.record_decision(record) {
             // Not served: no charge stays behind, here or in the budgets replicas share.
             self.engine.controls().release(&request_id);
@@ -194,17 +209,19 @@ impl Service {
         })
     }
 
-    /// Reserves the request's predicted charge in the store's shared budgets, when the caller's
-    /// key has limits and the store keeps budgets across replicas (the engine's own ledger has
-    /// reserved it already, against this replica's view of the key's spend). A refusal, or a
-    /// store that cannot answer, releases that local reservation: a key with limits is not
-    /// routed on a guess. Returns the reservation the store charged, if it charged one.
+    /// Reserves what the engine's ledger has held for a request in the store's shared budgets
+    /// too, when the caller's key has limits and the store keeps budgets across replicas (the
+    /// ledger checked it against this replica's view of the key's spend only). A refusal, or a
+    /// store that cannot answer, is an error: a key with limits is not served on a guess; the
+    /// caller takes back the local hold. Returns the reservation the store charged, if any.
     async fn reserve_shared(
         &self,
-        routing: &RoutingRequest,
-        record: &DecisionRecord,
+        caller: &Caller,
+        request_id: &str,
+        usd: f64,
+        time_ms: u64,
     ) -> Result<Option<SpendReservation>, RouteError> {
-        let Some(key) = &routing.caller.key else {
+        let Some(key) = &caller.key else {
             return Ok(None);
         };
         if key.daily_usd.is_none() && key.monthly_usd.is_none() {
@@ -212,31 +229,76 @@ impl Service {
         }
         let reservation = SpendReservation {
             api_key: key.name.clone(),
-            request_id: record.request_id.clone(),
-            usd: record.reserved_usd(),
+            request_id: request_id.to_owned(),
+            usd,
             daily_usd: key.daily_usd,
             monthly_usd: key.monthly_usd,
-            time_ms: record.time_ms,
+            time_ms,
         };
         let controls = self.engine.controls();
-        let reserved = self.log.reserve_spend(reservation.clone()).await;
-        match reserved {
-            Ok(Reserved::Local) => Ok(None),
-            Ok(Reserved::Charged { day_usd, month_usd }) => {
+        match self.log.reserve_spend(reservation.clone()).await? {
+            Reserved::Local => Ok(None),
+            Reserved::Charged { day_usd, month_usd } => {
                 controls.observe_spend(&key.name, day_usd, month_usd);
                 Ok(Some(reservation))
             }
-            Ok(Reserved::Refused { day_usd, month_usd }) => {
-                controls.release(&record.request_id);
+            Reserved::Refused { day_usd, month_usd } => {
                 controls.observe_spend(&key.name, day_usd, month_usd);
                 Err(crate::controls::Controls::shared_refusal(
                     key, day_usd, month_usd,
                 ))
             }
-            Err(e) => {
-                controls.release(&record.request_id);
-                Err(e.into())
-            }
+        }
+    }
+
+    /// Holds the worst case of one more call of `request_id` (a fallback to `model` the
+    /// gateway is about to make), for a key with limits, here and in the shared budgets.
+    /// Returns the hold (for the call's record to settle) and the answer length the budget
+    /// covers when it is less than the request allows; `None`: nothing to hold.
+    pub async fn hold_call(
+        &self,
+        caller: &Caller,
+        request_id: &str,
+        model: &str,
+        tokens: Tokens,
+    ) -> Result<Option<WorstCase>, RouteError> {
+        let Some(spec) = self.engine.catalog().get(model) else {
+            return Ok(None);
+        };
+        let controls = self.engine.controls();
+        let held = controls.worst_case(caller, &[spec], tokens, chrono::Utc::now())?;
+        let Some(held) = held else {
+            return Ok(None);
+        };
+        let usd = held.total_usd();
+        if !controls.hold_more(caller, request_id, usd) {
+            return Err(crate::controls::Controls::raced_budget(caller));
+        }
+        let time_ms = crate::feedback::now_ms();
+        if let Err(e) = self.reserve_shared(caller, request_id, usd, time_ms).await {
+            controls.release_hold(request_id, usd);
+            return Err(e);
+        }
+        Ok(Some(held))
+    }
+
+    /// Gives back `usd` held for calls of `request_id` that were never made, here and in the
+    /// shared budgets.
+    pub async fn release_hold(&self, caller: &Caller, request_id: &str, usd: f64) {
+        self.engine.controls().release_hold(request_id, usd);
+        let Some(key) = &caller.key else {
+            return;
+        };
+        let reservation = SpendReservation {
+            api_key: key.name.clone(),
+            request_id: request_id.to_owned(),
+            usd,
+            daily_usd: key.daily_usd,
+            monthly_usd: key.monthly_usd,
+            time_ms: crate::feedback::now_ms(),
+        };
+        if let Err(e) = self.log.release_spend(reservation).await {
+            tracing::warn!(error = %e, %request_id, "an unused budget hold could not be given back");
         }
     }
 
@@ -569,5 +631,6 @@ fn decision_record(
             Some(Ok(planned)) => Some(plan_record(planned, decision)),
             Some(Err(_)) | None => None,
         },
+        held_usd: outcome.held.as_ref().map(WorstCase::total_usd),
     }
 }

@@ -41,6 +41,7 @@ async fn a_report_whose_caller_gave_up_is_still_applied() {
         first_byte_ms: None,
         tokens_estimated: false,
         api_key: None,
+        hold_usd: None,
     };
     // Polled once (the report is queued), then dropped before it is durable.
     let caller = Caller::default();

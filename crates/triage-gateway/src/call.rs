@@ -116,16 +116,18 @@ pub struct Answer {
     pub first_byte: Option<Duration>,
 }
 
-/// Calls `model` through `target`, giving up at `deadline`.
+/// Calls `model` through `target`, giving up at `deadline`, its answer capped at
+/// `max_tokens` when the caller's budget covers less than the request asked for.
 pub async fn call(
     target: &Target,
     request: &ChatRequest,
     model: &str,
     deadline: Instant,
+    max_tokens: Option<u32>,
 ) -> Answer {
     let started = Instant::now();
     let provider = &target.provider;
-    let body = match upstream_body(target, request) {
+    let body = match upstream_body(target, request, max_tokens) {
         Ok(b) => b,
         Err(detail) => {
             return Answer {
@@ -185,11 +187,24 @@ pub async fn call(
 }
 
 /// The request body for the provider: OpenAI's own (model renamed, usage always asked for when
-/// streaming, so that the gateway can account), or its Messages translation.
-fn upstream_body(target: &Target, request: &ChatRequest) -> Result<Vec<u8>, String> {
+/// streaming, so that the gateway can account), or its Messages translation; `max_tokens`
+/// replaces the caller's answer length when given.
+fn upstream_body(
+    target: &Target,
+    request: &ChatRequest,
+    max_tokens: Option<u32>,
+) -> Result<Vec<u8>, String> {
+    let mut body = request.body.clone();
+    if let Some(cap) = max_tokens {
+        let field = if body.contains_key("max_completion_tokens") {
+            "max_completion_tokens"
+        } else {
+            "max_tokens"
+        };
+        body.insert(field.into(), cap.into());
+    }
     let value = match target.provider.kind {
         ProviderKind::Openai => {
-            let mut body = request.body.clone();
             body.insert("model".into(), target.upstream_model.clone().into());
             if request.stream {
                 let options = body
@@ -202,7 +217,7 @@ fn upstream_body(target: &Target, request: &ChatRequest) -> Result<Vec<u8>, Stri
             Value::Object(body)
         }
         ProviderKind::Anthropic => {
-            anthropic::request(&request.body, &target.upstream_model, request.stream)
+            anthropic::request(&body, &target.upstream_model, request.stream)
                 .map_err(|e| e.to_string())?
         }
     };

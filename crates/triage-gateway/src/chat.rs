@@ -7,13 +7,14 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
-use triage_engine::{PlannedDrafts, RouteError, Routed, RoutingRequest};
+use triage_engine::{Charge, PlannedDrafts, RouteError, Routed, RoutingRequest};
 use triage_guard::Caller;
 use triage_log::ErrorKind;
 
 use crate::Gateway;
 use crate::call::{Answer, Failure, Reply, call};
 use crate::error::{AttemptSummary, GatewayError};
+use crate::holds::Holds;
 use crate::openai::completion_text;
 use crate::record::{Attempt, Outcome};
 use crate::relay::{Relay, event_stream};
@@ -47,12 +48,20 @@ async fn answer(
     }
     let routing = routing_request(gw, &request, caller)?;
     let routed = gw.service.route(&routing).await?;
+    // Whatever way this returns, the holds no call took are given back (on drop).
+    let mut holds = Holds::new(
+        &gw.service,
+        &routing.caller,
+        &routed,
+        request.max_input_tokens,
+        request.max_output_tokens(),
+    );
     let order = attempt_order(gw, &request, &routed);
     let deadline = started + Duration::from_millis(gw.settings.deadline_ms);
     let mut failures = Vec::new();
     let mut upstream_time = Duration::ZERO;
     // A verify request runs its drafts first; the attempts below are its escalation.
-    let mut drafted = drafts_first(gw, &request, &routing, &routed, deadline).await;
+    let mut drafted = drafts_first(gw, &request, &routing, &routed, &mut holds, deadline).await;
     upstream_time += drafted
         .as_ref()
         .map_or(Duration::ZERO, |(_, run)| run.elapsed);
@@ -81,6 +90,18 @@ async fn answer(
         let Some(target) = gw.upstreams.target(model) else {
             continue;
         };
+        let hold = match holds.call(model).await {
+            Ok(hold) => hold,
+            Err(e) => {
+                // The key has no room left for this fallback's worst case: it is not made.
+                failures.push(AttemptSummary {
+                    model: model.clone(),
+                    outcome: "budget_exhausted",
+                    detail: e.to_string(),
+                });
+                break;
+            }
+        };
         let mut attempt = Attempt::start(
             &gw.service,
             &routing.caller,
@@ -90,7 +111,8 @@ async fn answer(
             &target.provider.name,
             routed.outcome.input_tokens,
         );
-        let Answer { result, first_byte } = call(target, &request, model, deadline).await;
+        attempt.hold = hold.usd;
+        let Answer { result, first_byte } = call(target, &request, model, deadline, hold.cap).await;
         attempt.first_byte = first_byte;
         upstream_time += attempt.elapsed();
         let reply = match result {
@@ -123,10 +145,11 @@ async fn drafts_first<'r>(
     request: &ChatRequest,
     routing: &RoutingRequest,
     routed: &'r Routed,
+    holds: &mut Holds,
     deadline: Instant,
 ) -> Option<(&'r PlannedDrafts, DraftsRun)> {
     let plan = routed.outcome.drafts.as_ref()?.as_ref().ok()?;
-    let run = run_drafts(gw, request, &routing.caller, routed, plan, deadline).await;
+    let run = run_drafts(gw, request, &routing.caller, routed, plan, holds, deadline).await;
     Some((plan, run))
 }
 
@@ -212,6 +235,11 @@ fn routing_request(
         pinned,
         reachable: Some(gw.upstreams.reachable().clone()),
         strategy: request.strategy(),
+        // The gateway makes the calls: a key with limits holds their worst case.
+        charge: Charge::WorstCase {
+            max_output_tokens: request.max_output_tokens(),
+            max_input_tokens: request.max_input_tokens,
+        },
     })
 }
 

@@ -124,6 +124,7 @@ async fn store_feedback(
         first_byte_ms: None,
         tokens_estimated: false,
         api_key: None,
+        hold_usd: None,
     };
     Ok(gw.service.feedback(&caller, record).await?)
 }

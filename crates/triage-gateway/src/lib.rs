@@ -14,6 +14,7 @@
 //! - `chat`: the handler and the attempt loop; `call`: one upstream call and how it ended;
 //!   `relay`: streaming to the client as events arrive; `record`: the per-attempt feedback;
 //! - `verify`: `triage-verify`, cheap drafts first and the acceptor's verdict;
+//! - `holds`: what each call holds of a key's budget (the worst case, not a prediction);
 //! - `anthropic` / `openai`: the two upstream dialects; `upstreams`: providers and clients;
 //! - `error`: the one mapping of errors to HTTP statuses and OpenAI error bodies.
 
@@ -22,6 +23,7 @@ mod call;
 mod chat;
 mod error;
 mod handlers;
+mod holds;
 mod openai;
 mod record;
 mod relay;

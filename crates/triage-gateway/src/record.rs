@@ -28,6 +28,8 @@ pub struct Attempt {
     started: Instant,
     /// Time to the response head.
     pub first_byte: Option<Duration>,
+    /// What the call holds of the caller's budget, which its record settles.
+    pub hold: Option<f64>,
 }
 
 /// How an attempt ended.
@@ -104,6 +106,7 @@ impl Attempt {
             input_estimate,
             started: Instant::now(),
             first_byte: None,
+            hold: None,
         }
     }
 
@@ -160,6 +163,7 @@ impl Attempt {
             first_byte_ms: self.first_byte.map(millis),
             tokens_estimated: estimated,
             api_key: None,
+            hold_usd: self.hold,
         };
         if let Err(e) = self.service.record_attempt(&self.caller, record) {
             tracing::warn!(error = %e, request_id = %self.request_id, "gateway feedback not recorded");

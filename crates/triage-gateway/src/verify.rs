@@ -23,6 +23,7 @@ use triage_policy::verify::DraftAnswer;
 
 use crate::Gateway;
 use crate::call::{Answer, Reply, call};
+use crate::holds::{CallHold, Holds};
 use crate::openai::{Usage, chunk, completion_text, now_secs, usage_chunk};
 use crate::record::{Attempt, Outcome};
 use crate::relay::{DONE, event_stream, sse};
@@ -65,15 +66,30 @@ pub async fn run_drafts(
     caller: &Caller,
     routed: &Routed,
     plan: &PlannedDrafts,
+    holds: &mut Holds,
     deadline: Instant,
 ) -> DraftsRun {
     let started = Instant::now();
     let whole = request.unstreamed();
+    // Each draft takes the share the decision held for it.
+    let held: Vec<CallHold> = plan
+        .drafts
+        .iter()
+        .map(|model| holds.planned(model).unwrap_or_default())
+        .collect();
     let calls = plan
         .drafts
         .iter()
+        .zip(held)
         .enumerate()
-        .map(|(i, model)| call_draft(gw, &whole, caller, routed, i + 1, model, deadline));
+        .map(|(i, (model, hold))| {
+            let draft = Draft {
+                number: i + 1,
+                model,
+                hold,
+            };
+            call_draft(gw, &whole, caller, routed, draft, deadline)
+        });
     let results = futures::future::join_all(calls).await;
     let cost_usd = results.iter().map(|(_, cost)| cost).sum();
     let answered: Vec<Drafted> = results.into_iter().filter_map(|(d, _)| d).collect();
@@ -118,16 +134,27 @@ pub async fn run_drafts(
     run
 }
 
+/// One draft to call: its number among the request's calls, its model and its hold.
+struct Draft<'a> {
+    number: usize,
+    model: &'a str,
+    hold: CallHold,
+}
+
 /// One draft call: its answer (when it gave one) and its cost.
 async fn call_draft(
     gw: &Gateway,
     request: &ChatRequest,
     caller: &Caller,
     routed: &Routed,
-    number: usize,
-    model: &str,
+    draft: Draft<'_>,
     deadline: Instant,
 ) -> (Option<Drafted>, f64) {
+    let Draft {
+        number,
+        model,
+        hold,
+    } = draft;
     let Some(target) = gw.upstreams.target(model) else {
         return (None, 0.0);
     };
@@ -140,7 +167,8 @@ async fn call_draft(
         &target.provider.name,
         routed.outcome.input_tokens,
     );
-    let Answer { result, first_byte } = call(target, request, model, deadline).await;
+    attempt.hold = hold.usd;
+    let Answer { result, first_byte } = call(target, request, model, deadline, hold.cap).await;
     attempt.first_byte = first_byte;
     match result {
         Ok(Reply::Complete { body, usage }) => {

@@ -44,6 +44,9 @@ pub struct ChatRequest {
     pub include_usage: bool,
     /// Routing preferences from the `triage` object.
     pub options: TriageOptions,
+    /// The most input tokens a provider can count for it (the body's bytes): what a budget's
+    /// worst case holds.
+    pub max_input_tokens: u32,
 }
 
 /// The `triage` object of a request body (what OpenAI SDKs send with `extra_body`): the same
@@ -188,6 +191,7 @@ pub fn parse(body: &[u8], limits: RequestLimits) -> Result<ChatRequest, InvalidR
             ));
         }
     }
+    check_spend_fields(&body)?;
     let stream = match body.get("stream") {
         None | Some(Value::Null) => false,
         Some(Value::Bool(b)) => *b,
@@ -213,10 +217,21 @@ pub fn parse(body: &[u8], limits: RequestLimits) -> Result<ChatRequest, InvalidR
         stream,
         include_usage,
         options,
+        // A provider's token covers at least one byte of what it reads.
+        max_input_tokens: u32::try_from(text.len()).unwrap_or(u32::MAX),
     })
 }
 
 impl ChatRequest {
+    /// The answer length the caller allows (`max_completion_tokens`, else `max_tokens`).
+    pub fn max_output_tokens(&self) -> Option<u32> {
+        self.body
+            .get("max_completion_tokens")
+            .or_else(|| self.body.get("max_tokens"))
+            .and_then(Value::as_u64)
+            .map(|n| u32::try_from(n).unwrap_or(u32::MAX))
+    }
+
     /// How the request is answered: `triage.strategy`, else its virtual model's.
     pub fn strategy(&self) -> Strategy {
         match (self.options.strategy, &self.target) {
@@ -239,8 +254,62 @@ impl ChatRequest {
             stream: false,
             include_usage: false,
             options: TriageOptions::default(),
+            max_input_tokens: self.max_input_tokens,
         }
     }
+}
+
+/// The body fields that change what a call costs or who keeps it, each decided: `n` and
+/// `best_of` above 1 would multiply the answers billed, a `service_tier` other than `auto` or
+/// `default` is priced apart from the catalog, and `store: true` would keep the prompt at the
+/// operator's provider account: refused. `max_tokens` and `max_completion_tokens` must be
+/// whole numbers (the budget's worst case reads them). Anything else (`logit_bias`, `seed`,
+/// `temperature`, ...) is forwarded unchanged: it does not change the price.
+fn check_spend_fields(body: &Map<String, Value>) -> Result<(), InvalidRequest> {
+    let present = |key: &str| body.get(key).filter(|v| !v.is_null());
+    if let Some(n) = present("best_of")
+        && n.as_u64() != Some(1)
+    {
+        return Err(InvalidRequest::new(
+            "best_of",
+            format!(
+                "{} is not supported: each of best_of answers is billed; leave it out",
+                clip(&n.to_string())
+            ),
+        ));
+    }
+    if let Some(tier) = present("service_tier")
+        && !matches!(tier.as_str(), Some("auto" | "default"))
+    {
+        return Err(InvalidRequest::new(
+            "service_tier",
+            format!(
+                "{} is not supported: the catalog prices the default tier only; use \"auto\" \
+                 or \"default\", or leave it out",
+                clip(&tier.to_string())
+            ),
+        ));
+    }
+    if let Some(store) = present("store")
+        && store.as_bool() != Some(false)
+    {
+        return Err(InvalidRequest::new(
+            "store",
+            "must be false or absent: the gateway does not keep prompts at the operator's \
+             provider account for a caller",
+        ));
+    }
+    for key in ["max_tokens", "max_completion_tokens"] {
+        if let Some(v) = present(key)
+            && v.as_u64().is_none()
+        {
+            return Err(InvalidRequest::new(
+                key,
+                format!("{} must be a whole number of tokens", clip(&v.to_string())),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The messages' roles and text, as the encoder reads them.

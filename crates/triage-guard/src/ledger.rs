@@ -4,6 +4,13 @@
 //! and charged under one lock); the first report of its real cost replaces the prediction and
 //! later reports (fallback attempts) add theirs. Pending predictions are remembered for a
 //! bounded number of requests; past that, the prediction simply stays charged.
+//!
+//! Where this process makes the calls itself (the gateway) and the key has limits, what is held
+//! is not a prediction but the worst case each call allows, so that a caller cannot lower it:
+//! every call's hold is settled by that call's own report (`hold`), a fallback holds its own
+//! before it runs ([`hold_more`](Ledger::hold_more)), and what no call used is given back
+//! ([`release`](Ledger::release)). Once a request's reports are in, its spend is the sum of
+//! their costs either way.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
@@ -136,25 +143,76 @@ impl Ledger {
         true
     }
 
-    /// Books a reported cost for `request_id`: the first report replaces the predicted charge,
-    /// later ones (further attempts of the same request at other models) add to it, so the
-    /// spend of a request is the sum of what its reports say it cost. Returns the key charged,
-    /// or `None` when the request is unknown (never routed here, or long forgotten).
-    pub fn settle(&self, request_id: &str, reported: f64, now: DateTime<Utc>) -> Option<String> {
+    /// Books a reported cost for `request_id`. A report that settles a `hold` of its own
+    /// replaces that hold with its cost; otherwise the first report replaces the predicted
+    /// charge and later ones (further attempts of the same request at other models) add to it,
+    /// so the spend of a request is the sum of what its reports say it cost. Returns the key
+    /// charged, or `None` when the request is unknown (never routed here, or long forgotten).
+    pub fn settle(
+        &self,
+        request_id: &str,
+        reported: f64,
+        hold: Option<f64>,
+        now: DateTime<Utc>,
+    ) -> Option<String> {
         let mut inner = self.lock();
         let p = inner.pending.get_mut(request_id)?;
         // The correction belongs to the period the request was charged in.
         let same_period = periods(p.at) == periods(now);
-        let delta = match (same_period, p.settled) {
-            (false, _) => 0.0,
-            (true, false) => reported - p.usd,
-            (true, true) => reported,
+        let delta = match (same_period, hold, p.settled) {
+            (false, ..) => 0.0,
+            (true, Some(held), _) => reported - held,
+            (true, None, false) => reported - p.usd,
+            (true, None, true) => reported,
         };
         p.settled = true;
         let key = p.key.clone();
         inner.by_key.entry(key.clone()).or_default().add(delta, now);
         inner.global.add(delta, now);
         Some(key)
+    }
+
+    /// Holds `usd` more for `request_id` (a fallback call about to be made) if it fits within
+    /// `limits`, checked and charged under one lock. Returns whether it was held (an unknown
+    /// request is not).
+    pub fn hold_more(
+        &self,
+        request_id: &str,
+        usd: f64,
+        limits: Limits,
+        now: DateTime<Utc>,
+    ) -> bool {
+        let mut guard = self.lock();
+        let inner = &mut *guard;
+        let Some(p) = inner.pending.get_mut(request_id) else {
+            return false;
+        };
+        let key = p.key.clone();
+        let spend = inner.by_key.entry(key).or_default();
+        spend.roll(now);
+        let fits = |limit: Option<f64>, spent: f64| {
+            limit.is_none_or(|l| spent + usd <= l * (1.0 + 1e-9) + 1e-12)
+        };
+        if !(fits(limits.daily_usd, spend.day_usd) && fits(limits.monthly_usd, spend.month_usd)) {
+            return false;
+        }
+        spend.add(usd, now);
+        inner.global.add(usd, now);
+        true
+    }
+
+    /// Gives back `usd` held for `request_id` that no call used (a planned call never made).
+    pub fn release(&self, request_id: &str, usd: f64, now: DateTime<Utc>) {
+        let mut inner = self.lock();
+        let Some(p) = inner.pending.get_mut(request_id) else {
+            return;
+        };
+        if periods(p.at) != periods(now) {
+            return;
+        }
+        let key = p.key.clone();
+        inner.by_key.entry(key).or_default().add(-usd, now);
+        inner.global.add(-usd, now);
     }
 
     /// Sets `key`'s spend this day and month to what a shared store counted (every replica's
@@ -197,9 +255,9 @@ mod tests {
             .expect("time");
         ledger.charge("a", "r1", 0.5, t);
         ledger.charge("b", "r2", 0.25, t);
-        assert_eq!(ledger.settle("r1", 0.125, t), Some("a".into()));
+        assert_eq!(ledger.settle("r1", 0.125, None, t), Some("a".into()));
         assert_eq!(
-            ledger.settle("r1", 0.0, t),
+            ledger.settle("r1", 0.0, None, t),
             Some("a".into()),
             "a later report adds its own cost (here none), never refunds the first"
         );
@@ -207,8 +265,8 @@ mod tests {
         assert!((s.day_usd - 0.125).abs() < 1e-12 && (s.month_usd - 0.125).abs() < 1e-12);
         assert!((ledger.global(t).day_usd - 0.375).abs() < 1e-12);
         // A failed attempt reports nothing spent, the fallback that answered its real cost.
-        ledger.settle("r2", 0.0, t);
-        ledger.settle("r2", 0.0625, t);
+        ledger.settle("r2", 0.0, None, t);
+        ledger.settle("r2", 0.0625, None, t);
         assert!((ledger.spent("b", t).day_usd - 0.0625).abs() < 1e-12);
         let tight = Limits {
             daily_usd: Some(1.0),
@@ -221,6 +279,35 @@ mod tests {
         );
         assert!(ledger.reserve("c", "r5", 0.25, tight, t));
         assert!((ledger.spent("c", t).day_usd - 1.0).abs() < 1e-12);
+        // Held calls: each report settles its own hold, a fallback holds before it runs (and
+        // is refused when the limit has no room), and an unused hold is given back.
+        let cap = Limits {
+            daily_usd: Some(1.0),
+            monthly_usd: None,
+        };
+        assert!(
+            ledger.reserve("d", "r6", 0.5, cap, t),
+            "first call and a draft, 0.25 each"
+        );
+        assert_eq!(ledger.settle("r6", 0.0, Some(0.25), t), Some("d".into()));
+        assert!(
+            (ledger.spent("d", t).day_usd - 0.25).abs() < 1e-12,
+            "the failed call's hold is back"
+        );
+        assert!(
+            ledger.hold_more("r6", 0.5, cap, t),
+            "a fallback holds before it runs"
+        );
+        assert!(
+            !ledger.hold_more("r6", 0.5, cap, t),
+            "and cannot pass the limit"
+        );
+        ledger.settle("r6", 0.125, Some(0.5), t);
+        ledger.release("r6", 0.25, t);
+        assert!(
+            (ledger.spent("d", t).day_usd - 0.125).abs() < 1e-12,
+            "spend is what was used"
+        );
         let next_day = t + chrono::Duration::hours(2); // February 1st
         let s = ledger.spent("a", next_day);
         assert_eq!((s.day_usd, s.month_usd), (0.0, 0.0));

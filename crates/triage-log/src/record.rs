@@ -81,6 +81,10 @@ pub struct DecisionRecord {
     /// The drafts to run first, when the request asked to verify then escalate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub draft_plan: Option<DraftPlanRecord>,
+    /// What was held against the key's budget when it is not the prediction: the worst case
+    /// the request allows, for a key with limits whose calls this process makes itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held_usd: Option<f64>,
 }
 
 impl DecisionRecord {
@@ -88,6 +92,9 @@ impl DecisionRecord {
     /// predicted cost, plus any drafts planned before it (one definition for the ledger's
     /// replay and the shared stores' budgets).
     pub fn reserved_usd(&self) -> f64 {
+        if let Some(held) = self.held_usd {
+            return held;
+        }
         let predicted = |model: &str| {
             self.candidates
                 .iter()
@@ -230,6 +237,11 @@ pub struct FeedbackRecord {
     /// the request may report on it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_key: Option<String>,
+    /// The part of the key's budget held for this call, which this report settles (the
+    /// gateway's records on keys with limits). `None`: the first report replaces the
+    /// request's held prediction and later ones add their cost.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hold_usd: Option<f64>,
 }
 
 impl ErrorKind {

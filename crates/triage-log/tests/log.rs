@@ -44,6 +44,7 @@ fn decision(request_id: &str) -> DecisionRecord {
         prompt: None,
         api_key: None,
         draft_plan: None,
+        held_usd: None,
     }
 }
 
@@ -63,6 +64,7 @@ fn feedback(request_id: &str, feedback_id: &str, quality: f64) -> FeedbackRecord
         first_byte_ms: None,
         tokens_estimated: false,
         api_key: None,
+        hold_usd: None,
     }
 }
 

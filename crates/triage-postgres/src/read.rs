@@ -195,9 +195,10 @@ async fn insert_reports(
         .collect())
 }
 
-/// Books new reports' costs into their keys' budgets, as the replica's ledger does: the
-/// first report on a request replaces its predicted cost, later ones (fallback attempts) add
-/// theirs; a correction counts only in the day and month the request was charged in.
+/// Books new reports' costs into their keys' budgets, as the replica's ledger does: a report
+/// that settles a hold of its own replaces that hold; otherwise the first report on a request
+/// replaces its predicted cost, later ones (fallback attempts) add theirs; a correction counts
+/// only in the day and month the request was charged in.
 async fn settle(tx: &Transaction<'_>, reports: &[&FeedbackRecord]) -> Result<(), PgError> {
     if reports.is_empty() {
         return Ok(());
@@ -234,10 +235,11 @@ async fn settle(tx: &Transaction<'_>, reports: &[&FeedbackRecord]) -> Result<(),
         let Some((key, predicted, settled, at_ms)) = charged.get_mut(&f.request_id) else {
             continue;
         };
-        let delta = if *settled {
-            f.cost_usd
-        } else {
-            f.cost_usd - *predicted
+        // A report that settles a hold of its own replaces just that hold (see the ledger).
+        let delta = match (f.hold_usd, *settled) {
+            (Some(held), _) => f.cost_usd - held,
+            (None, true) => f.cost_usd,
+            (None, false) => f.cost_usd - *predicted,
         };
         *settled = true;
         let at = DateTime::from_timestamp_millis(*at_ms).unwrap_or(now);

@@ -57,6 +57,8 @@ pub fn routing_request(
         pinned: None,
         reachable: None,
         strategy,
+        // A gRPC caller calls the model and reports its cost: the prediction is held.
+        charge: triage_engine::Charge::Predicted,
     })
 }
 
@@ -194,6 +196,7 @@ pub fn feedback_record(f: v1::FeedbackRequest) -> Result<FeedbackRecord, Invalid
         first_byte_ms: None,
         tokens_estimated: false,
         api_key: None,
+        hold_usd: None,
     })
 }
 

@@ -6,7 +6,8 @@
 //! prompt, so a test can tell which model answered what. Faults are scripted per model over
 //! HTTP (`POST /_script`), so Rust, Python and Node tests drive it alike:
 //! `{"model": "m", "faults": [{"kind": "status", "status": 429, "retry_after": 7}]}` queues
-//! faults that the next calls to `m` consume in order. Kinds: `status` (any status, with an
+//! faults that the next calls to `m` consume in order. An answer stops at the request's
+//! `max_tokens` (or `max_completion_tokens`), as a real provider's does. Kinds: `status` (any status, with an
 //! optional `retry_after` in seconds), `slow_first_byte` (`ms`), `cut_stream` (after `chunks`
 //! chunks the connection breaks), `malformed` (a 200 whose body is not JSON), `no_usage`, and
 //! the misbehaving ones ([`misbehave`]): `redirect` (`status`, `location`), `endless_stream`
@@ -388,9 +389,22 @@ async fn prepare(up: &Upstream, body: &Bytes) -> Result<Call, Response> {
         .get("messages")
         .map(Value::to_string)
         .unwrap_or_default();
+    // Like a real provider, the answer stops at the caller's max_tokens.
+    let max_tokens = body
+        .get("max_completion_tokens")
+        .or_else(|| body.get("max_tokens"))
+        .and_then(Value::as_u64);
+    let mut pieces = answer_pieces(up, &model, &prompt, up.behaviour.answer_words);
+    if let Some(max) = max_tokens {
+        let mut bytes = 0u64;
+        pieces.retain(|p| {
+            bytes += p.len() as u64;
+            bytes <= max.saturating_mul(4)
+        });
+    }
     Ok(Call {
         stream: body.get("stream").and_then(Value::as_bool).unwrap_or(false),
-        pieces: answer_pieces(up, &model, &prompt, up.behaviour.answer_words),
+        pieces,
         input_tokens: tokens(&all_text),
         model,
         fault,

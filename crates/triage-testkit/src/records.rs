@@ -30,6 +30,7 @@ pub fn decision(request_id: &str, models: &[&str], predicted_usd: f64) -> Decisi
         prompt: None,
         api_key: None,
         draft_plan: None,
+        held_usd: None,
     }
 }
 
@@ -50,5 +51,6 @@ pub fn report(request_id: &str, feedback_id: &str, model: &str, cost_usd: f64) -
         first_byte_ms: None,
         tokens_estimated: false,
         api_key: None,
+        hold_usd: None,
     }
 }

@@ -536,6 +536,7 @@ mod tests {
             prompt: None,
             api_key: None,
             draft_plan: None,
+            held_usd: None,
         };
         let decisions: Vec<_> = (0..300)
             .map(|i| decision(i, if i < 100 { 3 } else { 4 }))

@@ -62,6 +62,7 @@ fn decision(id: &str, features: &[f32]) -> DecisionRecord {
             threshold: 0.5,
             escalation: vec![DEAR.into()],
         }),
+        held_usd: None,
     }
 }
 
@@ -81,6 +82,7 @@ fn report(id: &str, model: &str, quality: f64, n: usize) -> FeedbackRecord {
         first_byte_ms: None,
         tokens_estimated: false,
         api_key: None,
+        hold_usd: None,
     }
 }
 
