@@ -18,6 +18,7 @@ fn options(dir: &Path, archive: bool) -> LogOptions {
         queue_capacity: 1024,
         queue_bytes: 64 << 20,
         retention: None,
+        index_max_bytes: None,
         archive: archive.then(|| Arc::new(ParquetArchive) as Arc<dyn ArchiveFormat>),
     }
 }

@@ -24,6 +24,7 @@ fn open_log(dir: &std::path::Path) -> FileEventLog {
         queue_capacity: 64,
         queue_bytes: 64 << 20,
         retention: None,
+        index_max_bytes: None,
         archive: None,
     })
     .expect("log opens")

@@ -234,6 +234,11 @@ pub struct LogSettings {
     /// Bytes waiting for the writer before new records are refused with RESOURCE_EXHAUSTED.
     #[serde(default = "default_log_queue_bytes")]
     pub queue_bytes: u64,
+    /// The most memory the file log's index of decisions (for late reports and `Verify`)
+    /// takes, bytes; past it the oldest are dropped and reports on them refused as evicted.
+    /// 0: the retention alone bounds it.
+    #[serde(default = "default_index_max_bytes")]
+    pub index_max_bytes: usize,
     /// Days decisions and reports are kept in the server's index and read at start (0: for
     /// ever). Feedback must come within this; monthly budgets need at least 32.
     #[serde(default = "default_retention_days")]
@@ -302,6 +307,10 @@ pub struct GatewaySettings {
     /// failed attempt).
     #[serde(default = "default_gateway_upstream_body_bytes")]
     pub max_upstream_body_bytes: usize,
+}
+
+fn default_index_max_bytes() -> usize {
+    256 * 1024 * 1024
 }
 
 fn default_gateway_body_read_ms() -> u64 {

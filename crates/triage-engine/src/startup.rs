@@ -72,6 +72,8 @@ async fn open_file_log(
             retention: (log_settings.retention_days > 0)
                 .then(|| Duration::from_secs(log_settings.retention_days.saturating_mul(86_400))),
             archive,
+            index_max_bytes: (log_settings.index_max_bytes > 0)
+                .then_some(log_settings.index_max_bytes),
         };
         // The file log's read side would scan the directory a second time: history is
         // replayed during the scan that recovers it.

@@ -206,7 +206,7 @@ fn route_shape(e: &RouteError) -> Shape {
             Some(1),
         ),
         RouteError::Log(l) => match l {
-            LogError::UnknownRequest(_) | LogError::ExpiredRequest(..) => (
+            LogError::UnknownRequest(_) | LogError::ExpiredRequest(..) | LogError::Evicted(..) => (
                 S::NOT_FOUND,
                 invalid,
                 "unknown_request",

@@ -25,6 +25,8 @@ mod error;
 mod handlers;
 mod holds;
 mod openai;
+#[cfg(test)]
+mod properties;
 mod record;
 mod relay;
 mod upstreams;

@@ -9,6 +9,13 @@
 //! new ones come in. Feedback for an older request is refused as expired; Triage's request ids
 //! are UUIDv7, whose first 48 bits are their creation time, so an expired id is told apart from
 //! one never issued.
+//!
+//! And within a memory bound (`log.index_max_bytes`): an entry is compact (the request id as
+//! 128 bits, the candidate list shared by every decision that had the same one, a report as
+//! its id and a digest), its size is counted, and past the bound the oldest decisions are
+//! dropped first, whatever the retention. A report on one of those is refused with a clear
+//! "evicted" error (its id's time is before the newest evicted decision's), never looked for
+//! on disk: a busy server keeps a bounded window of late reports, not the whole retention.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -20,7 +27,8 @@ use crate::record::{DraftPlanRecord, LogRecord, MAX_REPORTS_PER_REQUEST};
 /// What the index remembers of a decision: the models feedback may name, the key that may, for
 /// a verify-then-escalate request its plan and verdict, and the reports stored on it.
 pub(crate) struct DecidedRequest {
-    pub candidates: Vec<Arc<str>>,
+    /// Shared by every decision with the same candidates.
+    pub candidates: Arc<[Arc<str>]>,
     pub api_key: Option<Arc<str>>,
     pub planned: Option<Box<Planned>>,
     pub reports: Vec<StoredReport>,
@@ -52,26 +60,97 @@ pub(crate) struct Planned {
 pub(crate) struct Index {
     /// Sequence numbers start at 1, so "durable up to 0" means nothing is.
     pub next_seq: u64,
-    pub decisions: HashMap<String, DecidedRequest>,
+    decisions: HashMap<u128, DecidedRequest>,
     /// Reports held, over every request.
     pub reports: usize,
     model_names: HashMap<String, Arc<str>>,
-    /// (time, request id) of the decisions, in arrival order.
-    decided_at: VecDeque<(u64, String)>,
+    /// Candidate lists (names joined by a unit separator) → the shared list.
+    candidate_lists: HashMap<String, Arc<[Arc<str>]>>,
+    /// (time, request key) of the decisions, in arrival order.
+    decided_at: VecDeque<(u64, u128)>,
+    /// Bytes the entries take, as [`entry_bytes`] counts them.
+    pub bytes: usize,
+    /// The bound on `bytes` (`None`: the retention alone bounds the index).
+    max_bytes: Option<usize>,
+    /// The newest decision dropped for the bound, ms (reports on older ones are refused).
+    pub evicted_up_to_ms: Option<u64>,
     /// How long entries are kept, ms (`None`: for ever).
     retention_ms: Option<u64>,
 }
 
+/// An entry's fixed cost: its key and value in the map (with the map's slack), its place in
+/// the arrival queue.
+const ENTRY_BYTES: usize = 160;
+
+/// What one decision's entry takes, reports and plan included.
+fn entry_bytes(d: &DecidedRequest) -> usize {
+    let reports: usize = d
+        .reports
+        .iter()
+        .map(|r| std::mem::size_of::<StoredReport>() + r.feedback_id.len())
+        .sum();
+    let planned = d.planned.as_ref().map_or(0, |p| {
+        std::mem::size_of::<Planned>()
+            + p.plan.drafts.iter().map(|m| m.len() + 24).sum::<usize>()
+            + p.plan
+                .escalation
+                .iter()
+                .map(|m| m.len() + 24)
+                .sum::<usize>()
+            + p.plan.predicted_quality.len() * 8
+    });
+    ENTRY_BYTES + reports + planned
+}
+
+/// The index's key for a request id: the UUID's 128 bits (Triage's ids), or two 64-bit hashes
+/// of any other string (ids from tests and tools).
+pub(crate) fn request_key(request_id: &str) -> u128 {
+    if let Ok(id) = uuid::Uuid::try_parse(request_id) {
+        return id.as_u128();
+    }
+    let half = |salt: u8| {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::hash::DefaultHasher::new();
+        (salt, request_id).hash(&mut h);
+        u128::from(h.finish())
+    };
+    (half(1) << 64) | half(2)
+}
+
 impl Index {
-    pub fn new(retention_ms: Option<u64>) -> Self {
+    pub fn new(retention_ms: Option<u64>, max_bytes: Option<usize>) -> Self {
         Self {
             next_seq: 1,
             decisions: HashMap::new(),
             reports: 0,
             model_names: HashMap::new(),
+            candidate_lists: HashMap::new(),
             decided_at: VecDeque::new(),
+            bytes: 0,
+            max_bytes,
+            evicted_up_to_ms: None,
             retention_ms,
         }
+    }
+
+    /// Decisions held.
+    pub fn decision_count(&self) -> usize {
+        self.decisions.len()
+    }
+
+    /// The decision `request_id`, if the index holds it.
+    pub fn decision(&self, request_id: &str) -> Option<&DecidedRequest> {
+        self.decisions.get(&request_key(request_id))
+    }
+
+    fn candidates(&mut self, models: &[&str]) -> Arc<[Arc<str>]> {
+        let joined = models.join("\u{1f}");
+        if let Some(list) = self.candidate_lists.get(&joined) {
+            return Arc::clone(list);
+        }
+        let list: Arc<[Arc<str>]> = models.iter().map(|m| self.intern(m)).collect();
+        self.candidate_lists.insert(joined, Arc::clone(&list));
+        list
     }
 
     /// Records older than this (ms since the epoch) are past the retention.
@@ -93,7 +172,8 @@ impl Index {
         let cutoff = self.cutoff_ms(now_ms).unwrap_or(0);
         match record {
             LogRecord::Decision(d) if d.time_ms >= cutoff => {
-                let candidates = d.candidates.iter().map(|c| self.intern(&c.model)).collect();
+                let names: Vec<&str> = d.candidates.iter().map(|c| c.model.as_str()).collect();
+                let candidates = self.candidates(&names);
                 let api_key = d.api_key.as_deref().map(|k| self.intern(k));
                 let policy_version = self.intern(&d.policy_version);
                 let planned = d.draft_plan.as_ref().map(|plan| {
@@ -109,28 +189,35 @@ impl Index {
                     planned,
                     reports: Vec::new(),
                 };
-                self.decisions.insert(d.request_id.clone(), decided);
-                self.decided_at.push_back((d.time_ms, d.request_id.clone()));
+                let key = request_key(&d.request_id);
+                self.bytes += entry_bytes(&decided);
+                if let Some(earlier) = self.decisions.insert(key, decided) {
+                    self.bytes -= entry_bytes(&earlier);
+                    self.reports -= earlier.reports.len();
+                }
+                self.decided_at.push_back((d.time_ms, key));
             }
             LogRecord::Feedback(f) => {
                 // A report lives and expires with its decision (one on a request the index
                 // does not hold could not be taken now either).
-                if let Some(decided) = self.decisions.get_mut(&f.request_id)
+                if let Some(decided) = self.decisions.get_mut(&request_key(&f.request_id))
                     && decided.report(&f.feedback_id).is_none()
                     && decided.reports.len() < MAX_REPORTS_PER_REQUEST
                 {
+                    let before = entry_bytes(decided);
                     decided.reports.push(StoredReport {
                         feedback_id: f.feedback_id.as_str().into(),
                         digest: f.report_digest(),
                         ticket,
                     });
+                    self.bytes += entry_bytes(decided) - before;
                     self.reports += 1;
                 }
             }
             LogRecord::Verification(v) => {
                 let planned = self
                     .decisions
-                    .get_mut(&v.request_id)
+                    .get_mut(&request_key(&v.request_id))
                     .and_then(|d| d.planned.as_mut());
                 if let Some(planned) = planned
                     && planned.verified.is_none()
@@ -141,13 +228,32 @@ impl Index {
             LogRecord::Decision(_) => {}
         }
         self.prune(cutoff);
+        self.bound();
+    }
+
+    /// Drops the oldest decisions while the entries take more than the bound.
+    fn bound(&mut self) {
+        let Some(max) = self.max_bytes else {
+            return;
+        };
+        while self.bytes > max {
+            let Some((time_ms, key)) = self.decided_at.pop_front() else {
+                break;
+            };
+            if let Some(decided) = self.decisions.remove(&key) {
+                self.bytes -= entry_bytes(&decided);
+                self.reports -= decided.reports.len();
+                self.evicted_up_to_ms = Some(self.evicted_up_to_ms.unwrap_or(0).max(time_ms));
+            }
+        }
     }
 
     /// Drops entries older than `cutoff`, oldest first (arrival order is close to time order;
     /// an entry queued behind a newer one goes at the newer one's turn).
     fn prune(&mut self, cutoff: u64) {
-        while let Some((_, id)) = self.decided_at.front().filter(|(t, _)| *t < cutoff) {
-            if let Some(decided) = self.decisions.remove(id) {
+        while let Some((_, key)) = self.decided_at.front().filter(|(t, _)| *t < cutoff) {
+            if let Some(decided) = self.decisions.remove(key) {
+                self.bytes -= entry_bytes(&decided);
                 self.reports -= decided.reports.len();
             }
             self.decided_at.pop_front();

@@ -124,6 +124,12 @@ pub enum LogError {
     /// The record is not acceptable (message says why).
     #[error("{0}")]
     InvalidRecord(String),
+    /// The request's decision was dropped from the index to keep it within its memory bound.
+    #[error(
+        "request_id {0:?} is older than the decisions the log keeps in memory for late reports \
+         (log.index_max_bytes = {1}); report sooner after the request, or raise the bound"
+    )]
+    Evicted(String, usize),
     /// A request already has as many reports as one request may have.
     #[error(
         "request_id {0:?} already has {1} reports, the most one request may have; report \

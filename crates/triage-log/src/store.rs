@@ -36,6 +36,9 @@ pub struct LogOptions {
     /// How long decisions and reports are kept in the index, and read at start (`None`: for
     /// ever). Feedback for an older request is refused as expired.
     pub retention: Option<std::time::Duration>,
+    /// The most memory the index takes, bytes (`None`: the retention alone bounds it); past
+    /// it the oldest decisions are dropped, and reports on them refused as evicted.
+    pub index_max_bytes: Option<usize>,
 }
 
 /// The embedded store: checksummed segments in a local directory (see the crate docs).
@@ -50,6 +53,8 @@ pub struct FileEventLog {
     queue_bytes: u64,
     /// For messages.
     retention_days: u64,
+    /// For messages (0: unbounded).
+    index_max_bytes: usize,
     writer: Option<JoinHandle<()>>,
     /// Held until the writer has finished (dropped after it in `drop`).
     lock: Option<DirLock>,
@@ -74,7 +79,7 @@ impl FileEventLog {
         let retention_ms = options
             .retention
             .map(|r| u64::try_from(r.as_millis()).unwrap_or(u64::MAX));
-        let mut index = Index::new(retention_ms);
+        let mut index = Index::new(retention_ms, options.index_max_bytes);
         let now = now_ms();
         let sources = sources(&dir)?;
         let last_segment = sources.iter().rev().find_map(|s| match s {
@@ -147,7 +152,8 @@ impl FileEventLog {
             dir = %dir.display(),
             sources = sources.len(),
             past_retention = skipped,
-            decisions = index.decisions.len(),
+            decisions = index.decision_count(),
+            index_bytes = index.bytes,
             feedback = index.reports,
             "event log opened"
         );
@@ -173,6 +179,7 @@ impl FileEventLog {
             shared,
             queue_bytes: options.queue_bytes.max(1),
             retention_days: options.retention.map_or(0, |r| r.as_secs() / 86_400),
+            index_max_bytes: options.index_max_bytes.unwrap_or(0),
             writer: Some(writer),
             lock: Some(lock),
         })
@@ -191,7 +198,14 @@ impl FileEventLog {
         request_id: &str,
         api_key: Option<&str>,
     ) -> Result<&'i DecidedRequest, LogError> {
-        let decided = index.decisions.get(request_id).ok_or_else(|| {
+        let decided = index.decision(request_id).ok_or_else(|| {
+            let evicted = index
+                .evicted_up_to_ms
+                .zip(crate::issued_ms(request_id))
+                .is_some_and(|(up_to, issued)| issued <= up_to);
+            if evicted {
+                return LogError::Evicted(request_id.to_owned(), self.index_max_bytes);
+            }
             missing_request(request_id, index.cutoff_ms(now_ms()), self.retention_days)
         })?;
         if decided.api_key.as_deref() != api_key {
@@ -422,7 +436,7 @@ impl EventStore for FileEventLog {
 
     fn counts(&self) -> (usize, usize) {
         let index = self.lock();
-        (index.decisions.len(), index.reports)
+        (index.decision_count(), index.reports)
     }
 
     fn failure(&self) -> Option<String> {

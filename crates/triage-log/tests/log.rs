@@ -14,6 +14,7 @@ fn options(dir: &std::path::Path) -> LogOptions {
         queue_capacity: 1024,
         queue_bytes: 64 << 20,
         retention: None,
+        index_max_bytes: None,
         archive: None,
     }
 }
@@ -394,6 +395,7 @@ async fn decisions_past_the_retention_are_forgotten_and_not_read_at_start() {
         .as_millis() as u64;
     let retained = LogOptions {
         retention: Some(std::time::Duration::from_secs(35 * 86_400)),
+        index_max_bytes: None,
         segment_bytes: 1,
         ..options(dir.path())
     };
@@ -497,5 +499,57 @@ async fn feedback_ids_are_scoped_to_their_request_and_reports_are_bounded() {
     assert!(matches!(
         log.record_feedback(report("rb", "tenant-b", "fb-1")).await,
         Ok(FeedbackAck::Duplicate(_))
+    ));
+}
+
+#[tokio::test]
+async fn the_index_keeps_within_its_memory_bound_and_says_evicted_for_older_requests() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bounded = LogOptions {
+        index_max_bytes: Some(64 * 1024),
+        ..options(dir.path())
+    };
+    let ids: Vec<String> = (0..5_000)
+        .map(|_| uuid::Uuid::now_v7().to_string())
+        .collect();
+    {
+        let log = FileEventLog::open(&bounded).expect("opens");
+        for id in &ids {
+            let mut d = decision(id);
+            d.time_ms = triage_log::now_ms();
+            log.record_decision(d).expect("decision");
+        }
+        let (held, _) = log.counts();
+        assert!(
+            held > 100 && held < 1_000,
+            "{held} decisions held in 64 KiB"
+        );
+        let newest = ids.last().expect("ids");
+        let ack = log
+            .record_feedback(feedback(newest, "late", 1.0))
+            .await
+            .expect("a recent request takes a report");
+        log.wait_durable(ack.ticket()).await.expect("durable");
+        match log
+            .record_feedback(feedback(&ids[0], "too-late", 1.0))
+            .await
+        {
+            Err(LogError::Evicted(id, bound)) => {
+                assert_eq!((id.as_str(), bound), (ids[0].as_str(), 64 * 1024))
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    // Rebuilt from disk, the same bound holds.
+    let log = FileEventLog::open(&bounded).expect("reopens");
+    let (held, reports) = log.counts();
+    assert!(
+        held < 1_000 && reports == 1,
+        "{held} decisions, {reports} reports"
+    );
+    assert!(matches!(
+        log.record_feedback(feedback(&ids[10], "too-late", 1.0))
+            .await,
+        Err(LogError::Evicted(..))
     ));
 }

@@ -45,7 +45,9 @@ pub fn status(error: RouteError) -> Status {
         RouteError::Verify(_) => Code::InvalidArgument,
         RouteError::PlanRetired { .. } => Code::FailedPrecondition,
         RouteError::Log(e) => match e {
-            LogError::UnknownRequest(_) | LogError::ExpiredRequest(..) => Code::NotFound,
+            LogError::UnknownRequest(_) | LogError::ExpiredRequest(..) | LogError::Evicted(..) => {
+                Code::NotFound
+            }
             LogError::NotYourRequest(_) => Code::PermissionDenied,
             LogError::ConflictingFeedback(_) | LogError::AlreadyVerified(_) => Code::AlreadyExists,
             LogError::NotPlanned(_) => Code::FailedPrecondition,

@@ -105,6 +105,7 @@ async fn write_traffic(dir: &std::path::Path) {
         queue_capacity: 4096,
         queue_bytes: 64 << 20,
         retention: None,
+        index_max_bytes: None,
         archive: None,
     })
     .expect("log opens");
