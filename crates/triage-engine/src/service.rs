@@ -227,14 +227,7 @@ impl Service {
         if key.daily_usd.is_none() && key.monthly_usd.is_none() {
             return Ok(None);
         }
-        let reservation = SpendReservation {
-            api_key: key.name.clone(),
-            request_id: request_id.to_owned(),
-            usd,
-            daily_usd: key.daily_usd,
-            monthly_usd: key.monthly_usd,
-            time_ms,
-        };
+        let reservation = reservation(key, request_id, usd, time_ms);
         let controls = self.engine.controls();
         match self.log.reserve_spend(reservation.clone()).await? {
             Reserved::Local => Ok(None),
@@ -289,14 +282,7 @@ impl Service {
         let Some(key) = &caller.key else {
             return;
         };
-        let reservation = SpendReservation {
-            api_key: key.name.clone(),
-            request_id: request_id.to_owned(),
-            usd,
-            daily_usd: key.daily_usd,
-            monthly_usd: key.monthly_usd,
-            time_ms: crate::feedback::now_ms(),
-        };
+        let reservation = reservation(key, request_id, usd, crate::feedback::now_ms());
         if let Err(e) = self.log.release_spend(reservation).await {
             tracing::warn!(error = %e, %request_id, "an unused budget hold could not be given back");
         }
@@ -587,6 +573,23 @@ impl Service {
                 health: health.state(&m.name),
             })
             .collect()
+    }
+}
+
+/// `usd` of `key`'s budget for `request_id`, at `time_ms`.
+fn reservation(
+    key: &triage_guard::KeySpec,
+    request_id: &str,
+    usd: f64,
+    time_ms: u64,
+) -> SpendReservation {
+    SpendReservation {
+        api_key: key.name.clone(),
+        request_id: request_id.to_owned(),
+        usd,
+        daily_usd: key.daily_usd,
+        monthly_usd: key.monthly_usd,
+        time_ms,
     }
 }
 

@@ -197,7 +197,10 @@ async fn health_readiness_and_a_gateway_without_providers() {
         .expect("answers");
     assert_eq!(ready.status(), 503);
     let body: Value = ready.json().await.expect("json");
-    assert_eq!(body["reasons"], json!(["no_providers"]));
+    // Without an admin key: ready or not and reason codes, never paths or database errors.
+    assert_eq!(body["status"], "not_ready");
+    assert_eq!(body["reasons"], json!(["no_providers"]), "{body}");
+    assert!(body.get("details").is_none(), "{body}");
     let (status, error) = error_of(
         bare.chat(json!({"model": "triage", "messages": user(FRANCE)}))
             .await,

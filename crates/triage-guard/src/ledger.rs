@@ -43,6 +43,16 @@ impl Spend {
         }
     }
 
+    /// Whether `usd` more stays within `limits` this day and month. A relative slack: what a
+    /// decision computed as fitting must still fit here.
+    fn fits(&mut self, usd: f64, limits: Limits, now: DateTime<Utc>) -> bool {
+        self.roll(now);
+        let within = |limit: Option<f64>, spent: f64| {
+            limit.is_none_or(|l| spent + usd <= l * (1.0 + 1e-9) + 1e-12)
+        };
+        within(limits.daily_usd, self.day_usd) && within(limits.monthly_usd, self.month_usd)
+    }
+
     fn add(&mut self, usd: f64, now: DateTime<Utc>) {
         self.roll(now);
         self.day_usd = (self.day_usd + usd).max(0.0);
@@ -121,12 +131,7 @@ impl Ledger {
         let mut guard = self.lock();
         let inner = &mut *guard;
         let spend = inner.by_key.entry(key.to_owned()).or_default();
-        spend.roll(now);
-        // A relative slack: what the decision computed as fitting must still fit here.
-        let fits = |limit: Option<f64>, spent: f64| {
-            limit.is_none_or(|l| spent + usd <= l * (1.0 + 1e-9) + 1e-12)
-        };
-        if !(fits(limits.daily_usd, spend.day_usd) && fits(limits.monthly_usd, spend.month_usd)) {
+        if !spend.fits(usd, limits, now) {
             return false;
         }
         spend.add(usd, now);
@@ -189,11 +194,7 @@ impl Ledger {
         };
         let key = p.key.clone();
         let spend = inner.by_key.entry(key).or_default();
-        spend.roll(now);
-        let fits = |limit: Option<f64>, spent: f64| {
-            limit.is_none_or(|l| spent + usd <= l * (1.0 + 1e-9) + 1e-12)
-        };
-        if !(fits(limits.daily_usd, spend.day_usd) && fits(limits.monthly_usd, spend.month_usd)) {
+        if !spend.fits(usd, limits, now) {
             return false;
         }
         spend.add(usd, now);

@@ -172,16 +172,10 @@ impl VerificationRecord {
     /// the same one. The log's index keeps only this, not the record, so that a verdict's
     /// answer keys cost no memory for the retention.
     pub fn verdict_digest(&self) -> u64 {
-        use std::hash::{Hash, Hasher};
-        let timeless = VerificationRecord {
+        digest(&VerificationRecord {
             time_ms: 0,
             ..self.clone()
-        };
-        let mut h = std::hash::DefaultHasher::new();
-        serde_json::to_string(&timeless)
-            .unwrap_or_default()
-            .hash(&mut h);
-        h.finish()
+        })
     }
 }
 
@@ -283,16 +277,10 @@ impl FeedbackRecord {
     /// A digest of the report without its receipt time: a retry has the same one. The file
     /// log's index keeps only this, not the record.
     pub fn report_digest(&self) -> u64 {
-        use std::hash::{Hash, Hasher};
-        let timeless = FeedbackRecord {
+        digest(&FeedbackRecord {
             time_ms: 0,
             ..self.clone()
-        };
-        let mut h = std::hash::DefaultHasher::new();
-        serde_json::to_string(&timeless)
-            .unwrap_or_default()
-            .hash(&mut h);
-        h.finish()
+        })
     }
 
     /// The report without its receipt time: two sends of the same report compare equal.
@@ -303,6 +291,16 @@ impl FeedbackRecord {
         };
         strip(self) == strip(other)
     }
+}
+
+/// A digest of a record's JSON (what the index keeps instead of the record).
+fn digest(record: &impl Serialize) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::hash::DefaultHasher::new();
+    serde_json::to_string(record)
+        .unwrap_or_default()
+        .hash(&mut h);
+    h.finish()
 }
 
 /// Packs a feature vector for [`DecisionRecord::features`].
