@@ -307,6 +307,10 @@ pub struct GatewaySettings {
     /// failed attempt).
     #[serde(default = "default_gateway_upstream_body_bytes")]
     pub max_upstream_body_bytes: usize,
+    /// Other names for models: alias → a virtual model (`triage`, …) or a catalog model.
+    /// `model-router` (Azure's router) means `triage` unless mapped here otherwise.
+    #[serde(default)]
+    pub aliases: std::collections::BTreeMap<String, String>,
 }
 
 fn default_index_max_bytes() -> usize {
@@ -350,6 +354,7 @@ impl Default for GatewaySettings {
             idle_ms: default_gateway_idle_ms(),
             connection_lifetime_ms: default_gateway_connection_lifetime_ms(),
             max_upstream_body_bytes: default_gateway_upstream_body_bytes(),
+            aliases: Default::default(),
         }
     }
 }

@@ -3,8 +3,8 @@
 
 use std::time::{Duration, Instant};
 
-use axum::body::Body;
-use axum::extract::State;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use triage_engine::{Charge, PlannedDrafts, RouteError, Routed, RoutingRequest};
@@ -28,7 +28,22 @@ pub async fn chat_completions(
     body: Body,
 ) -> Response {
     let started = Instant::now();
-    match answer(&gw, &headers, body, started).await {
+    match answer(&gw, &headers, body, None, started).await {
+        Ok(response) => response,
+        Err(e) => gw.refuse("chat.completions", e),
+    }
+}
+
+/// The handler at Azure's `/openai/deployments/{deployment}/chat/completions`: the deployment
+/// names the model (whatever the body's `model` says).
+pub async fn deployment_chat_completions(
+    State(gw): State<Gateway>,
+    Path(deployment): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let started = Instant::now();
+    match answer(&gw, &headers, body, Some(&deployment), started).await {
         Ok(response) => response,
         Err(e) => gw.refuse("chat.completions", e),
     }
@@ -38,11 +53,15 @@ async fn answer(
     gw: &Gateway,
     headers: &HeaderMap,
     body: Body,
+    deployment: Option<&str>,
     started: Instant,
 ) -> Result<Response, GatewayError> {
     let caller = gw.caller(headers)?;
-    let body = gw.body(headers, body).await?;
-    let request = wire::parse(&body, gw.service.limits())?;
+    let mut body = gw.body(headers, body).await?;
+    if let Some(model) = deployment {
+        body = with_model(body, model);
+    }
+    let request = wire::parse(&body, gw.service.limits(), &gw.aliases)?;
     if gw.upstreams.provider_count() == 0 {
         return Err(GatewayError::NoProviders);
     }
@@ -137,6 +156,18 @@ async fn answer(
         attempts: failures,
         unavailable,
     })
+}
+
+/// `body` with its `model` set to `model` (a body that is not a JSON object is left for the
+/// parser to refuse).
+fn with_model(body: Bytes, model: &str) -> Bytes {
+    match serde_json::from_slice::<serde_json::Value>(&body) {
+        Ok(serde_json::Value::Object(mut fields)) => {
+            fields.insert("model".into(), model.into());
+            serde_json::to_vec(&fields).map_or(body, Bytes::from)
+        }
+        _ => body,
+    }
 }
 
 /// The drafts of a verify request with a plan, called and judged.

@@ -33,7 +33,20 @@ pub async fn models(State(gw): State<Gateway>, headers: HeaderMap) -> Response {
                    "triage": {"virtual": true, "mode": mode.to_string(), "strategy": strategy}})
         })
         .collect();
-    for view in gw.service.models(&caller) {
+    let views = gw.service.models(&caller);
+    // Aliases the caller can use: of a virtual model, or of a catalog model it may call.
+    for (alias, target) in gw.aliases.iter() {
+        let usable = VIRTUAL_MODELS.iter().any(|(v, ..)| v == target)
+            || views.iter().any(|v| v.spec.name == *target)
+                && gw.upstreams.target(target).is_some();
+        if usable {
+            data.push(
+                json!({"id": alias, "object": "model", "created": 0, "owned_by": "triage",
+                             "triage": {"virtual": true, "alias_of": target}}),
+            );
+        }
+    }
+    for view in views {
         let Some(target) = gw.upstreams.target(&view.spec.name) else {
             continue;
         };

@@ -64,22 +64,38 @@ pub struct Gateway {
     service: Service,
     upstreams: Arc<upstreams::Upstreams>,
     settings: Arc<GatewaySettings>,
+    aliases: Arc<wire::Aliases>,
 }
+
+/// Azure's name for its model router: callers written for it work unchanged.
+pub const MODEL_ROUTER_ALIAS: &str = "model-router";
 
 impl Gateway {
     /// The gateway over `service`, calling the providers `settings` configures.
     pub fn new(service: Service, settings: &Settings) -> Result<Self, ProviderError> {
+        let aliases = aliases(settings)?;
         Ok(Self {
             service,
             upstreams: Arc::new(upstreams::Upstreams::from_settings(settings)?),
             settings: Arc::new(settings.gateway.clone()),
+            aliases: Arc::new(aliases),
         })
     }
 
-    /// The axum router with every endpoint.
+    /// The axum router with every endpoint. Chat completions answer at OpenAI's path and at
+    /// the ones Azure clients call: `/openai/v1/…`, the server root (Azure AI Inference), and
+    /// `/openai/deployments/{deployment}/…` (any `api-version`), where the deployment is the
+    /// model (a name or an alias).
     pub fn router(self) -> Router {
         Router::new()
             .route("/v1/chat/completions", post(chat::chat_completions))
+            .route("/openai/v1/chat/completions", post(chat::chat_completions))
+            .route("/chat/completions", post(chat::chat_completions))
+            .route("/models/chat/completions", post(chat::chat_completions))
+            .route(
+                "/openai/deployments/{deployment}/chat/completions",
+                post(chat::deployment_chat_completions),
+            )
             .route("/v1/models", get(handlers::models))
             .route("/v1/feedback", post(handlers::feedback))
             .route("/healthz", get(handlers::healthz))
@@ -145,6 +161,34 @@ impl Gateway {
             .inc();
         error.into_response()
     }
+}
+
+/// `gateway.aliases`, with `model-router` → `triage` unless it is mapped otherwise; each maps
+/// to a virtual or catalog model, and none hides one.
+fn aliases(settings: &Settings) -> Result<wire::Aliases, ProviderError> {
+    let mut aliases = settings.gateway.aliases.clone();
+    aliases
+        .entry(MODEL_ROUTER_ALIAS.to_owned())
+        .or_insert_with(|| "triage".to_owned());
+    let is_virtual = |name: &str| VIRTUAL_MODELS.iter().any(|(v, ..)| *v == name);
+    let in_catalog = |name: &str| settings.models.iter().any(|m| m.name == name);
+    for (alias, target) in &aliases {
+        let problem = if is_virtual(alias) || in_catalog(alias) {
+            Some("the alias is itself a model's name")
+        } else if !(is_virtual(target) || in_catalog(target)) {
+            Some("it maps to no model")
+        } else {
+            None
+        };
+        if let Some(problem) = problem {
+            return Err(ProviderError::Alias {
+                alias: alias.clone(),
+                target: target.clone(),
+                problem,
+            });
+        }
+    }
+    Ok(aliases)
 }
 
 /// Serves the gateway on `listener` until `shutdown` resolves, then lets in-flight requests

@@ -84,7 +84,7 @@ proptest! {
     #[test]
     fn the_parser_never_panics_and_its_errors_stay_small(body in chat_body()) {
         let bytes = serde_json::to_vec(&body).expect("serializes");
-        match wire::parse(&bytes, LIMITS) {
+        match wire::parse(&bytes, LIMITS, &wire::Aliases::new()) {
             Ok(request) => {
                 for stream in [false, true] {
                     if let Ok(translated) = anthropic::request(&request.body, "m", stream) {
@@ -101,7 +101,7 @@ proptest! {
 
     #[test]
     fn arbitrary_bytes_are_refused_or_parsed_never_a_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
-        let _ = wire::parse(&bytes, LIMITS);
+        let _ = wire::parse(&bytes, LIMITS, &wire::Aliases::new());
     }
 
     #[test]

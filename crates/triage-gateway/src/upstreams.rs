@@ -62,6 +62,19 @@ pub enum ProviderError {
         /// Header name.
         header: String,
     },
+    /// A `gateway.aliases` entry names nothing, or hides a model.
+    #[error(
+        "gateway.aliases: {alias:?} → {target:?}: {problem}; map an alias to a virtual model \
+         (triage, triage-quality, triage-cost, triage-verify) or a [[models]] name"
+    )]
+    Alias {
+        /// The alias.
+        alias: String,
+        /// What it maps to.
+        target: String,
+        /// What is wrong.
+        problem: &'static str,
+    },
     /// The HTTP client could not be built.
     #[error("provider {provider:?}: cannot build its HTTP client: {message}")]
     Client {

@@ -135,8 +135,26 @@ impl TriageOptions {
     }
 }
 
-/// Parses and checks a request body.
-pub fn parse(body: &[u8], limits: RequestLimits) -> Result<ChatRequest, InvalidRequest> {
+/// Other names for models (`gateway.aliases`): alias → a virtual model or a catalog model.
+pub type Aliases = std::collections::BTreeMap<String, String>;
+
+/// What a model name asks for: a virtual model routes, any other name is asked for by name.
+pub fn target(name: &str) -> Target {
+    VIRTUAL_MODELS
+        .iter()
+        .find(|(virtual_name, ..)| *virtual_name == name)
+        .map_or_else(
+            || Target::Named(name.to_owned()),
+            |(_, mode, strategy)| Target::Route(*mode, *strategy),
+        )
+}
+
+/// Parses and checks a request body; `model` may be one of `aliases`.
+pub fn parse(
+    body: &[u8],
+    limits: RequestLimits,
+    aliases: &Aliases,
+) -> Result<ChatRequest, InvalidRequest> {
     let text = std::str::from_utf8(body)
         .map_err(|e| InvalidRequest::new("body", format!("is not UTF-8 ({e}); send JSON text")))?;
     let value: Value = serde_json::from_str(text).map_err(|e| {
@@ -163,13 +181,7 @@ pub fn parse(body: &[u8], limits: RequestLimits) -> Result<ChatRequest, InvalidR
         triage_core::request::check_session_id(id, "triage.session_id")?;
     }
     let target = match body.get("model") {
-        Some(Value::String(m)) => VIRTUAL_MODELS
-            .iter()
-            .find(|(name, ..)| name == m)
-            .map_or_else(
-                || Target::Named(m.clone()),
-                |(_, mode, strategy)| Target::Route(*mode, *strategy),
-            ),
+        Some(Value::String(m)) => target(aliases.get(m).unwrap_or(m)),
         _ => {
             return Err(InvalidRequest::new(
                 "model",
@@ -369,7 +381,7 @@ mod tests {
     };
 
     fn err(body: &str) -> String {
-        parse(body.as_bytes(), LIMITS)
+        parse(body.as_bytes(), LIMITS, &Aliases::new())
             .err()
             .map(|e| e.to_string())
             .unwrap_or_default()
@@ -381,7 +393,7 @@ mod tests {
             {"role":"user","content":[{"type":"text","text":"hi"},{"type":"image_url"}]}],
             "stream":true,"stream_options":{"include_usage":true},"seed":7,
             "triage":{"max_cost_usd":0.01,"required_capabilities":["tools"],"session_id":"s"}}"#;
-        let r = parse(body.as_bytes(), LIMITS).expect("parses");
+        let r = parse(body.as_bytes(), LIMITS, &Aliases::new()).expect("parses");
         assert_eq!(r.target, Target::Route(Mode::Cost, Strategy::Route));
         assert_eq!(r.strategy(), Strategy::Route);
         assert!(r.stream && r.include_usage);
@@ -399,7 +411,7 @@ mod tests {
     #[test]
     fn bad_bodies_name_the_field() {
         assert!(err("{").contains("body: is not valid JSON"));
-        assert!(parse(&[0xff, 0xfe], LIMITS).is_err_and(|e| e.field == "body"));
+        assert!(parse(&[0xff, 0xfe], LIMITS, &Aliases::new()).is_err_and(|e| e.field == "body"));
         assert!(err("[]").contains("JSON object"));
         assert!(err(r#"{"messages":[]}"#).starts_with("model"));
         assert!(err(r#"{"model":"triage","messages":[]}"#).starts_with("messages"));

@@ -164,6 +164,7 @@ async fn keys_allow_lists_and_budgets_apply_as_over_grpc() {
             "triage-quality",
             "triage-cost",
             "triage-verify",
+            "model-router",
             "gpt-4o-mini-2024-07-18",
             "claude-3-haiku-20240307"
         ]
