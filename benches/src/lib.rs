@@ -21,6 +21,18 @@ pub fn prompt_of(tokens: usize) -> String {
     out.join(" ") + "?"
 }
 
+/// The `i`-th of a stream of `Route` requests cycling through `distinct` prompts of 16 to 39
+/// tokens (every later one is an exact repeat, answered from the encoder's cache).
+pub fn case_request(i: usize, distinct: usize) -> triage_proto::v1::RouteRequest {
+    triage_proto::v1::RouteRequest {
+        messages: vec![triage_proto::v1::Message {
+            role: "user".into(),
+            content: format!("{} (case {})", prompt_of(16 + i % 24), i % distinct),
+        }],
+        ..Default::default()
+    }
+}
+
 /// The value after `--flag` on the command line, parsed (`None` when the flag is absent).
 pub fn flag<T: std::str::FromStr>(name: &str) -> Result<Option<T>, String> {
     let args: Vec<String> = std::env::args().collect();

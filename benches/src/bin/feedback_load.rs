@@ -17,8 +17,8 @@ use tokio::sync::Mutex;
 use tonic::transport::Channel;
 use triage_core::Settings;
 use triage_core::config::LogBackend;
+use triage_proto::v1::FeedbackRequest;
 use triage_proto::v1::router_client::RouterClient;
-use triage_proto::v1::{FeedbackRequest, Message, RouteRequest};
 use triage_server::RoutingEngine;
 use triage_testkit::postgres::PgCluster;
 
@@ -57,17 +57,7 @@ async fn measure(settings: &Settings, clients: usize, seconds: f64) -> anyhow::R
     for i in 0..DECISIONS {
         let r = client
             .clone()
-            .route(RouteRequest {
-                messages: vec![Message {
-                    role: "user".into(),
-                    content: format!(
-                        "{} (case {})",
-                        triage_benches::prompt_of(16 + i % 24),
-                        i % PROMPTS
-                    ),
-                }],
-                ..Default::default()
-            })
+            .route(triage_benches::case_request(i, PROMPTS))
             .await?
             .into_inner();
         routed.push((r.request_id, r.model));

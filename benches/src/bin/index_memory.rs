@@ -20,7 +20,7 @@ use tokio::sync::Mutex;
 use tonic::transport::Channel;
 use triage_core::Settings;
 use triage_proto::v1::router_client::RouterClient;
-use triage_proto::v1::{FeedbackRequest, Message, RouteRequest, RouteResponse};
+use triage_proto::v1::{FeedbackRequest, RouteResponse};
 use triage_server::RoutingEngine;
 
 /// Concurrent clients.
@@ -39,20 +39,6 @@ fn rss_mib() -> f64 {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
         .map_or(0.0, |kb| kb / 1024.0)
-}
-
-fn route_request(i: usize) -> RouteRequest {
-    RouteRequest {
-        messages: vec![Message {
-            role: "user".into(),
-            content: format!(
-                "{} (case {})",
-                triage_benches::prompt_of(16 + i % 24),
-                i % PROMPTS
-            ),
-        }],
-        ..Default::default()
-    }
 }
 
 fn report(request_id: &str, model: &str, id: &str) -> FeedbackRequest {
@@ -109,7 +95,11 @@ async fn main() -> anyhow::Result<()> {
                     return Ok::<_, tonic::Status>(());
                 }
                 let r: RouteResponse = loop {
-                    match client.clone().route(route_request(i)).await {
+                    match client
+                        .clone()
+                        .route(triage_benches::case_request(i, PROMPTS))
+                        .await
+                    {
                         Ok(r) => break r.into_inner(),
                         // Shed load (the encoder's queue): back off and retry, as a client would.
                         Err(s) if s.code() == tonic::Code::ResourceExhausted => {

@@ -215,9 +215,10 @@ impl Controls {
         self.ledger.hold_more(request_id, usd, limits, Utc::now())
     }
 
-    /// Gives back `usd` held for `request_id` that no call used.
+    /// Gives back `usd` held for `request_id` that no call used: the hold settled at no cost
+    /// (so a later report adds its cost rather than replacing a charge already given back).
     pub fn release_hold(&self, request_id: &str, usd: f64) {
-        self.ledger.release(request_id, usd, Utc::now());
+        self.ledger.settle(request_id, 0.0, Some(usd), Utc::now());
     }
 
     /// The refusal for a decision that failed only because of the key's remaining budget.

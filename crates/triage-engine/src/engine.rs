@@ -71,6 +71,24 @@ pub enum Charge {
     },
 }
 
+impl Charge {
+    /// The tokens a worst case reads, for a request the encoder counts as `input_tokens`
+    /// (`None`: a predicted charge holds no worst case).
+    pub fn tokens(self, input_tokens: u32) -> Option<Tokens> {
+        match self {
+            Charge::Predicted => None,
+            Charge::WorstCase {
+                max_output_tokens,
+                max_input_tokens,
+            } => Some(Tokens {
+                input: input_tokens,
+                max_input: max_input_tokens.max(input_tokens),
+                max_output: max_output_tokens,
+            }),
+        }
+    }
+}
+
 impl RoutingRequest {
     /// An anonymous request outside any session (the CLI's `triage route`, tests).
     pub fn anonymous(conversation: Conversation, preferences: Preferences) -> Self {
@@ -413,13 +431,13 @@ impl RoutingEngine {
         input_tokens: u32,
         now_utc: chrono::DateTime<chrono::Utc>,
     ) -> Result<Option<WorstCase>, RouteError> {
-        let Charge::WorstCase {
-            max_output_tokens,
-            max_input_tokens,
-        } = request.charge
-        else {
+        let Some(tokens) = request.charge.tokens(input_tokens) else {
             return Ok(None);
         };
+        // Most keys have no limits: nothing to hold, nothing to gather.
+        if !request.caller.key.as_ref().is_some_and(|k| k.has_limits()) {
+            return Ok(None);
+        }
         let mut calls = vec![decision.chosen().model.as_str()];
         if let Some(Ok(planned)) = drafts {
             for draft in &planned.drafts {
@@ -429,11 +447,6 @@ impl RoutingEngine {
             }
         }
         let specs: Vec<&ModelSpec> = calls.iter().filter_map(|m| self.catalog.get(m)).collect();
-        let tokens = Tokens {
-            input: input_tokens,
-            max_input: max_input_tokens.max(input_tokens),
-            max_output: max_output_tokens,
-        };
         self.controls
             .worst_case(&request.caller, &specs, tokens, now_utc)
     }

@@ -221,12 +221,9 @@ impl Service {
         usd: f64,
         time_ms: u64,
     ) -> Result<Option<SpendReservation>, RouteError> {
-        let Some(key) = &caller.key else {
+        let Some(key) = caller.key.as_ref().filter(|k| k.has_limits()) else {
             return Ok(None);
         };
-        if key.daily_usd.is_none() && key.monthly_usd.is_none() {
-            return Ok(None);
-        }
         let reservation = reservation(key, request_id, usd, time_ms);
         let controls = self.engine.controls();
         match self.log.reserve_spend(reservation.clone()).await? {

@@ -14,6 +14,7 @@
 //! and a server-sent event up to [`MAX_SSE_EVENT_BYTES`]. Redirects are never followed (the
 //! provider's key would go with them).
 
+use std::borrow::Cow;
 use std::pin::Pin;
 use std::time::{Duration, Instant};
 
@@ -194,17 +195,19 @@ fn upstream_body(
     request: &ChatRequest,
     max_tokens: Option<u32>,
 ) -> Result<Vec<u8>, String> {
-    let mut body = request.body.clone();
+    // Copied only where it changes: the Messages translation reads the caller's body as is.
+    let mut body = Cow::Borrowed(&request.body);
     if let Some(cap) = max_tokens {
         let field = if body.contains_key("max_completion_tokens") {
             "max_completion_tokens"
         } else {
             "max_tokens"
         };
-        body.insert(field.into(), cap.into());
+        body.to_mut().insert(field.into(), cap.into());
     }
     let value = match target.provider.kind {
         ProviderKind::Openai => {
+            let mut body = body.into_owned();
             body.insert("model".into(), target.upstream_model.clone().into());
             if request.stream {
                 let options = body

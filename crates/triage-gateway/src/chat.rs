@@ -68,13 +68,7 @@ async fn answer(
     let routing = routing_request(gw, &request, caller)?;
     let routed = gw.service.route(&routing).await?;
     // Whatever way this returns, the holds no call took are given back (on drop).
-    let mut holds = Holds::new(
-        &gw.service,
-        &routing.caller,
-        &routed,
-        request.max_input_tokens,
-        request.max_output_tokens(),
-    );
+    let mut holds = Holds::new(&gw.service, &routing.caller, &routed, routing.charge);
     let order = attempt_order(gw, &request, &routed);
     let deadline = started + Duration::from_millis(gw.settings.deadline_ms);
     let mut failures = Vec::new();

@@ -7,7 +7,7 @@
 //! holds its own worst case before it runs, or is not made. Shares no call took (an escalation
 //! that an accepted draft made unnecessary) are given back when the request is done.
 
-use triage_engine::{RouteError, Routed, Service, Tokens};
+use triage_engine::{Charge, RouteError, Routed, Service, Tokens};
 use triage_guard::Caller;
 
 /// One call's part of the request's hold.
@@ -20,76 +20,74 @@ pub struct CallHold {
     pub cap: Option<u32>,
 }
 
-/// The holds of one request's calls.
-pub struct Holds {
+/// The holds of one request's calls (nothing to keep for a key without limits).
+pub struct Holds(Option<Held>);
+
+/// The holds of a request whose key has limits.
+struct Held {
     service: Service,
     caller: Caller,
     request_id: String,
+    /// What a fallback's worst case reads.
     tokens: Tokens,
-    /// Whether the key has limits (the engine held a worst case).
-    limited: bool,
     /// Route-time shares no call has taken yet.
     shares: Vec<(String, f64)>,
     cap: Option<u32>,
 }
 
 impl Holds {
-    /// The holds of `routed`, whose request allows `max_output_tokens` and whose body a
-    /// provider counts as at most `max_input_tokens`.
-    pub fn new(
-        service: &Service,
-        caller: &Caller,
-        routed: &Routed,
-        max_input_tokens: u32,
-        max_output_tokens: Option<u32>,
-    ) -> Self {
-        let held = routed.outcome.held.as_ref();
-        Self {
-            service: service.clone(),
-            caller: caller.clone(),
-            request_id: routed.request_id.clone(),
-            tokens: Tokens {
-                input: routed.outcome.input_tokens,
-                max_input: max_input_tokens.max(routed.outcome.input_tokens),
-                max_output: max_output_tokens,
-            },
-            limited: held.is_some(),
-            shares: held.map(|h| h.shares.clone()).unwrap_or_default(),
-            cap: held.and_then(|h| h.output_cap),
-        }
+    /// The holds of `routed`, routed with `charge`.
+    pub fn new(service: &Service, caller: &Caller, routed: &Routed, charge: Charge) -> Self {
+        let tokens = charge.tokens(routed.outcome.input_tokens);
+        Self(
+            routed
+                .outcome
+                .held
+                .as_ref()
+                .zip(tokens)
+                .map(|(held, tokens)| Held {
+                    service: service.clone(),
+                    caller: caller.clone(),
+                    request_id: routed.request_id.clone(),
+                    tokens,
+                    shares: held.shares.clone(),
+                    cap: held.output_cap,
+                }),
+        )
     }
 
     /// The share held at routing for a call to `model` (the chosen model, a draft), taken.
     pub fn planned(&mut self, model: &str) -> Option<CallHold> {
-        let i = self.shares.iter().position(|(m, _)| m == model)?;
-        let (_, usd) = self.shares.swap_remove(i);
+        let held = self.0.as_mut()?;
+        let i = held.shares.iter().position(|(m, _)| m == model)?;
+        let (_, usd) = held.shares.swap_remove(i);
         Some(CallHold {
             usd: Some(usd),
-            cap: self.cap,
+            cap: held.cap,
         })
     }
 
     /// The hold for a call to `model`: its planned share, or a fresh worst case for a
     /// fallback (refused when the key has no room for it).
     pub async fn call(&mut self, model: &str) -> Result<CallHold, RouteError> {
-        if !self.limited {
-            return Ok(CallHold::default());
-        }
         if let Some(planned) = self.planned(model) {
             return Ok(planned);
         }
-        let held = self
+        let Some(held) = &self.0 else {
+            return Ok(CallHold::default());
+        };
+        let fresh = held
             .service
-            .hold_call(&self.caller, &self.request_id, model, self.tokens)
+            .hold_call(&held.caller, &held.request_id, model, held.tokens)
             .await?;
-        Ok(held.map_or_else(CallHold::default, |h| CallHold {
+        Ok(fresh.map_or_else(CallHold::default, |h| CallHold {
             usd: Some(h.total_usd()),
             cap: h.output_cap,
         }))
     }
 }
 
-impl Drop for Holds {
+impl Drop for Held {
     fn drop(&mut self) {
         let unused: f64 = self.shares.iter().map(|(_, usd)| usd).sum();
         if unused <= 0.0 {

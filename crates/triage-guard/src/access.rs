@@ -30,6 +30,11 @@ pub struct KeySpec {
 }
 
 impl KeySpec {
+    /// Whether the key has a daily or monthly limit.
+    pub fn has_limits(&self) -> bool {
+        self.daily_usd.is_some() || self.monthly_usd.is_some()
+    }
+
     /// The key's spend limits.
     pub fn limits(&self) -> crate::ledger::Limits {
         crate::ledger::Limits {

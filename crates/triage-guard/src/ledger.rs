@@ -8,8 +8,8 @@
 //! Where this process makes the calls itself (the gateway) and the key has limits, what is held
 //! is not a prediction but the worst case each call allows, so that a caller cannot lower it:
 //! every call's hold is settled by that call's own report (`hold`), a fallback holds its own
-//! before it runs ([`hold_more`](Ledger::hold_more)), and what no call used is given back
-//! ([`release`](Ledger::release)). Once a request's reports are in, its spend is the sum of
+//! before it runs ([`hold_more`](Ledger::hold_more)), and what no call used is given back (a
+//! settlement of that hold at no cost). Once a request's reports are in, its spend is the sum of
 //! their costs either way.
 
 use std::collections::HashMap;
@@ -90,6 +90,19 @@ struct Inner {
     pending: BoundedMap<Pending>,
 }
 
+impl Inner {
+    /// Charges `usd` to `key` (and the global spend) if it fits within `limits`.
+    fn charge_within(&mut self, key: &str, usd: f64, limits: Limits, now: DateTime<Utc>) -> bool {
+        let spend = self.by_key.entry(key.to_owned()).or_default();
+        if !spend.fits(usd, limits, now) {
+            return false;
+        }
+        spend.add(usd, now);
+        self.global.add(usd, now);
+        true
+    }
+}
+
 /// The spend ledger.
 pub struct Ledger {
     inner: Mutex<Inner>,
@@ -128,14 +141,10 @@ impl Ledger {
         limits: Limits,
         now: DateTime<Utc>,
     ) -> bool {
-        let mut guard = self.lock();
-        let inner = &mut *guard;
-        let spend = inner.by_key.entry(key.to_owned()).or_default();
-        if !spend.fits(usd, limits, now) {
+        let mut inner = self.lock();
+        if !inner.charge_within(key, usd, limits, now) {
             return false;
         }
-        spend.add(usd, now);
-        inner.global.add(usd, now);
         inner.pending.insert(
             request_id,
             Pending {
@@ -187,33 +196,11 @@ impl Ledger {
         limits: Limits,
         now: DateTime<Utc>,
     ) -> bool {
-        let mut guard = self.lock();
-        let inner = &mut *guard;
-        let Some(p) = inner.pending.get_mut(request_id) else {
-            return false;
-        };
-        let key = p.key.clone();
-        let spend = inner.by_key.entry(key).or_default();
-        if !spend.fits(usd, limits, now) {
-            return false;
-        }
-        spend.add(usd, now);
-        inner.global.add(usd, now);
-        true
-    }
-
-    /// Gives back `usd` held for `request_id` that no call used (a planned call never made).
-    pub fn release(&self, request_id: &str, usd: f64, now: DateTime<Utc>) {
         let mut inner = self.lock();
-        let Some(p) = inner.pending.get_mut(request_id) else {
-            return;
+        let Some(key) = inner.pending.get_mut(request_id).map(|p| p.key.clone()) else {
+            return false;
         };
-        if periods(p.at) != periods(now) {
-            return;
-        }
-        let key = p.key.clone();
-        inner.by_key.entry(key).or_default().add(-usd, now);
-        inner.global.add(-usd, now);
+        inner.charge_within(&key, usd, limits, now)
     }
 
     /// Sets `key`'s spend this day and month to what a shared store counted (every replica's
@@ -304,7 +291,7 @@ mod tests {
             "and cannot pass the limit"
         );
         ledger.settle("r6", 0.125, Some(0.5), t);
-        ledger.release("r6", 0.25, t);
+        ledger.settle("r6", 0.0, Some(0.25), t);
         assert!(
             (ledger.spent("d", t).day_usd - 0.125).abs() < 1e-12,
             "spend is what was used"

@@ -192,8 +192,7 @@ impl Index {
                 let key = request_key(&d.request_id);
                 self.bytes += entry_bytes(&decided);
                 if let Some(earlier) = self.decisions.insert(key, decided) {
-                    self.bytes -= entry_bytes(&earlier);
-                    self.reports -= earlier.reports.len();
+                    self.uncount(&earlier);
                 }
                 self.decided_at.push_back((d.time_ms, key));
             }
@@ -241,11 +240,16 @@ impl Index {
                 break;
             };
             if let Some(decided) = self.decisions.remove(&key) {
-                self.bytes -= entry_bytes(&decided);
-                self.reports -= decided.reports.len();
+                self.uncount(&decided);
                 self.evicted_up_to_ms = Some(self.evicted_up_to_ms.unwrap_or(0).max(time_ms));
             }
         }
+    }
+
+    /// Takes a dropped entry out of the counts.
+    fn uncount(&mut self, dropped: &DecidedRequest) {
+        self.bytes -= entry_bytes(dropped);
+        self.reports -= dropped.reports.len();
     }
 
     /// Drops entries older than `cutoff`, oldest first (arrival order is close to time order;
@@ -253,8 +257,7 @@ impl Index {
     fn prune(&mut self, cutoff: u64) {
         while let Some((_, key)) = self.decided_at.front().filter(|(t, _)| *t < cutoff) {
             if let Some(decided) = self.decisions.remove(key) {
-                self.bytes -= entry_bytes(&decided);
-                self.reports -= decided.reports.len();
+                self.uncount(&decided);
             }
             self.decided_at.pop_front();
         }
