@@ -120,6 +120,7 @@ pub(crate) fn records(df: &DataFrame) -> PolarsResult<Vec<LogRecord>> {
                         .as_deref()
                         .map(|json| parse_detail(json, row))
                         .transpose()?,
+                    familiarity: None,
                     held_usd: None,
                 })
             }

@@ -57,6 +57,7 @@ fn decision(i: usize) -> DecisionRecord {
             threshold: 0.7,
             escalation: vec!["small".into(), "big".into()],
         }),
+        familiarity: None,
         held_usd: None,
     }
 }

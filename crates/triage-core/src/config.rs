@@ -417,6 +417,10 @@ pub struct ExplorationSettings {
     /// Share of requests routed to a random eligible model instead of the best (0 turns
     /// exploration off; at most 0.5).
     pub rate: f64,
+    /// The share on prompts the policy knows nothing like (trust 0 on its familiarity curve);
+    /// between, the rate moves with trust. Never below `rate`; at most 0.5.
+    #[serde(default)]
+    pub unfamiliar_rate: f64,
     /// A model with fewer feedback reports than this counts as unproven and is explored
     /// `new_model_boost` times more often than the others.
     pub confident_after: u32,
@@ -434,6 +438,7 @@ impl Default for ExplorationSettings {
     fn default() -> Self {
         Self {
             rate: 0.0,
+            unfamiliar_rate: 0.0,
             confident_after: 50,
             new_model_boost: 4.0,
             learning_rate: 0.0,
@@ -639,6 +644,12 @@ impl Settings {
             return Err(ConfigError::OutOfRange {
                 key: "exploration.rate",
                 problem: format!("{} is outside 0..=0.5", e.rate),
+            });
+        }
+        if !(0.0..=0.5).contains(&e.unfamiliar_rate) {
+            return Err(ConfigError::OutOfRange {
+                key: "exploration.unfamiliar_rate",
+                problem: format!("{} is outside 0..=0.5", e.unfamiliar_rate),
             });
         }
         if !(e.new_model_boost >= 1.0 && e.new_model_boost.is_finite()) {

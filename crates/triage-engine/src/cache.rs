@@ -32,6 +32,8 @@ pub struct Scored {
     features: u64,
     /// Per model, in the policy's order.
     pub predictions: Vec<(String, Prediction)>,
+    /// How familiar the input is to the policy (`None`: it cannot tell).
+    pub familiarity: Option<f64>,
 }
 
 impl CachedInput {
@@ -56,11 +58,13 @@ impl CachedInput {
         policy_version: &str,
         features: &[f32],
         predictions: Vec<(String, Prediction)>,
+        familiarity: Option<f64>,
     ) -> Arc<Scored> {
         let scored = Arc::new(Scored {
             policy_version: policy_version.to_owned(),
             features: feature_hash(features),
             predictions,
+            familiarity,
         });
         *self.lock() = Some(Arc::clone(&scored));
         scored
@@ -181,7 +185,7 @@ mod tests {
             quality: 0.5,
             output_tokens: 100.0,
         };
-        entry.remember("v1", &[1.0, 2.0], vec![("m".into(), p)]);
+        entry.remember("v1", &[1.0, 2.0], vec![("m".into(), p)], None);
         assert!(entry.scored("v1", &[1.0, 2.0]).is_some());
         assert!(entry.scored("v2", &[1.0, 2.0]).is_none(), "a new policy");
         assert!(

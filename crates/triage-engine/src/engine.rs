@@ -126,6 +126,10 @@ pub struct RouteOutcome {
     pub propensity: f64,
     /// Whether exploration picked the model.
     pub explored: bool,
+    /// How like the policy's training prompts this one is (`None`: the policy cannot tell).
+    pub familiarity: Option<f64>,
+    /// How far the policy trusted its prompt-specific predictions here (0..1).
+    pub trust: f64,
     /// The policy's quality predictions before online corrections, per scored model.
     pub base_quality: Vec<(String, f64)>,
     /// Whether session affinity kept the session's previous model.
@@ -326,14 +330,20 @@ impl RoutingEngine {
         let scored = match entry.scored(policy.version(), &x) {
             Some(scored) => scored,
             None => {
-                let predicted = policy.predict(&x)?;
-                let owned = predicted
+                let scores = policy.score(&x)?;
+                let owned = scores
+                    .predictions
                     .into_iter()
                     .map(|(m, p)| (m.to_owned(), p))
                     .collect();
-                entry.remember(policy.version(), &x, owned)
+                entry.remember(policy.version(), &x, owned, scores.familiarity)
             }
         };
+        let familiarity = scored.familiarity;
+        let trust = policy
+            .familiarity()
+            .zip(familiarity)
+            .map_or(1.0, |(curve, f)| curve.trust(f));
         let mut predictions: HashMap<&str, Prediction> = scored
             .predictions
             .iter()
@@ -362,8 +372,16 @@ impl RoutingEngine {
             fired_alerts,
         ) = loop {
             tries += 1;
-            let chosen =
-                self.choose(request, &predictions, &policy, stats.input_tokens, now_utc)?;
+            let chosen = self.choose(
+                request,
+                &predictions,
+                &policy,
+                Prompt {
+                    input_tokens: stats.input_tokens,
+                    trust,
+                },
+                now_utc,
+            )?;
             let drafts = (request.strategy == Strategy::Verify)
                 .then(|| plan_drafts(&policy, &chosen.decision));
             let held = self.worst_case(
@@ -412,6 +430,8 @@ impl RoutingEngine {
             features: x,
             propensity: draw.propensity,
             explored: draw.explored,
+            familiarity,
+            trust,
             base_quality,
             sticky,
             cache,
@@ -458,9 +478,13 @@ impl RoutingEngine {
         request: &RoutingRequest,
         predictions: &HashMap<&str, Prediction>,
         policy: &Policy,
-        input_tokens: u32,
+        prompt: Prompt,
         now_utc: chrono::DateTime<chrono::Utc>,
     ) -> Result<Chosen, RouteError> {
+        let Prompt {
+            input_tokens,
+            trust,
+        } = prompt;
         let mut preferences = request.preferences.clone();
         let cap = self
             .controls
@@ -500,7 +524,7 @@ impl RoutingEngine {
             }
         } else {
             let (u, v) = self.learner.draw();
-            self.learner.explore(&mut decision, u, v)
+            self.learner.explore(&mut decision, u, v, trust)
         };
         Ok(Chosen {
             decision,
@@ -523,6 +547,15 @@ impl RoutingEngine {
         let evicted = cache.insert(&key, Arc::clone(&embedding));
         Ok((embedding, CacheUse::Miss { evicted }))
     }
+}
+
+/// What the decision needs to know of the prompt besides its predictions.
+#[derive(Clone, Copy)]
+struct Prompt {
+    /// Estimated input tokens.
+    input_tokens: u32,
+    /// How far the policy trusted its prompt-specific predictions (exploration rises as it falls).
+    trust: f64,
 }
 
 /// A decision before it is charged.

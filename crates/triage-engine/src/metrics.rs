@@ -152,6 +152,10 @@ pub struct Metrics {
     pub tokens: Family<TokenLabels, Counter>,
     /// The gateway's own time per request: everything but the encoder and the upstream.
     pub gateway_overhead_seconds: Histogram,
+    /// How like the policy's training prompts routed prompts were (mean cosine similarity).
+    pub familiarity: Histogram,
+    /// How far the policy trusted its prompt-specific predictions (0..1).
+    pub trust: Histogram,
 }
 
 impl Metrics {
@@ -179,6 +183,8 @@ impl Metrics {
             fallbacks: Counter::default(),
             tokens: Family::default(),
             gateway_overhead_seconds: latency_histogram(),
+            familiarity: quality_histogram(),
+            trust: quality_histogram(),
             registry: Registry::default(),
         };
         registry.register(
@@ -280,6 +286,17 @@ impl Metrics {
             "gateway_overhead_seconds",
             "Gateway time per request other than the encoder and the upstream",
             m.gateway_overhead_seconds.clone(),
+        );
+        registry.register(
+            "familiarity",
+            "How like the policy's training prompts each routed prompt was (mean cosine similarity \
+             to the nearest ones); only for policies that carry their training prompts",
+            m.familiarity.clone(),
+        );
+        registry.register(
+            "trust",
+            "How far the policy trusted its prompt-specific predictions per routed prompt (0..1)",
+            m.trust.clone(),
         );
         Self { registry, ..m }
     }

@@ -315,6 +315,10 @@ impl Service {
         if outcome.explored {
             m.explorations.inc();
         }
+        if let Some(f) = outcome.familiarity {
+            m.familiarity.observe(f);
+            m.trust.observe(outcome.trust);
+        }
         let lookup = |result: &str| CacheLabel {
             result: result.into(),
         };
@@ -624,6 +628,7 @@ fn decision_record(
         chosen: decision.chosen().model.clone(),
         propensity: outcome.propensity,
         explored: outcome.explored,
+        familiarity: outcome.familiarity,
         session_id: request.session_id.clone(),
         prompt: store_prompt.then(|| request.conversation.transcript()),
         api_key: request.caller.key_name().map(str::to_owned),

@@ -322,9 +322,20 @@ fn respond(reply: Reply, attempt: Attempt, routed: &Routed, include_usage: bool)
     response
 }
 
-/// Who answered a routed request: its id, the model, the policy, the calls made, stickiness.
+/// Who answered a routed request: its id, the model, the policy, the calls made, stickiness, and
+/// how familiar the prompt was to the policy (and how far it trusted itself there).
 fn identity_headers(response: &mut Response, routed: &Routed, model: &str, calls: usize) {
     let h = response.headers_mut();
+    if let Some(f) = routed.outcome.familiarity {
+        for (name, value) in [
+            ("x-triage-familiarity", format!("{f:.4}")),
+            ("x-triage-trust", format!("{:.4}", routed.outcome.trust)),
+        ] {
+            if let Ok(v) = HeaderValue::from_str(&value) {
+                h.insert(name, v);
+            }
+        }
+    }
     for (name, value) in [
         ("x-triage-request-id", routed.request_id.as_str()),
         ("x-triage-model", model),

@@ -11,6 +11,7 @@ use triage_testkit::Behaviour;
 async fn easy_and_hard_prompts_are_answered_by_different_models() {
     let router = start().await;
     let mut answered = Vec::new();
+    let mut familiarity = Vec::new();
     for prompt in [FRANCE, PROOF] {
         let r = router
             .chat(json!({"model": "triage", "messages": user(prompt)}))
@@ -20,6 +21,10 @@ async fn easy_and_hard_prompts_are_answered_by_different_models() {
         assert_eq!(header(&r, "x-triage-attempts"), "1");
         assert!(!header(&r, "x-triage-request-id").is_empty());
         assert!(!header(&r, "x-triage-policy-version").is_empty());
+        let f: f64 = header(&r, "x-triage-familiarity").parse().expect("a number");
+        let trust: f64 = header(&r, "x-triage-trust").parse().expect("a number");
+        assert!((0.0..=1.0).contains(&trust), "{trust}");
+        familiarity.push(f);
         let body: Value = r.json().await.expect("json");
         assert_eq!(
             body["model"], model,
@@ -37,6 +42,9 @@ async fn easy_and_hard_prompts_are_answered_by_different_models() {
         answered.push(model);
     }
     assert_ne!(answered[0], answered[1]);
+    // The bundled policy was trained on math and code: a proof is more like its training
+    // prompts than a geography question.
+    assert!(familiarity[1] > familiarity[0], "{familiarity:?}");
 }
 
 #[tokio::test]

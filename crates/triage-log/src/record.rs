@@ -71,6 +71,10 @@ pub struct DecisionRecord {
     pub propensity: f64,
     /// Whether this decision was an exploration.
     pub explored: bool,
+    /// How like the policy's training prompts this prompt was (`None`: the policy could not
+    /// tell, or the record predates it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub familiarity: Option<f64>,
     /// Caller's session id.
     pub session_id: String,
     /// Prompt text, only when `log.store_prompts` is on.

@@ -45,6 +45,7 @@ fn decision(request_id: &str) -> DecisionRecord {
         prompt: None,
         api_key: None,
         draft_plan: None,
+        familiarity: None,
         held_usd: None,
     }
 }

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use triage_core::features::{FEATURE_SCHEMA, feature_dim};
 
 use crate::acceptor::Acceptor;
+use crate::familiarity::Familiarity;
 use crate::neighbours::{NeighbourSet, Neighbours};
 use crate::online::sigmoid;
 use crate::shared::SharedClassifier;
@@ -101,6 +102,10 @@ pub struct PolicyFile {
     /// When to accept a cheap draft instead of routing directly, if trained with responses.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub acceptor: Option<Acceptor>,
+    /// How far predictions are trusted on unfamiliar prompts, if training could fit it (it
+    /// needs the neighbour set's embeddings).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub familiarity: Option<Familiarity>,
     /// Free-form training metadata (data hash, rows, metrics).
     #[serde(default)]
     pub training: serde_json::Value,
@@ -249,6 +254,14 @@ impl Policy {
             let names: Vec<&str> = file.models.iter().map(|m| m.name.as_str()).collect();
             acceptor.validate(&names).map_err(invalid)?;
         }
+        if let Some(familiarity) = &file.familiarity {
+            if file.neighbours.is_none() {
+                return Err(invalid(
+                    "familiarity needs the neighbour set's embeddings, and there is none".into(),
+                ));
+            }
+            familiarity.validate(file.models.len()).map_err(invalid)?;
+        }
         let neighbours = match &file.neighbours {
             Some(set) => Some(
                 set.decode(file.embedding_dim, file.models.len())
@@ -286,6 +299,12 @@ impl Policy {
 
     /// Predictions for every model, in file order. `features.len()` must be [`Self::feature_dim`].
     pub fn predict(&self, features: &[f32]) -> Result<Vec<(&str, Prediction)>, PolicyError> {
+        Ok(self.score(features)?.predictions)
+    }
+
+    /// Predictions for every model, in file order, and how familiar the prompt is (`None`:
+    /// the policy has no trust curve). `features.len()` must be [`Self::feature_dim`].
+    pub fn score(&self, features: &[f32]) -> Result<Scores<'_>, PolicyError> {
         if features.len() != self.feature_dim() {
             return Err(PolicyError::Invalid {
                 version: self.file.version.clone(),
@@ -303,7 +322,13 @@ impl Policy {
             .map(|(v, (m, sd))| (v - m) / sd)
             .collect();
         let dot = |w: &[f32]| -> f64 { w.iter().zip(&x).map(|(a, b)| f64::from(a * b)).sum() };
-        let local = self.neighbours.as_ref().map(|n| n.estimate(features));
+        let trust = self.file.familiarity.as_ref();
+        let scanned = self
+            .neighbours
+            .as_ref()
+            .map(|n| n.scan(features, trust.map_or(1, |t| t.neighbours)));
+        let familiarity = trust.and(scanned.as_ref().map(|(_, f)| *f));
+        let local = scanned.map(|(estimates, _)| estimates);
         let shared = self.file.shared.as_ref().map(|c| (c, c.hidden_layer(&x)));
         let (weight, length_weight) = self
             .neighbours
@@ -311,7 +336,7 @@ impl Policy {
             .map_or((0.0, 0.0), |n| (n.weight(), n.length_weight()));
         let blend =
             |own: f64, near: Option<f64>, w: f64| near.map_or(own, |v| (1.0 - w) * own + w * v);
-        Ok(self
+        let predictions = self
             .file
             .models
             .iter()
@@ -326,6 +351,10 @@ impl Policy {
                 });
                 let support = near.map_or(0.0, |l| l.support);
                 let quality = blend(head, near.and_then(|l| l.quality), weight * support);
+                let quality = match (trust, familiarity) {
+                    (Some(t), Some(f)) => t.shrink(i, quality, f),
+                    _ => quality,
+                };
                 let l = &m.output_tokens;
                 let tokens = (dot(&l.weights) + f64::from(l.bias)).exp();
                 let tokens = blend(
@@ -342,6 +371,29 @@ impl Policy {
                     },
                 )
             })
-            .collect())
+            .collect();
+        Ok(Scores {
+            predictions,
+            familiarity,
+        })
     }
+
+    /// The trust curve, if the policy has one.
+    pub fn familiarity(&self) -> Option<&Familiarity> {
+        self.file.familiarity.as_ref()
+    }
+
+    /// The decoded neighbour set, if the policy has one.
+    pub fn neighbours(&self) -> Option<&Neighbours> {
+        self.neighbours.as_ref()
+    }
+}
+
+/// What a policy says about one prompt.
+#[derive(Clone, Debug)]
+pub struct Scores<'a> {
+    /// Per model, in file order.
+    pub predictions: Vec<(&'a str, Prediction)>,
+    /// Mean similarity to the nearest training prompts (`None`: no trust curve).
+    pub familiarity: Option<f64>,
 }

@@ -6,6 +6,9 @@
 //! of the most similar training prompts ([`NeighbourSet`]) and with a classifier shared by all
 //! models ([`SharedClassifier`]). [`Policy`] is a validated, loaded file.
 //!
+//! A [`Familiarity`] curve pulls every prediction toward the model's prompt-blind quality as a
+//! prompt gets less like the training prompts, so an unfamiliar prompt routes like the zero router.
+//!
 //! [`decide`] turns predictions plus the catalog and the caller's preferences into a ranked
 //! candidate list: hard constraints first (each exclusion with its reason), then the trade-off
 //! (QUALITY, BALANCED, COST margins, or a continuous cost weight λ). Ties are broken by lower
@@ -20,6 +23,7 @@
 
 pub mod acceptor;
 mod decide;
+mod familiarity;
 mod file;
 mod neighbours;
 mod online;
@@ -31,9 +35,10 @@ pub use decide::{
     Availability, BALANCED_QUALITY_DROP, COST_QUALITY_DROP, Candidate, Decision, DecisionError,
     Exclusion, Rule, decide, decide_with,
 };
+pub use familiarity::{FAMILIARITY_NEIGHBOURS, Familiarity, TrustCurve};
 pub use file::{
     DecisionParams, LengthHead, LinearHead, ModelHead, POLICY_FORMAT, POLICY_FORMAT_VERSION,
-    Policy, PolicyError, PolicyFile, Prediction, Standardizer,
+    Policy, PolicyError, PolicyFile, Prediction, Scores, Standardizer,
 };
 pub use neighbours::{Local, NeighbourSet, Neighbours};
 pub use online::{Draw, OnlineLearner, apply_priors};

@@ -150,16 +150,38 @@ impl Neighbours {
     /// Mean quality and length per model over the `k` most similar stored prompts (`None` where
     /// none of them has a value for that model).
     pub fn estimate(&self, embedding: &[f32]) -> Vec<Local> {
+        self.scan(embedding, 1).0
+    }
+
+    /// Mean cosine similarity of `embedding` to its `m` most similar stored prompts: how
+    /// familiar the prompt is (see [`crate::Familiarity`]).
+    pub fn familiarity(&self, embedding: &[f32], m: usize) -> f64 {
+        self.scan(embedding, m).1
+    }
+
+    /// [`Self::estimate`] and [`Self::familiarity`] over `m` prompts, from one similarity pass.
+    pub fn scan(&self, embedding: &[f32], m: usize) -> (Vec<Local>, f64) {
+        let scores = self.similarities(embedding);
+        let familiarity = mean_of_top(&scores, m);
+        (self.local(scores), familiarity)
+    }
+
+    /// Cosine similarity of `embedding` to every stored prompt.
+    fn similarities(&self, embedding: &[f32]) -> Vec<f32> {
         let query = &embedding[..self.dim.min(embedding.len())];
         // ndarray's mat-vec product keeps several accumulators, so it vectorises; a plain
         // iterator sum of f32 cannot be reordered and runs about ten times slower.
         let rows = self.embeddings.len() / self.dim.max(1);
-        let scores = match ndarray::ArrayView2::from_shape((rows, self.dim), &self.embeddings) {
+        match ndarray::ArrayView2::from_shape((rows, self.dim), &self.embeddings) {
             Ok(matrix) if query.len() == self.dim => {
                 matrix.dot(&ndarray::ArrayView1::from(query)).to_vec()
             }
             _ => vec![0.0; rows],
-        };
+        }
+    }
+
+    /// The per-model estimates over the `k` highest of `scores`.
+    fn local(&self, scores: Vec<f32>) -> Vec<Local> {
         let mut sims: Vec<(f32, usize)> = scores.into_iter().zip(0..).collect();
         let k = self.k.min(sims.len());
         if k > 0 && k < sims.len() {
@@ -203,6 +225,17 @@ impl Neighbours {
             })
             .collect()
     }
+}
+
+/// Mean of the `m` largest of `scores` (0 when there are none).
+fn mean_of_top(scores: &[f32], m: usize) -> f64 {
+    let m = m.min(scores.len());
+    if m == 0 {
+        return 0.0;
+    }
+    let mut sorted = scores.to_vec();
+    sorted.select_nth_unstable_by(m - 1, |a, b| b.total_cmp(a));
+    sorted[..m].iter().map(|s| f64::from(*s)).sum::<f64>() / m as f64
 }
 
 #[cfg(test)]

@@ -156,15 +156,24 @@ impl OnlineLearner {
         self.lock().get(model).map_or(0, |s| s.feedback)
     }
 
+    /// The exploration rate where the policy trusts its prompt-specific predictions this much:
+    /// `rate` at full trust, rising to `unfamiliar_rate` on a prompt it knows nothing like.
+    pub fn rate_at(&self, trust: f64) -> f64 {
+        let s = &self.settings;
+        let t = trust.clamp(0.0, 1.0);
+        t * s.rate + (1.0 - t) * s.unfamiliar_rate.max(s.rate)
+    }
+
     /// Possibly swaps the winner for an exploratory pick. `u` and `v` are independent uniform
-    /// draws in `[0, 1)` (passed in so that tests and replays are deterministic).
-    pub fn explore(&self, decision: &mut Decision, u: f64, v: f64) -> Draw {
+    /// draws in `[0, 1)` (passed in so that tests and replays are deterministic); `trust` is how
+    /// far the policy trusted its predictions for this prompt (see [`Self::rate_at`]).
+    pub fn explore(&self, decision: &mut Decision, u: f64, v: f64, trust: f64) -> Draw {
         let eligible = decision
             .candidates
             .iter()
             .take_while(|c| c.exclusion.is_none())
             .count();
-        let rate = self.settings.rate;
+        let rate = self.rate_at(trust);
         if rate <= 0.0 || eligible < 2 {
             return Draw {
                 propensity: 1.0,
@@ -251,6 +260,7 @@ mod tests {
     fn learner(rate: f64) -> OnlineLearner {
         OnlineLearner::new(ExplorationSettings {
             rate,
+            unfamiliar_rate: 0.0,
             confident_after: 2,
             new_model_boost: 3.0,
             learning_rate: 0.5,
@@ -267,7 +277,7 @@ mod tests {
         let mut total = 0.0;
         for (v, expected_model) in [(0.05, "a"), (0.3, "b"), (0.9, "c")] {
             let mut d = decision(&["a", "b", "c"]);
-            let draw = l.explore(&mut d, 0.1, v);
+            let draw = l.explore(&mut d, 0.1, v, 1.0);
             assert!(draw.explored);
             assert_eq!(d.candidates[0].model, expected_model);
             total += if expected_model == "a" {
@@ -277,7 +287,7 @@ mod tests {
             };
         }
         let mut d = decision(&["a", "b", "c"]);
-        let greedy = l.explore(&mut d, 0.5, 0.0);
+        let greedy = l.explore(&mut d, 0.5, 0.0, 1.0);
         assert!(!greedy.explored);
         assert!((greedy.propensity - (0.8 + 0.2 / 7.0)).abs() < 1e-12);
         total += greedy.propensity;
@@ -288,14 +298,36 @@ mod tests {
     fn no_exploration_without_rate_or_choice() {
         let mut d = decision(&["a", "b"]);
         assert_eq!(
-            learner(0.0).explore(&mut d, 0.0, 0.9),
+            learner(0.0).explore(&mut d, 0.0, 0.9, 1.0),
             Draw {
                 propensity: 1.0,
                 explored: false
             }
         );
         let mut single = decision(&["a"]);
-        assert_eq!(learner(0.5).explore(&mut single, 0.0, 0.9).propensity, 1.0);
+        assert_eq!(
+            learner(0.5).explore(&mut single, 0.0, 0.9, 1.0).propensity,
+            1.0
+        );
+    }
+
+    #[test]
+    fn exploration_rises_where_the_policy_distrusts_itself() {
+        let l = OnlineLearner::new(ExplorationSettings {
+            rate: 0.02,
+            unfamiliar_rate: 0.3,
+            ..ExplorationSettings::default()
+        });
+        assert!((l.rate_at(1.0) - 0.02).abs() < 1e-12);
+        assert!((l.rate_at(0.0) - 0.3).abs() < 1e-12);
+        assert!((l.rate_at(0.5) - 0.16).abs() < 1e-12);
+        // u = 0.1 explores at trust 0 (rate 0.3) but not at full trust (rate 0.02).
+        let mut d = decision(&["a", "b"]);
+        assert!(l.explore(&mut d, 0.1, 0.9, 0.0).explored);
+        let mut d = decision(&["a", "b"]);
+        let greedy = l.explore(&mut d, 0.1, 0.9, 1.0);
+        assert!(!greedy.explored);
+        assert!((greedy.propensity - (0.98 + 0.02 / 2.0)).abs() < 1e-12);
     }
 
     #[test]

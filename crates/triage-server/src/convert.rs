@@ -137,6 +137,8 @@ pub fn route_response(
         propensity: outcome.propensity,
         sticky: outcome.sticky,
         draft_plan,
+        familiarity: outcome.familiarity,
+        trust: outcome.familiarity.map(|_| outcome.trust),
     }
 }
 

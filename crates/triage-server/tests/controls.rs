@@ -426,9 +426,17 @@ async fn keys_limit_models_and_budgets_and_alerts_fire_once_into_metrics() {
         "triage_encoder_queue_depth 0",
         "triage_errors_total{method=\"Route\",code=\"Unauthenticated\"} 2",
         "triage_cost_alerts_total{scope=\"tight\",period=\"day\"} 1",
+        "triage_familiarity_bucket{le=",
+        "triage_trust_bucket{le=",
     ] {
         assert!(metrics.contains(series), "missing {series:?} in\n{metrics}");
     }
+    // Every routed prompt's familiarity to the bundled policy's training prompts is observed.
+    let observed = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("triage_familiarity_count "))
+        .and_then(|n| n.trim().parse::<u64>().ok());
+    assert!(observed.is_some_and(|n| n >= costs.len() as u64), "{observed:?}");
     server.shutdown().await.expect("clean shutdown");
 }
 

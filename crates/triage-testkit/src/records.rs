@@ -30,6 +30,7 @@ pub fn decision(request_id: &str, models: &[&str], predicted_usd: f64) -> Decisi
         prompt: None,
         api_key: None,
         draft_plan: None,
+        familiarity: None,
         held_usd: None,
     }
 }

@@ -18,6 +18,7 @@
 pub mod cascade;
 pub mod embed;
 pub mod eval;
+pub mod familiarity;
 pub mod fit;
 pub mod logdata;
 pub mod offpolicy;

@@ -536,6 +536,7 @@ mod tests {
             prompt: None,
             api_key: None,
             draft_plan: None,
+            familiarity: None,
             held_usd: None,
         };
         let decisions: Vec<_> = (0..300)

@@ -243,6 +243,7 @@ pub fn bare_policy(components: &Components) -> PolicyFile {
         neighbours: None,
         shared: None,
         acceptor: None,
+        familiarity: None,
         training: serde_json::Value::Null,
     }
 }
@@ -371,6 +372,7 @@ pub fn prior_policy(models: &[String], quality: f64, output_tokens: f64) -> Poli
         neighbours: None,
         shared: None,
         acceptor: None,
+        familiarity: None,
         training: serde_json::json!({"prior_only": {"quality": quality, "output_tokens": output_tokens}}),
     };
     file.version = format!("prior-{}", &content_hash(&file)[..10]);

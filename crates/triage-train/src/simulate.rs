@@ -56,6 +56,7 @@ pub struct Replay<'a> {
     params: triage_policy::DecisionParams,
     prompts: Vec<usize>,
     predictions: Vec<HashMap<String, Prediction>>,
+    familiarity: Vec<Option<f64>>,
     input_tokens: Vec<u32>,
 }
 
@@ -73,12 +74,15 @@ impl<'a> Replay<'a> {
     ) -> Result<Self, TrainError> {
         let catalog = replay_catalog(outcomes, policy)?;
         let mut predictions = Vec::with_capacity(prompts.len());
+        let mut familiarity = Vec::with_capacity(prompts.len());
         for &p in &prompts {
             let scored = policy
-                .predict(&features[p])
+                .score(&features[p])
                 .map_err(|e| TrainError::Fit(e.to_string()))?;
+            familiarity.push(scored.familiarity);
             predictions.push(
                 scored
+                    .predictions
                     .into_iter()
                     .map(|(m, pr)| (m.to_owned(), pr))
                     .collect(),
@@ -91,8 +95,14 @@ impl<'a> Replay<'a> {
             params: policy.decision().clone(),
             prompts,
             predictions,
+            familiarity,
             input_tokens,
         })
+    }
+
+    /// How familiar the `k`-th replayed prompt was to the policy (`None`: it cannot tell).
+    pub fn familiarity(&self, k: usize) -> Option<f64> {
+        self.familiarity.get(k).copied().flatten()
     }
 
     /// The prompts replayed.

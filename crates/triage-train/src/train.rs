@@ -7,6 +7,7 @@ use triage_policy::{Policy, PolicyFile};
 
 use crate::TrainError;
 use crate::cascade::fit::fit_acceptor;
+use crate::familiarity::{fit_curve, held_out_rows, leave_task_out_rows, with_familiarity};
 use crate::logdata::{LogCounts, LoggedData, merge};
 use crate::output::{
     candidate_path, carry_over_heads, content_hash, data_label, write_policy_atomically,
@@ -229,13 +230,21 @@ pub fn fit_policy(prepared: &Prepared, folds: usize) -> Result<Fitted, TrainErro
             None => recipe.routing.share = 0.0,
         }
     }
-    let mut deployed = assemble(
+    let deployed = assemble(
         prepared,
         &comps,
         &recipe.routing,
         &training,
         &recipe.decision,
     );
+    let (mut deployed, fold_policies, familiarity) = attach_familiarity(
+        prepared,
+        &recipe,
+        &bandit,
+        &training,
+        deployed,
+        tuned.fold_policies,
+    )?;
     let test = o.prompts.len() - training.len();
     let training_json = |refit: &str| {
         serde_json::json!({
@@ -247,14 +256,14 @@ pub fn fit_policy(prepared: &Prepared, folds: usize) -> Result<Fitted, TrainErro
             "bandit_only_models": bandit_only,
             "bandit_min_kappa": BANDIT_MIN_KAPPA,
             "cross_validation": tuned.report,
+            "familiarity": familiarity,
             "refit": refit,
         })
     };
     deployed.training =
         training_json("every training prompt, with the recipe cross-validation chose");
     deployed.version = format!("{}-{}", data_label(o), &content_hash(&deployed)[..10]);
-    let fold_policies = tuned
-        .fold_policies
+    let fold_policies = fold_policies
         .into_iter()
         .enumerate()
         .map(|(f, (mut file, held))| {
@@ -275,6 +284,52 @@ pub fn fit_policy(prepared: &Prepared, folds: usize) -> Result<Fitted, TrainErro
         deployed,
         routing: recipe.routing,
     })
+}
+
+/// A cross-validation fold's policy and the fold's prompts.
+type FoldPolicy = (PolicyFile, Vec<usize>);
+
+/// Fits the trust curve on held-out predictions (each task left out, and the folds) and gives
+/// `deployed` and every fold policy their familiarity; returns them and the fit's evidence.
+fn attach_familiarity(
+    prepared: &Prepared,
+    recipe: &crate::recipe::Recipe,
+    bandit: &[bool],
+    training: &[usize],
+    deployed: PolicyFile,
+    fold_policies: Vec<FoldPolicy>,
+) -> Result<(PolicyFile, Vec<FoldPolicy>, serde_json::Value), TrainError> {
+    let started = std::time::Instant::now();
+    let fit_of = |held: &[usize]| -> Vec<usize> {
+        let held: std::collections::HashSet<usize> = held.iter().copied().collect();
+        training
+            .iter()
+            .copied()
+            .filter(|p| !held.contains(p))
+            .collect()
+    };
+    let mut rows = leave_task_out_rows(prepared, recipe, bandit, training)?;
+    let from_tasks = rows.len();
+    for (file, held) in &fold_policies {
+        rows.extend(held_out_rows(prepared, file.clone(), &fit_of(held), held)?);
+    }
+    let fit = fit_curve(&rows);
+    tracing::info!(
+        rows_left_out_by_task = from_tasks,
+        rows = rows.len(),
+        curve = ?fit.curve,
+        seconds = format!("{:.1}", started.elapsed().as_secs_f64()),
+        "trust curve fitted on held-out predictions"
+    );
+    let folds = fold_policies
+        .into_iter()
+        .map(|(file, held)| {
+            let file = with_familiarity(prepared, file, &fit_of(&held), fit.curve);
+            (file, held)
+        })
+        .collect();
+    let deployed = with_familiarity(prepared, deployed, training, fit.curve);
+    Ok((deployed, folds, fit.report))
 }
 
 /// Learns the cascade's acceptor from `responses` and the fold policies' views, and puts it (and

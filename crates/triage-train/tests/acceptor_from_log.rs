@@ -62,6 +62,7 @@ fn decision(id: &str, features: &[f32]) -> DecisionRecord {
             threshold: 0.5,
             escalation: vec![DEAR.into()],
         }),
+        familiarity: None,
         held_usd: None,
     }
 }

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use polars::prelude::*;
 use triage_core::Settings;
 use triage_policy::Policy;
-use triage_train::eval::ablation::{HEADS_ONLY, NO_NEIGHBOURHOOD, NO_SHARED};
+use triage_train::eval::ablation::{HEADS_ONLY, NO_NEIGHBOURHOOD, NO_SHARED, NO_TRUST_CURVE};
 use triage_train::eval::{EvalOptions, evaluate};
 use triage_train::table::Split;
 use triage_train::{fit_policy, neighbour_set, prepare, train};
@@ -188,7 +188,35 @@ fn trains_on_a_slice_beats_the_cheapest_model_and_serving_agrees_with_eval() {
         _ => panic!("fold 0's and the written policy disagree on the shared classifier"),
     }
     assert_eq!(report.policy.version, fitted.deployed.version);
+    // Every policy measures familiarity against its training prompts; the curve's evidence
+    // (held-out rows, with each task of the slice left out in turn) is in the metadata.
+    let familiarity = fitted.deployed.familiarity.as_ref().expect("familiarity");
+    assert_eq!(familiarity.prior.len(), fitted.deployed.models.len());
+    let neighbours = fitted
+        .deployed
+        .neighbours
+        .as_ref()
+        .expect("training prompts kept");
+    assert_eq!(neighbours.rows, training.len());
+    let fit = &fitted.deployed.training["familiarity"];
+    assert!(fit["rows"].as_u64().is_some_and(|r| r > 0), "{fit}");
+    assert!(fit["chosen"].is_string(), "{fit}");
     let eval = evaluate_test_split(&prepared, &policy, 200);
+    let buckets = eval
+        .calibration
+        .as_ref()
+        .expect("calibration by familiarity");
+    assert_eq!(buckets.len(), 5);
+    assert_eq!(
+        buckets.iter().map(|b| b.prompts).sum::<usize>(),
+        eval.prompts,
+        "every evaluated prompt in one bucket"
+    );
+    assert!(
+        buckets
+            .windows(2)
+            .all(|w| w[0].familiarity[1] <= w[1].familiarity[0])
+    );
     let (cheap_name, cheap) = &eval.cheapest_single;
     let balanced = eval
         .modes
@@ -232,7 +260,8 @@ fn trains_on_a_slice_beats_the_cheapest_model_and_serving_agrees_with_eval() {
             eval.routers[4].name.as_str(),
             HEADS_ONLY,
             NO_NEIGHBOURHOOD,
-            NO_SHARED
+            NO_SHARED,
+            NO_TRUST_CURVE
         ]
     );
     for c in &boot.comparisons {
@@ -253,12 +282,19 @@ fn trains_on_a_slice_beats_the_cheapest_model_and_serving_agrees_with_eval() {
 
     // Ablations: a row without a part the policy lacks is the policy's own λ sweep.
     let names: Vec<&str> = eval.ablations.iter().map(|r| r.name.as_str()).collect();
-    assert_eq!(names, [HEADS_ONLY, NO_NEIGHBOURHOOD, NO_SHARED]);
+    assert_eq!(
+        names,
+        [HEADS_ONLY, NO_NEIGHBOURHOOD, NO_SHARED, NO_TRUST_CURVE]
+    );
     let file = policy.file();
+    // A neighbour set at weight 0 is there only to measure familiarity: no neighbourhood.
+    let no_neighbours = file.neighbours.as_ref().is_none_or(|n| n.weight == 0.0);
+    let no_curve = file.familiarity.as_ref().is_none_or(|f| f.curve.is_none());
     let lacks = [
-        file.neighbours.is_none() && file.shared.is_none(),
-        file.neighbours.is_none(),
+        no_neighbours && file.shared.is_none(),
+        no_neighbours,
         file.shared.is_none(),
+        no_curve,
     ];
     for (row, lacks) in eval.ablations.iter().zip(lacks) {
         if lacks {
@@ -289,8 +325,8 @@ fn trains_on_a_slice_beats_the_cheapest_model_and_serving_agrees_with_eval() {
         blended_lambda.points, lambda_only.points,
         "the neighbourhood changed nothing"
     );
-    let [heads, no_neighbourhood, no_shared] = &blended_eval.ablations[..] else {
-        panic!("three ablations expected");
+    let [heads, no_neighbourhood, no_shared, _] = &blended_eval.ablations[..] else {
+        panic!("four ablations expected");
     };
     assert_eq!(no_neighbourhood.points, lambda_only.points);
     if file.shared.is_none() {
@@ -344,6 +380,9 @@ fn trains_on_a_slice_beats_the_cheapest_model_and_serving_agrees_with_eval() {
             };
             let reply = client.route(request).await.expect("route").into_inner();
             assert_eq!(Some(&reply.model), expected.as_ref(), "prompt {id}");
+            let f = reply.familiarity.expect("familiarity served");
+            assert!((-1.0..=1.0).contains(&f), "{f}");
+            assert!(reply.trust.is_some_and(|t| (0.0..=1.0).contains(&t)));
         }
         server.shutdown().await.expect("shutdown");
     });

@@ -3,11 +3,13 @@
 //! Every router is swept over its cost knob on the evaluated split; the metrics come from
 //! [`curve`]. Baselines are fitted on the training prompts (train and dev) with their choices made by the
 //! same cross-validation as training's ([`baselines`], [`crate::tune`]);
-//! [`ablation`] sweeps the policy again with parts of its blend taken out.
+//! [`ablation`] sweeps the policy again with parts of its blend taken out; [`calibration`] sets
+//! predicted against realised quality by how familiar the prompts were.
 
 pub mod ablation;
 pub mod baselines;
 pub mod bootstrap;
+pub mod calibration;
 pub mod curve;
 pub mod folds;
 pub mod plot;
@@ -122,8 +124,12 @@ pub fn evaluate(
         .collect();
     let mut mode_points = Vec::new();
     let mut triage_settings = Vec::new();
+    let mut calibration = None;
     for knob in &knobs {
         let chosen = replay.choices(*knob);
+        if *knob == Rule::Mode(Mode::Balanced) {
+            calibration = calibration::by_familiarity(o, &replay, &chosen);
+        }
         let by_index = model_indices(o, &chosen);
         let point = realised_by_index(o, &prompts, &by_index);
         if let Rule::Mode(m) = knob {
@@ -233,6 +239,7 @@ pub fn evaluate(
         ablations,
         bootstrap,
         pair,
+        calibration,
         choices: choices
             .into_iter()
             .map(|(label, chosen)| {

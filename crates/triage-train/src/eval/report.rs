@@ -94,6 +94,9 @@ pub struct EvalReport {
     pub bootstrap: Option<Bootstrap>,
     /// Pair metrics, when asked for.
     pub pair: Option<PairReport>,
+    /// The balanced mode's predicted and realised quality by familiarity quintile (`None`: the
+    /// policy cannot measure familiarity).
+    pub calibration: Option<Vec<crate::eval::calibration::Bucket>>,
     /// Per knob setting: prompt ids and Triage's choices.
     #[serde(skip)]
     pub choices: Vec<(String, Vec<String>, Vec<Option<String>>)>,
@@ -162,6 +165,24 @@ pub fn render_table(r: &EvalReport) -> String {
             p.cost,
             100.0 * p.cost / bp.cost
         );
+    }
+    if let Some(buckets) = &r.calibration {
+        let _ = writeln!(
+            s,
+            "\ncalibration by familiarity (balanced mode's choice; predicted vs realised quality):"
+        );
+        for b in buckets {
+            let _ = writeln!(
+                s,
+                "  familiarity {:.3}..{:.3}  {:>5} prompts  predicted {:.3}  observed {:.3}  gap {:+.3}",
+                b.familiarity[0],
+                b.familiarity[1],
+                b.prompts,
+                b.predicted,
+                b.observed,
+                b.predicted - b.observed
+            );
+        }
     }
     if let Some(pair) = &r.pair {
         let _ = writeln!(
