@@ -215,6 +215,7 @@ pub struct TrainSources {
     pub strict: bool,
     pub cv_folds: usize,
     pub responses: Option<triage_train::responses::ResponsesSource>,
+    pub tasks: Option<Vec<String>>,
 }
 
 /// `triage log compact`: sealed segments into Parquet archives.
@@ -310,6 +311,7 @@ pub fn train(
         progress: !json,
         folds: sources.cv_folds,
         responses: sources.responses,
+        tasks: sources.tasks,
     };
     let report = triage_train::train(&options)?;
     let p = &report.policy;
@@ -391,6 +393,7 @@ pub struct EvalFiles {
     pub strict: bool,
     pub responses: Option<triage_train::responses::ResponsesSource>,
     pub cascade: bool,
+    pub tasks: Option<Vec<String>>,
 }
 
 /// Prints a per-router summary of refits (folds or tasks).
@@ -451,6 +454,7 @@ pub fn eval(
         progress: true,
         folds: triage_train::tune::DEFAULT_FOLDS,
         responses: None,
+        tasks: files.tasks.clone(),
     };
     // Output directories are made now, as `train` makes its --out's, so that one that cannot be
     // fails before minutes of evaluation rather than after.

@@ -159,6 +159,10 @@ enum Command {
         /// generic extraction (to compare with a benchmark's own extraction).
         #[arg(long, requires = "responses")]
         answer_column: Option<String>,
+        /// Train only on the table's prompts of these tasks (its `task` column; the log is
+        /// not filtered).
+        #[arg(long, value_delimiter = ',')]
+        tasks: Option<Vec<String>>,
         /// Embedding cache directory.
         #[arg(long, default_value = ".cache/embeddings")]
         cache_dir: PathBuf,
@@ -224,6 +228,10 @@ enum Command {
         /// beside routing alone; --export-choices then writes the cascade's outcomes.
         #[arg(long, requires = "responses")]
         cascade: bool,
+        /// Evaluate only on the table's prompts of these tasks (its `task` column), e.g. a
+        /// kind of prompt the policy was not trained on.
+        #[arg(long, value_delimiter = ',')]
+        tasks: Option<Vec<String>>,
         /// Embedding cache directory.
         #[arg(long, default_value = ".cache/embeddings")]
         cache_dir: PathBuf,
@@ -313,6 +321,7 @@ fn main() -> anyhow::Result<()> {
             cv_folds,
             responses,
             answer_column,
+            tasks,
             cache_dir,
         } => {
             if dry_run {
@@ -329,6 +338,7 @@ fn main() -> anyhow::Result<()> {
                     path,
                     answer_column,
                 }),
+                tasks,
             };
             commands::train(settings, sources, models, out, cache_dir, json)
         }
@@ -351,6 +361,7 @@ fn main() -> anyhow::Result<()> {
             responses,
             answer_column,
             cascade,
+            tasks,
             cache_dir,
         } => {
             let pair = match pair.as_deref() {
@@ -372,6 +383,7 @@ fn main() -> anyhow::Result<()> {
                     answer_column,
                 }),
                 cascade,
+                tasks,
             };
             commands::eval(settings, data, policy, &split, pair, outputs, cache_dir)
         }

@@ -21,7 +21,9 @@ async fn easy_and_hard_prompts_are_answered_by_different_models() {
         assert_eq!(header(&r, "x-triage-attempts"), "1");
         assert!(!header(&r, "x-triage-request-id").is_empty());
         assert!(!header(&r, "x-triage-policy-version").is_empty());
-        let f: f64 = header(&r, "x-triage-familiarity").parse().expect("a number");
+        let f: f64 = header(&r, "x-triage-familiarity")
+            .parse()
+            .expect("a number");
         let trust: f64 = header(&r, "x-triage-trust").parse().expect("a number");
         assert!((0.0..=1.0).contains(&trust), "{trust}");
         familiarity.push(f);

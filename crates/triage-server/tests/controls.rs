@@ -436,7 +436,10 @@ async fn keys_limit_models_and_budgets_and_alerts_fire_once_into_metrics() {
         .lines()
         .find_map(|l| l.strip_prefix("triage_familiarity_count "))
         .and_then(|n| n.trim().parse::<u64>().ok());
-    assert!(observed.is_some_and(|n| n >= costs.len() as u64), "{observed:?}");
+    assert!(
+        observed.is_some_and(|n| n >= costs.len() as u64),
+        "{observed:?}"
+    );
     server.shutdown().await.expect("clean shutdown");
 }
 

@@ -174,6 +174,7 @@ fn train_options(
         progress: false,
         folds: triage_train::tune::DEFAULT_FOLDS,
         responses: None,
+        tasks: None,
     }
 }
 

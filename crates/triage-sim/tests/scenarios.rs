@@ -107,6 +107,7 @@ fn offline(data: &Path, dir: &Path, models: &[&str], name: &str) -> PathBuf {
         progress: false,
         folds: triage_train::tune::DEFAULT_FOLDS,
         responses: None,
+        tasks: None,
     })
     .expect("offline training");
     out

@@ -40,6 +40,8 @@ pub struct TrainOptions {
     pub folds: usize,
     /// Each model's answer texts, to learn a cascade's acceptor from (see `cascade`).
     pub responses: Option<crate::responses::ResponsesSource>,
+    /// Only the table's prompts of these tasks (the log is not filtered).
+    pub tasks: Option<Vec<String>>,
 }
 
 /// Loaded table plus its features: the shared start of `train` and `eval`.
@@ -80,8 +82,20 @@ pub fn prepare(options: &TrainOptions) -> Result<Prepared, TrainError> {
         .data
         .as_deref()
         .ok_or_else(|| TrainError::Usage("an outcome table (--data FILE) is needed".into()))?;
-    let outcomes = Outcomes::load(data, &catalog, options.models.as_deref(), options.strict)?;
-    embed_table(options, outcomes)
+    embed_table(options, load_table(data, &catalog, options)?)
+}
+
+/// Reads the outcome table at `data` as `options` asks (its models, its tasks, strictness).
+pub(crate) fn load_table(
+    data: &std::path::Path,
+    catalog: &triage_core::Catalog,
+    options: &TrainOptions,
+) -> Result<Outcomes, TrainError> {
+    let outcomes = Outcomes::load(data, catalog, options.models.as_deref(), options.strict)?;
+    match &options.tasks {
+        Some(tasks) => outcomes.only_tasks(tasks),
+        None => Ok(outcomes),
+    }
 }
 
 /// Embeds every distinct prompt of `outcomes` (through the cache) into the features serving uses.

@@ -272,6 +272,41 @@ fn pivot(
 }
 
 impl Outcomes {
+    /// Only the prompts whose `task` is one of `tasks` (an error naming the table's tasks when
+    /// none is).
+    pub fn only_tasks(mut self, tasks: &[String]) -> Result<Self, TrainError> {
+        let keep: Vec<bool> = self
+            .prompts
+            .iter()
+            .map(|p| p.task.as_ref().is_some_and(|t| tasks.contains(t)))
+            .collect();
+        if !keep.contains(&true) {
+            let mut present: Vec<&str> = self
+                .prompts
+                .iter()
+                .filter_map(|p| p.task.as_deref())
+                .collect();
+            present.sort_unstable();
+            present.dedup();
+            return Err(TrainError::Usage(format!(
+                "--tasks {}: no prompt of the table has one of these tasks; it has: {}",
+                tasks.join(","),
+                if present.is_empty() {
+                    "no task column".to_owned()
+                } else {
+                    present.join(", ")
+                }
+            )));
+        }
+        let mut flags = keep.iter();
+        self.prompts
+            .retain(|_| flags.next().copied().unwrap_or(false));
+        let mut flags = keep.iter();
+        self.cells
+            .retain(|_| flags.next().copied().unwrap_or(false));
+        Ok(self)
+    }
+
     /// Reads and validates an outcome table. `catalog` prices rows that carry token counts but
     /// neither `cost_usd` nor per-row prices. Only `models` are kept when given.
     ///

@@ -14,12 +14,13 @@ use crate::output::{
 };
 use crate::pooled::BANDIT_MIN_KAPPA;
 use crate::prepare::{
-    Prepared, TrainOptions, check_requested_models, checked, embed_table, prepare, training_prompts,
+    Prepared, TrainOptions, check_requested_models, checked, embed_table, load_table, prepare,
+    training_prompts,
 };
 use crate::promote::{GateVerdict, gate, pulled_toward_prior};
 use crate::recipe::{Routing, assemble, bandit_flags, fit_components, with_shared};
 use crate::responses::Responses;
-use crate::table::{Outcomes, Split};
+use crate::table::Split;
 use crate::tune::{describe, shared_recipe, tune};
 
 /// What training produced.
@@ -48,8 +49,7 @@ pub fn train(options: &TrainOptions) -> Result<TrainReport, TrainError> {
         .transpose()?;
     let prepared = match (&options.data, &logged) {
         (Some(data), None) => {
-            let outcomes =
-                Outcomes::load(data, &catalog, options.models.as_deref(), options.strict)?;
+            let outcomes = load_table(data, &catalog, options)?;
             // Before embedding, which can take minutes on a new table.
             check_requested_models(&outcomes, options)?;
             embed_table(options, outcomes)?

@@ -92,5 +92,6 @@ pub fn options(data: PathBuf, out: PathBuf) -> TrainOptions {
         progress: false,
         folds: 5,
         responses: None,
+        tasks: None,
     }
 }
