@@ -167,3 +167,30 @@ fn rows_with_holes_are_left_out_unless_strict() {
         "{err}"
     );
 }
+
+#[test]
+fn only_tasks_keeps_those_prompts_and_names_the_tables_tasks_otherwise() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut csv = String::from("prompt_id,prompt,model,quality,cost_usd,task\n");
+    for (i, task) in ["law", "math", "law", "physics"].iter().enumerate() {
+        csv.push_str(&format!("p{i},question {i},gpt-4o-2024-08-06,1,0.01,{task}\n"));
+        csv.push_str(&format!(
+            "p{i},question {i},gpt-4o-mini-2024-07-18,0,0.001,{task}\n"
+        ));
+    }
+    let path = write(&dir, "tasks.csv", &csv);
+    let table = Outcomes::load(&path, &default_catalog(), None, false).expect("loads");
+    let kept = table
+        .clone()
+        .only_tasks(&["law".into(), "physics".into()])
+        .expect("two tasks");
+    let ids: Vec<&str> = kept.prompts.iter().map(|p| p.id.as_str()).collect();
+    assert_eq!(ids, ["p0", "p2", "p3"]);
+    assert_eq!(kept.cells.len(), 3);
+    assert_eq!(kept.cells[2][0].map(|c| c.quality), Some(1.0));
+    let err = table
+        .only_tasks(&["history".into()])
+        .expect_err("no such task")
+        .to_string();
+    assert!(err.contains("law, math, physics"), "{err}");
+}
