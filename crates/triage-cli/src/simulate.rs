@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use triage_core::Settings;
-use triage_sim::{Drift, SimOptions, Start, simulate, write_svg};
+use triage_sim::{Drift, Judge, SimOptions, Start, simulate, write_svg};
 use triage_train::table::Split;
 
 /// Options of `triage simulate`.
@@ -75,6 +75,23 @@ pub struct SimulateArgs {
     /// Write the report as JSON.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Domain shift: start from a policy trained on these tasks of the table (its `task`
+    /// column; or --cold-start / --start-policy), serve --requests drawn with replacement from
+    /// the other tasks' training prompts, and evaluate on their test prompts beside a policy
+    /// trained offline on them with every label.
+    #[arg(long, value_delimiter = ',')]
+    start_tasks: Option<Vec<String>>,
+    /// Share of requests a simulated judge scores; with a judge, its verdicts are the only
+    /// quality the server is told (unset: every outcome is reported).
+    #[arg(long)]
+    judge_rate: Option<f64>,
+    /// Probability that a verdict is wrong (quality q reported as 1 − q).
+    #[arg(long, default_value_t = 0.0, requires = "judge_rate")]
+    judge_noise: f64,
+    /// Catalog model whose prices the judge's calls are costed at (prompt, answer and rubric
+    /// in; a short verdict out).
+    #[arg(long, requires = "judge_rate")]
+    judge_model: Option<String>,
     /// Embedding cache directory.
     #[arg(long, default_value = ".cache/embeddings")]
     cache_dir: PathBuf,
@@ -111,6 +128,9 @@ pub fn run(mut settings: Settings, args: SimulateArgs, base: PathBuf) -> anyhow:
         }
         (None, true, _) => (Start::Prior, None),
         (None, false, Some(path)) => (Start::Policy(path.clone()), None),
+        (None, false, None) if args.start_tasks.is_some() => {
+            (Start::Train(catalog_models.clone()), None)
+        }
         (None, false, None) => (Start::Policy(base.join(&settings.policy.path)), None),
     };
     let seed_models = seed_models.or_else(|| {
@@ -147,6 +167,12 @@ pub fn run(mut settings: Settings, args: SimulateArgs, base: PathBuf) -> anyhow:
         cache_dir: args.cache_dir,
         seed: args.seed,
         reference: args.reference,
+        start_tasks: args.start_tasks,
+        judge: args.judge_rate.map(|rate| Judge {
+            rate,
+            noise: args.judge_noise,
+            model: args.judge_model,
+        }),
     };
     let report = simulate(&options)?;
     println!(
@@ -179,6 +205,24 @@ pub fn run(mut settings: Settings, args: SimulateArgs, base: PathBuf) -> anyhow:
     }
     if let Some(a) = report.reference_aiq {
         println!("reference policy AIQ: {a:.4}");
+    }
+    if let Some(a) = report.zero_router_aiq {
+        println!("zero router AIQ (best single model at each trade-off): {a:.4}");
+    }
+    if let Some(a) = report.offline_aiq {
+        println!("offline policy AIQ (trained on the shifted tasks with every label): {a:.4}");
+    }
+    if let Some(g) = report.gap_closed {
+        println!(
+            "gap closed: {:.1}% of the start-to-offline AIQ gap",
+            100.0 * g
+        );
+    }
+    if args.judge_rate.is_some() {
+        println!(
+            "judge spend: {:.2}% of the traffic's model spend",
+            100.0 * report.judge_spend_share
+        );
     }
     if let Some(hidden) = &args.hide {
         // Choices on the evaluation split in the run's mode, without exploration.

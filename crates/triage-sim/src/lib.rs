@@ -9,14 +9,20 @@
 //! it, computed offline exactly as `triage eval` does.
 //!
 //! Scenarios are set up by the options: a prior-only starting policy (cold start), a catalog
-//! model the starting policy has never seen (new model), and degraded outcomes for one model from
-//! some request on (drift).
+//! model the starting policy has never seen (new model), degraded outcomes for one model from
+//! some request on (drift), and a domain shift (the start knows some tasks of the table, the
+//! traffic comes from the others). A simulated judge ([`Judge`]) makes the quality signal what a
+//! running Triage gets without callers' scores: a sampled share of requests, some verdicts
+//! wrong, each costed at a catalog model's prices.
 
 mod plot;
 mod run;
 
 pub use plot::write_svg;
-pub use run::{Drift, Round, SimOptions, SimReport, Start, simulate};
+pub use run::{
+    CurvePoint, Drift, Judge, RUBRIC_TOKENS, Round, SimOptions, SimReport, Start, VERDICT_TOKENS,
+    simulate,
+};
 
 /// Why a simulation failed.
 #[derive(Debug, thiserror::Error)]

@@ -40,6 +40,23 @@ pub struct Drift {
     pub after: usize,
 }
 
+/// A simulated LLM judge: when set, the only quality signal the server gets.
+#[derive(Clone, Debug)]
+pub struct Judge {
+    /// Share of requests judged (the rest are reported with cost and tokens only).
+    pub rate: f64,
+    /// Probability that a verdict is wrong: quality `q` reported as `1 − q`.
+    pub noise: f64,
+    /// Catalog model whose prices the judge's calls are costed at (`None`: free).
+    pub model: Option<String>,
+}
+
+/// Tokens of the judge's rubric, added to the prompt and answer it reads: the size of a short
+/// grading instruction with a fixed scale.
+pub const RUBRIC_TOKENS: u32 = 200;
+/// Tokens of the judge's verdict: a short JSON object with a score and a reason.
+pub const VERDICT_TOKENS: u32 = 40;
+
 /// What to simulate.
 #[derive(Clone, Debug)]
 pub struct SimOptions {
@@ -73,6 +90,12 @@ pub struct SimOptions {
     pub seed: u64,
     /// A policy to compare with on the evaluation split (e.g. the offline-trained one).
     pub reference: Option<PathBuf>,
+    /// Domain shift: the starting policy (and any seed table) knows only these tasks; traffic is
+    /// `requests` draws with replacement from the other tasks' training prompts, and the
+    /// evaluation is on their test prompts, beside a policy trained offline on them.
+    pub start_tasks: Option<Vec<String>>,
+    /// The simulated judge (`None`: every outcome is reported, as a caller scoring everything).
+    pub judge: Option<Judge>,
 }
 
 /// One round of traffic and the retrain after it.
@@ -90,6 +113,9 @@ pub struct Round {
     pub shares: BTreeMap<String, f64>,
     /// Requests the bandit explored this round.
     pub explored: usize,
+    /// Requests whose outcome was reported with a quality score this round (all of them
+    /// without a judge).
+    pub judged: usize,
     /// Policy serving during the round.
     pub policy_version: String,
     /// Whether the retrain after the round was promoted, with the gate's reason.
@@ -116,9 +142,30 @@ pub struct SimReport {
     pub reference_shares: Option<BTreeMap<String, f64>>,
     /// The rounds.
     pub rounds: Vec<Round>,
+    /// AIQ of the zero router (the best single model at each trade-off) on the evaluation split.
+    pub zero_router_aiq: Option<f64>,
+    /// AIQ of a policy trained offline on the shifted tasks with every label (domain shift).
+    pub offline_aiq: Option<f64>,
+    /// AIQ of the policy serving at the end.
+    pub final_aiq: Option<f64>,
+    /// Share of the start-to-offline AIQ gap closed by the end (domain shift, with a gap).
+    pub gap_closed: Option<f64>,
+    /// The judge's spend as a share of the traffic's model spend.
+    pub judge_spend_share: f64,
+    /// AIQ on the evaluation split against requests served, from the start.
+    pub curve: Vec<CurvePoint>,
     /// The drifted model, its share before the drift, and the requests after the drift until
     /// its share over the trailing window fell to half of that (None: it never did).
     pub drift: Option<DriftReport>,
+}
+
+/// One point of the learning curve.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct CurvePoint {
+    /// Requests served so far.
+    pub requests: usize,
+    /// AIQ of the serving policy on the evaluation split.
+    pub aiq: f64,
 }
 
 /// How fast traffic left a degraded model.
@@ -142,6 +189,10 @@ struct Served {
     quality: f64,
     cost: f64,
     explored: bool,
+    /// Whether the server was told a quality score for it.
+    judged: bool,
+    /// What judging this request cost (0 when it was not judged).
+    judge_usd: f64,
 }
 
 fn shuffled(mut prompts: Vec<usize>, seed: u64) -> Vec<usize> {
@@ -220,10 +271,28 @@ pub fn simulate(o: &SimOptions) -> Result<SimReport, SimError> {
         Start::Train(models) => {
             let mut options = train_options(o, Some(o.data.clone()), Some(models.clone()));
             options.force = true;
+            options.tasks = o.start_tasks.clone();
             train(&options)?;
         }
     }
-    let eval_prompts = o.eval_split.map(|s| table.outcomes.indices(s));
+    let shifted = o
+        .start_tasks
+        .as_ref()
+        .map(|start| shifted_tasks(&table, start))
+        .transpose()?;
+    let in_shift = |p: usize| {
+        shifted.as_ref().is_none_or(|tasks| {
+            table.outcomes.prompts[p]
+                .task
+                .as_ref()
+                .is_some_and(|t| tasks.contains(t))
+        })
+    };
+    let eval_prompts: Option<Vec<usize>> = o.eval_split.map(|s| {
+        let mut prompts = table.outcomes.indices(s);
+        prompts.retain(|&p| in_shift(p));
+        prompts
+    });
     // AIQ over the λ sweep, and each model's share of the choices in the run's mode.
     let evaluate = |path: &Path| -> Result<Option<Evaluated>, SimError> {
         let Some(prompts) = &eval_prompts else {
@@ -238,6 +307,21 @@ pub fn simulate(o: &SimOptions) -> Result<SimReport, SimError> {
         }))
     };
     let start_aiq = evaluate(&policy_path)?.map(|e| e.aiq);
+    let zero_router_aiq = eval_prompts
+        .as_ref()
+        .map(|prompts| triage_train::zero_router_aiq(&table, prompts));
+    // Under a shift, the policy trained offline on the shifted tasks with every label.
+    let offline = match &shifted {
+        Some(tasks) => {
+            let mut options = train_options(o, Some(o.data.clone()), None);
+            options.out = o.workdir.join("offline.json");
+            options.force = true;
+            options.tasks = Some(tasks.clone());
+            train(&options)?;
+            evaluate(&options.out)?
+        }
+        None => None,
+    };
     let reference = match &o.reference {
         Some(path) => evaluate(path)?,
         None => None,
@@ -264,10 +348,34 @@ pub fn simulate(o: &SimOptions) -> Result<SimReport, SimError> {
         .block_on(RouterClient::connect(format!("http://{}", server.addr)))
         .map_err(|e| SimError::Server(e.to_string()))?;
 
-    let mut traffic = shuffled(table.outcomes.indices(o.traffic_split), o.seed);
-    if let Some(n) = o.requests {
-        traffic.truncate(n);
+    let traffic = match &shifted {
+        // The shifted tasks' training prompts, drawn with replacement.
+        Some(_) => {
+            let pool: Vec<usize> = triage_train::training_prompts(&table.outcomes)
+                .into_iter()
+                .filter(|&p| in_shift(p))
+                .collect();
+            let mut rng = fastrand::Rng::with_seed(o.seed);
+            let n = o.requests.unwrap_or(pool.len());
+            (0..n).map(|_| pool[rng.usize(..pool.len())]).collect()
+        }
+        None => {
+            let mut traffic = shuffled(table.outcomes.indices(o.traffic_split), o.seed);
+            if let Some(n) = o.requests {
+                traffic.truncate(n);
+            }
+            traffic
+        }
+    };
+    if traffic.is_empty() {
+        return Err(SimError::Usage("no traffic to replay".into()));
     }
+    let judge = o
+        .judge
+        .as_ref()
+        .map(|j| judge_prices(j, &catalog))
+        .transpose()?;
+    let mut verdicts = fastrand::Rng::with_seed(o.seed ^ 0x6a75_6467_65);
     let mut served: Vec<Served> = Vec::with_capacity(traffic.len());
     let mut rounds = Vec::new();
     let mut drift_model = o.drift.as_ref().and_then(|d| d.model.clone());
@@ -282,14 +390,17 @@ pub fn simulate(o: &SimOptions) -> Result<SimReport, SimError> {
                 drift_model = most_used(&served);
             }
             let degrade = o.drift.as_ref().filter(|d| i >= d.after).map(|d| d.share);
+            let report = Reporting {
+                degrade: degrade.zip(drift_model.as_deref()),
+                judge: judge.as_ref().map(|j| (j, verdicts.f64(), verdicts.f64())),
+            };
             let (s, v) = runtime.block_on(serve_one(
                 &mut client,
                 &table,
                 &catalog,
-                p,
-                i,
+                (p, i),
                 o.mode,
-                degrade.zip(drift_model.as_deref()),
+                report,
             ))?;
             version = v;
             served.push(s);
@@ -297,6 +408,8 @@ pub fn simulate(o: &SimOptions) -> Result<SimReport, SimError> {
         let mut candidate_aiq = None;
         let verdict = match train(&TrainOptions {
             from_log: Some(log_dir.clone().into()),
+            // Under a shift the seed table is only what the start knew.
+            tasks: o.start_tasks.clone(),
             ..train_options(
                 o,
                 o.seed_models.as_ref().map(|_| o.data.clone()),
@@ -355,13 +468,96 @@ pub fn simulate(o: &SimOptions) -> Result<SimReport, SimError> {
             drift_report(&served, &model, d.after, o.retrain_every.clamp(50, 200))
         });
     let (reference_aiq, reference_shares) = reference.map(|e| (e.aiq, e.shares)).unzip();
+    let offline_aiq = offline.map(|e| e.aiq);
+    let curve: Vec<CurvePoint> = start_aiq
+        .map(|aiq| CurvePoint { requests: 0, aiq })
+        .into_iter()
+        .chain(rounds.iter().filter_map(|r| {
+            r.eval_aiq.map(|aiq| CurvePoint {
+                requests: r.requests,
+                aiq,
+            })
+        }))
+        .collect();
+    let final_aiq = curve.last().map(|c| c.aiq);
+    let gap_closed = match (start_aiq, offline_aiq, final_aiq) {
+        (Some(s), Some(off), Some(f)) if off > s => Some((f - s) / (off - s)),
+        _ => None,
+    };
+    let traffic_usd: f64 = served.iter().map(|s| s.cost).sum();
+    let judge_usd: f64 = served.iter().map(|s| s.judge_usd).sum();
     Ok(SimReport {
         start_aiq,
         reference_aiq,
         reference_shares,
         rounds,
         drift,
+        zero_router_aiq,
+        offline_aiq,
+        final_aiq,
+        gap_closed,
+        judge_spend_share: if traffic_usd > 0.0 {
+            judge_usd / traffic_usd
+        } else {
+            0.0
+        },
+        curve,
     })
+}
+
+/// The table's tasks other than `start` (an error when `start` names none of its tasks, or
+/// leaves none over).
+fn shifted_tasks(table: &Prepared, start: &[String]) -> Result<Vec<String>, SimError> {
+    let mut tasks: Vec<String> = table
+        .outcomes
+        .prompts
+        .iter()
+        .filter_map(|p| p.task.clone())
+        .collect();
+    tasks.sort_unstable();
+    tasks.dedup();
+    let unknown: Vec<&String> = start.iter().filter(|t| !tasks.contains(t)).collect();
+    if !unknown.is_empty() {
+        return Err(SimError::Usage(format!(
+            "--start-tasks: {unknown:?} not in the table, whose tasks are: {}",
+            tasks.join(", ")
+        )));
+    }
+    tasks.retain(|t| !start.contains(t));
+    if tasks.is_empty() {
+        return Err(SimError::Usage(
+            "--start-tasks names every task of the table: nothing to shift to".into(),
+        ));
+    }
+    Ok(tasks)
+}
+
+/// The judge and its prices per 1M tokens (input, output).
+fn judge_prices<'a>(
+    judge: &'a Judge,
+    catalog: &triage_core::Catalog,
+) -> Result<(&'a Judge, f64, f64), SimError> {
+    if !(0.0..=1.0).contains(&judge.rate) || !(0.0..=0.5).contains(&judge.noise) {
+        return Err(SimError::Usage(
+            "--judge-rate must be within 0..=1 and --judge-noise within 0..=0.5".into(),
+        ));
+    }
+    let Some(name) = &judge.model else {
+        return Ok((judge, 0.0, 0.0));
+    };
+    let spec = catalog
+        .models()
+        .iter()
+        .find(|m| &m.name == name)
+        .ok_or_else(|| SimError::Usage(format!("--judge-model {name}: not a catalog model")))?;
+    Ok((judge, spec.input_usd_per_1m, spec.output_usd_per_1m))
+}
+
+/// How one request's outcome is reported: a drift's degradation, and the judge with its two
+/// uniform draws (judged?, wrong?).
+struct Reporting<'a> {
+    degrade: Option<(f64, &'a str)>,
+    judge: Option<(&'a (&'a Judge, f64, f64), f64, f64)>,
 }
 
 fn write_err(path: &Path, e: impl std::fmt::Display) -> SimError {
@@ -388,10 +584,9 @@ async fn serve_one(
     client: &mut RouterClient<Channel>,
     table: &Prepared,
     catalog: &triage_core::Catalog,
-    p: usize,
-    i: usize,
+    (p, i): (usize, usize),
     mode: Mode,
-    degrade: Option<(f64, &str)>,
+    report: Reporting<'_>,
 ) -> Result<(Served, String), SimError> {
     let o = &table.outcomes;
     let prompt = &o.prompts[p];
@@ -432,19 +627,34 @@ async fn serve_one(
             SimError::Server(format!("{} has no outcome for {}", routed.model, prompt.id))
         })?;
     let mut quality = cell.quality;
-    if let Some((share, model)) = degrade
+    if let Some((share, model)) = report.degrade
         && routed.model == model
         && unit_hash(&prompt.id) < share
     {
         quality = 0.0;
     }
     let tokens = cell.output_tokens.unwrap_or(0.0);
+    // With a judge, only judged requests carry a score, and a wrong verdict is the opposite.
+    let (reported, judge_usd) = match report.judge {
+        None => (Some(quality), 0.0),
+        Some(((judge, _, _), judged, _)) if judged >= judge.rate => (None, 0.0),
+        Some(((judge, input_price, output_price), _, wrong)) => {
+            let read = f64::from(routed.input_tokens + RUBRIC_TOKENS) + tokens;
+            let usd = (read * input_price + f64::from(VERDICT_TOKENS) * output_price) / 1e6;
+            let verdict = if wrong < judge.noise {
+                1.0 - quality
+            } else {
+                quality
+            };
+            (Some(verdict), usd)
+        }
+    };
     client
         .feedback(v1::FeedbackRequest {
             request_id: routed.request_id.clone(),
             feedback_id: format!("sim-{i}"),
             model: routed.model.clone(),
-            quality: Some(quality),
+            quality: reported,
             input_tokens: routed.input_tokens,
             output_tokens: tokens as u32,
             cost_usd: cell.cost_usd,
@@ -460,6 +670,8 @@ async fn serve_one(
             quality,
             cost: cell.cost_usd,
             explored: routed.explored,
+            judged: reported.is_some(),
+            judge_usd,
         },
         routed.policy_version,
     ))
@@ -518,6 +730,7 @@ fn summarise(
         mean_cost: chunk.iter().map(|s| s.cost).sum::<f64>() / n,
         shares,
         explored: chunk.iter().filter(|s| s.explored).count(),
+        judged: chunk.iter().filter(|s| s.judged).count(),
         policy_version,
         retrain,
         eval_aiq: None,

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use polars::prelude::*;
 use triage_core::{Mode, Settings};
-use triage_sim::{Drift, SimOptions, SimReport, Start, simulate};
+use triage_sim::{Drift, Judge, SimOptions, SimReport, Start, simulate};
 use triage_train::table::Split;
 use triage_train::{TrainOptions, train};
 
@@ -88,6 +88,8 @@ fn options(data: &Path, dir: &Path, start: Start) -> SimOptions {
         cache_dir: root().join(".cache/embeddings"),
         seed: 11,
         reference: None,
+        start_tasks: None,
+        judge: None,
     }
 }
 
@@ -243,4 +245,55 @@ fn traffic_leaves_a_degrading_model_within_a_bounded_number_of_requests() {
     assert!(drift.share_before > 0.2, "{drift:?}");
     let halved = drift.requests_to_halve.expect("its share never halved");
     assert!(halved <= 320, "took {halved} requests");
+}
+
+#[test]
+fn a_shift_to_unseen_tasks_is_learned_from_a_sampled_noisy_judge() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(data) = slice(dir.path()) else {
+        return;
+    };
+    let mut o = options(
+        &data,
+        dir.path(),
+        Start::Train(MODELS.map(String::from).to_vec()),
+    );
+    o.start_tasks = Some(vec!["gsm".into(), "math-l5".into()]);
+    o.seed_models = Some(MODELS.map(String::from).to_vec());
+    o.requests = Some(480);
+    o.settings.exploration.rate = 0.05;
+    o.settings.exploration.unfamiliar_rate = 0.3;
+    o.judge = Some(Judge {
+        rate: 0.3,
+        noise: 0.1,
+        model: Some("gpt-4o-mini-2024-07-18".into()),
+    });
+    let report = simulate(&o).expect("simulation runs");
+    let start = report.start_aiq.expect("start");
+    let zero = report.zero_router_aiq.expect("zero router");
+    let offline = report
+        .offline_aiq
+        .expect("offline policy on the shifted task");
+    let end = report.final_aiq.expect("final");
+    eprintln!(
+        "math → code on the slice: start {start:.4}, zero router {zero:.4}, offline {offline:.4}, \
+         end {end:.4}, gap closed {:?}, judge spend {:.2}% of traffic",
+        report.gap_closed,
+        100.0 * report.judge_spend_share
+    );
+    // Three rounds of 160 requests, the curve starting from the start policy.
+    assert_eq!(report.rounds.len(), 3);
+    assert_eq!(report.curve.len(), 4);
+    assert_eq!(report.curve[0].requests, 0);
+    assert!((report.curve[0].aiq - start).abs() < 1e-12);
+    assert_eq!(report.curve[3].requests, 480);
+    // About 30% of requests judged (±4 standard deviations), each judged call priced.
+    let judged: usize = report.rounds.iter().map(|r| r.judged).sum();
+    assert!((100..=190).contains(&judged), "{judged} of 480 judged");
+    assert!(report.judge_spend_share > 0.0 && report.judge_spend_share < 0.5);
+    // Safe until it knows: the start is not far below the zero router on a task it never saw.
+    assert!(
+        start >= zero - 0.05,
+        "start {start:.4} vs zero router {zero:.4}"
+    );
 }

@@ -38,7 +38,7 @@ pub mod tune;
 pub use output::{candidate_path, write_policy_atomically};
 pub use prepare::{Prepared, TrainOptions, prepare, training_prompts};
 pub use recipe::{neighbour_set, prior_policy};
-pub use score::{policy_aiq, replay_aiq};
+pub use score::{policy_aiq, replay_aiq, zero_router_aiq};
 pub use train::{Fitted, TrainReport, fit_policy, train};
 
 /// Why training or evaluation failed.

@@ -42,6 +42,15 @@ pub fn policy_aiq(
     Ok(replay_aiq(prepared, &replay))
 }
 
+/// AIQ of the zero router on `prompts`: the best single model at each trade-off, known in
+/// hindsight (the hull of the single models' points), over the same cost range as a policy's.
+pub fn zero_router_aiq(prepared: &Prepared, prompts: &[usize]) -> f64 {
+    let singles = single_models(&prepared.outcomes, prompts);
+    let points: Vec<_> = singles.iter().map(|(_, p)| *p).collect();
+    let (lo, hi) = cost_range(&singles);
+    aiq(&hull(&points), lo, hi)
+}
+
 /// AIQ of an existing replay (see [`policy_aiq`]), for callers that also need its choices.
 pub fn replay_aiq(prepared: &Prepared, replay: &Replay<'_>) -> f64 {
     let points: Vec<_> = lambda_grid()

@@ -173,7 +173,9 @@ fn only_tasks_keeps_those_prompts_and_names_the_tables_tasks_otherwise() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut csv = String::from("prompt_id,prompt,model,quality,cost_usd,task\n");
     for (i, task) in ["law", "math", "law", "physics"].iter().enumerate() {
-        csv.push_str(&format!("p{i},question {i},gpt-4o-2024-08-06,1,0.01,{task}\n"));
+        csv.push_str(&format!(
+            "p{i},question {i},gpt-4o-2024-08-06,1,0.01,{task}\n"
+        ));
         csv.push_str(&format!(
             "p{i},question {i},gpt-4o-mini-2024-07-18,0,0.001,{task}\n"
         ));
