@@ -375,7 +375,7 @@ pub fn simulate(o: &SimOptions) -> Result<SimReport, SimError> {
         .as_ref()
         .map(|j| judge_prices(j, &catalog))
         .transpose()?;
-    let mut verdicts = fastrand::Rng::with_seed(o.seed ^ 0x6a75_6467_65);
+    let mut verdicts = fastrand::Rng::with_seed(o.seed ^ 0x006a_7564_6765);
     let mut served: Vec<Served> = Vec::with_capacity(traffic.len());
     let mut rounds = Vec::new();
     let mut drift_model = o.drift.as_ref().and_then(|d| d.model.clone());
