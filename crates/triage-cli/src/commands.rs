@@ -150,6 +150,13 @@ pub fn route(settings: Settings, prompt: &str, preferences: Preferences) -> anyh
     println!("model:    {}", d.chosen().model);
     println!("why:      {}", d.explanation);
     println!("policy:   {}", outcome.policy_version);
+    if let Some(f) = outcome.familiarity {
+        println!(
+            "familiar: {f:.3} (mean similarity to the policy's nearest training prompts); trust in \
+             its prompt-specific predictions {:.2}",
+            outcome.trust
+        );
+    }
     println!("tokens:   ~{} input", outcome.input_tokens);
     println!(
         "time:     encoder {} us, policy {} us",
