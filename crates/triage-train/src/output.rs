@@ -59,6 +59,16 @@ pub(crate) fn carry_over_heads(candidate: &mut PolicyFile, current: &PolicyFile)
             n.quality.push(vec![-1.0; n.rows]);
             n.output_tokens.push(vec![-1.0; n.rows]);
         }
+        // Its prompt-blind quality: the current policy's, or its head's at the mean prompt.
+        if let Some(f) = &mut candidate.familiarity {
+            let prior = current
+                .familiarity
+                .as_ref()
+                .zip(current.models.iter().position(|m| m.name == head.name))
+                .and_then(|(c, i)| c.prior.get(i).copied())
+                .unwrap_or_else(|| crate::fit::sigmoid(f64::from(head.quality.bias)));
+            f.prior.push(prior);
+        }
         // The classifier never saw this model: its own head alone speaks for it.
         if let Some(c) = &mut candidate.shared {
             c.w2.extend(std::iter::repeat_n(0.0, c.hidden));
@@ -152,8 +162,41 @@ mod tests {
             b2: vec![0.2],
             share: vec![1.0],
         });
+        // Its familiarity curve has a prior per model: "b" brings the current policy's.
+        let width_e = candidate.embedding_dim;
+        let embedding: Vec<f32> = (0..width_e)
+            .map(|j| if j == 0 { 1.0 } else { 0.0 })
+            .collect();
+        candidate.neighbours = Some(triage_policy::NeighbourSet::new(
+            1,
+            0.0,
+            &[&embedding],
+            vec![vec![1.0]],
+            vec![vec![10.0]],
+        ));
+        candidate.familiarity = Some(triage_policy::Familiarity {
+            neighbours: 1,
+            curve: None,
+            prior: vec![0.6],
+        });
+        current.neighbours = Some(triage_policy::NeighbourSet::new(
+            1,
+            0.0,
+            &[&embedding],
+            vec![vec![1.0], vec![0.0]],
+            vec![vec![10.0], vec![10.0]],
+        ));
+        current.familiarity = Some(triage_policy::Familiarity {
+            neighbours: 1,
+            curve: None,
+            prior: vec![0.6, 0.3],
+        });
         let carried = carry_over_heads(&mut candidate, &current);
         assert_eq!(carried, ["b"]);
+        assert_eq!(
+            candidate.familiarity.as_ref().map(|f| f.prior.clone()),
+            Some(vec![0.6, 0.3])
+        );
         assert_eq!(
             candidate.shared.as_ref().map(|c| c.share.clone()),
             Some(vec![1.0, 0.0])
