@@ -81,6 +81,9 @@ pub struct SimulateArgs {
     /// trained offline on them with every label.
     #[arg(long, value_delimiter = ',')]
     start_tasks: Option<Vec<String>>,
+    /// The tasks the traffic shifts to (default: every task not in --start-tasks).
+    #[arg(long, value_delimiter = ',', requires = "start_tasks")]
+    shift_tasks: Option<Vec<String>>,
     /// Share of requests a simulated judge scores; with a judge, its verdicts are the only
     /// quality the server is told (unset: every outcome is reported).
     #[arg(long)]
@@ -92,6 +95,10 @@ pub struct SimulateArgs {
     /// in; a short verdict out).
     #[arg(long, requires = "judge_rate")]
     judge_model: Option<String>,
+    /// Route among exactly the table's models at its prices (for a table of models the
+    /// configured catalog does not list).
+    #[arg(long)]
+    table_catalog: bool,
     /// Embedding cache directory.
     #[arg(long, default_value = ".cache/embeddings")]
     cache_dir: PathBuf,
@@ -168,6 +175,8 @@ pub fn run(mut settings: Settings, args: SimulateArgs, base: PathBuf) -> anyhow:
         seed: args.seed,
         reference: args.reference,
         start_tasks: args.start_tasks,
+        shift_tasks: args.shift_tasks,
+        table_catalog: args.table_catalog,
         judge: args.judge_rate.map(|rate| Judge {
             rate,
             noise: args.judge_noise,

@@ -66,7 +66,8 @@ pub struct SimOptions {
     pub traffic_split: Split,
     /// Split on which the serving policy's AIQ is measured after each round.
     pub eval_split: Option<Split>,
-    /// At most this many requests.
+    /// This many requests (the split's prompts in a shuffled order, then, past its size, drawn
+    /// with replacement; under a shift, all drawn with replacement).
     pub requests: Option<usize>,
     /// Retrain every this many requests.
     pub retrain_every: usize,
@@ -94,8 +95,13 @@ pub struct SimOptions {
     /// `requests` draws with replacement from the other tasks' training prompts, and the
     /// evaluation is on their test prompts, beside a policy trained offline on them.
     pub start_tasks: Option<Vec<String>>,
+    /// The tasks the traffic shifts to (`None`: every task not in `start_tasks`).
+    pub shift_tasks: Option<Vec<String>>,
     /// The simulated judge (`None`: every outcome is reported, as a caller scoring everything).
     pub judge: Option<Judge>,
+    /// Route among exactly the table's models at the table's prices instead of the settings'
+    /// catalog (for a table of other models).
+    pub table_catalog: bool,
 }
 
 /// One round of traffic and the retrain after it.
@@ -229,8 +235,44 @@ fn train_options(
     }
 }
 
+/// `o` with the catalog replaced by the table's models at the table's prices, so a table of any
+/// models can be simulated (the server routes only among catalog models).
+fn with_table_catalog(o: &SimOptions) -> Result<SimOptions, SimError> {
+    let catalog = o
+        .settings
+        .catalog()
+        .map_err(|e| SimError::Usage(e.to_string()))?;
+    let table = triage_train::table::Outcomes::load(&o.data, &catalog, None, false)?;
+    let mut settings = o.settings.clone();
+    settings.models = table
+        .models
+        .iter()
+        .filter_map(|m| triage_train::simulate::replay_spec(&table, m))
+        .collect();
+    tracing::info!(
+        models = settings.models.len(),
+        "the catalog is the table's models at its prices"
+    );
+    // Whatever the start and the seed were to be trained on, it is now the table's models.
+    let names: Vec<String> = settings.models.iter().map(|m| m.name.clone()).collect();
+    let start = match &o.start {
+        Start::Train(_) => Start::Train(names.clone()),
+        other => other.clone(),
+    };
+    Ok(SimOptions {
+        settings,
+        table_catalog: false,
+        start,
+        seed_models: o.seed_models.as_ref().map(|_| names),
+        ..o.clone()
+    })
+}
+
 /// Runs the simulation.
 pub fn simulate(o: &SimOptions) -> Result<SimReport, SimError> {
+    if o.table_catalog {
+        return simulate(&with_table_catalog(o)?);
+    }
     if o.retrain_every == 0 {
         return Err(SimError::Usage("--retrain-every must be at least 1".into()));
     }
@@ -256,6 +298,11 @@ pub fn simulate(o: &SimOptions) -> Result<SimReport, SimError> {
         Some(catalog_models),
     ))?;
 
+    let shifted = o
+        .start_tasks
+        .as_ref()
+        .map(|start| shifted_tasks(&table, start, o.shift_tasks.as_deref()))
+        .transpose()?;
     // The starting policy.
     match &o.start {
         Start::Prior => {
@@ -275,11 +322,6 @@ pub fn simulate(o: &SimOptions) -> Result<SimReport, SimError> {
             train(&options)?;
         }
     }
-    let shifted = o
-        .start_tasks
-        .as_ref()
-        .map(|start| shifted_tasks(&table, start))
-        .transpose()?;
     let in_shift = |p: usize| {
         shifted.as_ref().is_none_or(|tasks| {
             table.outcomes.prompts[p]
@@ -361,8 +403,17 @@ pub fn simulate(o: &SimOptions) -> Result<SimReport, SimError> {
         }
         None => {
             let mut traffic = shuffled(table.outcomes.indices(o.traffic_split), o.seed);
-            if let Some(n) = o.requests {
-                traffic.truncate(n);
+            match o.requests {
+                // More requests than prompts: the rest drawn with replacement.
+                Some(n) if n > traffic.len() && !traffic.is_empty() => {
+                    let mut rng = fastrand::Rng::with_seed(o.seed);
+                    let extra: Vec<usize> = (traffic.len()..n)
+                        .map(|_| traffic[rng.usize(..traffic.len())])
+                        .collect();
+                    traffic.extend(extra);
+                }
+                Some(n) => traffic.truncate(n),
+                None => {}
             }
             traffic
         }
@@ -505,9 +556,13 @@ pub fn simulate(o: &SimOptions) -> Result<SimReport, SimError> {
     })
 }
 
-/// The table's tasks other than `start` (an error when `start` names none of its tasks, or
-/// leaves none over).
-fn shifted_tasks(table: &Prepared, start: &[String]) -> Result<Vec<String>, SimError> {
+/// `shift`, or the table's tasks other than `start` (an error when either names a task the table
+/// lacks, when they overlap, or when nothing is left to shift to).
+fn shifted_tasks(
+    table: &Prepared,
+    start: &[String],
+    shift: Option<&[String]>,
+) -> Result<Vec<String>, SimError> {
     let mut tasks: Vec<String> = table
         .outcomes
         .prompts
@@ -516,12 +571,22 @@ fn shifted_tasks(table: &Prepared, start: &[String]) -> Result<Vec<String>, SimE
         .collect();
     tasks.sort_unstable();
     tasks.dedup();
-    let unknown: Vec<&String> = start.iter().filter(|t| !tasks.contains(t)).collect();
+    let named = start.iter().chain(shift.unwrap_or_default());
+    let unknown: Vec<&String> = named.filter(|t| !tasks.contains(t)).collect();
     if !unknown.is_empty() {
         return Err(SimError::Usage(format!(
-            "--start-tasks: {unknown:?} not in the table, whose tasks are: {}",
+            "--start-tasks/--shift-tasks: {unknown:?} not in the table, whose tasks are: {}",
             tasks.join(", ")
         )));
+    }
+    if let Some(shift) = shift {
+        if shift.iter().any(|t| start.contains(t)) {
+            return Err(SimError::Usage(
+                "--shift-tasks and --start-tasks overlap: the shift is to tasks the start has not seen"
+                    .into(),
+            ));
+        }
+        tasks.retain(|t| shift.contains(t));
     }
     tasks.retain(|t| !start.contains(t));
     if tasks.is_empty() {

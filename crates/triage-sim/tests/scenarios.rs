@@ -89,7 +89,9 @@ fn options(data: &Path, dir: &Path, start: Start) -> SimOptions {
         seed: 11,
         reference: None,
         start_tasks: None,
+        shift_tasks: None,
         judge: None,
+        table_catalog: false,
     }
 }
 
@@ -261,6 +263,8 @@ fn a_shift_to_unseen_tasks_is_learned_from_a_sampled_noisy_judge() {
     o.start_tasks = Some(vec!["gsm".into(), "math-l5".into()]);
     o.seed_models = Some(MODELS.map(String::from).to_vec());
     o.requests = Some(480);
+    // The table's own models and prices (the slice's four).
+    o.table_catalog = true;
     o.settings.exploration.rate = 0.05;
     o.settings.exploration.unfamiliar_rate = 0.3;
     o.judge = Some(Judge {
@@ -296,4 +300,20 @@ fn a_shift_to_unseen_tasks_is_learned_from_a_sampled_noisy_judge() {
         start >= zero - 0.05,
         "start {start:.4} vs zero router {zero:.4}"
     );
+}
+
+#[test]
+fn a_shift_must_be_to_tasks_the_start_has_not_seen() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(data) = slice(dir.path()) else {
+        return;
+    };
+    let mut o = options(&data, dir.path(), Start::Prior);
+    o.start_tasks = Some(vec!["gsm".into()]);
+    o.shift_tasks = Some(vec!["gsm".into(), "crux".into()]);
+    let err = simulate(&o).expect_err("overlap refused").to_string();
+    assert!(err.contains("overlap"), "{err}");
+    o.shift_tasks = Some(vec!["poetry".into()]);
+    let err = simulate(&o).expect_err("unknown task refused").to_string();
+    assert!(err.contains("crux, gsm, math-l5"), "{err}");
 }

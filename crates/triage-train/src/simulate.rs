@@ -16,36 +16,40 @@ use crate::table::Outcomes;
 /// A catalog holding exactly the priced models of `outcomes` that `policy` scores, with no
 /// capability or context limits (tables carry neither).
 pub fn replay_catalog(outcomes: &Outcomes, policy: &Policy) -> Result<Catalog, TrainError> {
-    let mut specs = Vec::new();
-    for name in policy.model_names() {
-        let Some(&(input, output)) = outcomes.prices.get(name) else {
-            continue;
-        };
-        specs.push(ModelSpec {
-            name: name.to_owned(),
-            provider: "replay".into(),
-            input_usd_per_1m: input,
-            output_usd_per_1m: output,
-            context_window: u32::MAX,
-            capabilities: vec![
-                Capability::Vision,
-                Capability::Tools,
-                Capability::JsonOutput,
-            ],
-            enabled: true,
-            latency: LatencyProfile {
-                first_token_ms: 0.0,
-                output_tokens_per_s: 1.0,
-            },
-            prior_from: None,
-            prior_offset: 0.0,
-            upstream_model: None,
-        });
-    }
+    let specs: Vec<ModelSpec> = policy
+        .model_names()
+        .filter_map(|name| replay_spec(outcomes, name))
+        .collect();
     Catalog::new(specs).map_err(|e| {
         TrainError::Data(format!(
             "no model of the policy has a price in this table: {e}"
         ))
+    })
+}
+
+/// A catalog entry for a model of `outcomes` at the table's price, with no capability, context or
+/// latency limits (tables carry none); `None` when the table does not price it.
+pub fn replay_spec(outcomes: &Outcomes, name: &str) -> Option<ModelSpec> {
+    let &(input, output) = outcomes.prices.get(name)?;
+    Some(ModelSpec {
+        name: name.to_owned(),
+        provider: "replay".into(),
+        input_usd_per_1m: input,
+        output_usd_per_1m: output,
+        context_window: u32::MAX,
+        capabilities: vec![
+            Capability::Vision,
+            Capability::Tools,
+            Capability::JsonOutput,
+        ],
+        enabled: true,
+        latency: LatencyProfile {
+            first_token_ms: 0.0,
+            output_tokens_per_s: 1.0,
+        },
+        prior_from: None,
+        prior_offset: 0.0,
+        upstream_model: None,
     })
 }
 
