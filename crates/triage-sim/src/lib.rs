@@ -17,6 +17,7 @@
 
 mod plot;
 mod run;
+mod shift;
 
 pub use plot::write_svg;
 pub use run::{

@@ -17,6 +17,7 @@ use triage_train::table::Split;
 use triage_train::{Prepared, TrainOptions, policy_aiq, prepare, prior_policy, replay_aiq, train};
 
 use crate::SimError;
+use crate::shift;
 
 /// The policy the server starts with.
 #[derive(Clone, Debug)]
@@ -201,12 +202,6 @@ struct Served {
     judge_usd: f64,
 }
 
-fn shuffled(mut prompts: Vec<usize>, seed: u64) -> Vec<usize> {
-    let mut rng = fastrand::Rng::with_seed(seed);
-    rng.shuffle(&mut prompts);
-    prompts
-}
-
 /// Deterministic per-prompt draw in [0, 1), so a drift degrades the same answers every run.
 fn unit_hash(text: &str) -> f64 {
     let h = Sha256::digest(text.as_bytes());
@@ -301,35 +296,10 @@ pub fn simulate(o: &SimOptions) -> Result<SimReport, SimError> {
     let shifted = o
         .start_tasks
         .as_ref()
-        .map(|start| shifted_tasks(&table, start, o.shift_tasks.as_deref()))
+        .map(|start| shift::shifted_tasks(&table, start, o.shift_tasks.as_deref()))
         .transpose()?;
-    // The starting policy.
-    match &o.start {
-        Start::Prior => {
-            let models: Vec<String> = catalog.models().iter().map(|m| m.name.clone()).collect();
-            triage_train::write_policy_atomically(
-                &prior_policy(&models, 0.5, 300.0),
-                &policy_path,
-            )?;
-        }
-        Start::Policy(path) => {
-            std::fs::copy(path, &policy_path).map_err(|e| write_err(&policy_path, e))?;
-        }
-        Start::Train(models) => {
-            let mut options = train_options(o, Some(o.data.clone()), Some(models.clone()));
-            options.force = true;
-            options.tasks = o.start_tasks.clone();
-            train(&options)?;
-        }
-    }
-    let in_shift = |p: usize| {
-        shifted.as_ref().is_none_or(|tasks| {
-            table.outcomes.prompts[p]
-                .task
-                .as_ref()
-                .is_some_and(|t| tasks.contains(t))
-        })
-    };
+    write_start(o, &catalog, &policy_path)?;
+    let in_shift = |p: usize| shift::in_tasks(&table, shifted.as_deref(), p);
     let eval_prompts: Option<Vec<usize>> = o.eval_split.map(|s| {
         let mut prompts = table.outcomes.indices(s);
         prompts.retain(|&p| in_shift(p));
@@ -390,34 +360,7 @@ pub fn simulate(o: &SimOptions) -> Result<SimReport, SimError> {
         .block_on(RouterClient::connect(format!("http://{}", server.addr)))
         .map_err(|e| SimError::Server(e.to_string()))?;
 
-    let traffic = match &shifted {
-        // The shifted tasks' training prompts, drawn with replacement.
-        Some(_) => {
-            let pool: Vec<usize> = triage_train::training_prompts(&table.outcomes)
-                .into_iter()
-                .filter(|&p| in_shift(p))
-                .collect();
-            let mut rng = fastrand::Rng::with_seed(o.seed);
-            let n = o.requests.unwrap_or(pool.len());
-            (0..n).map(|_| pool[rng.usize(..pool.len())]).collect()
-        }
-        None => {
-            let mut traffic = shuffled(table.outcomes.indices(o.traffic_split), o.seed);
-            match o.requests {
-                // More requests than prompts: the rest drawn with replacement.
-                Some(n) if n > traffic.len() && !traffic.is_empty() => {
-                    let mut rng = fastrand::Rng::with_seed(o.seed);
-                    let extra: Vec<usize> = (traffic.len()..n)
-                        .map(|_| traffic[rng.usize(..traffic.len())])
-                        .collect();
-                    traffic.extend(extra);
-                }
-                Some(n) => traffic.truncate(n),
-                None => {}
-            }
-            traffic
-        }
-    };
+    let traffic = shift::traffic(o, &table, shifted.as_deref());
     if traffic.is_empty() {
         return Err(SimError::Usage("no traffic to replay".into()));
     }
@@ -456,39 +399,10 @@ pub fn simulate(o: &SimOptions) -> Result<SimReport, SimError> {
             version = v;
             served.push(s);
         }
-        let mut candidate_aiq = None;
-        let verdict = match train(&TrainOptions {
-            from_log: Some(log_dir.clone().into()),
-            // Under a shift the seed table is only what the start knew.
-            tasks: o.start_tasks.clone(),
-            ..train_options(
-                o,
-                o.seed_models.as_ref().map(|_| o.data.clone()),
-                o.seed_models.clone(),
-            )
-        }) {
-            Ok(report) => {
-                if let Some(prompts) = &eval_prompts {
-                    let candidate = Policy::new(report.policy.clone())
-                        .map_err(|e| SimError::Usage(e.to_string()))?;
-                    candidate_aiq = Some(policy_aiq(&table, &candidate, prompts)?);
-                }
-                if report.verdict.promote {
-                    runtime.block_on(wait_for_version(&mut client, &report.policy.version))?;
-                }
-                format!(
-                    "{} ({}): {}",
-                    if report.verdict.promote {
-                        "promoted"
-                    } else {
-                        "kept"
-                    },
-                    report.verdict.evidence,
-                    report.verdict.reason
-                )
-            }
-            Err(e) => format!("not retrained: {e}"),
-        };
+        let (verdict, candidate_aiq) =
+            retrain(o, &log_dir, &table, eval_prompts.as_deref(), |v| {
+                runtime.block_on(wait_for_version(&mut client, v))
+            })?;
         let serving = evaluate(&policy_path)?;
         let mut round = summarise(
             r + 1,
@@ -518,12 +432,106 @@ pub fn simulate(o: &SimOptions) -> Result<SimReport, SimError> {
         o.drift.as_ref().zip(drift_model).map(|(d, model)| {
             drift_report(&served, &model, d.after, o.retrain_every.clamp(50, 200))
         });
-    let (reference_aiq, reference_shares) = reference.map(|e| (e.aiq, e.shares)).unzip();
-    let offline_aiq = offline.map(|e| e.aiq);
-    let curve: Vec<CurvePoint> = start_aiq
+    Ok(report(Measured {
+        start_aiq,
+        zero_router_aiq,
+        offline_aiq: offline.map(|e| e.aiq),
+        reference,
+        rounds,
+        drift,
+        served: &served,
+    }))
+}
+
+/// Writes the starting policy to `policy_path`.
+fn write_start(
+    o: &SimOptions,
+    catalog: &triage_core::Catalog,
+    policy_path: &Path,
+) -> Result<(), SimError> {
+    match &o.start {
+        Start::Prior => {
+            let models: Vec<String> = catalog.models().iter().map(|m| m.name.clone()).collect();
+            triage_train::write_policy_atomically(&prior_policy(&models, 0.5, 300.0), policy_path)?;
+        }
+        Start::Policy(path) => {
+            std::fs::copy(path, policy_path).map_err(|e| write_err(policy_path, e))?;
+        }
+        Start::Train(models) => {
+            let mut options = train_options(o, Some(o.data.clone()), Some(models.clone()));
+            options.force = true;
+            options.tasks = o.start_tasks.clone();
+            train(&options)?;
+        }
+    }
+    Ok(())
+}
+
+/// Retrains from the log (and the seed table, restricted to the start's tasks under a shift)
+/// through the gate; waits for a promoted policy to serve. Returns the verdict in words and the
+/// candidate's AIQ on the evaluation prompts, promoted or not.
+fn retrain(
+    o: &SimOptions,
+    log_dir: &Path,
+    table: &Prepared,
+    eval_prompts: Option<&[usize]>,
+    mut serving: impl FnMut(&str) -> Result<(), SimError>,
+) -> Result<(String, Option<f64>), SimError> {
+    let report = match train(&TrainOptions {
+        from_log: Some(log_dir.to_path_buf().into()),
+        tasks: o.start_tasks.clone(),
+        ..train_options(
+            o,
+            o.seed_models.as_ref().map(|_| o.data.clone()),
+            o.seed_models.clone(),
+        )
+    }) {
+        Ok(report) => report,
+        Err(e) => return Ok((format!("not retrained: {e}"), None)),
+    };
+    let candidate_aiq = match eval_prompts {
+        Some(prompts) => {
+            let candidate =
+                Policy::new(report.policy.clone()).map_err(|e| SimError::Usage(e.to_string()))?;
+            Some(policy_aiq(table, &candidate, prompts)?)
+        }
+        None => None,
+    };
+    if report.verdict.promote {
+        serving(&report.policy.version)?;
+    }
+    let said = format!(
+        "{} ({}): {}",
+        if report.verdict.promote {
+            "promoted"
+        } else {
+            "kept"
+        },
+        report.verdict.evidence,
+        report.verdict.reason
+    );
+    Ok((said, candidate_aiq))
+}
+
+/// What a run measured, before it is summarised.
+struct Measured<'a> {
+    start_aiq: Option<f64>,
+    zero_router_aiq: Option<f64>,
+    offline_aiq: Option<f64>,
+    reference: Option<Evaluated>,
+    rounds: Vec<Round>,
+    drift: Option<DriftReport>,
+    served: &'a [Served],
+}
+
+/// The run's report: the learning curve, the gap closed, the judge's share of spend.
+fn report(m: Measured<'_>) -> SimReport {
+    let (reference_aiq, reference_shares) = m.reference.map(|e| (e.aiq, e.shares)).unzip();
+    let curve: Vec<CurvePoint> = m
+        .start_aiq
         .map(|aiq| CurvePoint { requests: 0, aiq })
         .into_iter()
-        .chain(rounds.iter().filter_map(|r| {
+        .chain(m.rounds.iter().filter_map(|r| {
             r.eval_aiq.map(|aiq| CurvePoint {
                 requests: r.requests,
                 aiq,
@@ -531,20 +539,20 @@ pub fn simulate(o: &SimOptions) -> Result<SimReport, SimError> {
         }))
         .collect();
     let final_aiq = curve.last().map(|c| c.aiq);
-    let gap_closed = match (start_aiq, offline_aiq, final_aiq) {
+    let gap_closed = match (m.start_aiq, m.offline_aiq, final_aiq) {
         (Some(s), Some(off), Some(f)) if off > s => Some((f - s) / (off - s)),
         _ => None,
     };
-    let traffic_usd: f64 = served.iter().map(|s| s.cost).sum();
-    let judge_usd: f64 = served.iter().map(|s| s.judge_usd).sum();
-    Ok(SimReport {
-        start_aiq,
+    let traffic_usd: f64 = m.served.iter().map(|s| s.cost).sum();
+    let judge_usd: f64 = m.served.iter().map(|s| s.judge_usd).sum();
+    SimReport {
+        start_aiq: m.start_aiq,
         reference_aiq,
         reference_shares,
-        rounds,
-        drift,
-        zero_router_aiq,
-        offline_aiq,
+        rounds: m.rounds,
+        drift: m.drift,
+        zero_router_aiq: m.zero_router_aiq,
+        offline_aiq: m.offline_aiq,
         final_aiq,
         gap_closed,
         judge_spend_share: if traffic_usd > 0.0 {
@@ -553,48 +561,7 @@ pub fn simulate(o: &SimOptions) -> Result<SimReport, SimError> {
             0.0
         },
         curve,
-    })
-}
-
-/// `shift`, or the table's tasks other than `start` (an error when either names a task the table
-/// lacks, when they overlap, or when nothing is left to shift to).
-fn shifted_tasks(
-    table: &Prepared,
-    start: &[String],
-    shift: Option<&[String]>,
-) -> Result<Vec<String>, SimError> {
-    let mut tasks: Vec<String> = table
-        .outcomes
-        .prompts
-        .iter()
-        .filter_map(|p| p.task.clone())
-        .collect();
-    tasks.sort_unstable();
-    tasks.dedup();
-    let named = start.iter().chain(shift.unwrap_or_default());
-    let unknown: Vec<&String> = named.filter(|t| !tasks.contains(t)).collect();
-    if !unknown.is_empty() {
-        return Err(SimError::Usage(format!(
-            "--start-tasks/--shift-tasks: {unknown:?} not in the table, whose tasks are: {}",
-            tasks.join(", ")
-        )));
     }
-    if let Some(shift) = shift {
-        if shift.iter().any(|t| start.contains(t)) {
-            return Err(SimError::Usage(
-                "--shift-tasks and --start-tasks overlap: the shift is to tasks the start has not seen"
-                    .into(),
-            ));
-        }
-        tasks.retain(|t| shift.contains(t));
-    }
-    tasks.retain(|t| !start.contains(t));
-    if tasks.is_empty() {
-        return Err(SimError::Usage(
-            "--start-tasks names every task of the table: nothing to shift to".into(),
-        ));
-    }
-    Ok(tasks)
 }
 
 /// The judge and its prices per 1M tokens (input, output).
