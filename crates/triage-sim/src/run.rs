@@ -155,7 +155,9 @@ pub struct SimReport {
     pub offline_aiq: Option<f64>,
     /// AIQ of the policy serving at the end.
     pub final_aiq: Option<f64>,
-    /// Share of the start-to-offline AIQ gap closed by the end (domain shift, with a gap).
+    /// Share of the gap between the start and the policy trained with every label (the shift's
+    /// offline policy, else the reference) closed by the end; `None` without such a policy or a
+    /// gap.
     pub gap_closed: Option<f64>,
     /// The judge's spend as a share of the traffic's model spend.
     pub judge_spend_share: f64,
@@ -539,7 +541,8 @@ fn report(m: Measured<'_>) -> SimReport {
         }))
         .collect();
     let final_aiq = curve.last().map(|c| c.aiq);
-    let gap_closed = match (m.start_aiq, m.offline_aiq, final_aiq) {
+    // The policy trained with every label: the shift's offline policy, else the reference.
+    let gap_closed = match (m.start_aiq, m.offline_aiq.or(reference_aiq), final_aiq) {
         (Some(s), Some(off), Some(f)) if off > s => Some((f - s) / (off - s)),
         _ => None,
     };

@@ -28,9 +28,6 @@ use crate::recipe::{Recipe, assemble, fit_components, neighbour_set, with_shared
 /// a few hundredths of similarity, gentle enough to span the whole range).
 const SLOPES: [f64; 7] = [2.5, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0];
 
-/// Task label for prompts without one.
-const UNTASKED: &str = "(untasked)";
-
 /// One held-out prediction.
 #[derive(Clone, Copy, Debug)]
 pub struct Row {
@@ -145,13 +142,10 @@ pub fn leave_task_out_rows(
     bandit: &[bool],
     training: &[usize],
 ) -> Result<Vec<Row>, TrainError> {
-    let task = |p: usize| {
-        prepared.outcomes.prompts[p]
-            .task
-            .as_deref()
-            .unwrap_or(UNTASKED)
-    };
-    let mut tasks: Vec<&str> = training.iter().map(|&p| task(p)).collect();
+    // Prompts without a task (logged traffic, a table without the column) are not a task of
+    // their own: they are never left out, only fitted on.
+    let task = |p: usize| prepared.outcomes.prompts[p].task.as_deref();
+    let mut tasks: Vec<&str> = training.iter().filter_map(|&p| task(p)).collect();
     tasks.sort_unstable();
     tasks.dedup();
     if tasks.len() < 2 {
@@ -160,7 +154,7 @@ pub fn leave_task_out_rows(
     let mut rows = Vec::new();
     for left_out in tasks {
         let (held, fit): (Vec<usize>, Vec<usize>) =
-            training.iter().partition(|&&p| task(p) == left_out);
+            training.iter().partition(|&&p| task(p) == Some(left_out));
         let (recipe, bandit) = seen_in(prepared, recipe, bandit, &fit);
         let mut comps = fit_components(prepared, &recipe, &fit, &bandit)?;
         if let Some(shared) = &recipe.shared {
