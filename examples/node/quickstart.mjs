@@ -7,10 +7,9 @@ import OpenAI from "openai";
 
 const PROMPTS = [
   "What is the capital of France?",
-  "A service runs three replicas behind a load balancer; each replica is independently " +
-    "available 99.5% of the time and the load balancer itself 99.99%. Requests fail over to a " +
-    "healthy replica. What is the overall availability, how many minutes of downtime per month " +
-    "does that allow, and how does adding a fourth replica change it? Reason step by step.",
+  "Let a, b, c be positive reals with abc = 1. Prove that 1/(a^3(b+c)) + 1/(b^3(c+a)) + " +
+    "1/(c^3(a+b)) >= 3/2. Give a complete, rigorous proof, justifying every step and stating " +
+    "which inequalities (AM-GM, Cauchy-Schwarz, Muirhead) you use and why their conditions hold.",
   "Write a Python function that implements a retry mechanism with exponential backoff, with " +
     "type hints and async support",
 ];

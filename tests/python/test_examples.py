@@ -25,6 +25,8 @@ def check_quickstart(lines):
     """Three answers (model, first line), then preferences and streaming."""
     assert len(lines) == 5, lines
     models = [line.split()[0] for line in lines[:3]]
+    # A geography question is unlike anything the bundled policy was trained on (it routes as
+    # the zero router would); an olympiad inequality is like its MATH prompts.
     assert models[0] != models[1], f"easy and hard prompts got one model: {lines}"
     for model, line in zip(models, lines[:3]):
         assert f"[{model}]" in line, line  # the local upstream names who answered
