@@ -51,7 +51,7 @@ const DECISION_COLUMNS: [&str; 19] = [
 ];
 
 /// Columns of the feedback table.
-const FEEDBACK_COLUMNS: [&str; 14] = [
+const FEEDBACK_COLUMNS: [&str; 16] = [
     "request_id",
     "feedback_id",
     "time_ms",
@@ -66,6 +66,8 @@ const FEEDBACK_COLUMNS: [&str; 14] = [
     "first_byte_ms",
     "tokens_estimated",
     "api_key",
+    "source",
+    "detail",
 ];
 
 /// Writes `decisions.parquet`, `feedback.parquet` and `verifications.parquet` into `dir`

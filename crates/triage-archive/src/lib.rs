@@ -19,8 +19,9 @@
 //!           candidate_predicted_cost_usd[] · candidate_eligible[] · chosen · propensity ·
 //!           explored · session_id · prompt · api_key
 //! feedback: feedback_id · model · quality · output_tokens · cost_usd · latency_ms · error ·
-//!           retry_after_ms · first_byte_ms · tokens_estimated (the last two absent in older
-//!           archives: read as null and false)
+//!           retry_after_ms · first_byte_ms · tokens_estimated · source · detail (the judge's
+//!           mark as JSON) (the last four absent in older archives: read as null, false, a
+//!           caller's report and no mark)
 //! verification: api_key · detail (the verdict as JSON; a decision's `detail` is its draft plan)
 //! ```
 //!

@@ -2,7 +2,8 @@
 
 use polars::prelude::*;
 use triage_log::{
-    DecisionRecord, ErrorKind, FeedbackRecord, LogRecord, LoggedCandidate, encode_features,
+    DecisionRecord, ErrorKind, FeedbackRecord, FeedbackSource, LogRecord, LoggedCandidate,
+    encode_features,
 };
 
 /// A required column or value is missing, or has the wrong type.
@@ -83,6 +84,7 @@ pub(crate) fn records(df: &DataFrame) -> PolarsResult<Vec<LogRecord>> {
         Err(_) => vec![None; df.height()],
     };
     let detail = f.optional_strings("detail")?;
+    let source = f.optional_strings("source")?;
     let features = f.lists("features")?;
     let candidates = CandidateLists {
         model: f.lists("candidate_model")?,
@@ -148,6 +150,17 @@ pub(crate) fn records(df: &DataFrame) -> PolarsResult<Vec<LogRecord>> {
                     tokens_estimated: tokens_estimated[row].unwrap_or(false),
                     api_key: api_key[row].clone(),
                     hold_usd: None,
+                    // Archives older than the judge have no source: a caller's or the gateway's.
+                    source: match source[row].as_deref() {
+                        None => FeedbackSource::Caller,
+                        Some(name) => FeedbackSource::from_name(name).ok_or_else(|| {
+                            malformed(format!("row {row}: unknown feedback source {name:?}"))
+                        })?,
+                    },
+                    judged: detail[row]
+                        .as_deref()
+                        .map(|json| parse_detail(json, row))
+                        .transpose()?,
                 })
             }
             other => return Err(malformed(format!("row {row} has kind {other:?}"))),

@@ -30,6 +30,8 @@ struct Columns<'a> {
     retry_after_ms: Vec<Option<u32>>,
     first_byte_ms: Vec<Option<u32>>,
     tokens_estimated: Vec<Option<bool>>,
+    /// Who wrote a feedback record (`caller`, `gateway`, `judge`, `shadow`).
+    source: Vec<Option<&'static str>>,
     /// Nested parts as JSON text: a decision's draft plan, a verification's verdict. Kept as
     /// one text column so the archive's schema stays flat (DuckDB and polars read JSON text).
     detail: Vec<Option<String>>,
@@ -177,6 +179,7 @@ impl<'a> Columns<'a> {
         self.retry_after_ms.push(None);
         self.first_byte_ms.push(None);
         self.tokens_estimated.push(None);
+        self.source.push(None);
     }
 
     fn push_feedback(&mut self, f: &'a FeedbackRecord) {
@@ -196,7 +199,13 @@ impl<'a> Columns<'a> {
         self.retry_after_ms.push(f.retry_after_ms);
         self.first_byte_ms.push(f.first_byte_ms);
         self.tokens_estimated.push(Some(f.tokens_estimated));
-        self.detail.push(None);
+        self.source.push(Some(f.source.as_str()));
+        // A judge's mark (judge model, rubric, spend) as JSON, like the other kinds' details.
+        self.detail.push(
+            f.judged
+                .as_ref()
+                .and_then(|j| serde_json::to_string(j).ok()),
+        );
     }
 
     fn finish(self) -> Vec<Column> {
@@ -224,6 +233,7 @@ impl<'a> Columns<'a> {
             Column::new("retry_after_ms".into(), self.retry_after_ms),
             Column::new("first_byte_ms".into(), self.first_byte_ms),
             Column::new("tokens_estimated".into(), self.tokens_estimated),
+            Column::new("source".into(), self.source),
             Column::new("detail".into(), self.detail),
         ]
     }

@@ -116,6 +116,8 @@ fn feedback(i: usize) -> FeedbackRecord {
         tokens_estimated: i.is_multiple_of(5),
         api_key: (i % 2 == 1).then(|| "team-a".into()),
         hold_usd: None,
+        source: Default::default(),
+        judged: None,
     }
 }
 

@@ -223,6 +223,7 @@ pub struct TrainSources {
     pub cv_folds: usize,
     pub responses: Option<triage_train::responses::ResponsesSource>,
     pub tasks: Option<Vec<String>>,
+    pub judge_weight: f64,
 }
 
 /// `triage log compact`: sealed segments into Parquet archives.
@@ -319,6 +320,7 @@ pub fn train(
         folds: sources.cv_folds,
         responses: sources.responses,
         tasks: sources.tasks,
+        judge_weight: sources.judge_weight,
     };
     let report = triage_train::train(&options)?;
     let p = &report.policy;
@@ -462,6 +464,7 @@ pub fn eval(
         folds: triage_train::tune::DEFAULT_FOLDS,
         responses: None,
         tasks: files.tasks.clone(),
+        judge_weight: triage_train::DEFAULT_JUDGE_WEIGHT,
     };
     // Output directories are made now, as `train` makes its --out's, so that one that cannot be
     // fails before minutes of evaluation rather than after.

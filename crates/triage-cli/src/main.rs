@@ -163,6 +163,10 @@ enum Command {
         /// not filtered).
         #[arg(long, value_delimiter = ',')]
         tasks: Option<Vec<String>>,
+        /// What the judge's scores in the log weigh against callers' (0 leaves them out).
+        #[arg(long, default_value_t = triage_train::DEFAULT_JUDGE_WEIGHT,
+              value_parser = non_negative)]
+        judge_weight: f64,
         /// Embedding cache directory.
         #[arg(long, default_value = ".cache/embeddings")]
         cache_dir: PathBuf,
@@ -241,6 +245,15 @@ enum Command {
 /// `--http-listen`: an address, or `off`.
 #[derive(Clone, Debug)]
 struct HttpListen(Option<SocketAddr>);
+
+/// A finite number ≥ 0.
+#[cfg(feature = "train")]
+fn non_negative(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
+        _ => Err(format!("{s:?} is not a number ≥ 0")),
+    }
+}
 
 fn parse_http_listen(value: &str) -> Result<HttpListen, String> {
     if value == "off" {
@@ -322,6 +335,7 @@ fn main() -> anyhow::Result<()> {
             responses,
             answer_column,
             tasks,
+            judge_weight,
             cache_dir,
         } => {
             if dry_run {
@@ -339,6 +353,7 @@ fn main() -> anyhow::Result<()> {
                     answer_column,
                 }),
                 tasks,
+                judge_weight,
             };
             commands::train(settings, sources, models, out, cache_dir, json)
         }

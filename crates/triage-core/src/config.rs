@@ -477,6 +477,9 @@ pub struct Settings {
     /// Upstream LLM endpoints the gateway calls.
     #[serde(default)]
     pub providers: Vec<ProviderSettings>,
+    /// The LLM judge and shadow answers (off unless configured).
+    #[serde(default)]
+    pub judge: crate::learning::JudgeSettings,
     /// The catalog.
     pub models: Vec<ModelSpec>,
 }
@@ -715,6 +718,7 @@ impl Settings {
             });
         }
         self.check_gateway()?;
+        self.judge.check()?;
         self.catalog().map(|_| ())
     }
 

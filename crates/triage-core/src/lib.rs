@@ -15,10 +15,12 @@ pub mod answer;
 pub mod catalog;
 pub mod config;
 pub mod features;
+pub mod learning;
 pub mod outcome;
 pub mod request;
 
 pub use catalog::{Capability, Catalog, CatalogError, ModelSpec};
 pub use config::{ConfigError, Settings};
 pub use features::{EncoderInput, PromptStats};
+pub use learning::JudgeSettings;
 pub use request::{Conversation, InvalidRequest, Message, Mode, Preferences, Role};

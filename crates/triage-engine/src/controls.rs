@@ -354,6 +354,11 @@ impl Controls {
         counts_outcome: bool,
         now: DateTime<Utc>,
     ) -> Vec<FiredAlert> {
+        // The judge's records are the operator's spend, never the caller's, and say nothing
+        // of a provider's health that the gateway's record of the call did not.
+        if !f.charges_caller() {
+            return Vec::new();
+        }
         if !counts_outcome {
             return self.settle(f, now);
         }
@@ -400,6 +405,7 @@ impl Controls {
                 self.ledger.charge(key, &d.request_id, cost, at);
                 let _ = self.check_alerts(key, at);
             }
+            LogRecord::Feedback(f) if !f.charges_caller() => {}
             LogRecord::Feedback(f) => {
                 let at = DateTime::from_timestamp_millis(f.time_ms as i64).unwrap_or(now);
                 // At rest a request's spend is the sum of its reports' costs, whatever was

@@ -2,7 +2,7 @@
 
 use triage_core::InvalidRequest;
 use triage_core::request::MAX_ECHO_BYTES;
-use triage_log::{FeedbackRecord, GATEWAY_FEEDBACK_PREFIX};
+use triage_log::{FeedbackRecord, GATEWAY_FEEDBACK_PREFIX, JUDGE_FEEDBACK_PREFIX};
 
 /// Longest accepted `feedback_id` and `request_id` (Triage's own ids are 36 bytes).
 pub const MAX_FEEDBACK_ID_BYTES: usize = 128;
@@ -26,16 +26,19 @@ pub fn check_request_id(request_id: &str) -> Result<(), InvalidRequest> {
 }
 
 /// Refuses a caller's report whose `feedback_id` lies in the namespace of the gateway's own
-/// records (`gateway:…`): taking one first would erase the recorded cost of a call.
+/// records (`gateway:…`) or the judge's (`judge:…`): taking one first would erase the recorded
+/// cost of a call, or a verdict.
 pub fn check_caller_id(f: &FeedbackRecord) -> Result<(), InvalidRequest> {
-    if f.feedback_id.starts_with(GATEWAY_FEEDBACK_PREFIX) {
-        return Err(InvalidRequest::new(
-            "feedback_id",
-            format!(
-                "ids starting with {GATEWAY_FEEDBACK_PREFIX:?} are the gateway's own records of \
-                 its calls; use another id (e.g. a UUID)"
-            ),
-        ));
+    for prefix in [GATEWAY_FEEDBACK_PREFIX, JUDGE_FEEDBACK_PREFIX] {
+        if f.feedback_id.starts_with(prefix) {
+            return Err(InvalidRequest::new(
+                "feedback_id",
+                format!(
+                    "ids starting with {prefix:?} are the gateway's and the judge's own \
+                     records; use another id (e.g. a UUID)"
+                ),
+            ));
+        }
     }
     Ok(())
 }

@@ -99,6 +99,20 @@ pub struct TokenLabels {
     pub direction: String,
 }
 
+/// `source` of a judge's verdict: `judge` (the answer a caller got) or `shadow`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VerdictLabel {
+    /// `judge` or `shadow`.
+    pub source: String,
+}
+
+/// `reason` an answer went unjudged: `queue_full`, `daily_cap`, `failed`, `not_recorded`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DropLabel {
+    /// Why.
+    pub reason: String,
+}
+
 type FloatCounter = Counter<f64, AtomicU64>;
 
 fn latency_histogram() -> Histogram {
@@ -156,6 +170,16 @@ pub struct Metrics {
     pub familiarity: Histogram,
     /// How far the policy trusted its prompt-specific predictions (0..1).
     pub trust: Histogram,
+    /// Judge verdicts recorded, by source.
+    pub judge_verdicts: Family<VerdictLabel, Counter>,
+    /// Judge answers that held no verdict (never recorded as a score).
+    pub judge_unparsable: Counter,
+    /// Answers sampled for the judge but not judged, by reason.
+    pub judge_dropped: Family<DropLabel, Counter>,
+    /// The judge's and shadow answers' spend, USD (the operator's, never a caller's).
+    pub judge_spend_usd: FloatCounter,
+    /// One judge call, seconds.
+    pub judge_seconds: Histogram,
 }
 
 impl Metrics {
@@ -185,6 +209,11 @@ impl Metrics {
             gateway_overhead_seconds: latency_histogram(),
             familiarity: quality_histogram(),
             trust: quality_histogram(),
+            judge_verdicts: Family::default(),
+            judge_unparsable: Counter::default(),
+            judge_dropped: Family::default(),
+            judge_spend_usd: FloatCounter::default(),
+            judge_seconds: latency_histogram(),
             registry: Registry::default(),
         };
         registry.register(
@@ -298,7 +327,37 @@ impl Metrics {
             "How far the policy trusted its prompt-specific predictions per routed prompt (0..1)",
             m.trust.clone(),
         );
+        m.register_judge(&mut registry);
         Self { registry, ..m }
+    }
+
+    fn register_judge(&self, registry: &mut Registry) {
+        registry.register(
+            "judge_verdicts",
+            "Judge verdicts recorded as feedback, by source (judge, shadow)",
+            self.judge_verdicts.clone(),
+        );
+        registry.register(
+            "judge_unparsable",
+            "Judge answers that held no verdict (never recorded as a score)",
+            self.judge_unparsable.clone(),
+        );
+        registry.register(
+            "judge_dropped",
+            "Answers sampled for the judge but not judged, by reason (queue_full, daily_cap, \
+             failed, not_recorded)",
+            self.judge_dropped.clone(),
+        );
+        registry.register(
+            "judge_spend_usd",
+            "The judge's and shadow answers' spend, USD (the operator's, never a caller's)",
+            self.judge_spend_usd.clone(),
+        );
+        registry.register(
+            "judge_seconds",
+            "One judge call, seconds",
+            self.judge_seconds.clone(),
+        );
     }
 
     /// The text exposition format.

@@ -42,6 +42,8 @@ async fn a_report_whose_caller_gave_up_is_still_applied() {
         tokens_estimated: false,
         api_key: None,
         hold_usd: None,
+        source: Default::default(),
+        judged: None,
     };
     // Polled once (the report is queued), then dropped before it is durable.
     let caller = Caller::default();

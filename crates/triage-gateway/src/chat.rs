@@ -15,6 +15,7 @@ use crate::Gateway;
 use crate::call::{Answer, Failure, Reply, call};
 use crate::error::{AttemptSummary, GatewayError};
 use crate::holds::Holds;
+use crate::judge::Pending;
 use crate::openai::completion_text;
 use crate::record::{Attempt, Outcome};
 use crate::relay::{Relay, event_stream};
@@ -138,7 +139,11 @@ async fn answer(
         if i > 0 {
             gw.service.metrics().fallbacks.inc();
         }
-        let mut response = respond(reply, attempt, &routed, request.include_usage);
+        let judged = gw
+            .judge
+            .as_ref()
+            .and_then(|j| j.sample(&routing.caller, &routed, &request, model));
+        let mut response = respond(reply, attempt, &routed, request.include_usage, judged);
         time_headers(gw, &mut response, &routed, started, upstream_time);
         if let Some((plan, run)) = &drafted {
             verify_headers(&mut response, plan, run);
@@ -287,11 +292,22 @@ fn attempt_order(gw: &Gateway, request: &ChatRequest, routed: &Routed) -> Vec<St
         .collect()
 }
 
-fn respond(reply: Reply, attempt: Attempt, routed: &Routed, include_usage: bool) -> Response {
+/// The client's response to `reply`; a whole answer goes to the judge (`judged`) now, a
+/// streamed one when its stream ends.
+fn respond(
+    reply: Reply,
+    attempt: Attempt,
+    routed: &Routed,
+    include_usage: bool,
+    judged: Option<Pending>,
+) -> Response {
     let (model, attempts) = (attempt.model.clone(), attempt.number);
     let mut response = match reply {
         Reply::Complete { body, usage } => {
             let cost = attempt.finish(&Outcome::answered(usage, completion_text(&body)));
+            if let Some(judged) = judged {
+                judged.answered(completion_text(&body).to_owned());
+            }
             let mut r = axum::Json(body).into_response();
             if let Ok(v) = HeaderValue::from_str(&format!("{cost:.8}")) {
                 r.headers_mut().insert("x-triage-cost-usd", v);
@@ -314,7 +330,8 @@ fn respond(reply: Reply, attempt: Attempt, routed: &Routed, include_usage: bool)
             translator,
             usage,
         } => {
-            let relay = Relay::new(first, rest, translator, usage, attempt, include_usage);
+            let relay =
+                Relay::new(first, rest, translator, usage, attempt, include_usage).judged(judged);
             event_stream(Body::from_stream(relay.into_stream()))
         }
     };

@@ -138,6 +138,8 @@ async fn store_feedback(
         tokens_estimated: false,
         api_key: None,
         hold_usd: None,
+        source: Default::default(),
+        judged: None,
     };
     Ok(gw.service.feedback(&caller, record).await?)
 }

@@ -14,6 +14,7 @@
 //! - `chat`: the handler and the attempt loop; `call`: one upstream call and how it ended;
 //!   `relay`: streaming to the client as events arrive; `record`: the per-attempt feedback;
 //! - `verify`: `triage-verify`, cheap drafts first and the acceptor's verdict;
+//! - `judge` / `rubric`: the LLM judge and shadow answers, off the request path;
 //! - `holds`: what each call holds of a key's budget (the worst case, not a prediction);
 //! - `anthropic` / `openai`: the two upstream dialects; `upstreams`: providers and clients;
 //! - `error`: the one mapping of errors to HTTP statuses and OpenAI error bodies.
@@ -24,11 +25,13 @@ mod chat;
 mod error;
 mod handlers;
 mod holds;
+mod judge;
 mod openai;
 #[cfg(test)]
 mod properties;
 mod record;
 mod relay;
+mod rubric;
 mod upstreams;
 mod verify;
 mod wire;
@@ -65,6 +68,8 @@ pub struct Gateway {
     upstreams: Arc<upstreams::Upstreams>,
     settings: Arc<GatewaySettings>,
     aliases: Arc<wire::Aliases>,
+    /// The LLM judge, when `[judge]` turns it on.
+    judge: Option<judge::Judge>,
 }
 
 /// Azure's name for its model router: callers written for it work unchanged.
@@ -74,11 +79,14 @@ impl Gateway {
     /// The gateway over `service`, calling the providers `settings` configures.
     pub fn new(service: Service, settings: &Settings) -> Result<Self, ProviderError> {
         let aliases = aliases(settings)?;
+        let upstreams = Arc::new(upstreams::Upstreams::from_settings(settings)?);
+        let judge = judge::Judge::new(&service, settings, &upstreams)?;
         Ok(Self {
             service,
-            upstreams: Arc::new(upstreams::Upstreams::from_settings(settings)?),
+            upstreams,
             settings: Arc::new(settings.gateway.clone()),
             aliases: Arc::new(aliases),
+            judge,
         })
     }
 
@@ -207,6 +215,9 @@ pub async fn serve(
         // A request in flight may take its whole deadline, streamed answers included.
         drain: Duration::from_millis(s.deadline_ms),
     };
+    if let Some(judge) = &gateway.judge {
+        judge.start();
+    }
     let service = hyper_util::service::TowerToHyperService::new(gateway.router());
     serve_http(listener, service, limits, shutdown).await;
     Ok(())

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use triage_engine::Service;
 use triage_engine::metrics::{ModelLabel, TokenLabels, UpstreamLabels};
 use triage_guard::Caller;
-use triage_log::{ErrorKind, FeedbackRecord, GATEWAY_FEEDBACK_PREFIX};
+use triage_log::{ErrorKind, FeedbackRecord, FeedbackSource, GATEWAY_FEEDBACK_PREFIX};
 
 use crate::call::Failure;
 use crate::openai::Usage;
@@ -164,6 +164,8 @@ impl Attempt {
             tokens_estimated: estimated,
             api_key: None,
             hold_usd: self.hold,
+            source: FeedbackSource::Gateway,
+            judged: None,
         };
         if let Err(e) = self.service.record_attempt(&self.caller, record) {
             tracing::warn!(error = %e, request_id = %self.request_id, "gateway feedback not recorded");

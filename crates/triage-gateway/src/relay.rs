@@ -18,6 +18,7 @@ use triage_log::ErrorKind;
 
 use crate::anthropic::StreamTranslator;
 use crate::call::{Events, Translated, translate};
+use crate::judge::Pending;
 use crate::openai::{Usage, now_secs, usage_chunk};
 use crate::record::{Attempt, Outcome};
 
@@ -37,6 +38,8 @@ pub struct Relay {
     attempt: Option<Attempt>,
     queue: VecDeque<Bytes>,
     finished: bool,
+    /// The judge's, once the whole answer has been streamed.
+    judged: Option<Pending>,
 }
 
 impl Relay {
@@ -60,11 +63,18 @@ impl Relay {
             attempt: Some(attempt),
             queue: VecDeque::new(),
             finished: false,
+            judged: None,
         };
         for chunk in first {
             relay.push(chunk);
         }
         relay
+    }
+
+    /// Sends the answer to the judge when (and only when) the stream ends whole.
+    pub fn judged(mut self, judged: Option<Pending>) -> Self {
+        self.judged = judged;
+        self
     }
 
     /// The SSE body.
@@ -178,6 +188,13 @@ impl Relay {
             retry_after: None,
             billed: true,
         });
+        // Only a whole answer is judged (not one cut off, cancelled or too long to keep).
+        if let Some(judged) = self.judged.take()
+            && error == ErrorKind::None
+            && self.extra_bytes == 0
+        {
+            judged.answered(answer);
+        }
     }
 }
 

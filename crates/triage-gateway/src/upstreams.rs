@@ -75,6 +75,26 @@ pub enum ProviderError {
         /// What is wrong.
         problem: &'static str,
     },
+    /// `judge.model` names no catalog model, or one without a provider.
+    #[error(
+        "judge.model {model:?}: {problem}; name a [[models]] entry whose provider has a \
+         [[providers]] entry, or set judge.provider and judge.upstream_model instead"
+    )]
+    JudgeModel {
+        /// The model named.
+        model: String,
+        /// What is wrong.
+        problem: &'static str,
+    },
+    /// `judge.provider` names no `[[providers]]` entry.
+    #[error("judge.provider {provider:?} is not a [[providers]] name")]
+    JudgeProvider {
+        /// The provider named.
+        provider: String,
+    },
+    /// The judge's rubric file cannot be used.
+    #[error(transparent)]
+    Rubric(#[from] crate::rubric::RubricError),
     /// The HTTP client could not be built.
     #[error("provider {provider:?}: cannot build its HTTP client: {message}")]
     Client {
@@ -89,7 +109,7 @@ pub enum ProviderError {
 pub struct Upstreams {
     by_model: HashMap<String, Target>,
     reachable: Arc<HashSet<String>>,
-    providers: usize,
+    providers: HashMap<String, Arc<Provider>>,
 }
 
 impl Upstreams {
@@ -116,7 +136,7 @@ impl Upstreams {
         Ok(Self {
             by_model,
             reachable,
-            providers: providers.len(),
+            providers,
         })
     }
 
@@ -132,7 +152,16 @@ impl Upstreams {
 
     /// Configured providers.
     pub fn provider_count(&self) -> usize {
-        self.providers
+        self.providers.len()
+    }
+
+    /// `upstream_model` called through the provider named `provider` (a model outside the
+    /// catalog, such as a judge), if that provider is configured.
+    pub fn provider_target(&self, provider: &str, upstream_model: &str) -> Option<Target> {
+        self.providers.get(provider).map(|p| Target {
+            provider: Arc::clone(p),
+            upstream_model: upstream_model.to_owned(),
+        })
     }
 }
 

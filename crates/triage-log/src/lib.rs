@@ -49,9 +49,9 @@ pub use event_store::{
 pub use index::{issued_ms, missing_request};
 pub use lock::LOCK_FILE;
 pub use record::{
-    DecisionRecord, DraftPlanRecord, ErrorKind, FeedbackRecord, GATEWAY_FEEDBACK_PREFIX, LogRecord,
-    LoggedCandidate, LoggedDraft, MAX_REPORTS_PER_REQUEST, VerificationRecord, decode_features,
-    encode_features,
+    DecisionRecord, DraftPlanRecord, ErrorKind, FeedbackRecord, FeedbackSource,
+    GATEWAY_FEEDBACK_PREFIX, JUDGE_FEEDBACK_PREFIX, Judged, LogRecord, LoggedCandidate,
+    LoggedDraft, MAX_REPORTS_PER_REQUEST, VerificationRecord, decode_features, encode_features,
 };
 pub use segment::{SegmentReport, read_log, read_log_with};
 pub use store::{FileEventLog, LogOptions, now_ms, segment_file};

@@ -240,6 +240,79 @@ pub struct FeedbackRecord {
     /// request's held prediction and later ones add their cost.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hold_usd: Option<f64>,
+    /// Who wrote it: a caller, the gateway's record of a call, or the judge.
+    #[serde(default, skip_serializing_if = "FeedbackSource::is_caller")]
+    pub source: FeedbackSource,
+    /// The judge's mark on a judge or shadow record: which judge, which rubric, what it cost
+    /// the operator.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub judged: Option<Judged>,
+}
+
+/// Who wrote a feedback record. A caller's score outranks the judge's on the same request and
+/// model; only a caller's report and the gateway's record of a call are the caller's spend.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FeedbackSource {
+    /// A caller's report (gRPC `Feedback`, `POST /v1/feedback`).
+    #[default]
+    Caller,
+    /// The gateway's own record of an upstream call.
+    Gateway,
+    /// The judge's verdict on the answer a caller got.
+    Judge,
+    /// The judge's verdict on a shadow answer: a model that was not chosen, asked after the
+    /// caller was answered and shown to no one.
+    Shadow,
+}
+
+impl FeedbackSource {
+    /// `caller`, `gateway`, `judge` or `shadow`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FeedbackSource::Caller => "caller",
+            FeedbackSource::Gateway => "gateway",
+            FeedbackSource::Judge => "judge",
+            FeedbackSource::Shadow => "shadow",
+        }
+    }
+
+    /// The inverse of [`as_str`](Self::as_str).
+    pub fn from_name(name: &str) -> Option<Self> {
+        [
+            FeedbackSource::Caller,
+            FeedbackSource::Gateway,
+            FeedbackSource::Judge,
+            FeedbackSource::Shadow,
+        ]
+        .into_iter()
+        .find(|s| s.as_str() == name)
+    }
+
+    fn is_caller(&self) -> bool {
+        *self == FeedbackSource::Caller
+    }
+
+    /// Whether the judge wrote it (its score ranks below a caller's).
+    pub fn is_judge(self) -> bool {
+        matches!(self, FeedbackSource::Judge | FeedbackSource::Shadow)
+    }
+}
+
+/// What a judge or shadow record carries besides its score.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Judged {
+    /// The catalog model (or upstream model) that judged.
+    pub judge_model: String,
+    /// The rubric's hash (the first 16 hex digits of its SHA-256).
+    pub rubric: String,
+    /// The operator's spend on this record, USD: the judge's call, plus the shadow answer's
+    /// call for a shadow record. Never charged to the caller's key.
+    pub spend_usd: f64,
+    /// For a shadow record, the probability with which its model was picked (off-policy
+    /// estimates weight by its inverse).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub propensity: Option<f64>,
 }
 
 impl ErrorKind {
@@ -273,11 +346,21 @@ impl ErrorKind {
 /// what its request really cost.
 pub const GATEWAY_FEEDBACK_PREFIX: &str = "gateway:";
 
+/// Feedback ids starting with this are the judge's verdicts (on an answer or a shadow answer):
+/// reserved like the gateway's, so that no caller can take the id of a verdict before it lands.
+pub const JUDGE_FEEDBACK_PREFIX: &str = "judge:";
+
 /// The most reports one request may have (a caller's, the gateway's calls, a judge's): enough
 /// for every model a request can try, and a bound on what one request adds to the index.
 pub const MAX_REPORTS_PER_REQUEST: usize = 64;
 
 impl FeedbackRecord {
+    /// Whether its cost is the caller's spend (settled into the key's budget): a caller's
+    /// report or the gateway's record of a call, never the judge's.
+    pub fn charges_caller(&self) -> bool {
+        !self.source.is_judge()
+    }
+
     /// A digest of the report without its receipt time: a retry has the same one. The file
     /// log's index keeps only this, not the record.
     pub fn report_digest(&self) -> u64 {

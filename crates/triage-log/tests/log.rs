@@ -67,6 +67,8 @@ fn feedback(request_id: &str, feedback_id: &str, quality: f64) -> FeedbackRecord
         tokens_estimated: false,
         api_key: None,
         hold_usd: None,
+        source: Default::default(),
+        judged: None,
     }
 }
 

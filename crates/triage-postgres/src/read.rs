@@ -200,6 +200,12 @@ async fn insert_reports(
 /// replaces its predicted cost, later ones (fallback attempts) add theirs; a correction counts
 /// only in the day and month the request was charged in.
 async fn settle(tx: &Transaction<'_>, reports: &[&FeedbackRecord]) -> Result<(), PgError> {
+    // The judge's records are the operator's spend, never the caller's.
+    let reports: Vec<&FeedbackRecord> = reports
+        .iter()
+        .copied()
+        .filter(|f| f.charges_caller())
+        .collect();
     if reports.is_empty() {
         return Ok(());
     }

@@ -199,6 +199,8 @@ pub fn feedback_record(f: v1::FeedbackRequest) -> Result<FeedbackRecord, Invalid
         tokens_estimated: false,
         api_key: None,
         hold_usd: None,
+        source: Default::default(),
+        judged: None,
     })
 }
 

@@ -14,7 +14,10 @@ use triage_proto::v1;
 use triage_proto::v1::router_client::RouterClient;
 use triage_server::RoutingEngine;
 use triage_train::table::Split;
-use triage_train::{Prepared, TrainOptions, policy_aiq, prepare, prior_policy, replay_aiq, train};
+use triage_train::{
+    DEFAULT_JUDGE_WEIGHT, Prepared, TrainOptions, policy_aiq, prepare, prior_policy, replay_aiq,
+    train,
+};
 
 use crate::SimError;
 use crate::shift;
@@ -229,6 +232,7 @@ fn train_options(
         folds: triage_train::tune::DEFAULT_FOLDS,
         responses: None,
         tasks: None,
+        judge_weight: DEFAULT_JUDGE_WEIGHT,
     }
 }
 
@@ -482,6 +486,7 @@ fn retrain(
     let report = match train(&TrainOptions {
         from_log: Some(log_dir.to_path_buf().into()),
         tasks: o.start_tasks.clone(),
+        judge_weight: DEFAULT_JUDGE_WEIGHT,
         ..train_options(
             o,
             o.seed_models.as_ref().map(|_| o.data.clone()),

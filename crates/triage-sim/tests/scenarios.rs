@@ -112,6 +112,7 @@ fn offline(data: &Path, dir: &Path, models: &[&str], name: &str) -> PathBuf {
         folds: triage_train::tune::DEFAULT_FOLDS,
         responses: None,
         tasks: None,
+        judge_weight: triage_train::DEFAULT_JUDGE_WEIGHT,
     })
     .expect("offline training");
     out

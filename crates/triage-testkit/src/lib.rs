@@ -19,7 +19,9 @@
 //! Recorded answers replace the generated one: `POST /_record` with
 //! `{"answers": [{"model": "m", "prompt": "…", "text": "…"}]}` makes every call to `m` whose
 //! last user message is exactly `prompt` answer `text` (e.g. a model's recorded response from
-//! an outcome table), streamed word by word like any other answer.
+//! an outcome table), streamed word by word like any other answer. `"contains": "…"` in place
+//! of `"prompt"` matches any last user message holding that text (tried in order, after the
+//! exact ones): a scripted judge, whose verdict depends on the answer it is shown.
 
 pub mod misbehave;
 pub mod postgres;
@@ -126,6 +128,9 @@ struct Script {
     abandoned: HashMap<String, u64>,
     /// Recorded answers by (model, prompt).
     recorded: HashMap<(String, String), String>,
+    /// Answers by (model, a substring of the prompt), tried in order after the exact ones
+    /// (a scripted judge: "an answer by model X gets this verdict").
+    containing: Vec<(String, String, String)>,
 }
 
 /// Counts a call as abandoned if it is dropped (the caller hung up) before `done`.
@@ -216,9 +221,15 @@ impl Drop for LocalUpstream {
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RecordedAnswer {
     model: String,
-    prompt: String,
+    /// The whole last user message…
+    #[serde(default)]
+    prompt: Option<String>,
+    /// …or a part of it.
+    #[serde(default)]
+    contains: Option<String>,
     text: String,
 }
 
@@ -230,7 +241,13 @@ struct RecordBody {
 async fn record(State(up): State<Upstream>, body: axum::Json<RecordBody>) -> StatusCode {
     let mut s = up.script.lock().unwrap_or_else(PoisonError::into_inner);
     for a in body.0.answers {
-        s.recorded.insert((a.model, a.prompt), a.text);
+        match (a.prompt, a.contains) {
+            (Some(prompt), None) => {
+                s.recorded.insert((a.model, prompt), a.text);
+            }
+            (None, Some(part)) => s.containing.push((a.model, part, a.text)),
+            _ => return StatusCode::UNPROCESSABLE_ENTITY,
+        }
     }
     StatusCode::NO_CONTENT
 }
@@ -296,7 +313,16 @@ fn prompt_of(body: &Value) -> String {
 /// filler.
 fn answer_pieces(up: &Upstream, model: &str, prompt: &str, n: usize) -> Vec<String> {
     let s = up.script.lock().unwrap_or_else(PoisonError::into_inner);
-    if let Some(text) = s.recorded.get(&(model.to_owned(), prompt.to_owned())) {
+    let containing = s
+        .containing
+        .iter()
+        .find(|(m, part, _)| m == model && prompt.contains(part.as_str()))
+        .map(|(.., text)| text);
+    if let Some(text) = s
+        .recorded
+        .get(&(model.to_owned(), prompt.to_owned()))
+        .or(containing)
+    {
         return text
             .split_inclusive(char::is_whitespace)
             .map(str::to_owned)

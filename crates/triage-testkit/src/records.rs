@@ -53,5 +53,7 @@ pub fn report(request_id: &str, feedback_id: &str, model: &str, cost_usd: f64) -
         tokens_estimated: false,
         api_key: None,
         hold_usd: None,
+        source: Default::default(),
+        judged: None,
     }
 }

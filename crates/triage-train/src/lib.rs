@@ -36,7 +36,7 @@ mod train;
 pub mod tune;
 
 pub use output::{candidate_path, write_policy_atomically};
-pub use prepare::{Prepared, TrainOptions, prepare, training_prompts};
+pub use prepare::{DEFAULT_JUDGE_WEIGHT, Prepared, TrainOptions, prepare, training_prompts};
 pub use recipe::{neighbour_set, prior_policy};
 pub use score::{policy_aiq, replay_aiq, zero_router_aiq};
 pub use train::{Fitted, TrainReport, fit_policy, train};

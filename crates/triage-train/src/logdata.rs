@@ -14,7 +14,8 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use triage_core::Catalog;
 use triage_log::{
-    DecisionRecord, FeedbackRecord, LogRecord, VerificationRecord, decode_features, read_log_with,
+    DecisionRecord, ErrorKind, FeedbackRecord, FeedbackSource, LogRecord, VerificationRecord,
+    decode_features, read_log_with,
 };
 
 use crate::TrainError;
@@ -44,6 +45,8 @@ pub struct LoggedOutcome {
     pub model: String,
     /// Reported quality and cost; the answer length is `None` when reported as 0.
     pub outcome: Outcome,
+    /// Who scored it: a caller, or the judge (on the answer given, or on a shadow answer).
+    pub source: FeedbackSource,
 }
 
 /// Largest fitting weight of a logged outcome (a model chosen with probability under 5%
@@ -58,6 +61,71 @@ fn fitting_weight(decision: &DecisionRecord, model: &str) -> f64 {
     } else {
         1.0
     }
+}
+
+/// Joins reports to decisions, one outcome per (request, model) in first-report order. Its
+/// score is a caller's if any (the latest), else the judge's (the latest): a caller's own score
+/// outranks the judge's. Its cost and answer length are those of the latest report that billed
+/// a call (the gateway's record, a caller's report with a cost, a shadow answer's record), so
+/// a score sent without a cost does not erase what the call cost.
+fn join(
+    decisions: &[DecisionRecord],
+    by_request: &HashMap<String, usize>,
+    reports: &[FeedbackRecord],
+) -> Vec<LoggedOutcome> {
+    let mut billed: HashMap<(usize, &str), &FeedbackRecord> = HashMap::new();
+    let mut scored: HashMap<(usize, &str), &FeedbackRecord> = HashMap::new();
+    let mut order = Vec::new();
+    for f in reports {
+        let Some(&decision) = by_request.get(&f.request_id) else {
+            continue;
+        };
+        let key = (decision, f.model.as_str());
+        if f.error == ErrorKind::None && (f.cost_usd > 0.0 || f.output_tokens > 0) {
+            billed.insert(key, f);
+        }
+        if f.quality.is_none() {
+            continue;
+        }
+        match scored.get(&key) {
+            None => {
+                order.push((decision, f.model.clone()));
+                scored.insert(key, f);
+            }
+            Some(earlier) if earlier.source.is_judge() || !f.source.is_judge() => {
+                scored.insert(key, f);
+            }
+            Some(_) => {}
+        }
+    }
+    let mut outcomes = Vec::with_capacity(order.len());
+    for (decision, model) in order {
+        let key = (decision, model.as_str());
+        let Some(&f) = scored.get(&key) else {
+            continue;
+        };
+        let cost = billed.get(&key).copied().unwrap_or(f);
+        let weight = match f.judged.as_ref().and_then(|j| j.propensity) {
+            Some(p) if f.source == FeedbackSource::Shadow && p > 0.0 => {
+                (1.0 / p).min(MAX_FITTING_WEIGHT)
+            }
+            _ => fitting_weight(&decisions[key.0], &f.model),
+        };
+        let outcome = LoggedOutcome {
+            decision: key.0,
+            model: f.model.clone(),
+            outcome: Outcome {
+                quality: f.quality.unwrap_or_default(),
+                cost_usd: cost.cost_usd,
+                output_tokens: (cost.output_tokens > 0).then_some(f64::from(cost.output_tokens)),
+                weight,
+                logged: true,
+            },
+            source: f.source,
+        };
+        outcomes.push(outcome);
+    }
+    outcomes
 }
 
 /// Where a log is read from: a server's `--data-dir`, or the PostgreSQL database replicas
@@ -179,37 +247,7 @@ impl LoggedData {
         for f in &reports {
             hasher.update(f.feedback_id.as_bytes());
         }
-        // Latest report wins per (request, model).
-        let mut latest: HashMap<(usize, String), LoggedOutcome> = HashMap::new();
-        let mut order = Vec::new();
-        for f in &reports {
-            let (Some(&decision), Some(quality)) = (by_request.get(&f.request_id), f.quality)
-            else {
-                continue;
-            };
-            let key = (decision, f.model.clone());
-            if !latest.contains_key(&key) {
-                order.push(key.clone());
-            }
-            latest.insert(
-                key,
-                LoggedOutcome {
-                    decision,
-                    model: f.model.clone(),
-                    outcome: Outcome {
-                        quality,
-                        cost_usd: f.cost_usd,
-                        output_tokens: (f.output_tokens > 0).then_some(f64::from(f.output_tokens)),
-                        weight: fitting_weight(&decisions[decision], &f.model),
-                        logged: true,
-                    },
-                },
-            );
-        }
-        let outcomes: Vec<LoggedOutcome> = order
-            .into_iter()
-            .filter_map(|k| latest.remove(&k))
-            .collect();
+        let outcomes = join(&decisions, &by_request, &reports);
         Ok(Self {
             counts: LogCounts {
                 decisions: decisions.len(),
@@ -222,6 +260,19 @@ impl LoggedData {
             verifications,
             sha256: hex::encode(hasher.finalize()),
         })
+    }
+
+    /// The judge's scores weighing `weight` times a caller's (0 leaves them out).
+    pub fn with_judge_weight(mut self, weight: f64) -> Self {
+        if weight <= 0.0 {
+            self.outcomes.retain(|o| !o.source.is_judge());
+        } else {
+            for o in self.outcomes.iter_mut().filter(|o| o.source.is_judge()) {
+                o.outcome.weight *= weight;
+            }
+        }
+        self.counts.outcomes = self.outcomes.len();
+        self
     }
 
     /// Only the decisions (and their outcomes) whose request id is in `ids`.
@@ -416,4 +467,53 @@ pub fn merge(seed: Prepared, logged: Prepared) -> Result<Prepared, TrainError> {
             input_tokens,
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use triage_log::{FeedbackSource, Judged};
+    use triage_testkit::records::{decision, report};
+
+    use super::join;
+
+    #[test]
+    fn a_callers_score_outranks_the_judges_and_scores_keep_the_calls_cost() {
+        let decisions = vec![decision("r1", &["small", "big"], 0.01)];
+        let by_request = HashMap::from([("r1".to_owned(), 0)]);
+        // The gateway's record of the call (cost, no score), a caller's score sent without a
+        // cost, then the judge's later verdict on the same answer.
+        let mut call = report("r1", "gateway:r1:1", "big", 0.02);
+        call.quality = None;
+        call.source = FeedbackSource::Gateway;
+        let mut caller = report("r1", "c1", "big", 0.0);
+        caller.quality = Some(0.25);
+        caller.output_tokens = 0;
+        let mut judge = report("r1", "judge:r1:big", "big", 0.0);
+        judge.quality = Some(0.9);
+        judge.output_tokens = 0;
+        judge.source = FeedbackSource::Judge;
+        // A shadow answer by a model not chosen, picked with probability 0.1.
+        let mut shadow = report("r1", "judge:r1:small", "small", 0.001);
+        shadow.quality = Some(1.0);
+        shadow.source = FeedbackSource::Shadow;
+        shadow.judged = Some(Judged {
+            judge_model: "j".into(),
+            rubric: "h".into(),
+            spend_usd: 0.002,
+            propensity: Some(0.1),
+        });
+        let outcomes = join(&decisions, &by_request, &[call, caller, judge, shadow]);
+        assert_eq!(outcomes.len(), 2);
+        let big = &outcomes[0];
+        assert_eq!(big.outcome.quality, 0.25);
+        assert_eq!(big.source, FeedbackSource::Caller);
+        assert_eq!(big.outcome.cost_usd, 0.02);
+        assert_eq!(big.outcome.output_tokens, Some(40.0));
+        let small = &outcomes[1];
+        assert_eq!(small.source, FeedbackSource::Shadow);
+        assert_eq!(small.outcome.cost_usd, 0.001);
+        assert!((small.outcome.weight - 10.0).abs() < 1e-9);
+    }
 }

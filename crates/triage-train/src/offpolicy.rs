@@ -492,6 +492,7 @@ mod tests {
                 weight,
                 logged: true,
             },
+            source: Default::default(),
         };
         let mut outcomes: Vec<LoggedOutcome> = (0..9).map(|_| outcome(1.0, 1.0)).collect();
         outcomes.push(outcome(0.0, 10.0));
@@ -553,6 +554,7 @@ mod tests {
                     weight: 1.0,
                     logged: true,
                 },
+                source: Default::default(),
             })
             .collect();
         let logged = LoggedData {

@@ -12,6 +12,9 @@ use crate::embed::{EmbeddingCache, PromptFeatures, prompt_features};
 use crate::simulate::Replay;
 use crate::table::{Outcomes, Split};
 
+/// What a judge's score weighs against a caller's unless `--judge-weight` says otherwise.
+pub const DEFAULT_JUDGE_WEIGHT: f64 = 1.0;
+
 /// What to train on and where to write.
 #[derive(Clone, Debug)]
 pub struct TrainOptions {
@@ -42,6 +45,9 @@ pub struct TrainOptions {
     pub responses: Option<crate::responses::ResponsesSource>,
     /// Only the table's prompts of these tasks (the log is not filtered).
     pub tasks: Option<Vec<String>>,
+    /// What a judge's score on a logged outcome weighs against a caller's (1: the same; 0:
+    /// leave the judge's out).
+    pub judge_weight: f64,
 }
 
 /// Loaded table plus its features: the shared start of `train` and `eval`.

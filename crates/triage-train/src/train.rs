@@ -46,7 +46,8 @@ pub fn train(options: &TrainOptions) -> Result<TrainReport, TrainError> {
         .from_log
         .as_ref()
         .map(LoggedData::read)
-        .transpose()?;
+        .transpose()?
+        .map(|log| log.with_judge_weight(options.judge_weight));
     let prepared = match (&options.data, &logged) {
         (Some(data), None) => {
             let outcomes = load_table(data, &catalog, options)?;

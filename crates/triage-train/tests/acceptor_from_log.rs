@@ -84,6 +84,8 @@ fn report(id: &str, model: &str, quality: f64, n: usize) -> FeedbackRecord {
         tokens_estimated: false,
         api_key: None,
         hold_usd: None,
+        source: Default::default(),
+        judged: None,
     }
 }
 

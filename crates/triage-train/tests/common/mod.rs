@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use polars::prelude::*;
 use triage_core::Settings;
-use triage_train::TrainOptions;
+use triage_train::{DEFAULT_JUDGE_WEIGHT, TrainOptions};
 
 pub const MODELS: [&str; 3] = [
     "claude-3-5-sonnet-20241022",
@@ -93,5 +93,6 @@ pub fn options(data: PathBuf, out: PathBuf) -> TrainOptions {
         folds: 5,
         responses: None,
         tasks: None,
+        judge_weight: DEFAULT_JUDGE_WEIGHT,
     }
 }
