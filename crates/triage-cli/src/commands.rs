@@ -65,6 +65,8 @@ pub fn serve(
              gateway (/v1/chat/completions)"
         );
         let _background = Background::start(&service, &settings, metrics, log_archive());
+        #[cfg(feature = "train")]
+        crate::learning::start(&service, &settings, base_dir()?);
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let signal = async move {
             shutdown_signal().await;

@@ -2,6 +2,8 @@
 
 mod commands;
 #[cfg(feature = "train")]
+mod learning;
+#[cfg(feature = "train")]
 mod simulate;
 mod telemetry;
 

@@ -480,6 +480,9 @@ pub struct Settings {
     /// The LLM judge and shadow answers (off unless configured).
     #[serde(default)]
     pub judge: crate::learning::JudgeSettings,
+    /// Retraining inside `serve` (off unless configured).
+    #[serde(default)]
+    pub learning: crate::learning::LearningSettings,
     /// The catalog.
     pub models: Vec<ModelSpec>,
 }
@@ -719,6 +722,7 @@ impl Settings {
         }
         self.check_gateway()?;
         self.judge.check()?;
+        self.learning.check()?;
         self.catalog().map(|_| ())
     }
 

@@ -1,5 +1,5 @@
 //! Settings for learning from the traffic Triage serves: the LLM judge (`[judge]`) and its
-//! shadow answers. They live apart from `config` because they are checked against each other
+//! shadow answers, and retraining inside `serve` (`[learning]`). They live apart from `config` because they are checked against each other
 //! and the catalog, and because every one of them defaults to off: prompts leave the process
 //! only where an operator has said so.
 
@@ -165,6 +165,77 @@ impl JudgeSettings {
                  sent to the judge (\"*\" for every key)"
                     .into(),
             ));
+        }
+        Ok(())
+    }
+}
+
+/// `[learning]`: retraining inside `triage serve` from the log it writes (callers' and the
+/// judge's scores), through the promotion gate, hot-reloaded. Off unless a trigger is set.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LearningSettings {
+    /// Retrain once this many new scored reports have been stored (0: no count trigger).
+    #[serde(default)]
+    pub retrain_every_outcomes: u64,
+    /// Retrain this often, seconds, when any new scored report was stored (0: no clock
+    /// trigger).
+    #[serde(default)]
+    pub retrain_every_secs: u64,
+    /// An outcome table mixed into every retrain, so the prior is not forgotten (unset: the
+    /// log alone).
+    #[serde(default)]
+    pub seed_table: Option<PathBuf>,
+    /// What the judge's scores weigh against callers' (as `triage train --judge-weight`).
+    #[serde(default = "default_judge_weight")]
+    pub judge_weight: f64,
+    /// How often the triggers are checked, seconds.
+    #[serde(default = "default_check_secs")]
+    pub check_secs: u64,
+    /// Embedding cache for the seed table.
+    #[serde(default = "default_cache_dir")]
+    pub cache_dir: PathBuf,
+}
+
+fn default_judge_weight() -> f64 {
+    1.0
+}
+
+fn default_check_secs() -> u64 {
+    10
+}
+
+fn default_cache_dir() -> PathBuf {
+    PathBuf::from(".cache/embeddings")
+}
+
+impl Default for LearningSettings {
+    fn default() -> Self {
+        Self {
+            retrain_every_outcomes: 0,
+            retrain_every_secs: 0,
+            seed_table: None,
+            judge_weight: default_judge_weight(),
+            check_secs: default_check_secs(),
+            cache_dir: default_cache_dir(),
+        }
+    }
+}
+
+impl LearningSettings {
+    /// Whether `serve` retrains at all.
+    pub fn enabled(&self) -> bool {
+        self.retrain_every_outcomes > 0 || self.retrain_every_secs > 0
+    }
+
+    /// Ranges.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        if !self.judge_weight.is_finite() || self.judge_weight < 0.0 || self.check_secs == 0 {
+            return Err(ConfigError::OutOfRange {
+                key: "learning",
+                problem: "judge_weight must be a finite number ≥ 0 and check_secs at least 1"
+                    .into(),
+            });
         }
         Ok(())
     }

@@ -22,5 +22,5 @@ pub mod request;
 pub use catalog::{Capability, Catalog, CatalogError, ModelSpec};
 pub use config::{ConfigError, Settings};
 pub use features::{EncoderInput, PromptStats};
-pub use learning::JudgeSettings;
+pub use learning::{JudgeSettings, LearningSettings};
 pub use request::{Conversation, InvalidRequest, Message, Mode, Preferences, Role};

@@ -113,6 +113,13 @@ pub struct DropLabel {
     pub reason: String,
 }
 
+/// `outcome` of a retrain inside `serve`: `promoted`, `kept` or `failed`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RetrainLabel {
+    /// `promoted`, `kept` or `failed`.
+    pub outcome: String,
+}
+
 type FloatCounter = Counter<f64, AtomicU64>;
 
 fn latency_histogram() -> Histogram {
@@ -180,6 +187,10 @@ pub struct Metrics {
     pub judge_spend_usd: FloatCounter,
     /// One judge call, seconds.
     pub judge_seconds: Histogram,
+    /// Stored reports with a quality score (a caller's or the judge's) since start.
+    pub scored_feedback: Counter,
+    /// Retrains inside `serve`, by outcome.
+    pub retrains: Family<RetrainLabel, Counter>,
 }
 
 impl Metrics {
@@ -214,6 +225,8 @@ impl Metrics {
             judge_dropped: Family::default(),
             judge_spend_usd: FloatCounter::default(),
             judge_seconds: latency_histogram(),
+            scored_feedback: Counter::default(),
+            retrains: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -357,6 +370,16 @@ impl Metrics {
             "judge_seconds",
             "One judge call, seconds",
             self.judge_seconds.clone(),
+        );
+        registry.register(
+            "scored_feedback",
+            "Stored reports with a quality score (a caller's or the judge's) since start",
+            self.scored_feedback.clone(),
+        );
+        registry.register(
+            "retrains",
+            "Retrains inside serve ([learning]) by outcome (promoted, kept, failed)",
+            self.retrains.clone(),
         );
     }
 

@@ -87,6 +87,8 @@ pub struct Service {
     access: Arc<AccessControl>,
     metrics: Arc<Metrics>,
     max_reported_cost_usd: f64,
+    /// What the last retrain inside `serve` did (for `/readyz`).
+    last_retrain: Arc<std::sync::Mutex<Option<serde_json::Value>>>,
 }
 
 impl Service {
@@ -111,7 +113,25 @@ impl Service {
             access,
             metrics,
             max_reported_cost_usd,
+            last_retrain: Arc::default(),
         }
+    }
+
+    /// Keeps the record of a retrain inside `serve` (counts, the gate's evidence, promoted or
+    /// not, the version) for `/readyz`.
+    pub fn set_last_retrain(&self, record: serde_json::Value) {
+        *self
+            .last_retrain
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(record);
+    }
+
+    /// The record of the last retrain inside `serve`, if there was one.
+    pub fn last_retrain(&self) -> Option<serde_json::Value> {
+        self.last_retrain
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// The routing engine.
@@ -527,6 +547,7 @@ impl Service {
         m.reported_cost.get_or_create(&model).inc_by(f.cost_usd);
         if let Some(q) = f.quality {
             m.feedback_quality.get_or_create(&model).observe(q);
+            m.scored_feedback.inc();
         }
     }
 
