@@ -95,6 +95,10 @@ pub struct SimulateArgs {
     /// in; a short verdict out).
     #[arg(long, requires = "judge_rate")]
     judge_model: Option<String>,
+    /// Share of judged requests that also get a judged shadow answer from a model predicted
+    /// cheaper than the chosen one (its call is the judge's spend).
+    #[arg(long, default_value_t = 0.0, requires = "judge_rate")]
+    shadow_rate: f64,
     /// Route among exactly the table's models at its prices (for a table of models the
     /// configured catalog does not list).
     #[arg(long)]
@@ -181,6 +185,7 @@ pub fn run(mut settings: Settings, args: SimulateArgs, base: PathBuf) -> anyhow:
             rate,
             noise: args.judge_noise,
             model: args.judge_model,
+            shadow_rate: args.shadow_rate,
         }),
     };
     let report = simulate(&options)?;

@@ -11,7 +11,7 @@ use triage_testkit::{Behaviour, LocalUpstream};
 
 mod common;
 
-use common::{dry_run_counts, spawn_with_gateway};
+use common::{dry_run_counts, providers_at, spawn_with_gateway};
 
 const CALLS: usize = 6;
 
@@ -22,21 +22,7 @@ async fn gateway_calls_survive_sigkill_with_their_feedback() {
         .expect("upstream");
     let data = tempfile::tempdir().expect("tempdir");
     let config = data.path().join("triage.toml");
-    let mut providers = String::new();
-    for (name, kind) in [
-        ("openai", "openai"),
-        ("anthropic", "anthropic"),
-        ("deepseek", "openai"),
-        ("together", "openai"),
-        ("google", "openai"),
-        ("fireworks", "openai"),
-    ] {
-        providers.push_str(&format!(
-            "[[providers]]\nname = \"{name}\"\nkind = \"{kind}\"\nbase_url = \"{}\"\n\n",
-            upstream.base_url()
-        ));
-    }
-    std::fs::write(&config, providers).expect("config written");
+    std::fs::write(&config, providers_at(&upstream.base_url())).expect("config written");
     let log = data.path().join("log");
     let (mut child, grpc, http) = spawn_with_gateway(&log, &config);
 

@@ -14,7 +14,7 @@ use triage_testkit::{Behaviour, LocalUpstream};
 
 mod common;
 
-use common::{root, spawn_with_gateway};
+use common::{providers_at, root, spawn_with_gateway};
 
 /// Requests before the retrain is due (each brings a verdict and a shadow verdict).
 const REQUESTS: usize = 400;
@@ -29,18 +29,7 @@ fn config(upstream: &str, policy: &std::path::Path) -> String {
         policy.display(),
         2 * REQUESTS
     );
-    for (name, kind) in [
-        ("openai", "openai"),
-        ("anthropic", "anthropic"),
-        ("deepseek", "openai"),
-        ("together", "openai"),
-        ("google", "openai"),
-        ("fireworks", "openai"),
-    ] {
-        c.push_str(&format!(
-            "[[providers]]\nname = \"{name}\"\nkind = \"{kind}\"\nbase_url = \"{upstream}\"\n\n"
-        ));
-    }
+    c.push_str(&providers_at(upstream));
     c
 }
 

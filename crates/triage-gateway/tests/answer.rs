@@ -140,14 +140,7 @@ async fn every_retryable_fault_fails_over_and_a_refusal_passes_through() {
 #[tokio::test]
 async fn when_every_attempt_fails_the_error_lists_each_attempt() {
     let router = start_with(Behaviour::default(), |s| s.gateway.max_attempts = 3).await;
-    let models: Vec<String> = router
-        .service
-        .engine()
-        .catalog()
-        .models()
-        .iter()
-        .map(|m| m.name.clone())
-        .collect();
+    let models = router.model_names();
     for m in &models {
         router
             .script(m, json!([{"kind": "status", "status": 503}]))

@@ -125,14 +125,7 @@ async fn ask(router: &Router, prompt: &str, stream: bool) -> (String, String, St
 #[tokio::test]
 async fn verdicts_and_shadow_answers_land_on_their_decisions_and_never_reach_a_client() {
     let (router, dir) = start(|s| judge_on(s, 1.0)).await;
-    let catalog: Vec<String> = router
-        .service
-        .engine()
-        .catalog()
-        .models()
-        .iter()
-        .map(|m| m.name.clone())
-        .collect();
+    let catalog = router.model_names();
     // Every model's answer is rated 8 of 10 (quality 7/9), except the frontier one's: 10.
     for m in &catalog {
         let score = if m == "gpt-4o-2024-08-06" { 10 } else { 8 };

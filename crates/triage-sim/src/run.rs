@@ -53,6 +53,10 @@ pub struct Judge {
     pub noise: f64,
     /// Catalog model whose prices the judge's calls are costed at (`None`: free).
     pub model: Option<String>,
+    /// Share of judged requests that also get a shadow answer: one eligible model the decision
+    /// predicted cheaper than the chosen one, picked at random, whose outcome is judged too
+    /// (its call and its verdict are the judge's spend).
+    pub shadow_rate: f64,
 }
 
 /// Tokens of the judge's rubric, added to the prompt and answer it reads: the size of a short
@@ -392,7 +396,10 @@ pub fn simulate(o: &SimOptions) -> Result<SimReport, SimError> {
             let degrade = o.drift.as_ref().filter(|d| i >= d.after).map(|d| d.share);
             let report = Reporting {
                 degrade: degrade.zip(drift_model.as_deref()),
-                judge: judge.as_ref().map(|j| (j, verdicts.f64(), verdicts.f64())),
+                judge: judge.as_ref().map(|j| {
+                    let draws = [(); 5].map(|()| verdicts.f64());
+                    (j, draws)
+                }),
             };
             let (s, v) = runtime.block_on(serve_one(
                 &mut client,
@@ -577,9 +584,13 @@ fn judge_prices<'a>(
     judge: &'a Judge,
     catalog: &triage_core::Catalog,
 ) -> Result<(&'a Judge, f64, f64), SimError> {
-    if !(0.0..=1.0).contains(&judge.rate) || !(0.0..=0.5).contains(&judge.noise) {
+    if !(0.0..=1.0).contains(&judge.rate)
+        || !(0.0..=0.5).contains(&judge.noise)
+        || !(0.0..=1.0).contains(&judge.shadow_rate)
+    {
         return Err(SimError::Usage(
-            "--judge-rate must be within 0..=1 and --judge-noise within 0..=0.5".into(),
+            "--judge-rate and --shadow-rate must be within 0..=1 and --judge-noise within 0..=0.5"
+                .into(),
         ));
     }
     let Some(name) = &judge.model else {
@@ -593,12 +604,45 @@ fn judge_prices<'a>(
     Ok((judge, spec.input_usd_per_1m, spec.output_usd_per_1m))
 }
 
-/// How one request's outcome is reported: a drift's degradation, and the judge with its two
-/// uniform draws (judged?, wrong?).
+/// One judge call's cost: the prompt, the answer and the rubric in, a verdict out.
+fn judge_call_usd(priced: &PricedJudge<'_>, input_tokens: u32, answer_tokens: f64) -> f64 {
+    let (_, input_price, output_price) = priced;
+    let read = f64::from(input_tokens + RUBRIC_TOKENS) + answer_tokens;
+    (read * input_price + f64::from(VERDICT_TOKENS) * output_price) / 1e6
+}
+
+/// `quality` as the judge reports it: the opposite when its verdict is wrong.
+fn noisy(quality: f64, wrong: bool) -> f64 {
+    if wrong { 1.0 - quality } else { quality }
+}
+
+/// The shadow the gateway's judge would pick: an eligible model other than the chosen one,
+/// predicted cheaper, uniformly by `draw`.
+fn pick_shadow(routed: &v1::RouteResponse, draw: f64) -> Option<&str> {
+    let ceiling = routed
+        .candidates
+        .iter()
+        .find(|c| c.model == routed.model)?
+        .predicted_cost_usd;
+    let cheaper: Vec<&str> = routed
+        .candidates
+        .iter()
+        .filter(|c| c.eligible && c.model != routed.model && c.predicted_cost_usd < ceiling)
+        .map(|c| c.model.as_str())
+        .collect();
+    let k = ((draw * cheaper.len() as f64) as usize).min(cheaper.len().checked_sub(1)?);
+    cheaper.get(k).copied()
+}
+
+/// How one request's outcome is reported: a drift's degradation, and the judge with its
+/// uniform draws (judged?, wrong?, shadowed?, which shadow?, shadow's verdict wrong?).
 struct Reporting<'a> {
     degrade: Option<(f64, &'a str)>,
-    judge: Option<(&'a (&'a Judge, f64, f64), f64, f64)>,
+    judge: Option<(&'a PricedJudge<'a>, [f64; 5])>,
 }
+
+/// The judge with its prices per 1M tokens (input, output).
+type PricedJudge<'a> = (&'a Judge, f64, f64);
 
 fn write_err(path: &Path, e: impl std::fmt::Display) -> SimError {
     SimError::Write {
@@ -675,35 +719,58 @@ async fn serve_one(
     }
     let tokens = cell.output_tokens.unwrap_or(0.0);
     // With a judge, only judged requests carry a score, and a wrong verdict is the opposite.
-    let (reported, judge_usd) = match report.judge {
+    let (reported, mut judge_usd) = match report.judge {
         None => (Some(quality), 0.0),
-        Some(((judge, _, _), judged, _)) if judged >= judge.rate => (None, 0.0),
-        Some(((judge, input_price, output_price), _, wrong)) => {
-            let read = f64::from(routed.input_tokens + RUBRIC_TOKENS) + tokens;
-            let usd = (read * input_price + f64::from(VERDICT_TOKENS) * output_price) / 1e6;
-            let verdict = if wrong < judge.noise {
-                1.0 - quality
-            } else {
-                quality
-            };
-            (Some(verdict), usd)
+        Some(((judge, _, _), draws)) if draws[0] >= judge.rate => (None, 0.0),
+        Some((priced, draws)) => {
+            let usd = judge_call_usd(priced, routed.input_tokens, tokens);
+            (Some(noisy(quality, draws[1] < priced.0.noise)), usd)
         }
     };
-    client
-        .feedback(v1::FeedbackRequest {
+    let send = |model: &str, quality: Option<f64>, tokens: f64, cost: f64, id: String| {
+        v1::FeedbackRequest {
             request_id: routed.request_id.clone(),
-            feedback_id: format!("sim-{i}"),
-            model: routed.model.clone(),
-            quality: reported,
+            feedback_id: id,
+            model: model.to_owned(),
+            quality,
             input_tokens: routed.input_tokens,
             output_tokens: tokens as u32,
-            cost_usd: cell.cost_usd,
+            cost_usd: cost,
             latency_ms: 0,
             error: v1::ErrorKind::ErrorUnspecified as i32,
             retry_after_ms: None,
-        })
-        .await
-        .map_err(|e| SimError::Server(format!("feedback: {e}")))?;
+        }
+    };
+    let mut reports = vec![send(
+        &routed.model,
+        reported,
+        tokens,
+        cell.cost_usd,
+        format!("sim-{i}"),
+    )];
+    if let (Some((priced, draws)), Some(_)) = (report.judge, reported)
+        && draws[2] < priced.0.shadow_rate
+        && let Some(shadow) = pick_shadow(&routed, draws[3])
+        && let Some(c) = o.model_index(shadow).and_then(|k| o.cells[p][k])
+    {
+        // The shadow's call and its verdict are the judge's spend, never the traffic's.
+        let shadow_tokens = c.output_tokens.unwrap_or(0.0);
+        judge_usd += c.cost_usd + judge_call_usd(priced, routed.input_tokens, shadow_tokens);
+        let verdict = noisy(c.quality, draws[4] < priced.0.noise);
+        reports.push(send(
+            shadow,
+            Some(verdict),
+            shadow_tokens,
+            c.cost_usd,
+            format!("sim-{i}-shadow"),
+        ));
+    }
+    for r in reports {
+        client
+            .feedback(r)
+            .await
+            .map_err(|e| SimError::Server(format!("feedback: {e}")))?;
+    }
     Ok((
         Served {
             model: routed.model,

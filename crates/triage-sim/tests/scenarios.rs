@@ -275,6 +275,7 @@ fn a_shift_to_unseen_tasks_is_learned_from_a_sampled_noisy_judge() {
         rate: 0.3,
         noise: 0.1,
         model: Some("gpt-4o-mini-2024-07-18".into()),
+        shadow_rate: 0.5,
     });
     let report = simulate(&o).expect("simulation runs");
     let start = report.start_aiq.expect("start");

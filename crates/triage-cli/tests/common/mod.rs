@@ -79,6 +79,25 @@ fn spawn(
     (child, urls)
 }
 
+/// `[[providers]]` entries for every provider the bundled catalog names, all pointed at the
+/// local upstream at `base_url` (Anthropic's speaking the Messages API).
+pub fn providers_at(base_url: &str) -> String {
+    let mut providers = String::new();
+    for (name, kind) in [
+        ("openai", "openai"),
+        ("anthropic", "anthropic"),
+        ("deepseek", "openai"),
+        ("together", "openai"),
+        ("google", "openai"),
+        ("fireworks", "openai"),
+    ] {
+        providers.push_str(&format!(
+            "[[providers]]\nname = \"{name}\"\nkind = \"{kind}\"\nbase_url = \"{base_url}\"\n\n"
+        ));
+    }
+    providers
+}
+
 /// Runs `triage ARGS` from the repository root; it must succeed. Returns its stdout.
 pub fn triage(args: &[&str]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_triage"))

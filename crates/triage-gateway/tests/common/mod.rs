@@ -102,6 +102,17 @@ impl Router {
         v.get(model).and_then(Value::as_u64).unwrap_or(0)
     }
 
+    /// The catalog's model names.
+    pub fn model_names(&self) -> Vec<String> {
+        self.service
+            .engine()
+            .catalog()
+            .models()
+            .iter()
+            .map(|m| m.name.clone())
+            .collect()
+    }
+
     /// The Prometheus exposition.
     pub fn metrics(&self) -> String {
         self.service.metrics().render()
