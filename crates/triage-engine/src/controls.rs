@@ -26,6 +26,10 @@ pub struct Controls {
     alerts: Alerts,
     /// Session id → the model its last turn went to.
     sessions: Mutex<BoundedMap<String>>,
+    /// The operator's spend on the judge (its calls and shadow answers) in one UTC day: never
+    /// a key's, capped by `judge.daily_usd`, and rebuilt from the records' marks at start so
+    /// that a restart does not reset the cap.
+    judge_day: Mutex<(i64, f64)>,
 }
 
 /// A key's spend limit binding this request.
@@ -77,6 +81,35 @@ impl Controls {
             ledger: Ledger::new(REMEMBERED),
             alerts: Alerts::new(settings.alerts.clone()),
             sessions: Mutex::new(BoundedMap::new(REMEMBERED)),
+            judge_day: Mutex::new((0, 0.0)),
+        }
+    }
+
+    /// Adds `usd` of judge spend at `at` (spend of an earlier day is not today's).
+    pub fn judge_spend(&self, usd: f64, at: DateTime<Utc>) {
+        let day = at.timestamp().div_euclid(86_400);
+        let mut d = self
+            .judge_day
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if day > d.0 {
+            *d = (day, 0.0);
+        }
+        if day == d.0 {
+            d.1 += usd;
+        }
+    }
+
+    /// The judge's spend on the UTC day of `now`.
+    pub fn judge_spent_today(&self, now: DateTime<Utc>) -> f64 {
+        let d = self
+            .judge_day
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if d.0 == now.timestamp().div_euclid(86_400) {
+            d.1
+        } else {
+            0.0
         }
     }
 
@@ -405,7 +438,12 @@ impl Controls {
                 self.ledger.charge(key, &d.request_id, cost, at);
                 let _ = self.check_alerts(key, at);
             }
-            LogRecord::Feedback(f) if !f.charges_caller() => {}
+            LogRecord::Feedback(f) if !f.charges_caller() => {
+                if let Some(mark) = &f.judged {
+                    let at = DateTime::from_timestamp_millis(f.time_ms as i64).unwrap_or(now);
+                    self.judge_spend(mark.spend_usd, at);
+                }
+            }
             LogRecord::Feedback(f) => {
                 let at = DateTime::from_timestamp_millis(f.time_ms as i64).unwrap_or(now);
                 // At rest a request's spend is the sum of its reports' costs, whatever was
@@ -415,5 +453,62 @@ impl Controls {
             // A verdict costs nothing: the drafts' calls are charged by their own reports.
             LogRecord::Verification(_) => {}
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use chrono::{DateTime, Utc};
+    use triage_core::Settings;
+    use triage_log::{ErrorKind, FeedbackRecord, FeedbackSource, Judged, LogRecord};
+
+    use super::Controls;
+
+    fn verdict(source: FeedbackSource, at: DateTime<Utc>, spend: f64) -> LogRecord {
+        LogRecord::Feedback(FeedbackRecord {
+            request_id: "r".into(),
+            feedback_id: format!("judge:r:{spend}"),
+            time_ms: at.timestamp_millis() as u64,
+            model: "m".into(),
+            quality: Some(1.0),
+            input_tokens: 0,
+            output_tokens: 0,
+            cost_usd: 0.0,
+            latency_ms: 0,
+            error: ErrorKind::None,
+            retry_after_ms: None,
+            first_byte_ms: None,
+            tokens_estimated: false,
+            api_key: None,
+            hold_usd: None,
+            source,
+            judged: Some(Judged {
+                judge_model: "j".into(),
+                rubric: "h".into(),
+                spend_usd: spend,
+                propensity: None,
+            }),
+        })
+    }
+
+    /// A restart does not reset the judge's daily cap: today's marks are replayed, earlier
+    /// days' are not, and the judge's spend never lands on a key.
+    #[test]
+    fn the_judges_spend_today_is_replayed_from_its_marks() {
+        let controls = Controls::new(&Settings::load(None).expect("defaults"));
+        let now = Utc::now();
+        let yesterday = now - chrono::Duration::days(1);
+        controls.replay(&verdict(FeedbackSource::Judge, yesterday, 4.0), now);
+        controls.replay(&verdict(FeedbackSource::Judge, now, 0.25), now);
+        controls.replay(&verdict(FeedbackSource::Shadow, now, 0.5), now);
+        assert!((controls.judge_spent_today(now) - 0.75).abs() < 1e-12);
+        controls.judge_spend(0.25, now);
+        assert!((controls.judge_spent_today(now) - 1.0).abs() < 1e-12);
+        assert_eq!(
+            controls.judge_spent_today(now + chrono::Duration::days(1)),
+            0.0
+        );
+        assert_eq!(controls.ledger.spent("anonymous", now).day_usd, 0.0);
     }
 }

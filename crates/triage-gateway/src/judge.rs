@@ -20,6 +20,7 @@
 //! call's real tokens and cost at catalog prices (for training) and the probability it was
 //! picked with (for unbiased off-policy estimates); its spend is the operator's, under the cap.
 
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -55,15 +56,8 @@ struct Inner {
     rubric: Rubric,
     jobs: mpsc::Sender<Job>,
     inbox: Mutex<Option<mpsc::Receiver<Job>>>,
-    spend: Mutex<DaySpend>,
-}
-
-/// The operator's spend on the judge in one UTC day.
-#[derive(Default)]
-struct DaySpend {
-    day: u64,
-    usd: f64,
-    paused: bool,
+    /// The UTC day (days since the epoch) on which the cap was last logged as reached.
+    paused_on: AtomicI64,
 }
 
 /// A request chosen for judging, waiting for its answer to be whole.
@@ -114,7 +108,7 @@ impl Judge {
                 rubric,
                 jobs,
                 inbox: Mutex::new(Some(inbox)),
-                spend: Mutex::default(),
+                paused_on: AtomicI64::new(-1),
             }),
         }))
     }
@@ -379,40 +373,29 @@ impl Judge {
         (f64::from(input) * per_in + f64::from(output) * per_out) / 1e6
     }
 
-    /// Whether today's spend is under the cap (logs once a day when it is not).
+    /// Whether today's spend (the engine's ledger of it, rebuilt from the log at start) is
+    /// under the cap; logs once a day when it is not.
     fn has_room(&self) -> bool {
-        let mut spend = self.today();
-        let room = spend.usd < self.inner.settings.daily_usd;
-        if !room && !spend.paused {
-            spend.paused = true;
+        let now = chrono::Utc::now();
+        let controls = self.inner.service.engine().controls();
+        let cap = self.inner.settings.daily_usd;
+        if controls.judge_spent_today(now) < cap {
+            return true;
+        }
+        let day = now.timestamp().div_euclid(86_400);
+        if self.inner.paused_on.swap(day, Ordering::Relaxed) != day {
             tracing::warn!(
-                cap_usd = self.inner.settings.daily_usd,
+                cap_usd = cap,
                 "judge paused: its daily cap (judge.daily_usd) is reached; it resumes at 00:00 UTC"
             );
         }
-        room
+        false
     }
 
     fn spend(&self, usd: f64) {
-        self.today().usd += usd;
+        let controls = self.inner.service.engine().controls();
+        controls.judge_spend(usd, chrono::Utc::now());
         self.inner.service.metrics().judge_spend_usd.inc_by(usd);
-    }
-
-    /// Today's spend (a new UTC day starts from zero).
-    fn today(&self) -> std::sync::MutexGuard<'_, DaySpend> {
-        let day = triage_engine::feedback::now_ms() / 86_400_000;
-        let mut spend = self
-            .inner
-            .spend
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if spend.day != day {
-            *spend = DaySpend {
-                day,
-                ..DaySpend::default()
-            };
-        }
-        spend
     }
 }
 
