@@ -239,8 +239,9 @@ impl Judge {
         };
         let text = completion_text(&body).to_owned();
         let engine = self.inner.service.engine();
-        let input = usage.input.map_or(
-            engine.count_tokens(&shadow.request.conversation.transcript()),
+        // Tokenised only when the upstream reported no count.
+        let input = usage.input.map_or_else(
+            || engine.count_tokens(&shadow.request.conversation.transcript()),
             saturate,
         );
         let output = usage
