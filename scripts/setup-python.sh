@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # A virtual environment for the Python client tests, from PyPI, pinned: grpcio and friends
-# (generated client, reflection, health) and pytest. Idempotent.
+# (generated client, reflection, health), pytest, and the SDKs the gateway is tested with
+# (openai, anthropic, azure-ai-inference). Idempotent.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 venv=$root/.cache/pyvenv

@@ -1,5 +1,5 @@
 // The official `openai` Node package against Triage's HTTP gateway (non-streaming, streaming,
-// preferences as an extra body field, an error), and `@grpc/grpc-js` calling `Route`, over a
+// preferences as an extra body field, an error, `AzureOpenAI` with deployment `model-router`), and `@grpc/grpc-js` calling `Route`, over a
 // real `triage serve` whose providers point at the local upstream.
 import { spawn } from "node:child_process";
 import { mkdtempSync, writeFileSync } from "node:fs";
@@ -10,7 +10,7 @@ import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
 import { fileURLToPath } from "node:url";
 
-import OpenAI from "openai";
+import OpenAI, { AzureOpenAI } from "openai";
 import * as grpc from "@grpc/grpc-js";
 import * as protoLoader from "@grpc/proto-loader";
 
@@ -43,7 +43,7 @@ function start(cmd, args, n) {
   });
 }
 
-let openai, router, upstream;
+let openai, router, upstream, gateway;
 
 before(async () => {
   const bin = process.env.TRIAGE_TEST_BIN;
@@ -57,7 +57,8 @@ before(async () => {
     `[[providers]]\nname = "${name}"\nkind = "${kind}"\nbase_url = "${upstream}/v1"\n`).join("\n"));
   const [grpcLine, httpLine] = await start(bin, ["--config", config, "serve", "--listen", "127.0.0.1:0",
     "--http-listen", "127.0.0.1:0", "--data-dir", join(dir, "log")], 2);
-  openai = new OpenAI({ baseURL: `${httpLine.split(" ").at(-1)}/v1`, apiKey: "unused", maxRetries: 0 });
+  gateway = httpLine.split(" ").at(-1);
+  openai = new OpenAI({ baseURL: `${gateway}/v1`, apiKey: "unused", maxRetries: 0 });
   const definition = protoLoader.loadSync(join(ROOT, "proto/triage/v1/router.proto"), {
     keepCase: true, enums: String, defaults: true,
   });
@@ -104,6 +105,24 @@ test("errors arrive as typed exceptions", async () => {
     (e) => e instanceof OpenAI.NotFoundError,
   );
   await assert.rejects(ask(FRANCE, { n: 2 }), (e) => e instanceof OpenAI.BadRequestError && /n/.test(e.message));
+});
+
+test("the seed's AzureOpenAI client calls deployment model-router", async () => {
+  // As the seed writes it, with only the endpoint and key changed: the client calls
+  // /openai/deployments/model-router/chat/completions?api-version=...
+  const client = new AzureOpenAI({
+    endpoint: gateway, apiKey: "unused", deployment: "model-router", apiVersion: "2024-10-21", maxRetries: 0,
+  });
+  const result = await client.chat.completions.create({
+    messages: [
+      { role: "system", content: "You are a helpful assistant." },
+      { role: "user", content: "I am going to Paris, what should I see?" },
+    ],
+    max_tokens: 8192, temperature: 0.7, top_p: 0.95, frequency_penalty: 0, presence_penalty: 0,
+    model: "model-router",
+  });
+  assert.notEqual(result.model, "model-router");
+  assert.ok(result.choices[0].message.content.startsWith(`[${result.model}]`), result.model);
 });
 
 test("a rate-limited model is answered by the next", async () => {

@@ -144,6 +144,19 @@ fn user_content(content: Option<&Value>) -> Value {
     blocks.into()
 }
 
+/// The image URL of an Anthropic image `source` (the inverse of [`image_block`]).
+pub fn image_url(source: &Value) -> Option<String> {
+    match source.get("type").and_then(Value::as_str)? {
+        "base64" => Some(format!(
+            "data:{};base64,{}",
+            source.get("media_type").and_then(Value::as_str)?,
+            source.get("data").and_then(Value::as_str)?
+        )),
+        "url" => source.get("url").and_then(Value::as_str).map(str::to_owned),
+        _ => None,
+    }
+}
+
 fn image_block(url: &str) -> Value {
     // `data:image/png;base64,...` becomes an inline image; anything else is passed by URL.
     if let Some(rest) = url.strip_prefix("data:")
@@ -189,16 +202,34 @@ fn assistant_blocks(m: &Value, i: usize) -> Result<Vec<Value>, InvalidRequest> {
     Ok(blocks)
 }
 
+/// Anthropic's `stop_reason` and OpenAI's `finish_reason` for the same ending; read both
+/// ways (the first row of a `finish_reason` is its `stop_reason`).
+const STOP_REASONS: [(&str, &str); 5] = [
+    ("end_turn", "stop"),
+    ("stop_sequence", "stop"),
+    ("max_tokens", "length"),
+    ("tool_use", "tool_calls"),
+    ("refusal", "content_filter"),
+];
+
 /// OpenAI's `finish_reason` for Anthropic's `stop_reason`.
 fn finish_reason(stop: Option<&str>) -> Value {
-    match stop {
-        Some("end_turn" | "stop_sequence") => "stop".into(),
-        Some("max_tokens") => "length".into(),
-        Some("tool_use") => "tool_calls".into(),
-        Some("refusal") => "content_filter".into(),
-        Some(other) => other.into(),
-        None => Value::Null,
-    }
+    let Some(stop) = stop else {
+        return Value::Null;
+    };
+    STOP_REASONS
+        .iter()
+        .find(|(anthropic, _)| *anthropic == stop)
+        .map_or(stop, |(_, openai)| openai)
+        .into()
+}
+
+/// Anthropic's `stop_reason` for OpenAI's `finish_reason`.
+pub fn stop_reason(finish: &str) -> &str {
+    STOP_REASONS
+        .iter()
+        .find(|(_, openai)| *openai == finish)
+        .map_or(finish, |(anthropic, _)| anthropic)
 }
 
 /// The chat completion for a Messages response, named `model`; `None` when it is not one.

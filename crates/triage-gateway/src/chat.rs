@@ -62,7 +62,18 @@ async fn answer(
     if let Some(model) = deployment {
         body = with_model(body, model);
     }
-    let request = wire::parse(&body, gw.service.limits(), &gw.aliases)?;
+    answer_chat(gw, caller, &body, started).await
+}
+
+/// Answers a chat-completions `body` for `caller`: the one path every dialect's door takes
+/// (the Messages and Responses doors translate into it and back out of it).
+pub async fn answer_chat(
+    gw: &Gateway,
+    caller: Caller,
+    body: &[u8],
+    started: Instant,
+) -> Result<Response, GatewayError> {
+    let request = wire::parse(body, gw.service.limits(), &gw.aliases)?;
     if gw.upstreams.provider_count() == 0 {
         return Err(GatewayError::NoProviders);
     }

@@ -11,6 +11,7 @@
 //! Layout, a thin adapter over `triage_engine` like `triage-server` (text-embeddings-inference's
 //! `router/http` beside `router/grpc`):
 //! - `wire`: reads the request body, keeping unknown fields for the upstream;
+//! - `ingress`: the Messages and Responses doors, translations around the chat path;
 //! - `chat`: the handler and the attempt loop; `call`: one upstream call and how it ended;
 //!   `relay`: streaming to the client as events arrive; `record`: the per-attempt feedback;
 //! - `verify`: `triage-verify`, cheap drafts first and the acceptor's verdict;
@@ -25,6 +26,7 @@ mod chat;
 mod error;
 mod handlers;
 mod holds;
+mod ingress;
 mod judge;
 mod openai;
 #[cfg(test)]
@@ -104,6 +106,18 @@ impl Gateway {
                 "/openai/deployments/{deployment}/chat/completions",
                 post(chat::deployment_chat_completions),
             )
+            .route(
+                "/v1/messages",
+                post(ingress::handle::<ingress::messages::Messages>),
+            )
+            .route(
+                "/v1/responses",
+                post(ingress::handle::<ingress::responses::Responses>),
+            )
+            .route(
+                "/openai/v1/responses",
+                post(ingress::handle::<ingress::responses::Responses>),
+            )
             .route("/v1/models", get(handlers::models))
             .route("/v1/feedback", post(handlers::feedback))
             .route("/healthz", get(handlers::healthz))
@@ -111,7 +125,8 @@ impl Gateway {
             .with_state(self)
     }
 
-    /// The caller behind `Authorization: Bearer KEY` or Azure-style `api-key: KEY`.
+    /// The caller behind `Authorization: Bearer KEY`, Azure-style `api-key: KEY` or
+    /// Anthropic-style `x-api-key: KEY`.
     fn caller(&self, headers: &HeaderMap) -> Result<Caller, GatewayError> {
         let value = |name: &str| -> Result<Option<String>, GatewayError> {
             headers
@@ -123,7 +138,11 @@ impl Gateway {
                 })
                 .transpose()
         };
-        let authorization = match (value("authorization")?, value("api-key")?) {
+        let key = match value("api-key")? {
+            Some(key) => Some(key),
+            None => value("x-api-key")?,
+        };
+        let authorization = match (value("authorization")?, key) {
             (Some(a), _) => Some(a),
             (None, Some(key)) => Some(format!("Bearer {key}")),
             (None, None) => None,

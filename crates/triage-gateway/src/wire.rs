@@ -151,24 +151,11 @@ pub fn target(name: &str) -> Target {
 
 /// Parses and checks a request body; `model` may be one of `aliases`.
 pub fn parse(
-    body: &[u8],
+    bytes: &[u8],
     limits: RequestLimits,
     aliases: &Aliases,
 ) -> Result<ChatRequest, InvalidRequest> {
-    let text = std::str::from_utf8(body)
-        .map_err(|e| InvalidRequest::new("body", format!("is not UTF-8 ({e}); send JSON text")))?;
-    let value: Value = serde_json::from_str(text).map_err(|e| {
-        InvalidRequest::new(
-            "body",
-            format!(
-                "is not valid JSON ({}); send a chat-completions request object",
-                clip(&e.to_string())
-            ),
-        )
-    })?;
-    let Value::Object(mut body) = value else {
-        return Err(InvalidRequest::new("body", "must be a JSON object"));
-    };
+    let mut body = object(bytes)?;
     let options = match body.remove("triage") {
         None | Some(Value::Null) => TriageOptions::default(),
         Some(v) => {
@@ -230,8 +217,27 @@ pub fn parse(
         include_usage,
         options,
         // A provider's token covers at least one byte of what it reads.
-        max_input_tokens: u32::try_from(text.len()).unwrap_or(u32::MAX),
+        max_input_tokens: u32::try_from(bytes.len()).unwrap_or(u32::MAX),
     })
+}
+
+/// A request body as a JSON object (every dialect's body is one).
+pub fn object(body: &[u8]) -> Result<Map<String, Value>, InvalidRequest> {
+    let text = std::str::from_utf8(body)
+        .map_err(|e| InvalidRequest::new("body", format!("is not UTF-8 ({e}); send JSON text")))?;
+    let value: Value = serde_json::from_str(text).map_err(|e| {
+        InvalidRequest::new(
+            "body",
+            format!(
+                "is not valid JSON ({}); send a request object",
+                clip(&e.to_string())
+            ),
+        )
+    })?;
+    match value {
+        Value::Object(body) => Ok(body),
+        _ => Err(InvalidRequest::new("body", "must be a JSON object")),
+    }
 }
 
 impl ChatRequest {

@@ -22,6 +22,11 @@
 //! an outcome table), streamed word by word like any other answer. `"contains": "…"` in place
 //! of `"prompt"` matches any last user message holding that text (tried in order, after the
 //! exact ones): a scripted judge, whose verdict depends on the answer it is shown.
+//!
+//! Tools: like a real provider, a request whose tool choice forces a call (OpenAI's
+//! `"required"` or a named function, Anthropic's `any` or a named tool) is answered with a call
+//! to that tool (else the first), in each dialect's shape, streamed or not; its arguments are
+//! `{"query": …}` with the start of the prompt. Otherwise tools do not change the answer.
 
 pub mod misbehave;
 pub mod postgres;
@@ -346,6 +351,8 @@ fn tokens(text: &str) -> u64 {
 struct Call {
     model: String,
     stream: bool,
+    /// A forced tool call: (tool name, arguments as JSON text).
+    tool_call: Option<(String, String)>,
     /// The answer, in the pieces it is streamed in.
     pieces: Vec<String>,
     input_tokens: u64,
@@ -430,11 +437,36 @@ async fn prepare(up: &Upstream, body: &Bytes) -> Result<Call, Response> {
     }
     Ok(Call {
         stream: body.get("stream").and_then(Value::as_bool).unwrap_or(false),
+        tool_call: forced_tool(&body).map(|name| {
+            let head: Vec<&str> = prompt.split_whitespace().take(6).collect();
+            (name, json!({"query": head.join(" ")}).to_string())
+        }),
         pieces,
         input_tokens: tokens(&all_text),
         model,
         fault,
     })
+}
+
+/// The tool a request forces a call to: the one named, else the first (either dialect).
+fn forced_tool(body: &Value) -> Option<String> {
+    let choice = body.get("tool_choice")?;
+    let named = choice
+        .pointer("/function/name")
+        .or_else(|| choice.get("name"))
+        .and_then(Value::as_str);
+    let forced = named.is_some()
+        || choice.as_str() == Some("required")
+        || choice.get("type").and_then(Value::as_str) == Some("any");
+    if !forced {
+        return None;
+    }
+    let first = body
+        .pointer("/tools/0/function/name")
+        .or_else(|| body.pointer("/tools/0/name"));
+    named
+        .map(str::to_owned)
+        .or_else(|| first.and_then(Value::as_str).map(str::to_owned))
 }
 
 async fn openai(State(up): State<Upstream>, body: Bytes) -> Response {
@@ -446,6 +478,9 @@ async fn openai(State(up): State<Upstream>, body: Bytes) -> Response {
     let usage = json!({"prompt_tokens": call.input_tokens, "completion_tokens": tokens(&text),
                        "total_tokens": call.input_tokens + tokens(&text)});
     let with_usage = !matches!(call.fault, Some(Fault::NoUsage));
+    if let Some((name, arguments)) = &call.tool_call {
+        return openai_tool_call(&call, name, arguments, usage);
+    }
     if !call.stream {
         let mut v = json!({"id": "chatcmpl-local", "object": "chat.completion", "created": 1,
             "model": call.model, "choices": [{"index": 0, "finish_reason": "stop",
@@ -485,11 +520,96 @@ async fn openai(State(up): State<Upstream>, body: Bytes) -> Response {
     sse(frames, &call, up.behaviour.chunk_delay)
 }
 
+/// An OpenAI answer that calls `name`, whole or streamed (the call's id, then its arguments).
+fn openai_tool_call(call: &Call, name: &str, arguments: &str, usage: Value) -> Response {
+    let tool = json!({"id": "call_local", "type": "function",
+                      "function": {"name": name, "arguments": arguments}});
+    if !call.stream {
+        return axum::Json(json!({"id": "chatcmpl-local", "object": "chat.completion",
+            "created": 1, "model": call.model, "usage": usage, "choices": [{"index": 0,
+            "finish_reason": "tool_calls",
+            "message": {"role": "assistant", "content": null, "tool_calls": [tool]}}]}))
+        .into_response();
+    }
+    let chunk = |delta: Value, finish: Value| {
+        json!({"id": "chatcmpl-local", "object": "chat.completion.chunk", "created": 1,
+               "model": call.model, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+    };
+    let mut opening = tool.clone();
+    opening["index"] = 0.into();
+    opening["function"]["arguments"] = "".into();
+    let events = [
+        chunk(
+            json!({"role": "assistant", "content": null, "tool_calls": [opening]}),
+            Value::Null,
+        ),
+        chunk(
+            json!({"tool_calls": [{"index": 0, "function": {"arguments": arguments}}]}),
+            Value::Null,
+        ),
+        chunk(json!({}), "tool_calls".into()),
+        json!({"id": "chatcmpl-local", "object": "chat.completion.chunk", "created": 1,
+               "model": call.model, "choices": [], "usage": usage}),
+    ];
+    let frames = events
+        .iter()
+        .map(|e| format!("data: {e}\n\n"))
+        .chain(["data: [DONE]\n\n".to_owned()])
+        .collect();
+    sse(frames, call, Duration::ZERO)
+}
+
+/// An Anthropic answer that calls `name`, whole or streamed.
+fn anthropic_tool_use(call: &Call, name: &str, arguments: &str) -> Response {
+    let input: Value = serde_json::from_str(arguments).unwrap_or_else(|_| json!({}));
+    let usage = json!({"input_tokens": call.input_tokens, "output_tokens": tokens(arguments)});
+    if !call.stream {
+        return axum::Json(
+            json!({"id": "msg_local", "type": "message", "role": "assistant",
+            "model": call.model, "stop_reason": "tool_use", "usage": usage,
+            "content": [{"type": "tool_use", "id": "toolu_local", "name": name, "input": input}]}),
+        )
+        .into_response();
+    }
+    let frames = vec![
+        event(
+            "message_start",
+            json!({"type": "message_start", "message": {"id": "msg_local",
+            "type": "message", "role": "assistant", "model": call.model, "content": [],
+            "usage": {"input_tokens": call.input_tokens, "output_tokens": 1}}}),
+        ),
+        event(
+            "content_block_start",
+            json!({"type": "content_block_start", "index": 0,
+            "content_block": {"type": "tool_use", "id": "toolu_local", "name": name, "input": {}}}),
+        ),
+        event(
+            "content_block_delta",
+            json!({"type": "content_block_delta", "index": 0,
+            "delta": {"type": "input_json_delta", "partial_json": arguments}}),
+        ),
+        event(
+            "content_block_stop",
+            json!({"type": "content_block_stop", "index": 0}),
+        ),
+        event(
+            "message_delta",
+            json!({"type": "message_delta",
+            "delta": {"stop_reason": "tool_use"}, "usage": {"output_tokens": tokens(arguments)}}),
+        ),
+        event("message_stop", json!({"type": "message_stop"})),
+    ];
+    sse(frames, call, Duration::ZERO)
+}
+
 async fn anthropic(State(up): State<Upstream>, body: Bytes) -> Response {
     let call = match prepare(&up, &body).await {
         Ok(c) => c,
         Err(r) => return r,
     };
+    if let Some((name, arguments)) = &call.tool_call {
+        return anthropic_tool_use(&call, name, arguments);
+    }
     let text = call.pieces.concat();
     let out = tokens(&text);
     if !call.stream {
