@@ -4,6 +4,7 @@
 # crates/triage-core/default.toml; the gateway answers once [[providers]] are configured).
 # Extra arguments go to `triage serve`, e.g.
 #   scripts/serve.sh --config my.toml --listen 0.0.0.0:50051 --http-listen 0.0.0.0:8080
+#   scripts/serve.sh --demo     (no provider keys: a local stand-in answers for every provider)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"

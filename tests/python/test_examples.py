@@ -15,7 +15,7 @@ ALLOWED = {"gpt-4o-mini-2024-07-18", "claude-3-haiku-20240307"}
 
 def run(cmd, gateway, **kw):
     http, _, _ = gateway
-    env = {**os.environ, "TRIAGE_BASE_URL": f"http://{http}/v1"}
+    env = {**os.environ, "TRIAGE_BASE_URL": f"http://{http}/v1", "TRIAGE_ENDPOINT": f"http://{http}"}
     out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, **kw)
     assert out.returncode == 0, out.stderr
     return out.stdout.splitlines()
@@ -54,6 +54,29 @@ def test_csharp_example(gateway, tmp_path):
     assert build.returncode == 0, build.stdout + build.stderr
     http, _, _ = gateway
     check_quickstart(run(["mono", str(exe), f"http://{http}/v1"], gateway))
+
+
+def check_model_router(lines):
+    """The seed's walkthrough: one answer, by a catalog model that `model-router` routed to."""
+    assert len(lines) == 1, lines
+    head, _, answer = lines[0].partition(": ")
+    model = head.removeprefix("model-router answered with ")
+    assert model != head and model != "model-router", lines
+    assert answer.startswith(f"[{model}]"), lines
+
+
+def test_the_seeds_walkthrough_in_three_languages(gateway, tmp_path):
+    check_model_router(run([sys.executable, "examples/python/model_router.py"], gateway))
+    check_model_router(run(["node", "examples/node/model_router.mjs"], gateway))
+    exe = tmp_path / "model_router.exe"
+    build = subprocess.run(
+        ["mcs", "-r:System.Net.Http.dll", "-r:System.Runtime.Serialization.dll",
+         "examples/csharp/ModelRouter.cs", f"-out:{exe}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert build.returncode == 0, build.stdout + build.stderr
+    http, _, _ = gateway
+    check_model_router(run(["mono", str(exe), f"http://{http}"], gateway))
 
 
 def test_agent_routes_each_step_and_keeps_its_session(gateway):

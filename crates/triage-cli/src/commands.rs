@@ -19,17 +19,29 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start tokio")
 }
 
+/// Where `serve` listens, from the command line, and whether it is a demo.
+pub struct Doors {
+    /// gRPC (overrides `server.listen`).
+    pub listen: Option<SocketAddr>,
+    /// Prometheus (overrides `metrics.listen`).
+    pub metrics_listen: Option<SocketAddr>,
+    /// A built-in local upstream answers for every provider.
+    pub demo: bool,
+}
+
 pub fn serve(
     mut settings: Settings,
-    listen: Option<SocketAddr>,
+    doors: Doors,
     data_dir: Option<PathBuf>,
-    metrics_listen: Option<SocketAddr>,
 ) -> anyhow::Result<()> {
-    if let Some(addr) = metrics_listen {
+    if let Some(addr) = doors.metrics_listen {
         settings.metrics.listen = Some(addr);
     }
-    if let Some(addr) = listen {
+    if let Some(addr) = doors.listen {
         settings.server.listen = addr;
+    }
+    if doors.demo && settings.gateway.listen.is_none() {
+        anyhow::bail!("--demo answers through the HTTP gateway: leave --http-listen on");
     }
     if let Some(dir) = data_dir {
         settings.log.dir = dir;
@@ -41,9 +53,18 @@ pub fn serve(
             .with_context(|| format!("cannot listen on {}", settings.server.listen))?;
         let http = startup::bind_optional(settings.gateway.listen, "gateway").await?;
         let metrics = startup::bind_metrics(&settings).await?;
+        // The demo's stand-in for every provider lives as long as the server.
+        let demo = if doors.demo {
+            Some(demo_upstream(&mut settings).await?)
+        } else {
+            None
+        };
         let service = startup::open(engine, &settings, log_archive()).await?;
         let gateway = match http {
-            Some(l) => Some((triage_gateway::Gateway::new(service.clone(), &settings)?, l)),
+            Some(l) => {
+                let g = triage_gateway::Gateway::new(service.clone(), &settings)?;
+                Some((if demo.is_some() { g.demo() } else { g }, l))
+            }
             None => None,
         };
         // Plain lines on stdout so scripts can find the ports when listening on port 0.
@@ -54,6 +75,13 @@ pub fn serve(
         if let Some(m) = &metrics {
             println!("metrics on http://{}/metrics", m.local_addr()?);
         }
+        if let Some(upstream) = &demo {
+            println!(
+                "demo: every provider is a local stand-in at {} (answers begin [demo:MODEL]; \
+                 routing and records are real)",
+                upstream.base_url()
+            );
+        }
         tracing::info!(
             grpc = %listener.local_addr()?,
             http = ?gateway.as_ref().and_then(|(_, l)| l.local_addr().ok()),
@@ -61,6 +89,7 @@ pub fn serve(
             log = %log_location(&settings),
             models = service.engine().catalog().models().len(),
             providers = settings.providers.len(),
+            demo = demo.is_some(),
             "triage serving: gRPC (triage.v1.Router, grpc.health.v1, reflection) and the HTTP \
              gateway (/v1/chat/completions)"
         );
@@ -100,6 +129,26 @@ pub fn serve(
         tracing::info!("stopped");
         Ok(())
     })
+}
+
+/// Starts the demo's local upstream and points one provider per catalog provider at it,
+/// replacing any configured.
+async fn demo_upstream(settings: &mut Settings) -> anyhow::Result<triage_testkit::LocalUpstream> {
+    let behaviour = triage_testkit::Behaviour {
+        demo: true,
+        ..triage_testkit::Behaviour::default()
+    };
+    let upstream = triage_testkit::LocalUpstream::start(behaviour)
+        .await
+        .context("cannot start the demo's local upstream")?;
+    if !settings.providers.is_empty() {
+        tracing::warn!(
+            configured = settings.providers.len(),
+            "--demo: the configured [[providers]] are not called; the local stand-in answers"
+        );
+    }
+    settings.providers = triage_testkit::local_providers(settings, &upstream.base_url());
+    Ok(upstream)
 }
 
 /// Where the log lives, for the start-up line (a database URL without its credentials).

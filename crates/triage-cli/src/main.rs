@@ -90,6 +90,11 @@ enum Command {
         /// Serve Prometheus metrics at http://HOST:PORT/metrics (overrides metrics.listen).
         #[arg(long)]
         metrics_listen: Option<SocketAddr>,
+        /// A first run without provider keys: a built-in local upstream answers for every
+        /// provider (answers begin `[demo:MODEL]`, responses carry `x-triage-demo: true`);
+        /// routing, records and learning are real. Replaces any [[providers]].
+        #[arg(long)]
+        demo: bool,
     },
     /// API key helpers.
     Keys {
@@ -277,12 +282,18 @@ fn main() -> anyhow::Result<()> {
             http_listen,
             data_dir,
             metrics_listen,
+            demo,
         } => {
             let mut settings = settings;
             if let Some(HttpListen(addr)) = http_listen {
                 settings.gateway.listen = addr;
             }
-            commands::serve(settings, listen, data_dir, metrics_listen)
+            let doors = commands::Doors {
+                listen,
+                metrics_listen,
+                demo,
+            };
+            commands::serve(settings, doors, data_dir)
         }
         Command::Keys {
             command: KeysCommand::Hash { key },

@@ -178,6 +178,9 @@ pub async fn readyz(State(gw): State<Gateway>, headers: HeaderMap) -> Response {
     if admin && !details.is_empty() {
         body["details"] = json!(details);
     }
+    if gw.demo {
+        body["demo"] = json!(true);
+    }
     // What learning inside `serve` last did: counts and the gate's verdict, no prompt text.
     if let Some(retrain) = gw.service.last_retrain() {
         body["last_retrain"] = retrain;

@@ -72,6 +72,8 @@ pub struct Gateway {
     aliases: Arc<wire::Aliases>,
     /// The LLM judge, when `[judge]` turns it on.
     judge: Option<judge::Judge>,
+    /// Every provider is a stand-in (`triage serve --demo`): every response says so.
+    demo: bool,
 }
 
 /// Azure's name for its model router: callers written for it work unchanged.
@@ -89,7 +91,15 @@ impl Gateway {
             settings: Arc::new(settings.gateway.clone()),
             aliases: Arc::new(aliases),
             judge,
+            demo: false,
         })
+    }
+
+    /// Marks every response as a demo's (`x-triage-demo: true`, and `demo` in `/readyz`):
+    /// its providers are stand-ins, though its routing and records are real.
+    pub fn demo(mut self) -> Self {
+        self.demo = true;
+        self
     }
 
     /// The axum router with every endpoint. Chat completions answer at OpenAI's path and at
@@ -97,7 +107,7 @@ impl Gateway {
     /// `/openai/deployments/{deployment}/…` (any `api-version`), where the deployment is the
     /// model (a name or an alias).
     pub fn router(self) -> Router {
-        Router::new()
+        let router = Router::new()
             .route("/v1/chat/completions", post(chat::chat_completions))
             .route("/openai/v1/chat/completions", post(chat::chat_completions))
             .route("/chat/completions", post(chat::chat_completions))
@@ -121,8 +131,19 @@ impl Gateway {
             .route("/v1/models", get(handlers::models))
             .route("/v1/feedback", post(handlers::feedback))
             .route("/healthz", get(handlers::healthz))
-            .route("/readyz", get(handlers::readyz))
-            .with_state(self)
+            .route("/readyz", get(handlers::readyz));
+        let demo = self.demo;
+        let router = router.with_state(self);
+        if !demo {
+            return router;
+        }
+        router.layer(axum::middleware::map_response(|mut r: Response| async {
+            r.headers_mut().insert(
+                "x-triage-demo",
+                axum::http::HeaderValue::from_static("true"),
+            );
+            r
+        }))
     }
 
     /// The caller behind `Authorization: Bearer KEY`, Azure-style `api-key: KEY` or

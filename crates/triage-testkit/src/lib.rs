@@ -113,6 +113,9 @@ pub struct Behaviour {
     pub chunk_delay: Duration,
     /// Words in an answer (besides the echo of the prompt).
     pub answer_words: usize,
+    /// Stands in for real providers (`triage serve --demo`): each answer begins
+    /// `[demo:MODEL]`, so no one mistakes it for a model's.
+    pub demo: bool,
 }
 
 impl Default for Behaviour {
@@ -121,6 +124,7 @@ impl Default for Behaviour {
             first_byte: Duration::ZERO,
             chunk_delay: Duration::ZERO,
             answer_words: 12,
+            demo: false,
         }
     }
 }
@@ -333,7 +337,11 @@ fn answer_pieces(up: &Upstream, model: &str, prompt: &str, n: usize) -> Vec<Stri
             .map(str::to_owned)
             .collect();
     }
-    let mut words = vec![format!("[{model}]")];
+    let mut words = vec![if up.behaviour.demo {
+        format!("[demo:{model}]")
+    } else {
+        format!("[{model}]")
+    }];
     words.extend(prompt.split_whitespace().take(6).map(str::to_owned));
     words.extend((0..n).map(|i| format!("w{i}")));
     words
