@@ -123,6 +123,17 @@ test("the seed's AzureOpenAI client calls deployment model-router", async () => 
   });
   assert.notEqual(result.model, "model-router");
   assert.ok(result.choices[0].message.content.startsWith(`[${result.model}]`), result.model);
+  // The model it routed to is rate-limited: the next answers, and the call is recorded with its cost.
+  await fetch(`${upstream}/_script`, {
+    method: "POST", headers: { "content-type": "application/json" },
+    body: JSON.stringify({ model: result.model, faults: [{ kind: "status", status: 429 }] }),
+  });
+  const { data, response } = await client.chat.completions.create({
+    messages: [{ role: "user", content: "I am going to Paris, what should I see?" }], model: "model-router",
+  }).withResponse();
+  assert.equal(response.headers.get("x-triage-attempts"), "2");
+  assert.notEqual(data.model, result.model);
+  assert.ok(Number(response.headers.get("x-triage-cost-usd")) > 0);
 });
 
 test("a rate-limited model is answered by the next", async () => {

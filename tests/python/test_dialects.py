@@ -56,6 +56,18 @@ def test_the_seeds_azure_ai_inference_snippet_runs_unchanged(gateway):
     assert response.model != "model-router"
     assert answer.startswith(f"[{response.model}]"), answer
 
+    # Failover and the record's cost, read from the response headers.
+    rate_limit_next_call(gateway, response.model)
+    seen = {}
+    again = client.complete(
+        messages=[UserMessage(content="I am going to Paris, what should I see?")],
+        model=model_name,
+        raw_response_hook=lambda r: seen.update(r.http_response.headers),
+    )
+    assert seen["x-triage-attempts"] == "2"
+    assert again.model == seen["x-triage-model"] != response.model
+    assert float(seen["x-triage-cost-usd"]) > 0
+
 
 @pytest.fixture(scope="module")
 def responses_client(gateway):

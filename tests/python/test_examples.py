@@ -91,3 +91,17 @@ def test_agent_routes_each_step_and_keeps_its_session(gateway):
     assert all(float(s[3].removeprefix("cost=$")) > 0 for s in steps), lines
     assert float(kept[2][3].removeprefix("cost=$")) <= 0.0002, lines
     assert any("'duplicate': False" in line for line in lines), lines
+
+
+def test_the_readme_quick_start_calls_every_dialect(gateway, tmp_path):
+    """The README's quick-start block, run as written (only the address changed)."""
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("One call per dialect", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    http, _, _ = gateway
+    script = tmp_path / "quick_start.py"
+    script.write_text(block.replace("http://127.0.0.1:8080", f"http://{http}"))
+    lines = run([sys.executable, str(script)], gateway)
+    assert len(lines) == 3, lines
+    for line in lines:
+        model, answer = line.split(" ", 1)
+        assert answer.startswith(f"[{model}]"), line
