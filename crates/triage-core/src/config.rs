@@ -311,6 +311,11 @@ pub struct GatewaySettings {
     /// `model-router` (Azure's router) means `triage` unless mapped here otherwise.
     #[serde(default)]
     pub aliases: std::collections::BTreeMap<String, String>,
+    /// Keys that may ask for a routing trace (`"triage": {"explain": true}`), by name; `"*"`:
+    /// every caller. Admin keys always may. A trace shows predictions and the catalog's
+    /// exclusions, which an operator may not want every caller to read.
+    #[serde(default)]
+    pub explain_keys: Vec<String>,
 }
 
 fn default_index_max_bytes() -> usize {
@@ -355,6 +360,7 @@ impl Default for GatewaySettings {
             connection_lifetime_ms: default_gateway_connection_lifetime_ms(),
             max_upstream_body_bytes: default_gateway_upstream_body_bytes(),
             aliases: Default::default(),
+            explain_keys: Vec::new(),
         }
     }
 }

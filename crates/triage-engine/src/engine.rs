@@ -72,6 +72,16 @@ pub enum Charge {
 }
 
 impl Charge {
+    /// The answer's limit (`max_tokens`) of a request the gateway calls for.
+    pub fn max_output_tokens(self) -> Option<u32> {
+        match self {
+            Charge::Predicted => None,
+            Charge::WorstCase {
+                max_output_tokens, ..
+            } => max_output_tokens,
+        }
+    }
+
     /// The tokens a worst case reads, for a request the encoder counts as `input_tokens`
     /// (`None`: a predicted charge holds no worst case).
     pub fn tokens(self, input_tokens: u32) -> Option<Tokens> {
@@ -489,6 +499,12 @@ impl RoutingEngine {
         let cap = self
             .controls
             .cap_budget(&request.caller, &mut preferences, now_utc)?;
+        // The context window must hold the conversation and the answer the caller allows.
+        if let Some(room) = request.charge.max_output_tokens() {
+            let needed = input_tokens.saturating_add(room);
+            preferences.min_context_tokens =
+                Some(preferences.min_context_tokens.unwrap_or(0).max(needed));
+        }
         let caller = &request.caller;
         let not_permitted = |m: &str| (!caller.may_use(m)).then(|| caller.name().to_owned());
         let now = Instant::now();

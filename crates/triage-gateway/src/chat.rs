@@ -19,6 +19,7 @@ use crate::judge::Pending;
 use crate::openai::completion_text;
 use crate::record::{Attempt, Outcome};
 use crate::relay::{Relay, event_stream};
+use crate::trace;
 use crate::verify::{DraftsRun, draft_response, run_drafts, verify_headers};
 use crate::wire::{self, ChatRequest, Target};
 
@@ -77,24 +78,44 @@ pub async fn answer_chat(
     if gw.upstreams.provider_count() == 0 {
         return Err(GatewayError::NoProviders);
     }
+    if request.options.explain {
+        trace::check(&caller, &gw.settings.explain_keys)?;
+    }
     let routing = routing_request(gw, &request, caller)?;
     let routed = gw.service.route(&routing).await?;
+    let response = serve_routed(gw, &request, &routing, &routed, started).await?;
+    Ok(if request.options.explain {
+        trace::attach(response, trace::trace(&routed)).await
+    } else {
+        response
+    })
+}
+
+/// Calls the ranked models of a routed request in order (its drafts first, for a verify
+/// request) until one answers.
+async fn serve_routed(
+    gw: &Gateway,
+    request: &ChatRequest,
+    routing: &RoutingRequest,
+    routed: &Routed,
+    started: Instant,
+) -> Result<Response, GatewayError> {
     // Whatever way this returns, the holds no call took are given back (on drop).
-    let mut holds = Holds::new(&gw.service, &routing.caller, &routed, routing.charge);
-    let order = attempt_order(gw, &request, &routed);
+    let mut holds = Holds::new(&gw.service, &routing.caller, routed, routing.charge);
+    let order = attempt_order(gw, request, routed);
     let deadline = started + Duration::from_millis(gw.settings.deadline_ms);
     let mut failures = Vec::new();
     let mut upstream_time = Duration::ZERO;
     // A verify request runs its drafts first; the attempts below are its escalation.
-    let mut drafted = drafts_first(gw, &request, &routing, &routed, &mut holds, deadline).await;
+    let mut drafted = drafts_first(gw, request, routing, routed, &mut holds, deadline).await;
     upstream_time += drafted
         .as_ref()
         .map_or(Duration::ZERO, |(_, run)| run.elapsed);
     let calls_before = drafted.as_ref().map_or(0, |(_, run)| run.calls);
     let exchange = Exchange {
         gw,
-        request: &request,
-        routed: &routed,
+        request,
+        routed,
         started,
     };
     if let Some((plan, run)) = &mut drafted
@@ -137,7 +158,7 @@ pub async fn answer_chat(
             routed.outcome.input_tokens,
         );
         attempt.hold = hold.usd;
-        let Answer { result, first_byte } = call(target, &request, model, deadline, hold.cap).await;
+        let Answer { result, first_byte } = call(target, request, model, deadline, hold.cap).await;
         attempt.first_byte = first_byte;
         upstream_time += attempt.elapsed();
         let reply = match result {
@@ -153,9 +174,9 @@ pub async fn answer_chat(
         let judged = gw
             .judge
             .as_ref()
-            .and_then(|j| j.sample(&routing.caller, &routed, &request, model));
-        let mut response = respond(reply, attempt, &routed, request.include_usage, judged);
-        time_headers(gw, &mut response, &routed, started, upstream_time);
+            .and_then(|j| j.sample(&routing.caller, routed, request, model));
+        let mut response = respond(reply, attempt, routed, request.include_usage, judged);
+        time_headers(gw, &mut response, routed, started, upstream_time);
         if let Some((plan, run)) = &drafted {
             verify_headers(&mut response, plan, run);
         }
@@ -262,6 +283,13 @@ fn routing_request(
         }
     };
     let mut preferences = request.options.preferences(mode);
+    // What the request needs is required, said or not: no model without it is chosen or
+    // falls back.
+    for need in &request.needs {
+        if !preferences.required_capabilities.contains(need) {
+            preferences.required_capabilities.push(*need);
+        }
+    }
     if let (Some(model), false) = (&pinned, request.options.fallback) {
         preferences.allowed_models = vec![model.clone()];
     }

@@ -58,6 +58,12 @@ pub enum GatewayError {
         /// Whether they all failed for want of capacity (rate limits, outages): 503, else 502.
         unavailable: bool,
     },
+    /// The key asked for a routing trace it may not see.
+    #[error(
+        "key {0:?} may not see routing traces; leave out triage.explain, or ask the operator \
+         to add the key to gateway.explain_keys"
+    )]
+    TraceNotAllowed(String),
     /// The gateway has no upstream at all.
     #[error("no [[providers]] are configured, so the gateway cannot answer; add one (see README)")]
     NoProviders,
@@ -305,6 +311,13 @@ impl GatewayError {
                 invalid,
                 "model_not_served",
                 Some("model".into()),
+                None,
+            ),
+            GatewayError::TraceNotAllowed(_) => (
+                S::FORBIDDEN,
+                "permission_error",
+                "trace_not_allowed",
+                Some("triage.explain".into()),
                 None,
             ),
             GatewayError::AllAttemptsFailed {

@@ -475,6 +475,7 @@ fn judge_request(body: Value) -> Option<ChatRequest> {
         include_usage: false,
         options: TriageOptions::default(),
         max_input_tokens,
+        needs: Vec::new(),
     })
 }
 

@@ -15,6 +15,7 @@
 //! - `chat`: the handler and the attempt loop; `call`: one upstream call and how it ended;
 //!   `relay`: streaming to the client as events arrive; `record`: the per-attempt feedback;
 //! - `verify`: `triage-verify`, cheap drafts first and the acceptor's verdict;
+//! - `trace`: the routing trace a permitted caller may ask for;
 //! - `judge` / `rubric`: the LLM judge and shadow answers, off the request path;
 //! - `holds`: what each call holds of a key's budget (the worst case, not a prediction);
 //! - `anthropic` / `openai`: the two upstream dialects; `upstreams`: providers and clients;
@@ -34,6 +35,7 @@ mod properties;
 mod record;
 mod relay;
 mod rubric;
+mod trace;
 mod upstreams;
 mod verify;
 mod wire;

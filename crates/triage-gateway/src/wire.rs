@@ -47,6 +47,9 @@ pub struct ChatRequest {
     /// The most input tokens a provider can count for it (the body's bytes): what a budget's
     /// worst case holds.
     pub max_input_tokens: u32,
+    /// What the request itself needs of a model (tools, images, JSON output), whether or not
+    /// the caller repeats it in `triage.required_capabilities`.
+    pub needs: Vec<Capability>,
 }
 
 /// The `triage` object of a request body (what OpenAI SDKs send with `extra_body`): the same
@@ -90,6 +93,9 @@ pub struct TriageOptions {
     /// `route` or `verify`; overrides the virtual model's strategy.
     #[serde(default)]
     pub strategy: Option<WireStrategy>,
+    /// Return the routing trace (keys in `gateway.explain_keys`, and admin keys, only).
+    #[serde(default)]
+    pub explain: bool,
 }
 
 /// `strategy` as written in JSON.
@@ -202,6 +208,7 @@ pub fn parse(
         .and_then(Value::as_bool)
         .unwrap_or(false);
     let conversation = conversation(&body, limits)?;
+    let needs = needs(&body);
     if options.strategy == Some(WireStrategy::Verify) && matches!(target, Target::Named(_)) {
         return Err(InvalidRequest::new(
             "triage.strategy",
@@ -218,7 +225,51 @@ pub fn parse(
         options,
         // A provider's token covers at least one byte of what it reads.
         max_input_tokens: u32::try_from(bytes.len()).unwrap_or(u32::MAX),
+        needs,
     })
+}
+
+/// The capabilities a chat body needs of the model that answers it: `tools` for tool
+/// definitions (`tools`, `functions`) or tool turns, `vision` for an image part, `json_output`
+/// for a JSON response format. Read from the request's structure, never its words.
+fn needs(body: &Map<String, Value>) -> Vec<Capability> {
+    let non_empty = |key: &str| {
+        body.get(key)
+            .and_then(Value::as_array)
+            .is_some_and(|a| !a.is_empty())
+    };
+    let messages = body.get("messages").and_then(Value::as_array);
+    let turns = || messages.into_iter().flatten();
+    let tool_turns = turns().any(|m| {
+        matches!(
+            m.get("role").and_then(Value::as_str),
+            Some("tool" | "function")
+        ) || m
+            .get("tool_calls")
+            .and_then(Value::as_array)
+            .is_some_and(|c| !c.is_empty())
+    });
+    let image = turns()
+        .filter_map(|m| m.get("content").and_then(Value::as_array))
+        .flatten()
+        .any(|p| p.get("type").and_then(Value::as_str) == Some("image_url"));
+    let json = matches!(
+        body.get("response_format")
+            .and_then(|f| f.get("type"))
+            .and_then(Value::as_str),
+        Some("json_schema" | "json_object")
+    );
+    let mut needs = Vec::new();
+    if non_empty("tools") || non_empty("functions") || tool_turns {
+        needs.push(Capability::Tools);
+    }
+    if image {
+        needs.push(Capability::Vision);
+    }
+    if json {
+        needs.push(Capability::JsonOutput);
+    }
+    needs
 }
 
 /// A request body as a JSON object (every dialect's body is one).
@@ -273,6 +324,7 @@ impl ChatRequest {
             include_usage: false,
             options: TriageOptions::default(),
             max_input_tokens: self.max_input_tokens,
+            needs: self.needs.clone(),
         }
     }
 }
@@ -412,6 +464,38 @@ mod tests {
         assert_eq!(p.max_cost_usd, Some(0.01));
         assert_eq!(p.required_capabilities, vec![Capability::Tools]);
         assert_eq!(r.conversation.messages().len(), 2);
+    }
+
+    #[test]
+    fn the_request_says_what_it_needs() {
+        let needs = |body: &str| {
+            parse(body.as_bytes(), LIMITS, &Aliases::new())
+                .map(|r| r.needs)
+                .unwrap_or_else(|e| panic!("{e}"))
+        };
+        assert!(
+            needs(r#"{"model":"triage","messages":[{"role":"user","content":"x"}]}"#).is_empty()
+        );
+        assert_eq!(
+            needs(
+                r#"{"model":"triage","tools":[{"type":"function","function":{"name":"f"}}],
+                "response_format":{"type":"json_schema"},
+                "messages":[{"role":"user","content":[{"type":"text","text":"x"},
+                {"type":"image_url","image_url":{"url":"u"}}]}]}"#
+            ),
+            vec![
+                Capability::Tools,
+                Capability::Vision,
+                Capability::JsonOutput
+            ]
+        );
+        assert_eq!(
+            needs(
+                r#"{"model":"triage","tools":[],"messages":[{"role":"user","content":"x"},
+                {"role":"assistant","tool_calls":[{"id":"c"}]},{"role":"tool","content":"y"}]}"#
+            ),
+            vec![Capability::Tools]
+        );
     }
 
     #[test]

@@ -305,16 +305,18 @@ async fn translate<D: Dialect>(response: Response, dialect: D) -> Response {
     let bytes = axum::body::to_bytes(body, usize::MAX)
         .await
         .unwrap_or_default();
-    let answer = serde_json::from_slice::<Value>(&bytes)
-        .ok()
-        .as_ref()
-        .and_then(Answer::from_completion)
-        .unwrap_or_default();
+    let completion = serde_json::from_slice::<Value>(&bytes).unwrap_or_default();
+    let answer = Answer::from_completion(&completion).unwrap_or_default();
+    let mut whole = dialect.whole(&answer);
+    // A routing trace the caller asked for travels in any dialect.
+    if let Some(trace) = completion.get("triage") {
+        whole["triage"] = trace.clone();
+    }
     parts.headers.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
-    Response::from_parts(parts, Body::from(dialect.whole(&answer).to_string()))
+    Response::from_parts(parts, Body::from(whole.to_string()))
 }
 
 /// A refusal in the dialect's error shape, with its status and headers (`retry-after`).
