@@ -69,6 +69,12 @@ pub struct ModelSpec {
     /// Added to the borrowed quality in log-odds (e.g. -0.5: somewhat worse than `prior_from`).
     #[serde(default)]
     pub prior_offset: f64,
+    /// A reasoning model (o-series, GPT-5, Claude with extended thinking, DeepSeek R1): the
+    /// gateway sends it the parameters its provider accepts for one (its answer limit as
+    /// `max_completion_tokens`, no sampling settings, `reasoning_effort`), and strips
+    /// `reasoning_effort` from requests to other models.
+    #[serde(default)]
+    pub reasoning: bool,
 }
 
 fn enabled_by_default() -> bool {
@@ -225,6 +231,7 @@ mod tests {
             prior_from: None,
             prior_offset: 0.0,
             upstream_model: None,
+            reasoning: false,
         }
     }
 

@@ -28,6 +28,7 @@ use triage_log::ErrorKind;
 
 use crate::anthropic::{self, StreamTranslator};
 use crate::openai::{self, Usage};
+use crate::params;
 use crate::upstreams::Target;
 use crate::wire::ChatRequest;
 
@@ -209,6 +210,7 @@ fn upstream_body(
         ProviderKind::Openai => {
             let mut body = body.into_owned();
             body.insert("model".into(), target.upstream_model.clone().into());
+            params::openai(&mut body, target.reasoning);
             if request.stream {
                 let options = body
                     .entry("stream_options")
@@ -220,8 +222,10 @@ fn upstream_body(
             Value::Object(body)
         }
         ProviderKind::Anthropic => {
-            anthropic::request(&body, &target.upstream_model, request.stream)
-                .map_err(|e| e.to_string())?
+            let mut translated = anthropic::request(&body, &target.upstream_model, request.stream)
+                .map_err(|e| e.to_string())?;
+            params::anthropic(&mut translated, &body, target.reasoning);
+            translated
         }
     };
     serde_json::to_vec(&value).map_err(|e| e.to_string())

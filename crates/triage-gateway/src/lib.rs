@@ -19,6 +19,7 @@
 //! - `judge` / `rubric`: the LLM judge and shadow answers, off the request path;
 //! - `holds`: what each call holds of a key's budget (the worst case, not a prediction);
 //! - `anthropic` / `openai`: the two upstream dialects; `upstreams`: providers and clients;
+//! - `params`: what each provider accepts of a reasoning model's request, and of others';
 //! - `error`: the one mapping of errors to HTTP statuses and OpenAI error bodies.
 
 mod anthropic;
@@ -30,6 +31,7 @@ mod holds;
 mod ingress;
 mod judge;
 mod openai;
+mod params;
 #[cfg(test)]
 mod properties;
 mod record;

@@ -38,6 +38,8 @@ pub struct Target {
     pub provider: Arc<Provider>,
     /// The provider's name for it.
     pub upstream_model: String,
+    /// A reasoning model (its parameters follow [`crate::params`]).
+    pub reasoning: bool,
 }
 
 /// Why the configured providers cannot be used.
@@ -128,6 +130,7 @@ impl Upstreams {
                     Target {
                         provider: Arc::clone(p),
                         upstream_model: spec.upstream_name().to_owned(),
+                        reasoning: spec.reasoning,
                     },
                 );
             }
@@ -161,6 +164,7 @@ impl Upstreams {
         self.providers.get(provider).map(|p| Target {
             provider: Arc::clone(p),
             upstream_model: upstream_model.to_owned(),
+            reasoning: false,
         })
     }
 }

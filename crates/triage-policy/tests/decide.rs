@@ -22,6 +22,7 @@ fn model(name: &str, in_price: f64, out_price: f64, caps: &[Capability]) -> Mode
         prior_from: None,
         prior_offset: 0.0,
         upstream_model: None,
+        reasoning: false,
     }
 }
 

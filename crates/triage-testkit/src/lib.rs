@@ -116,6 +116,12 @@ pub struct Behaviour {
     /// Stands in for real providers (`triage serve --demo`): each answer begins
     /// `[demo:MODEL]`, so no one mistakes it for a model's.
     pub demo: bool,
+    /// Reasoning models, by upstream name. When any are listed the upstream refuses what real
+    /// providers refuse: OpenAI's reasoning models `max_tokens`, `temperature` and `top_p`,
+    /// other models `reasoning_effort`, and Anthropic's thinking beside `temperature` or
+    /// `top_p`, or on a model that does not reason (400 naming the parameter). A reasoning
+    /// model's usage counts 50 hidden reasoning tokens in its output, as OpenAI's does.
+    pub reasoning_models: Vec<String>,
 }
 
 impl Default for Behaviour {
@@ -125,6 +131,7 @@ impl Default for Behaviour {
             chunk_delay: Duration::ZERO,
             answer_words: 12,
             demo: false,
+            reasoning_models: Vec::new(),
         }
     }
 }
@@ -351,6 +358,9 @@ fn answer_pieces(up: &Upstream, model: &str, prompt: &str, n: usize) -> Vec<Stri
         .collect()
 }
 
+/// Hidden reasoning tokens a reasoning model's answer counts (see [`Behaviour::reasoning_models`]).
+pub const HIDDEN_REASONING_TOKENS: u64 = 50;
+
 /// Roughly 4 bytes a token, at least 1.
 fn tokens(text: &str) -> u64 {
     (text.len() as u64).div_ceil(4).max(1)
@@ -367,7 +377,8 @@ struct Call {
     fault: Option<Fault>,
 }
 
-async fn prepare(up: &Upstream, body: &Bytes) -> Result<Call, Response> {
+/// Reads a call (a Messages request when `anthropic`), or the response that ends it early.
+async fn prepare(up: &Upstream, body: &Bytes, anthropic: bool) -> Result<Call, Response> {
     let body: Value = serde_json::from_slice(body)
         .map_err(|e| (StatusCode::BAD_REQUEST, format!("bad JSON: {e}")).into_response())?;
     let model = body
@@ -375,6 +386,18 @@ async fn prepare(up: &Upstream, body: &Bytes) -> Result<Call, Response> {
         .and_then(Value::as_str)
         .unwrap_or_default()
         .to_owned();
+    if let Some(refused) = refused_parameter(&up.behaviour, &body, anthropic) {
+        let message =
+            format!("Unsupported parameter: '{refused}' is not supported with this model.");
+        return Err((
+            StatusCode::BAD_REQUEST,
+            axum::Json(
+                json!({"error": {"message": message, "type": "invalid_request_error",
+                                        "param": refused}}),
+            ),
+        )
+            .into_response());
+    }
     let prompt = prompt_of(&body);
     let fault = up.next_fault(&model);
     let delay = match &fault {
@@ -456,6 +479,29 @@ async fn prepare(up: &Upstream, body: &Bytes) -> Result<Call, Response> {
     })
 }
 
+/// The parameter a strict upstream refuses in `body`, a Messages request when `anthropic`
+/// (see [`Behaviour::reasoning_models`]).
+fn refused_parameter(behaviour: &Behaviour, body: &Value, anthropic: bool) -> Option<&'static str> {
+    if behaviour.reasoning_models.is_empty() {
+        return None;
+    }
+    let model = body
+        .get("model")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let reasons = behaviour.reasoning_models.iter().any(|m| m == model);
+    let has = |k: &str| body.get(k).is_some_and(|v| !v.is_null());
+    match (anthropic, reasons) {
+        (true, _) if has("thinking") && !reasons => Some("thinking"),
+        (true, _) if has("thinking") => ["temperature", "top_p"].into_iter().find(|k| has(k)),
+        (true, _) => None,
+        (false, true) => ["max_tokens", "temperature", "top_p"]
+            .into_iter()
+            .find(|k| has(k)),
+        (false, false) => has("reasoning_effort").then_some("reasoning_effort"),
+    }
+}
+
 /// The tool a request forces a call to: the one named, else the first (either dialect).
 fn forced_tool(body: &Value) -> Option<String> {
     let choice = body.get("tool_choice")?;
@@ -478,13 +524,21 @@ fn forced_tool(body: &Value) -> Option<String> {
 }
 
 async fn openai(State(up): State<Upstream>, body: Bytes) -> Response {
-    let call = match prepare(&up, &body).await {
+    let call = match prepare(&up, &body, false).await {
         Ok(c) => c,
         Err(r) => return r,
     };
     let text = call.pieces.concat();
-    let usage = json!({"prompt_tokens": call.input_tokens, "completion_tokens": tokens(&text),
-                       "total_tokens": call.input_tokens + tokens(&text)});
+    // A reasoning model's output counts its hidden reasoning, as OpenAI reports it.
+    let reasoning = if up.behaviour.reasoning_models.contains(&call.model) {
+        HIDDEN_REASONING_TOKENS
+    } else {
+        0
+    };
+    let completion = tokens(&text) + reasoning;
+    let usage = json!({"prompt_tokens": call.input_tokens, "completion_tokens": completion,
+                       "total_tokens": call.input_tokens + completion,
+                       "completion_tokens_details": {"reasoning_tokens": reasoning}});
     let with_usage = !matches!(call.fault, Some(Fault::NoUsage));
     if let Some((name, arguments)) = &call.tool_call {
         return openai_tool_call(&call, name, arguments, usage);
@@ -611,7 +665,7 @@ fn anthropic_tool_use(call: &Call, name: &str, arguments: &str) -> Response {
 }
 
 async fn anthropic(State(up): State<Upstream>, body: Bytes) -> Response {
-    let call = match prepare(&up, &body).await {
+    let call = match prepare(&up, &body, true).await {
         Ok(c) => c,
         Err(r) => return r,
     };

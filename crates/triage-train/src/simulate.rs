@@ -50,6 +50,7 @@ pub fn replay_spec(outcomes: &Outcomes, name: &str) -> Option<ModelSpec> {
         prior_from: None,
         prior_offset: 0.0,
         upstream_model: None,
+        reasoning: false,
     })
 }
 

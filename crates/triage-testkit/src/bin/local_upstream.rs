@@ -25,7 +25,7 @@ async fn main() -> Result<(), String> {
         first_byte: ms("--first-byte-ms")?,
         chunk_delay: ms("--chunk-delay-ms")?,
         answer_words: arg(&args, "--words")?.unwrap_or(12),
-        demo: false,
+        ..Behaviour::default()
     };
     let addr = listen
         .parse()
