@@ -33,7 +33,7 @@ use triage_guard::Caller;
 use triage_log::{ErrorKind, FeedbackRecord, FeedbackSource, JUDGE_FEEDBACK_PREFIX, Judged};
 
 use crate::call::{Reply, call};
-use crate::openai::{Usage, completion_text};
+use crate::openai::completion_text;
 use crate::rubric::Rubric;
 use crate::upstreams::{ProviderError, Target, Upstreams};
 use crate::wire::{self, ChatRequest, TriageOptions};
@@ -48,12 +48,7 @@ struct Inner {
     settings: JudgeSettings,
     service: Service,
     upstreams: Arc<Upstreams>,
-    /// Where the judge is called, and its name in records.
-    target: Target,
-    name: String,
-    /// USD per 1M input and output tokens.
-    price: (f64, f64),
-    rubric: Rubric,
+    asker: Asker,
     jobs: mpsc::Sender<Job>,
     inbox: Mutex<Option<mpsc::Receiver<Job>>>,
     /// The UTC day (days since the epoch) on which the cap was last logged as reached.
@@ -94,18 +89,14 @@ impl Judge {
         if !s.enabled() {
             return Ok(None);
         }
-        let (target, name, price) = judge_target(settings, upstreams)?;
-        let rubric = Rubric::load(s.rubric.as_deref())?;
+        let asker = Asker::new(settings, upstreams)?;
         let (jobs, inbox) = mpsc::channel(s.queue);
         Ok(Some(Self {
             inner: Arc::new(Inner {
                 settings: s.clone(),
                 service: service.clone(),
                 upstreams: Arc::clone(upstreams),
-                target,
-                name,
-                price,
-                rubric,
+                asker,
                 jobs,
                 inbox: Mutex::new(Some(inbox)),
                 paused_on: AtomicI64::new(-1),
@@ -311,8 +302,8 @@ impl Judge {
             hold_usd: None,
             source,
             judged: Some(Judged {
-                judge_model: self.inner.name.clone(),
-                rubric: self.inner.rubric.hash.clone(),
+                judge_model: self.inner.asker.name.clone(),
+                rubric: self.inner.asker.rubric.hash.clone(),
                 spend_usd: judge_usd + spent.cost,
                 propensity: shadow.map(|(s, _)| s.propensity),
             }),
@@ -332,46 +323,17 @@ impl Judge {
         }
     }
 
-    /// Calls the judge: its verdict (`None` inside when unreadable) and the call's cost.
-    /// `None` when the call failed.
+    /// Calls the judge: its verdict (`None` inside when unreadable) and the call's cost,
+    /// counted against the cap. `None` when the call failed.
     async fn ask(&self, prompt: &str, answer: &str) -> Option<(Option<f64>, f64)> {
-        let s = &self.inner.settings;
-        let body = self.inner.rubric.request(prompt, answer, s.max_text_bytes);
-        let request = judge_request(body)?;
-        let deadline = Instant::now() + Duration::from_millis(s.timeout_ms);
-        let reply = call(
-            &self.inner.target,
-            &request,
-            &self.inner.name,
-            deadline,
-            None,
-        )
-        .await;
-        let (text, usage) = match reply.result {
-            Ok(Reply::Complete { body, usage }) => (completion_text(&body).to_owned(), usage),
-            Ok(_) | Err(_) => {
-                self.drop_job("failed");
-                return None;
-            }
-        };
-        let cost = self.price(&request, &text, usage);
-        self.spend(cost);
-        Some((crate::rubric::verdict(&text), cost))
-    }
-
-    /// A judge call's cost at the judge's prices (tokens estimated where none were reported).
-    fn price(&self, request: &ChatRequest, text: &str, usage: Usage) -> f64 {
         let engine = self.inner.service.engine();
-        let asked = request.body.get("messages").map(Value::to_string);
-        let input = usage.input.map_or_else(
-            || engine.count_tokens(asked.as_deref().unwrap_or_default()),
-            saturate,
-        );
-        let output = usage
-            .output
-            .map_or_else(|| engine.count_tokens(text), saturate);
-        let (per_in, per_out) = self.inner.price;
-        (f64::from(input) * per_in + f64::from(output) * per_out) / 1e6
+        let count = |text: &str| engine.count_tokens(text);
+        let Some((verdict, cost)) = self.inner.asker.ask(prompt, answer, &count).await else {
+            self.drop_job("failed");
+            return None;
+        };
+        self.spend(cost);
+        Some((verdict, cost))
     }
 
     /// Whether today's spend (the engine's ledger of it, rebuilt from the log at start) is
@@ -425,6 +387,63 @@ struct Spent {
     input: u32,
     output: u32,
     cost: f64,
+}
+
+/// One call to the judge model: where it is, its name in records, its prices, the rubric and
+/// the bounds on time and text. Serving's judge and `triage collect` both ask through it.
+pub struct Asker {
+    target: Target,
+    /// The judge's name in records.
+    pub name: String,
+    /// USD per 1M input and output tokens.
+    price: (f64, f64),
+    /// The rubric (its hash marks every verdict).
+    pub rubric: Rubric,
+    timeout_ms: u64,
+    max_text_bytes: usize,
+}
+
+impl Asker {
+    /// The judge `settings.judge` names (`model`, or `provider` + `upstream_model`).
+    pub fn new(settings: &Settings, upstreams: &Upstreams) -> Result<Self, ProviderError> {
+        let s = &settings.judge;
+        let (target, name, price) = judge_target(settings, upstreams)?;
+        Ok(Self {
+            target,
+            name,
+            price,
+            rubric: Rubric::load(s.rubric.as_deref())?,
+            timeout_ms: s.timeout_ms,
+            max_text_bytes: s.max_text_bytes,
+        })
+    }
+
+    /// The judge's verdict on `answer` to `prompt` (`None` inside when unreadable) and the
+    /// call's cost, tokens counted by `count` where the upstream reported none. `None` when
+    /// the call failed.
+    pub async fn ask(
+        &self,
+        prompt: &str,
+        answer: &str,
+        count: &(dyn Fn(&str) -> u32 + Sync),
+    ) -> Option<(Option<f64>, f64)> {
+        let body = self.rubric.request(prompt, answer, self.max_text_bytes);
+        let request = judge_request(body)?;
+        let deadline = Instant::now() + Duration::from_millis(self.timeout_ms);
+        let reply = call(&self.target, &request, &self.name, deadline, None).await;
+        let Ok(Reply::Complete { body, usage }) = reply.result else {
+            return None;
+        };
+        let text = completion_text(&body);
+        let asked = request.body.get("messages").map(Value::to_string);
+        let input = usage
+            .input
+            .map_or_else(|| count(asked.as_deref().unwrap_or_default()), saturate);
+        let output = usage.output.map_or_else(|| count(text), saturate);
+        let (per_in, per_out) = self.price;
+        let cost = (f64::from(input) * per_in + f64::from(output) * per_out) / 1e6;
+        Some((crate::rubric::verdict(text), cost))
+    }
 }
 
 /// The judge's upstream, its name in records, and its prices per 1M tokens.

@@ -17,6 +17,7 @@
 //! - `verify`: `triage-verify`, cheap drafts first and the acceptor's verdict;
 //! - `trace`: the routing trace a permitted caller may ask for;
 //! - `judge` / `rubric`: the LLM judge and shadow answers, off the request path;
+//! - `collect`: model answers and verdicts for `triage collect`, outside any server;
 //! - `holds`: what each call holds of a key's budget (the worst case, not a prediction);
 //! - `anthropic` / `openai`: the two upstream dialects; `upstreams`: providers and clients;
 //! - `params`: what each provider accepts of a reasoning model's request, and of others';
@@ -25,6 +26,7 @@
 mod anthropic;
 mod call;
 mod chat;
+pub mod collect;
 mod error;
 mod handlers;
 mod holds;
