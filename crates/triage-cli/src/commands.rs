@@ -237,21 +237,35 @@ pub fn route(settings: Settings, prompt: &str, preferences: Preferences) -> anyh
 
 pub fn models(settings: &Settings) -> anyhow::Result<()> {
     let catalog = settings.catalog()?;
+    let path = base_dir()?.join(&settings.policy.path);
+    let policy = triage_policy::Policy::load(&path)
+        .with_context(|| format!("cannot read the policy {}", path.display()))?;
+    let learned: std::collections::HashSet<&str> = policy.model_names().collect();
     println!(
-        "{:<30} {:<10} {:>9} {:>9} {:>9}  {:<7} capabilities",
-        "model", "provider", "in $/1M", "out $/1M", "context", "enabled"
+        "{:<30} {:<10} {:>9} {:>9} {:>9}  {:<7} {:<32} capabilities",
+        "model", "provider", "in $/1M", "out $/1M", "context", "enabled", "predictions from"
     );
     for m in catalog.models() {
         let caps: Vec<&str> = m.capabilities.iter().map(|c| c.as_str()).collect();
+        // What the policy's predictions for the model rest on.
+        let basis = match &m.prior_from {
+            _ if learned.contains(m.name.as_str()) => "outcomes".to_owned(),
+            Some(from) if learned.contains(from.as_str()) => {
+                format!("prior: {from} {:+}", m.prior_offset)
+            }
+            _ => "nothing (never chosen)".to_owned(),
+        };
         println!(
-            "{:<30} {:<10} {:>9.3} {:>9.3} {:>9}  {:<7} {}",
+            "{:<30} {:<10} {:>9.3} {:>9.3} {:>9}  {:<7} {:<32} {}{}",
             m.name,
             m.provider,
             m.input_usd_per_1m,
             m.output_usd_per_1m,
             m.context_window,
             m.enabled,
-            caps.join(",")
+            basis,
+            caps.join(","),
+            if m.reasoning { " (reasoning)" } else { "" }
         );
     }
     Ok(())
