@@ -5,7 +5,7 @@
 
 The price map ships inside the `litellm` wheel on PyPI (pinned below by version and sha256);
 pip downloads it into .cache/, nothing is installed. Prices, context windows and capabilities
-come from the map. Latency comes from the bundled catalog's entry for the model each preset
+come from the map, cached-input prices included. Latency comes from the bundled catalog's entry for the model each preset
 model borrows its prior from (the map has none). `prior_from` and `prior_offset` (log-odds)
 are starting guesses, not measurements: the closest model the bundled policy was trained on,
 and how much better the newer model is expected to be. The router explores each new model
@@ -87,6 +87,10 @@ def entry(bundled, prices, name, key, provider, upstream, prior_from, offset):
         *([f'upstream_model = "{upstream}"'] if upstream else []),
         f"input_usd_per_1m = {round(p['input_cost_per_token'] * 1e6, 6)}",
         f"output_usd_per_1m = {round(p['output_cost_per_token'] * 1e6, 6)}",
+        *([f"cached_input_usd_per_1m = {round(p['cache_read_input_token_cost'] * 1e6, 6)}"]
+          if p.get("cache_read_input_token_cost") else []),
+        *([f"cache_write_usd_per_1m = {round(p['cache_creation_input_token_cost'] * 1e6, 6)}"]
+          if p.get("cache_creation_input_token_cost") else []),
         f"context_window = {p['max_input_tokens']}",
         f"capabilities = {json.dumps(caps)}",
         # The reasoning parameter rules are OpenAI's and Anthropic's own; other OpenAI-style

@@ -53,6 +53,14 @@ pub struct ModelSpec {
     pub input_usd_per_1m: f64,
     /// List price in USD per one million output tokens.
     pub output_usd_per_1m: f64,
+    /// Price of input tokens read from the provider's prompt cache, USD per 1M (default: the
+    /// input price).
+    #[serde(default)]
+    pub cached_input_usd_per_1m: Option<f64>,
+    /// Price of input tokens written to the prompt cache (Anthropic's cache writes), USD per
+    /// 1M (default: the input price).
+    #[serde(default)]
+    pub cache_write_usd_per_1m: Option<f64>,
     /// Context window in tokens (input plus output).
     pub context_window: u32,
     /// What the model can do beyond plain text chat.
@@ -89,7 +97,29 @@ impl ModelSpec {
 
     /// USD cost of a request with these token counts at this model's list prices.
     pub fn cost_usd(&self, input_tokens: f64, output_tokens: f64) -> f64 {
-        (input_tokens * self.input_usd_per_1m + output_tokens * self.output_usd_per_1m) / 1e6
+        self.cost_with_cache(input_tokens, 0.0, 0.0, output_tokens)
+    }
+
+    /// The cost of a call whose `input_tokens` (all of them) include `cached` read from the
+    /// prompt cache and `written` to it: the one price formula, which [`Self::cost_usd`] is
+    /// with no cache.
+    pub fn cost_with_cache(
+        &self,
+        input_tokens: f64,
+        cached: f64,
+        written: f64,
+        output_tokens: f64,
+    ) -> f64 {
+        let fresh = (input_tokens - cached - written).max(0.0);
+        let read = self
+            .cached_input_usd_per_1m
+            .unwrap_or(self.input_usd_per_1m);
+        let write = self.cache_write_usd_per_1m.unwrap_or(self.input_usd_per_1m);
+        (fresh * self.input_usd_per_1m
+            + cached * read
+            + written * write
+            + output_tokens * self.output_usd_per_1m)
+            / 1e6
     }
 
     /// Predicted end-to-end latency in milliseconds for an answer of `output_tokens`.
@@ -170,6 +200,14 @@ impl Catalog {
             for (field, value) in [
                 ("input_usd_per_1m", m.input_usd_per_1m),
                 ("output_usd_per_1m", m.output_usd_per_1m),
+                (
+                    "cached_input_usd_per_1m",
+                    m.cached_input_usd_per_1m.unwrap_or(0.0),
+                ),
+                (
+                    "cache_write_usd_per_1m",
+                    m.cache_write_usd_per_1m.unwrap_or(0.0),
+                ),
                 ("latency.first_token_ms", m.latency.first_token_ms),
             ] {
                 if !value.is_finite() || value < 0.0 {
@@ -232,6 +270,8 @@ mod tests {
             prior_offset: 0.0,
             upstream_model: None,
             reasoning: false,
+            cached_input_usd_per_1m: None,
+            cache_write_usd_per_1m: None,
         }
     }
 

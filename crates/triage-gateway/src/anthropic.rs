@@ -29,7 +29,7 @@ pub fn request(
         let role = m.get("role").and_then(Value::as_str).unwrap_or_default();
         let content = m.get("content");
         match role {
-            "system" | "developer" => system.push(text(content)),
+            "system" | "developer" => system.extend(system_blocks(content)),
             "user" => messages.push(json!({"role": "user", "content": user_content(content)})),
             "assistant" => {
                 messages.push(json!({"role": "assistant", "content": assistant_blocks(m, i)?}))
@@ -50,8 +50,15 @@ pub fn request(
     let mut out = Map::new();
     out.insert("model".into(), upstream_model.into());
     out.insert("messages".into(), messages.into());
-    if !system.is_empty() {
-        out.insert("system".into(), system.join("\n\n").into());
+    if system.iter().any(|b| b.get("cache_control").is_some()) {
+        // Cache breakpoints ride on system blocks.
+        out.insert("system".into(), system.into());
+    } else if !system.is_empty() {
+        let texts: Vec<&str> = system
+            .iter()
+            .filter_map(|b| b.get("text").and_then(Value::as_str))
+            .collect();
+        out.insert("system".into(), texts.join("\n\n").into());
     }
     let max_tokens = body
         .get("max_completion_tokens")
@@ -108,6 +115,23 @@ pub fn request(
     Ok(Value::Object(out))
 }
 
+/// A system message as Messages' text blocks, keeping each part's `cache_control`.
+fn system_blocks(content: Option<&Value>) -> Vec<Value> {
+    match content {
+        Some(Value::Array(parts)) => parts
+            .iter()
+            .filter_map(|p| {
+                let mut block = json!({"type": "text", "text": p.get("text")?.as_str()?});
+                if let Some(c) = p.get("cache_control") {
+                    block["cache_control"] = c.clone();
+                }
+                Some(block)
+            })
+            .collect(),
+        other => vec![json!({"type": "text", "text": text(other)})],
+    }
+}
+
 fn text(content: Option<&Value>) -> String {
     match content {
         Some(Value::String(s)) => s.clone(),
@@ -129,7 +153,13 @@ fn user_content(content: Option<&Value>) -> Value {
         .iter()
         .filter_map(|p| match p.get("type").and_then(Value::as_str) {
             Some("text") => {
-                Some(json!({"type": "text", "text": p.get("text").cloned().unwrap_or_default()}))
+                let mut block =
+                    json!({"type": "text", "text": p.get("text").cloned().unwrap_or_default()});
+                // A prompt-cache breakpoint set by the caller.
+                if let Some(c) = p.get("cache_control") {
+                    block["cache_control"] = c.clone();
+                }
+                Some(block)
             }
             Some("image_url") => {
                 let url = p
@@ -251,10 +281,7 @@ pub fn response(v: &Value, model: &str, created: u64) -> Option<(Value, Usage)> 
             _ => {}
         }
     }
-    let usage = Usage {
-        input: v.pointer("/usage/input_tokens").and_then(Value::as_u64),
-        output: v.pointer("/usage/output_tokens").and_then(Value::as_u64),
-    };
+    let usage = Usage::from_anthropic(v.get("usage"));
     let mut message = json!({"role": "assistant", "content": if said.is_empty() && !calls.is_empty() { Value::Null } else { said.into() }});
     if !calls.is_empty() {
         message["tool_calls"] = calls.into();
@@ -310,9 +337,9 @@ impl StreamTranslator {
                     .and_then(Value::as_str)
                     .unwrap_or_default()
                     .to_owned();
-                self.usage.input = data
-                    .pointer("/message/usage/input_tokens")
-                    .and_then(Value::as_u64);
+                self.usage = Usage::from_anthropic(data.pointer("/message/usage"));
+                // Output is counted at the end (message_delta); its start is a placeholder.
+                self.usage.output = None;
                 vec![delta(
                     self,
                     json!({"role": "assistant", "content": ""}),

@@ -5,29 +5,56 @@ use serde_json::{Value, json};
 /// Token counts an upstream reported (either may be missing).
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Usage {
-    /// Prompt tokens.
+    /// Prompt tokens, all of them (those read from or written to the prompt cache included).
     pub input: Option<u64>,
-    /// Completion tokens.
+    /// Completion tokens (hidden reasoning included).
     pub output: Option<u64>,
+    /// Of `input`, those read from the provider's prompt cache.
+    pub cached: u64,
+    /// Of `input`, those written to the prompt cache (Anthropic's cache writes).
+    pub written: u64,
 }
 
 impl Usage {
-    /// From an OpenAI `usage` object.
+    /// From an OpenAI `usage` object (`prompt_tokens` counts the cached ones too).
     pub fn from_openai(usage: Option<&Value>) -> Self {
+        let number = |pointer: &str| {
+            usage
+                .and_then(|u| u.pointer(pointer))
+                .and_then(Value::as_u64)
+        };
         Self {
-            input: usage
-                .and_then(|u| u.get("prompt_tokens"))
-                .and_then(Value::as_u64),
-            output: usage
-                .and_then(|u| u.get("completion_tokens"))
-                .and_then(Value::as_u64),
+            input: number("/prompt_tokens"),
+            output: number("/completion_tokens"),
+            cached: number("/prompt_tokens_details/cached_tokens").unwrap_or(0),
+            written: number("/prompt_tokens_details/cache_write_tokens").unwrap_or(0),
+        }
+    }
+
+    /// From an Anthropic `usage` object, whose `input_tokens` leaves out the tokens read
+    /// from and written to the cache: they are added back, so `input` is every input token.
+    pub fn from_anthropic(usage: Option<&Value>) -> Self {
+        let number = |key: &str| usage.and_then(|u| u.get(key)).and_then(Value::as_u64);
+        let cached = number("cache_read_input_tokens").unwrap_or(0);
+        let written = number("cache_creation_input_tokens").unwrap_or(0);
+        Self {
+            input: number("input_tokens").map(|n| n + cached + written),
+            output: number("output_tokens"),
+            cached,
+            written,
         }
     }
 
     /// As an OpenAI `usage` object.
     pub fn openai(&self) -> Value {
         let (i, o) = (self.input.unwrap_or(0), self.output.unwrap_or(0));
-        json!({"prompt_tokens": i, "completion_tokens": o, "total_tokens": i + o})
+        let mut usage = json!({"prompt_tokens": i, "completion_tokens": o, "total_tokens": i + o});
+        if self.cached > 0 || self.written > 0 {
+            // `cache_write_tokens` is Triage's: Anthropic's cache writes, priced apart.
+            usage["prompt_tokens_details"] =
+                json!({"cached_tokens": self.cached, "cache_write_tokens": self.written});
+        }
+        usage
     }
 
     /// Whether the upstream said anything about tokens.

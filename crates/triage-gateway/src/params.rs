@@ -10,6 +10,8 @@
 //!   room for it; thinking refuses `temperature` and `top_p`, which are dropped then. The
 //!   Messages translation never forwards `reasoning_effort` itself.
 //!
+//! Prompt-cache breakpoints (`cache_control`) go to Anthropic only.
+//!
 //! Hidden reasoning tokens need no rule: both providers count them in the answer's output
 //! tokens (`completion_tokens`, `output_tokens`), which are priced as output.
 
@@ -31,8 +33,20 @@ const OPENAI_REASONING_REFUSES: [&str; 7] = [
 /// Anthropic thinking budgets by `reasoning_effort`, tokens.
 const THINKING_BUDGETS: [(&str, u64); 3] = [("low", 1024), ("medium", 2048), ("high", 4096)];
 
-/// An OpenAI-style body for a model that does (or does not) reason.
+/// An OpenAI-style body for a model that does (or does not) reason. Anthropic's prompt-cache
+/// breakpoints (`cache_control` on content parts) are removed: OpenAI caches by itself.
 pub fn openai(body: &mut Map<String, Value>, reasoning: bool) {
+    if let Some(Value::Array(messages)) = body.get_mut("messages") {
+        for part in messages
+            .iter_mut()
+            .filter_map(|m| m.get_mut("content").and_then(Value::as_array_mut))
+            .flatten()
+        {
+            if let Value::Object(p) = part {
+                p.remove("cache_control");
+            }
+        }
+    }
     if !reasoning {
         body.remove("reasoning_effort");
         return;

@@ -142,7 +142,13 @@ impl Attempt {
             .catalog()
             .get(&self.model)
             .map_or(0.0, |spec| {
-                spec.cost_usd(f64::from(input), f64::from(output))
+                // Cache reads and writes are priced at their own rates, when billed.
+                let (cached, written) = if outcome.billed {
+                    (outcome.usage.cached as f64, outcome.usage.written as f64)
+                } else {
+                    (0.0, 0.0)
+                };
+                spec.cost_with_cache(f64::from(input), cached, written, f64::from(output))
             });
         let elapsed = self.started.elapsed();
         let record = FeedbackRecord {

@@ -23,6 +23,8 @@ fn model(name: &str, in_price: f64, out_price: f64, caps: &[Capability]) -> Mode
         prior_offset: 0.0,
         upstream_model: None,
         reasoning: false,
+        cached_input_usd_per_1m: None,
+        cache_write_usd_per_1m: None,
     }
 }
 

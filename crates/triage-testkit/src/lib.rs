@@ -122,6 +122,10 @@ pub struct Behaviour {
     /// `top_p`, or on a model that does not reason (400 naming the parameter). A reasoning
     /// model's usage counts 50 hidden reasoning tokens in its output, as OpenAI's does.
     pub reasoning_models: Vec<String>,
+    /// A prompt cache, as providers keep one: OpenAI-style calls whose messages were sent to
+    /// the model before report all their input as cached; Messages calls with a
+    /// `cache_control` breakpoint write the cache the first time and read it after.
+    pub prompt_cache: bool,
 }
 
 impl Default for Behaviour {
@@ -132,6 +136,7 @@ impl Default for Behaviour {
             answer_words: 12,
             demo: false,
             reasoning_models: Vec::new(),
+            prompt_cache: false,
         }
     }
 }
@@ -144,6 +149,8 @@ struct Script {
     abandoned: HashMap<String, u64>,
     /// Recorded answers by (model, prompt).
     recorded: HashMap<(String, String), String>,
+    /// The prompt cache: (model, messages) already sent.
+    cached: std::collections::HashSet<(String, String)>,
     /// Answers by (model, a substring of the prompt), tried in order after the exact ones
     /// (a scripted judge: "an answer by model X gets this verdict").
     containing: Vec<(String, String, String)>,
@@ -368,6 +375,9 @@ fn tokens(text: &str) -> u64 {
 
 struct Call {
     model: String,
+    /// Of the input tokens, those read from and written to the prompt cache.
+    cache_read: u64,
+    cache_written: u64,
     stream: bool,
     /// A forced tool call: (tool name, arguments as JSON text).
     tool_call: Option<(String, String)>,
@@ -466,14 +476,35 @@ async fn prepare(up: &Upstream, body: &Bytes, anthropic: bool) -> Result<Call, R
             bytes <= max.saturating_mul(4)
         });
     }
+    let input_tokens = tokens(&all_text);
+    let (cache_read, cache_written) = if up.behaviour.prompt_cache {
+        let seen = !up
+            .script
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .cached
+            .insert((model.clone(), all_text.clone()));
+        // Anthropic caches only up to a caller's breakpoint; OpenAI caches by itself.
+        let breakpoint = body.to_string().contains("\"cache_control\"");
+        match (anthropic, seen) {
+            (true, _) if !breakpoint => (0, 0),
+            (_, true) => (input_tokens, 0),
+            (true, false) => (0, input_tokens),
+            (false, false) => (0, 0),
+        }
+    } else {
+        (0, 0)
+    };
     Ok(Call {
+        cache_read,
+        cache_written,
         stream: body.get("stream").and_then(Value::as_bool).unwrap_or(false),
         tool_call: forced_tool(&body).map(|name| {
             let head: Vec<&str> = prompt.split_whitespace().take(6).collect();
             (name, json!({"query": head.join(" ")}).to_string())
         }),
         pieces,
-        input_tokens: tokens(&all_text),
+        input_tokens,
         model,
         fault,
     })
@@ -538,6 +569,7 @@ async fn openai(State(up): State<Upstream>, body: Bytes) -> Response {
     let completion = tokens(&text) + reasoning;
     let usage = json!({"prompt_tokens": call.input_tokens, "completion_tokens": completion,
                        "total_tokens": call.input_tokens + completion,
+                       "prompt_tokens_details": {"cached_tokens": call.cache_read},
                        "completion_tokens_details": {"reasoning_tokens": reasoning}});
     let with_usage = !matches!(call.fault, Some(Fault::NoUsage));
     if let Some((name, arguments)) = &call.tool_call {
@@ -638,7 +670,7 @@ fn anthropic_tool_use(call: &Call, name: &str, arguments: &str) -> Response {
             "message_start",
             json!({"type": "message_start", "message": {"id": "msg_local",
             "type": "message", "role": "assistant", "model": call.model, "content": [],
-            "usage": {"input_tokens": call.input_tokens, "output_tokens": 1}}}),
+            "usage": anthropic_usage(call, 1)}}),
         ),
         event(
             "content_block_start",
@@ -675,16 +707,18 @@ async fn anthropic(State(up): State<Upstream>, body: Bytes) -> Response {
     let text = call.pieces.concat();
     let out = tokens(&text);
     if !call.stream {
-        return axum::Json(json!({"id": "msg_local", "type": "message", "role": "assistant",
+        return axum::Json(
+            json!({"id": "msg_local", "type": "message", "role": "assistant",
             "model": call.model, "content": [{"type": "text", "text": text}],
-            "stop_reason": "end_turn", "usage": {"input_tokens": call.input_tokens, "output_tokens": out}}))
+            "stop_reason": "end_turn", "usage": anthropic_usage(&call, out)}),
+        )
         .into_response();
     }
     let mut frames = vec![event(
         "message_start",
         json!({"type": "message_start", "message": {"id": "msg_local",
         "type": "message", "role": "assistant", "model": call.model, "content": [],
-        "usage": {"input_tokens": call.input_tokens, "output_tokens": 1}}}),
+        "usage": anthropic_usage(&call, 1)}}),
     )];
     frames.push(event(
         "content_block_start",
@@ -709,6 +743,14 @@ async fn anthropic(State(up): State<Upstream>, body: Bytes) -> Response {
     ));
     frames.push(event("message_stop", json!({"type": "message_stop"})));
     sse(frames, &call, up.behaviour.chunk_delay)
+}
+
+/// Anthropic's usage: `input_tokens` leaves out what was read from or written to the cache.
+fn anthropic_usage(call: &Call, output: u64) -> Value {
+    let fresh = call.input_tokens - call.cache_read - call.cache_written;
+    json!({"input_tokens": fresh, "output_tokens": output,
+           "cache_read_input_tokens": call.cache_read,
+           "cache_creation_input_tokens": call.cache_written})
 }
 
 fn event(name: &str, data: Value) -> String {

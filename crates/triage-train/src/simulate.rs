@@ -51,6 +51,8 @@ pub fn replay_spec(outcomes: &Outcomes, name: &str) -> Option<ModelSpec> {
         prior_offset: 0.0,
         upstream_model: None,
         reasoning: false,
+        cached_input_usd_per_1m: None,
+        cache_write_usd_per_1m: None,
     })
 }
 

@@ -226,9 +226,15 @@ fn message(answer: &Answer) -> Value {
         "content": [],
         "stop_reason": answer.finish.as_deref().map(stop_reason),
         "stop_sequence": null,
-        "usage": {"input_tokens": answer.usage.input.unwrap_or(0),
-                  "output_tokens": answer.usage.output.unwrap_or(0)},
+        "usage": usage(&answer.usage),
     })
+}
+
+/// Anthropic's usage: `input_tokens` leaves out the tokens read from and written to the cache.
+fn usage(u: &crate::openai::Usage) -> Value {
+    let fresh = u.input.unwrap_or(0).saturating_sub(u.cached + u.written);
+    json!({"input_tokens": fresh, "output_tokens": u.output.unwrap_or(0),
+           "cache_read_input_tokens": u.cached, "cache_creation_input_tokens": u.written})
 }
 
 /// A tool call's input object (its arguments' JSON; `{}` when they are not an object).
@@ -247,8 +253,9 @@ fn chat_messages(body: &Map<String, Value>) -> Result<Vec<Value>, InvalidRequest
         None | Some(Value::Null) => {}
         Some(Value::String(s)) => out.push(json!({"role": "system", "content": s})),
         Some(Value::Array(blocks)) => {
-            let text = texts(blocks, "system")?;
-            out.push(json!({"role": "system", "content": text}));
+            // Kept as parts, so that cache breakpoints reach an Anthropic upstream.
+            texts(blocks, "system")?;
+            out.push(json!({"role": "system", "content": blocks}));
         }
         Some(_) => {
             return Err(InvalidRequest::new(
@@ -316,7 +323,13 @@ fn user_turn(blocks: &[Value], i: usize, out: &mut Vec<Value>) -> Result<(), Inv
     for (j, b) in blocks.iter().enumerate() {
         let field = || format!("messages[{i}].content[{j}]");
         match b.get("type").and_then(Value::as_str) {
-            Some("text") => parts.push(json!({"type": "text", "text": b.get("text")})),
+            Some("text") => {
+                let mut part = json!({"type": "text", "text": b.get("text")});
+                if let Some(c) = b.get("cache_control") {
+                    part["cache_control"] = c.clone();
+                }
+                parts.push(part);
+            }
             Some("image") => {
                 let url = b.get("source").and_then(image_url).ok_or_else(|| {
                     InvalidRequest::new(
@@ -477,7 +490,7 @@ mod tests {
         }))
         .expect("translates");
         let m = &chat["messages"];
-        assert_eq!(m[0], json!({"role": "system", "content": "brief"}));
+        assert_eq!(m[0]["content"][0]["text"], "brief");
         assert_eq!(
             m[2]["tool_calls"][0]["function"]["arguments"],
             "{\"city\":\"Paris\"}"
@@ -530,6 +543,7 @@ mod tests {
             usage: crate::openai::Usage {
                 input: Some(7),
                 output: Some(2),
+                ..Default::default()
             },
             ..Answer::default()
         };

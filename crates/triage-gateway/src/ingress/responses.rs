@@ -701,6 +701,7 @@ mod tests {
             Event::Usage(crate::openai::Usage {
                 input: Some(3),
                 output: Some(4),
+                ..Default::default()
             }),
             Event::Done,
         ] {
