@@ -21,23 +21,33 @@ use triage_gateway::collect::{CollectError, Collector};
 use triage_log::LogRecord;
 use triage_train::logdata::LogSource;
 
-/// What `triage collect` is asked to do.
+/// Options of `triage collect`.
+#[derive(clap::Args)]
 pub struct CollectArgs {
-    /// A prompt file: `.txt` (one per line) or `.jsonl` (`prompt`, optional `prompt_id`).
+    /// Prompts: .txt (one per line) or .jsonl (`prompt`, optional `prompt_id`).
+    #[arg(long, conflicts_with = "from_log")]
     pub prompts: Option<PathBuf>,
-    /// Or a log's stored prompts (a `--data-dir` or a `postgres://` URL).
+    /// Or the prompts a log kept (log.store_prompts = true): a --data-dir or postgres:// URL.
+    #[arg(long)]
     pub from_log: Option<String>,
-    /// Catalog models to ask.
+    /// Catalog models to ask, comma-separated (each needs a [[providers]] entry).
+    #[arg(long, value_delimiter = ',', required = true)]
     pub models: Vec<String>,
-    /// The judge (a catalog model with a provider); else `[judge]`'s.
+    /// The judge: a catalog model with a provider (default: [judge] in the config).
+    #[arg(long)]
     pub judge: Option<String>,
-    /// The table: `.jsonl` or `.parquet`.
+    /// The table to write: .jsonl, or .parquet (written once every pair is in).
+    #[arg(long)]
     pub out: PathBuf,
-    /// Cap on the table's whole spend, USD.
+    /// Stop once the table's whole spend (answers and verdicts, resumed runs included)
+    /// reaches this, USD.
+    #[arg(long, value_parser = crate::non_negative)]
     pub max_usd: f64,
-    /// At most this many prompts (the first ones).
+    /// Only the first N prompts.
+    #[arg(long)]
     pub limit: Option<usize>,
     /// Calls in flight.
+    #[arg(long, default_value_t = 4)]
     pub concurrency: usize,
 }
 

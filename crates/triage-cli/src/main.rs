@@ -184,33 +184,7 @@ enum Command {
     /// through the configured providers and have the judge score every answer (resumable,
     /// capped by --max-usd).
     #[cfg(feature = "train")]
-    Collect {
-        /// Prompts: .txt (one per line) or .jsonl (`prompt`, optional `prompt_id`).
-        #[arg(long, conflicts_with = "from_log")]
-        prompts: Option<PathBuf>,
-        /// Or the prompts a log kept (log.store_prompts = true): a --data-dir or postgres:// URL.
-        #[arg(long)]
-        from_log: Option<String>,
-        /// Catalog models to ask, comma-separated (each needs a [[providers]] entry).
-        #[arg(long, value_delimiter = ',', required = true)]
-        models: Vec<String>,
-        /// The judge: a catalog model with a provider (default: [judge] in the config).
-        #[arg(long)]
-        judge: Option<String>,
-        /// The table to write: .jsonl, or .parquet (written once every pair is in).
-        #[arg(long)]
-        out: PathBuf,
-        /// Stop once the table's whole spend (answers and verdicts, resumed runs included)
-        /// reaches this, USD.
-        #[arg(long, value_parser = non_negative)]
-        max_usd: f64,
-        /// Only the first N prompts.
-        #[arg(long)]
-        limit: Option<usize>,
-        /// Calls in flight.
-        #[arg(long, default_value_t = 4)]
-        concurrency: usize,
-    },
+    Collect(Box<collect::CollectArgs>),
     /// Replay an outcome table as live traffic (route, feedback, retrain from the log) against a
     /// real server and report how the policy learns.
     #[cfg(feature = "train")]
@@ -288,7 +262,7 @@ struct HttpListen(Option<SocketAddr>);
 
 /// A finite number ≥ 0.
 #[cfg(feature = "train")]
-fn non_negative(s: &str) -> Result<f64, String> {
+pub(crate) fn non_negative(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
         _ => Err(format!("{s:?} is not a number ≥ 0")),
@@ -406,28 +380,7 @@ fn main() -> anyhow::Result<()> {
         #[cfg(feature = "train")]
         Command::Simulate(args) => commands::simulate(settings, *args),
         #[cfg(feature = "train")]
-        Command::Collect {
-            prompts,
-            from_log,
-            models,
-            judge,
-            out,
-            max_usd,
-            limit,
-            concurrency,
-        } => collect::collect(
-            settings,
-            collect::CollectArgs {
-                prompts,
-                from_log,
-                models,
-                judge,
-                out,
-                max_usd,
-                limit,
-                concurrency,
-            },
-        ),
+        Command::Collect(args) => collect::collect(settings, *args),
         #[cfg(feature = "train")]
         Command::Eval {
             data,

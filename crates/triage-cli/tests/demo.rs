@@ -6,20 +6,13 @@
 #![cfg(unix)]
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 
 use serde_json::{Value, json};
 
 mod common;
 
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use common::KillOnDrop;
 
 /// Starts `triage serve --demo` with no configuration; returns it and its stdout lines.
 fn serve_demo(data_dir: &std::path::Path) -> (KillOnDrop, Vec<String>) {

@@ -14,7 +14,7 @@ use triage_testkit::{Behaviour, LocalUpstream};
 
 mod common;
 
-use common::{providers_at, root, spawn_with_gateway};
+use common::{KillOnDrop, providers_at, root, spawn_with_gateway};
 
 /// Requests before the retrain is due (each brings a verdict and a shadow verdict).
 const REQUESTS: usize = 400;
@@ -140,14 +140,4 @@ async fn a_retrain_inside_serve_learns_from_the_judge_and_is_hot_reloaded() {
         before.iter().map(|x| &x.0).collect::<Vec<_>>(),
         after.iter().map(|x| &x.0).collect::<Vec<_>>()
     );
-}
-
-/// The server goes when the test does, failed or not.
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }

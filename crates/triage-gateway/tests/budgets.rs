@@ -48,16 +48,6 @@ async fn send(router: &Router, body: Value) -> reqwest::Response {
         .expect("answers")
 }
 
-/// What the key's calls cost, by their records.
-fn spent(router: &Router) -> f64 {
-    router
-        .metrics()
-        .lines()
-        .filter(|l| l.starts_with("triage_reported_cost_usd_total{"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 #[tokio::test]
 async fn concurrent_streams_cannot_spend_past_the_limit_by_predicting_short_answers() {
     let router = capped(0.40, &[GPT4O], Duration::ZERO).await;
@@ -75,7 +65,7 @@ async fn concurrent_streams_cannot_spend_past_the_limit_by_predicting_short_answ
         statuses.contains(&429),
         "the rest are refused: {statuses:?}"
     );
-    let spent = spent(&router);
+    let spent = router.spent();
     assert!(
         spent > 0.3,
         "the answer was as long as the budget allowed: ${spent}"
@@ -136,7 +126,7 @@ async fn a_fallback_holds_its_own_worst_case_before_it_runs() {
         "the fallback's hold leaves no room while it runs"
     );
     drop(fallback.text().await);
-    let spent = spent(&router);
+    let spent = router.spent();
     assert!(spent <= 0.40 + 1e-9, "spent ${spent} of a $0.40 day");
 }
 

@@ -144,3 +144,15 @@ pub fn report(request_id: &str, feedback_id: &str, model: &str) -> FeedbackReque
         ..Default::default()
     }
 }
+
+/// A child process killed (and reaped) when dropped, so that a failing test leaves no server
+/// running.
+#[allow(dead_code)]
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

@@ -466,10 +466,7 @@ mod tests {
     use super::*;
 
     fn read(body: Value) -> Result<Map<String, Value>, InvalidRequest> {
-        let Value::Object(body) = body else {
-            unreachable!("tests pass objects")
-        };
-        Messages::read(body).map(|(chat, _)| chat)
+        crate::ingress::read_as_chat::<Messages>(body)
     }
 
     #[test]

@@ -422,6 +422,15 @@ pub fn error_message(openai: &Value) -> String {
         .to_owned()
 }
 
+/// The chat body a dialect's request becomes (tests).
+#[cfg(test)]
+pub fn read_as_chat<D: Dialect>(body: Value) -> Result<Map<String, Value>, InvalidRequest> {
+    let Value::Object(body) = body else {
+        return Err(InvalidRequest::new("body", "must be a JSON object"));
+    };
+    D::read(body).map(|(chat, _)| chat)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

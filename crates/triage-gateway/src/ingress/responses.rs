@@ -43,6 +43,21 @@ const KNOWN: [&str; 20] = [
     "include",
 ];
 
+/// Settings the response object repeats back, as OpenAI's does.
+const ECHOED: [&str; 11] = [
+    "instructions",
+    "tools",
+    "tool_choice",
+    "parallel_tool_calls",
+    "max_output_tokens",
+    "temperature",
+    "top_p",
+    "reasoning",
+    "text",
+    "metadata",
+    "user",
+];
+
 /// What state-keeping fields are refused with.
 const STATELESS: &str = "Triage keeps no conversation state: send the whole conversation in \
                          `input`, with store false or absent";
@@ -105,22 +120,10 @@ impl Dialect for Responses {
             chat.insert("stream".into(), true.into());
             chat.insert("stream_options".into(), json!({"include_usage": true}));
         }
-        let echo = [
-            "instructions",
-            "tools",
-            "tool_choice",
-            "parallel_tool_calls",
-            "max_output_tokens",
-            "temperature",
-            "top_p",
-            "reasoning",
-            "text",
-            "metadata",
-            "user",
-        ]
-        .into_iter()
-        .filter_map(|k| body.get(k).map(|v| (k.to_owned(), v.clone())))
-        .collect();
+        let echo = ECHOED
+            .into_iter()
+            .filter_map(|k| body.get(k).map(|v| (k.to_owned(), v.clone())))
+            .collect();
         let dialect = Self {
             echo,
             ..Self::default()
@@ -618,10 +621,7 @@ mod tests {
     use super::*;
 
     fn read(body: Value) -> Result<Map<String, Value>, InvalidRequest> {
-        let Value::Object(body) = body else {
-            unreachable!("tests pass objects")
-        };
-        Responses::read(body).map(|(chat, _)| chat)
+        crate::ingress::read_as_chat::<Responses>(body)
     }
 
     #[test]

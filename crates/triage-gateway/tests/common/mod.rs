@@ -117,6 +117,16 @@ impl Router {
     pub fn metrics(&self) -> String {
         self.service.metrics().render()
     }
+
+    /// What the records say was spent, USD.
+    #[allow(dead_code)]
+    pub fn spent(&self) -> f64 {
+        self.metrics()
+            .lines()
+            .filter(|l| l.starts_with("triage_reported_cost_usd_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
 }
 
 pub async fn start() -> Router {
