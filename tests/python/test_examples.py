@@ -101,7 +101,7 @@ def test_the_readme_quick_start_calls_every_dialect(gateway, tmp_path):
     script = tmp_path / "quick_start.py"
     script.write_text(block.replace("http://127.0.0.1:8080", f"http://{http}"))
     lines = run([sys.executable, str(script)], gateway)
-    assert len(lines) == 3, lines
+    assert len(lines) == 4, lines
     for line in lines:
         model, answer = line.split(" ", 1)
         assert answer.startswith(f"[{model}]"), line
