@@ -91,7 +91,7 @@ pub fn serve(
             providers = settings.providers.len(),
             demo = demo.is_some(),
             "triage serving: gRPC (triage.v1.Router, grpc.health.v1, reflection) and the HTTP \
-             gateway (/v1/chat/completions)"
+             gateway (chat completions, Responses, Messages)"
         );
         let _background = Background::start(&service, &settings, metrics, log_archive());
         #[cfg(feature = "train")]

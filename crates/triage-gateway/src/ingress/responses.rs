@@ -99,6 +99,12 @@ impl Dialect for Responses {
             }
         }
         if let Some(n) = body.get("max_output_tokens").filter(|v| !v.is_null()) {
+            if n.as_u64().is_none() {
+                return Err(InvalidRequest::new(
+                    "max_output_tokens",
+                    format!("{} must be a whole number of tokens", clip(&n.to_string())),
+                ));
+            }
             chat.insert("max_completion_tokens".into(), n.clone());
         }
         chat.insert("messages".into(), chat_messages(&body)?.into());
@@ -674,6 +680,7 @@ mod tests {
             "tools[0].type"
         );
         assert_eq!(with("background", json!(true)), "background");
+        assert_eq!(with("max_output_tokens", json!(-5)), "max_output_tokens");
         assert_eq!(
             with("input", json!([{"type": "item_reference", "id": "x"}])),
             "input[0]"
