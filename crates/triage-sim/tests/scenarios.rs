@@ -2,7 +2,7 @@
 //! real server over gRPC with the real encoder: cold start, a new model, and drift.
 //!
 //! The data lives in `../shared/data/` (or `$TRIAGE_SHARED_DATA`); without it the tests skip,
-//! saying so. The full-size runs and their figures are in the README.
+//! saying so. The full-size runs and their figures are in docs/learning.md.
 
 use std::path::{Path, PathBuf};
 
@@ -134,7 +134,7 @@ fn cold_start_learns_close_to_the_offline_policy() {
     };
     let reference = offline(&data, dir.path(), &MODELS, "offline.json");
     let mut o = options(&data, dir.path(), Start::Prior);
-    // The README's cold start: a prior-only policy's greedy choice carries no information, so
+    // docs/learning.md's cold start: a prior-only policy's greedy choice carries no information, so
     // the rate is high (chosen on the full table's dev split).
     o.settings.exploration.rate = 0.5;
     o.settings.exploration.learning_rate = 0.05;
