@@ -468,6 +468,7 @@ pub struct EvalFiles {
     pub responses: Option<triage_train::responses::ResponsesSource>,
     pub cascade: bool,
     pub tasks: Option<Vec<String>>,
+    pub live: Option<crate::live::Live>,
 }
 
 /// Prints a per-router summary of refits (folds or tasks).
@@ -599,12 +600,17 @@ pub fn eval(
         print_folds(&summary, &format!("AIQ per task: {}", tasks.join(", ")));
         by_task = Some(serde_json::json!({ "tasks": tasks, "routers": summary }));
     }
+    let parity = match &files.live {
+        Some(live) => Some(live_parity(&prepared, &policy, split, live)?),
+        None => None,
+    };
     if let Some(path) = files.json {
         let json = serde_json::json!({
             "report": report,
             "folds": fold_summary,
             "leave_one_task_out": by_task,
             "cascade": cascade,
+            "parity": parity,
         });
         std::fs::write(&path, serde_json::to_vec_pretty(&json)?)
             .with_context(|| format!("cannot write {}", path.display()))?;
@@ -634,5 +640,52 @@ pub fn eval(
         }
         println!("wrote {}", path.display());
     }
-    Ok(())
+    match parity {
+        Some(p) if !p.agrees() => anyhow::bail!(
+            "--live: {} of {} decisions differ between eval and the gateway",
+            p.disagreeing,
+            p.modes.iter().map(|m| m.prompts).sum::<usize>()
+        ),
+        _ => Ok(()),
+    }
+}
+
+/// `eval --live`: the evaluated prompts through the gateway, compared with eval's decisions.
+#[cfg(feature = "train")]
+fn live_parity(
+    prepared: &triage_train::Prepared,
+    policy: &triage_policy::Policy,
+    split: triage_train::table::Split,
+    live: &crate::live::Live,
+) -> anyhow::Result<triage_train::eval::parity::ParityReport> {
+    use triage_train::eval::parity::{MODES, compare, prompts, render_parity};
+    let prompts = prompts(prepared, split);
+    let texts: Vec<&str> = prompts
+        .iter()
+        .map(|&p| prepared.outcomes.prompts[p].text.as_str())
+        .collect();
+    eprintln!(
+        "--live: sending {} prompts x {} modes to {}",
+        texts.len(),
+        MODES.len(),
+        live.url
+    );
+    let served = crate::live::fetch(live, &texts, &MODES)?;
+    let other = served
+        .iter()
+        .flatten()
+        .flatten()
+        .find(|s| s.policy_version != policy.version());
+    if let Some(s) = other {
+        anyhow::bail!(
+            "--live: the gateway decides with policy {:?}, not {:?} as evaluated here: serve the \
+             same policy file (and catalog) to compare them",
+            s.policy_version,
+            policy.version()
+        );
+    }
+    let replay = prepared.replay(policy, prompts)?;
+    let report = compare(prepared, &replay, policy.version(), &served);
+    print!("{}", render_parity(&report));
+    Ok(report)
 }

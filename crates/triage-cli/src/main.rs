@@ -6,6 +6,8 @@ mod commands;
 #[cfg(feature = "train")]
 mod learning;
 #[cfg(feature = "train")]
+mod live;
+#[cfg(feature = "train")]
 mod simulate;
 mod telemetry;
 
@@ -253,6 +255,19 @@ enum Command {
         /// Embedding cache directory.
         #[arg(long, default_value = ".cache/embeddings")]
         cache_dir: PathBuf,
+        /// Parity check: also send the evaluated prompts through the gateway at this URL
+        /// (`triage serve` with the same policy and catalog) in each built-in mode, and compare
+        /// its decisions with eval's; exits 1 when any differs.
+        #[arg(long)]
+        live: Option<String>,
+        /// The environment variable holding the API key for --live (an admin key, or one in
+        /// `gateway.explain_keys`).
+        #[arg(long, default_value = "TRIAGE_API_KEY", requires = "live")]
+        live_key_env: String,
+        /// Requests in flight at once for --live.
+        #[arg(long, default_value_t = 4, requires = "live",
+              value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=256))]
+        live_concurrency: usize,
     },
 }
 
@@ -400,6 +415,9 @@ fn main() -> anyhow::Result<()> {
             cascade,
             tasks,
             cache_dir,
+            live,
+            live_key_env,
+            live_concurrency,
         } => {
             let pair = match pair.as_deref() {
                 None => None,
@@ -421,6 +439,11 @@ fn main() -> anyhow::Result<()> {
                 }),
                 cascade,
                 tasks,
+                live: live.map(|url| live::Live {
+                    url,
+                    key: std::env::var(&live_key_env).ok().filter(|k| !k.is_empty()),
+                    concurrency: live_concurrency,
+                }),
             };
             commands::eval(settings, data, policy, &split, pair, outputs, cache_dir)
         }

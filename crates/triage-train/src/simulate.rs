@@ -1,20 +1,23 @@
 //! Replays routing decisions over an outcome table: what a router would have chosen for each
 //! prompt, and the realised cost and quality of that choice.
 //!
-//! Decisions go through `triage_policy::decide`, the very function the server calls, over a
-//! catalog built from the table's prices, so what `triage eval` reports is what `Route` does.
+//! Decisions go through `triage_policy::decide`, the very function the server calls, over the
+//! serving catalog's entries for the table's models (see `Outcomes::specs`) and the same
+//! input-token estimate serving makes (the encoder tokenizer's count of the prompt, see
+//! `triage_core::features::PromptStats`; a table's `input_tokens` only prices realised costs),
+//! so what `triage eval` reports is what `Route` does.
 
 use std::collections::HashMap;
 
 use triage_core::Catalog;
-use triage_core::catalog::{Capability, LatencyProfile, ModelSpec};
-use triage_policy::{Policy, Prediction, Rule, decide};
+use triage_core::catalog::ModelSpec;
+use triage_policy::{Decision, Policy, Prediction, Rule, decide};
 
 use crate::TrainError;
 use crate::table::Outcomes;
 
-/// A catalog holding exactly the priced models of `outcomes` that `policy` scores, with no
-/// capability or context limits (tables carry neither).
+/// A catalog holding exactly the models of `outcomes` that `policy` scores, as serving's
+/// catalog has them (see [`Outcomes::specs`]).
 pub fn replay_catalog(outcomes: &Outcomes, policy: &Policy) -> Result<Catalog, TrainError> {
     let specs: Vec<ModelSpec> = policy
         .model_names()
@@ -27,33 +30,10 @@ pub fn replay_catalog(outcomes: &Outcomes, policy: &Policy) -> Result<Catalog, T
     })
 }
 
-/// A catalog entry for a model of `outcomes` at the table's price, with no capability, context or
-/// latency limits (tables carry none); `None` when the table does not price it.
+/// What decisions on `name` are replayed with (its serving catalog entry, else one at the
+/// table's price); `None` when the table has no such model.
 pub fn replay_spec(outcomes: &Outcomes, name: &str) -> Option<ModelSpec> {
-    let &(input, output) = outcomes.prices.get(name)?;
-    Some(ModelSpec {
-        name: name.to_owned(),
-        provider: "replay".into(),
-        input_usd_per_1m: input,
-        output_usd_per_1m: output,
-        context_window: u32::MAX,
-        capabilities: vec![
-            Capability::Vision,
-            Capability::Tools,
-            Capability::JsonOutput,
-        ],
-        enabled: true,
-        latency: LatencyProfile {
-            first_token_ms: 0.0,
-            output_tokens_per_s: 1.0,
-        },
-        prior_from: None,
-        prior_offset: 0.0,
-        upstream_model: None,
-        reasoning: false,
-        cached_input_usd_per_1m: None,
-        cache_write_usd_per_1m: None,
-    })
+    outcomes.specs.get(name).cloned()
 }
 
 /// Predictions of one policy on a set of prompts, ready to replay under many knobs.
@@ -125,37 +105,51 @@ impl<'a> Replay<'a> {
 
     /// Like [`Self::choices`], restricted to `only` models when non-empty.
     pub fn choices_with(&self, knob: Rule, only: &[String]) -> Vec<Option<String>> {
-        self.prompts
-            .iter()
-            .enumerate()
-            .map(|(k, &p)| {
-                let allowed: Vec<String> = self
-                    .catalog
-                    .models()
-                    .iter()
-                    .filter(|m| only.is_empty() || only.contains(&m.name))
-                    .filter(|m| {
-                        self.outcomes
-                            .model_index(&m.name)
-                            .is_some_and(|i| self.outcomes.cells[p][i].is_some())
-                    })
-                    .map(|m| m.name.clone())
-                    .collect();
-                let preds: HashMap<&str, Prediction> = self.predictions[k]
-                    .iter()
-                    .map(|(m, pr)| (m.as_str(), *pr))
-                    .collect();
-                decide(
-                    &self.catalog,
-                    &preds,
-                    &self.params,
-                    &knob.preferences(allowed),
-                    self.input_tokens[k],
-                )
-                .ok()
-                .map(|d| d.chosen().model.clone())
+        (0..self.prompts.len())
+            .map(|k| {
+                self.decision_with(k, knob, only)
+                    .map(|d| d.chosen().model.clone())
             })
             .collect()
+    }
+
+    /// The whole decision (ranked candidates with their predictions) on the `k`-th replayed
+    /// prompt under `knob`, as serving would make it.
+    pub fn decision(&self, k: usize, knob: Rule) -> Option<Decision> {
+        self.decision_with(k, knob, &[])
+    }
+
+    fn decision_with(&self, k: usize, knob: Rule, only: &[String]) -> Option<Decision> {
+        let p = *self.prompts.get(k)?;
+        let allowed: Vec<String> = self
+            .catalog
+            .models()
+            .iter()
+            .filter(|m| only.is_empty() || only.contains(&m.name))
+            .filter(|m| {
+                self.outcomes
+                    .model_index(&m.name)
+                    .is_some_and(|i| self.outcomes.cells[p][i].is_some())
+            })
+            .map(|m| m.name.clone())
+            .collect();
+        let preds: HashMap<&str, Prediction> = self.predictions[k]
+            .iter()
+            .map(|(m, pr)| (m.as_str(), *pr))
+            .collect();
+        decide(
+            &self.catalog,
+            &preds,
+            &self.params,
+            &knob.preferences(allowed),
+            self.input_tokens[k],
+        )
+        .ok()
+    }
+
+    /// The estimated input tokens of the `k`-th replayed prompt (what its predicted costs use).
+    pub fn input_tokens(&self, k: usize) -> Option<u32> {
+        self.input_tokens.get(k).copied()
     }
 
     /// The policy's probability of a good answer from `model` on the `k`-th replayed prompt.

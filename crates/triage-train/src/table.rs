@@ -9,6 +9,7 @@ use std::path::Path;
 
 use polars::prelude::*;
 use triage_core::Catalog;
+use triage_core::catalog::ModelSpec;
 
 use crate::TrainError;
 use crate::fit::UNKNOWN_LENGTH_TOKENS;
@@ -95,10 +96,16 @@ pub struct Outcomes {
     pub models: Vec<String>,
     /// `cells[p][m]`: outcome of model `m` on prompt `p`, if the table has one.
     pub cells: Vec<Vec<Option<Outcome>>>,
-    /// Price per model (input, output USD per 1M tokens), from the table or the catalog.
-    pub prices: HashMap<String, (f64, f64)>,
+    /// What each model's decisions are replayed with: the serving catalog's entry where it has
+    /// one (its prices, context window, capabilities, `enabled`: exactly what `Route` decides
+    /// with), else an entry at the table's price with no limits (see [`Outcomes::load`]).
+    pub specs: HashMap<String, ModelSpec>,
     /// sha256 of the file, for the policy's training metadata.
     pub data_sha256: String,
+    /// sha256 of each source the rows come from (a table file; a log), recorded in the policy:
+    /// the promotion gate uses it to tell whether the serving policy was fitted on these
+    /// prompts too.
+    pub sources: Vec<String>,
     /// Rows read.
     pub rows: usize,
 }
@@ -198,6 +205,96 @@ fn implied_price(rows: impl Iterator<Item = Outcome>) -> (f64, f64) {
         cost / f64::max(calls, 1.0) / UNKNOWN_LENGTH_TOKENS
     };
     (0.0, per_token * 1e6)
+}
+
+/// What decisions on each of `names` are replayed with. Serving decides with its catalog, so a
+/// model the catalog has is replayed with its catalog entry, whatever the table's rows paid
+/// (realised costs stay the rows'); a table price that differs is warned about, as eval and
+/// serving would otherwise rank the model differently. A model the catalog lacks is priced from
+/// its rows' price columns, else from its `cost_usd` ([`implied_price`]), with a warning: serving
+/// cannot route to it until it has a catalog entry, and its decisions match serving's only if
+/// that entry has the same prices.
+fn decision_specs(
+    names: &[String],
+    cells: &[Vec<Option<Outcome>>],
+    row_prices: &HashMap<String, (f64, f64)>,
+    catalog: &Catalog,
+) -> HashMap<String, ModelSpec> {
+    let mut specs = HashMap::new();
+    let (mut repriced, mut uncatalogued, mut implied) = (Vec::new(), Vec::new(), Vec::new());
+    for (m, name) in names.iter().enumerate() {
+        let row_price = row_prices.get(name).copied();
+        let spec = match (catalog.get(name), row_price) {
+            (Some(spec), row) => {
+                let listed = (spec.input_usd_per_1m, spec.output_usd_per_1m);
+                if row.is_some_and(|r| r != listed) {
+                    repriced.push(name.as_str());
+                }
+                spec.clone()
+            }
+            (None, Some(price)) => {
+                uncatalogued.push(name.as_str());
+                table_spec(name, price)
+            }
+            (None, None) => {
+                implied.push(name.as_str());
+                table_spec(name, implied_price(cells.iter().filter_map(|row| row[m])))
+            }
+        };
+        specs.insert(name.clone(), spec);
+    }
+    if !repriced.is_empty() {
+        tracing::warn!(
+            models = %repriced.join(", "),
+            "the table's price columns differ from the catalog's for these models: decisions \
+             are replayed at the catalog's prices (what serving charges), realised costs stay \
+             the table's"
+        );
+    }
+    if !uncatalogued.is_empty() {
+        tracing::info!(
+            models = %uncatalogued.join(", "),
+            "models not in the catalog (--config) are replayed at the table's prices; serving \
+             decides as eval only with catalog entries at those prices"
+        );
+    }
+    if !implied.is_empty() {
+        tracing::warn!(
+            models = %implied.join(", "),
+            "models with neither a catalog entry nor price columns are priced from their \
+             cost_usd, all on output tokens: serving will price their input too, so give their \
+             catalog entries (--config) for eval to decide as serving does"
+        );
+    }
+    specs
+}
+
+/// A catalog entry for a model known only from a table: its price, and no capability, context
+/// or latency limits (tables carry none).
+pub fn table_spec(name: &str, (input, output): (f64, f64)) -> ModelSpec {
+    ModelSpec {
+        name: name.to_owned(),
+        provider: "replay".into(),
+        input_usd_per_1m: input,
+        output_usd_per_1m: output,
+        context_window: u32::MAX,
+        capabilities: vec![
+            triage_core::catalog::Capability::Vision,
+            triage_core::catalog::Capability::Tools,
+            triage_core::catalog::Capability::JsonOutput,
+        ],
+        enabled: true,
+        latency: triage_core::catalog::LatencyProfile {
+            first_token_ms: 0.0,
+            output_tokens_per_s: 1.0,
+        },
+        prior_from: None,
+        prior_offset: 0.0,
+        upstream_model: None,
+        reasoning: false,
+        cached_input_usd_per_1m: None,
+        cache_write_usd_per_1m: None,
+    }
 }
 
 /// The prompt × model matrix of the kept rows (table row, prompt, model, outcome); a second row
@@ -392,7 +489,7 @@ impl Outcomes {
                     .get(&model)
                     .map(|m| (m.input_usd_per_1m, m.output_usd_per_1m))
             });
-            if let Some(p) = price {
+            if let Some(p) = row_price {
                 prices.entry(model.clone()).or_insert(p);
             }
             let out_tok = output_tokens
@@ -510,12 +607,8 @@ impl Outcomes {
         names.sort();
         names.dedup();
         let cells = pivot(&rows_kept, &prompts, &names)?;
-        for (m, name) in names.iter().enumerate() {
-            if !prices.contains_key(name) {
-                let rows = cells.iter().filter_map(|row| row[m]);
-                prices.insert(name.clone(), implied_price(rows));
-            }
-        }
+        let specs = decision_specs(&names, &cells, &prices, catalog);
+        let sha = sha256_file(path)?;
         if !prompts.iter().any(|p| p.split == Split::Dev) {
             carve_dev(&mut prompts);
         }
@@ -523,8 +616,9 @@ impl Outcomes {
             prompts,
             models: names,
             cells,
-            prices,
-            data_sha256: sha256_file(path)?,
+            specs,
+            sources: vec![sha.clone()],
+            data_sha256: sha,
             rows: rows_kept.len(),
         })
     }

@@ -81,7 +81,10 @@ fn models_known_only_by_their_costs_get_the_price_their_rows_paid() {
     let path = write(&dir, "c.csv", &csv);
     let catalog = default_catalog();
     let o = Outcomes::load(&path, &catalog, None, false).expect("loads");
-    let price = |m: &str| o.prices.get(m).copied().expect("priced");
+    let price = |m: &str| {
+        let s = o.specs.get(m).expect("priced");
+        (s.input_usd_per_1m, s.output_usd_per_1m)
+    };
     let (input, output) = price("counted");
     assert_eq!(input, 0.0);
     assert!((output - 20.0).abs() < 1e-9, "{output}");

@@ -12,6 +12,7 @@ pub mod bootstrap;
 pub mod calibration;
 pub mod curve;
 pub mod folds;
+pub mod parity;
 pub mod plot;
 pub(crate) mod report;
 
