@@ -385,20 +385,18 @@ impl LoggedData {
                     .into(),
             ));
         }
-        let prices = names
+        // Logged traffic was decided with the catalog: replayed with it too.
+        let specs = names
             .iter()
-            .filter_map(|m| {
-                catalog
-                    .get(m)
-                    .map(|s| (m.clone(), (s.input_usd_per_1m, s.output_usd_per_1m)))
-            })
+            .filter_map(|m| catalog.get(m).map(|s| (m.clone(), s.clone())))
             .collect();
         Ok(Prepared {
             outcomes: Outcomes {
                 prompts,
                 models: names,
                 cells,
-                prices,
+                specs,
+                sources: vec![self.sha256.clone()],
                 data_sha256: self.sha256.clone(),
                 rows: self.outcomes.len(),
             },
@@ -443,8 +441,8 @@ pub fn merge(seed: Prepared, logged: Prepared) -> Result<Prepared, TrainError> {
     cells.extend(remap(b));
     let mut prompts = a.prompts.clone();
     prompts.extend(b.prompts.iter().cloned());
-    let mut prices = b.prices.clone();
-    prices.extend(a.prices.clone());
+    let mut specs = b.specs.clone();
+    specs.extend(a.specs.clone());
     let mut features = seed.features.features;
     features.extend(logged.features.features);
     let mut input_tokens = seed.features.input_tokens;
@@ -458,7 +456,8 @@ pub fn merge(seed: Prepared, logged: Prepared) -> Result<Prepared, TrainError> {
             prompts,
             models,
             cells,
-            prices,
+            specs,
+            sources: a.sources.iter().chain(&b.sources).cloned().collect(),
             data_sha256: sha,
             rows: a.rows + b.rows,
         },

@@ -121,16 +121,13 @@ pub fn train(options: &TrainOptions) -> Result<TrainReport, TrainError> {
             pulled: Vec::new(),
         }
     } else {
-        // A current policy fitted on this very table has seen fold 0 too, so it is judged
-        // against the candidate fitted on every prompt: fold 0's policy would lose to its own
-        // twin.
-        let same_table = current.as_ref().is_some_and(|c| {
-            c.file()
-                .training
-                .get("data_sha256")
-                .and_then(|v| v.as_str())
-                == Some(prepared.outcomes.data_sha256.as_str())
-        });
+        // A current policy fitted on this very table (or on a table this data includes, as
+        // a seed beside the log) has seen fold 0 too, so it is judged against the candidate
+        // fitted on every prompt: fold 0's policy, judged on prompts the current one was
+        // fitted on, would lose to it whatever it learned.
+        let same_table = current
+            .as_ref()
+            .is_some_and(|c| fitted_on_these(c.file(), &prepared.outcomes));
         let judged = if same_table { &policy } else { &validated };
         let mut verdict = gate(
             current.as_ref(),
@@ -170,6 +167,24 @@ pub fn train(options: &TrainOptions) -> Result<TrainReport, TrainError> {
         log_counts: logged.map(|l| l.counts),
         routing: describe(&routing),
     })
+}
+
+/// Whether `policy` was fitted on (some of) the prompts of `outcomes`: the same data, or a
+/// source of it (a seed table trained beside a log).
+fn fitted_on_these(policy: &PolicyFile, outcomes: &crate::table::Outcomes) -> bool {
+    let training = &policy.training;
+    if training.get("data_sha256").and_then(|v| v.as_str()) == Some(outcomes.data_sha256.as_str()) {
+        return true;
+    }
+    training
+        .get("sources")
+        .and_then(|v| v.as_array())
+        .is_some_and(|theirs| {
+            theirs
+                .iter()
+                .filter_map(|v| v.as_str())
+                .any(|sha| outcomes.sources.iter().any(|ours| ours == sha))
+        })
 }
 
 /// A fitted policy, and the forms fitted without each fold.
@@ -250,6 +265,7 @@ pub fn fit_policy(prepared: &Prepared, folds: usize) -> Result<Fitted, TrainErro
     let training_json = |refit: &str| {
         serde_json::json!({
             "data_sha256": o.data_sha256,
+            "sources": o.sources,
             "rows": o.rows,
             "prompts": {"training": training.len(), "test": test},
             "models": o.models,
@@ -360,4 +376,42 @@ fn attach_acceptor(
         &content_hash(policy)[..10]
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outcomes(sha: &str, sources: &[&str]) -> crate::table::Outcomes {
+        crate::table::Outcomes {
+            prompts: Vec::new(),
+            models: Vec::new(),
+            cells: Vec::new(),
+            specs: Default::default(),
+            data_sha256: sha.into(),
+            sources: sources.iter().map(|s| (*s).to_owned()).collect(),
+            rows: 0,
+        }
+    }
+
+    #[test]
+    fn a_policy_fitted_on_the_seed_table_counts_as_fitted_on_seed_plus_log() {
+        let mut current = crate::recipe::prior_policy(&["m".to_owned()], 0.5, 100.0);
+        current.training = serde_json::json!({"data_sha256": "seed", "sources": ["seed"]});
+        // The same table, and the table with a log beside it (another combined sha).
+        assert!(fitted_on_these(&current, &outcomes("seed", &["seed"])));
+        assert!(fitted_on_these(
+            &current,
+            &outcomes("seed+log", &["seed", "log-2"])
+        ));
+        // Another table, or a log alone, shares no prompts with it.
+        assert!(!fitted_on_these(&current, &outcomes("other", &["other"])));
+        assert!(!fitted_on_these(&current, &outcomes("log-2", &["log-2"])));
+        // A policy from before sources were recorded is judged by its data sha alone.
+        current.training = serde_json::json!({"data_sha256": "seed"});
+        assert!(!fitted_on_these(
+            &current,
+            &outcomes("seed+log", &["seed", "log-2"])
+        ));
+    }
 }
