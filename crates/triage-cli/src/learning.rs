@@ -9,7 +9,7 @@
 //! serving keeps the other cores. Each retrain leaves a record (counts, the gate's evidence,
 //! promoted or not, the version) in the log, the `triage_retrains_total` metric and `/readyz`.
 //!
-//! With the PostgreSQL store every replica would retrain the same log; the README says to turn
+//! With the PostgreSQL store every replica would retrain the same log; docs/learning.md says to turn
 //! `[learning]` on in one replica (the others reload the file it writes when they share it).
 
 use std::path::PathBuf;

@@ -65,7 +65,9 @@ pub enum GatewayError {
     )]
     TraceNotAllowed(String),
     /// The gateway has no upstream at all.
-    #[error("no [[providers]] are configured, so the gateway cannot answer; add one (see README)")]
+    #[error(
+        "no [[providers]] are configured, so the gateway cannot answer; add one (see docs/gateway.md)"
+    )]
     NoProviders,
 }
 
