@@ -153,94 +153,120 @@ pub fn compare(
     policy_version: &str,
     served: &[Vec<Result<ServedDecision, String>>],
 ) -> ParityReport {
-    let o = &prepared.outcomes;
-    let prompts = replay.prompts();
     let mut modes = Vec::new();
     let mut disagreements = Vec::new();
     let mut disagreeing = 0;
     for (mode, answers) in MODES.iter().zip(served) {
-        let knob = Rule::Mode(*mode);
-        let decisions: Vec<Option<Decision>> = (0..prompts.len())
-            .map(|k| replay.decision(k, knob))
-            .collect();
-        let eval_choice: Vec<Option<String>> = decisions
-            .iter()
-            .map(|d| d.as_ref().map(|d| d.chosen().model.clone()))
-            .collect();
-        let served_choice: Vec<Option<String>> = answers
-            .iter()
-            .map(|a| a.as_ref().ok().map(|s| s.chosen.clone()))
-            .collect();
-        let mut listed = 0;
-        let mut same = 0;
-        let mut explored = 0;
-        for (k, answer) in answers.iter().enumerate() {
-            if answer.as_ref().is_ok_and(|s| s.explored) {
-                explored += 1;
-                continue;
-            }
-            if served_choice[k].is_some() && served_choice[k] == eval_choice[k] {
-                same += 1;
-                continue;
-            }
-            disagreeing += 1;
-            if listed < SHOWN_PER_MODE {
-                listed += 1;
-                let p = &o.prompts[prompts[k]];
-                disagreements.push(Disagreement {
-                    mode: mode.to_string(),
-                    prompt_id: p.id.clone(),
-                    prompt_head: p.text.chars().take(80).collect(),
-                    eval_model: eval_choice[k].clone(),
-                    served_model: served_choice[k].clone(),
-                    error: answer.as_ref().err().cloned(),
-                    eval_input_tokens: replay.input_tokens(k),
-                    served_input_tokens: answer.as_ref().ok().and_then(|s| s.input_tokens),
-                    eval_candidates: decisions[k].as_ref().map(top).unwrap_or_default(),
-                    served_candidates: answer
-                        .as_ref()
-                        .map(|s| {
-                            s.candidates
-                                .iter()
-                                .take(SHOWN_CANDIDATES)
-                                .cloned()
-                                .collect()
-                        })
-                        .unwrap_or_default(),
-                });
-            }
-        }
-        let (max_quality_gap, max_cost_gap) = gaps(&decisions, answers);
-        let served_ok: Vec<&ServedDecision> =
-            answers.iter().filter_map(|a| a.as_ref().ok()).collect();
-        let metered: Vec<f64> = served_ok
-            .iter()
-            .filter_map(|s| s.metered_cost_usd)
-            .collect();
-        modes.push(ModeParity {
-            mode: mode.to_string(),
-            prompts: prompts.len(),
-            same,
-            explored,
-            failed: answers.iter().filter(|a| a.is_err()).count(),
-            failovers: served_ok
-                .iter()
-                .filter(|s| s.answered_by.as_ref().is_some_and(|a| *a != s.chosen))
-                .count(),
-            shed: served_ok.iter().filter(|s| s.shed > 0).count(),
-            eval: realised_by_index(o, prompts, &model_indices(o, &eval_choice)),
-            served: realised_by_index(o, prompts, &model_indices(o, &served_choice)),
-            metered_cost_usd: (!metered.is_empty())
-                .then(|| metered.iter().sum::<f64>() / metered.len() as f64),
-            max_quality_gap,
-            max_cost_gap,
-        });
+        let (parity, listed, differ) = compare_mode(prepared, replay, *mode, answers);
+        modes.push(parity);
+        disagreements.extend(listed);
+        disagreeing += differ;
     }
     ParityReport {
         policy_version: policy_version.to_owned(),
         modes,
         disagreements,
         disagreeing,
+    }
+}
+
+/// One mode: its comparison, its first disagreements, and how many decisions differ.
+fn compare_mode(
+    prepared: &Prepared,
+    replay: &Replay<'_>,
+    mode: Mode,
+    answers: &[Result<ServedDecision, String>],
+) -> (ModeParity, Vec<Disagreement>, usize) {
+    let o = &prepared.outcomes;
+    let prompts = replay.prompts();
+    let decisions: Vec<Option<Decision>> = (0..prompts.len())
+        .map(|k| replay.decision(k, Rule::Mode(mode)))
+        .collect();
+    let eval_choice: Vec<Option<String>> = decisions
+        .iter()
+        .map(|d| d.as_ref().map(|d| d.chosen().model.clone()))
+        .collect();
+    let served_choice: Vec<Option<String>> = answers
+        .iter()
+        .map(|a| a.as_ref().ok().map(|s| s.chosen.clone()))
+        .collect();
+    let (mut same, mut explored, mut listed) = (0, 0, Vec::new());
+    for (k, answer) in answers.iter().enumerate() {
+        if answer.as_ref().is_ok_and(|s| s.explored) {
+            explored += 1;
+        } else if served_choice[k].is_some() && served_choice[k] == eval_choice[k] {
+            same += 1;
+        } else if listed.len() < SHOWN_PER_MODE {
+            let side = EvalSide {
+                decision: decisions[k].as_ref(),
+                input_tokens: replay.input_tokens(k),
+            };
+            listed.push(disagreement(prepared, prompts[k], mode, side, answer));
+        }
+    }
+    let differ = answers.len() - same - explored;
+    let (max_quality_gap, max_cost_gap) = gaps(&decisions, answers);
+    let served_ok: Vec<&ServedDecision> = answers.iter().filter_map(|a| a.as_ref().ok()).collect();
+    let metered: Vec<f64> = served_ok
+        .iter()
+        .filter_map(|s| s.metered_cost_usd)
+        .collect();
+    let parity = ModeParity {
+        mode: mode.to_string(),
+        prompts: prompts.len(),
+        same,
+        explored,
+        failed: answers.iter().filter(|a| a.is_err()).count(),
+        failovers: served_ok
+            .iter()
+            .filter(|s| s.answered_by.as_ref().is_some_and(|a| *a != s.chosen))
+            .count(),
+        shed: served_ok.iter().filter(|s| s.shed > 0).count(),
+        eval: realised_by_index(o, prompts, &model_indices(o, &eval_choice)),
+        served: realised_by_index(o, prompts, &model_indices(o, &served_choice)),
+        metered_cost_usd: (!metered.is_empty())
+            .then(|| metered.iter().sum::<f64>() / metered.len() as f64),
+        max_quality_gap,
+        max_cost_gap,
+    };
+    (parity, listed, differ)
+}
+
+/// What eval decided a prompt from.
+struct EvalSide<'a> {
+    decision: Option<&'a Decision>,
+    input_tokens: Option<u32>,
+}
+
+/// Prompt `p`'s disagreement in `mode`, both sides' inputs beside each other.
+fn disagreement(
+    prepared: &Prepared,
+    p: usize,
+    mode: Mode,
+    eval: EvalSide<'_>,
+    answer: &Result<ServedDecision, String>,
+) -> Disagreement {
+    let prompt = &prepared.outcomes.prompts[p];
+    let served = answer.as_ref().ok();
+    Disagreement {
+        mode: mode.to_string(),
+        prompt_id: prompt.id.clone(),
+        prompt_head: prompt.text.chars().take(80).collect(),
+        eval_model: eval.decision.map(|d| d.chosen().model.clone()),
+        served_model: served.map(|s| s.chosen.clone()),
+        error: answer.as_ref().err().cloned(),
+        eval_input_tokens: eval.input_tokens,
+        served_input_tokens: served.and_then(|s| s.input_tokens),
+        eval_candidates: eval.decision.map(top).unwrap_or_default(),
+        served_candidates: served
+            .map(|s| {
+                s.candidates
+                    .iter()
+                    .take(SHOWN_CANDIDATES)
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default(),
     }
 }
 
