@@ -50,37 +50,24 @@ async fn fetch_all(
         .context("cannot build an HTTP client")?;
     let endpoint = format!("{}/v1/chat/completions", live.url.trim_end_matches('/'));
     // One request first: a wrong URL, key or missing trace permission is one clear error, not
-    // thousands.
-    if let (Some(first), Some(mode)) = (texts.first(), modes.first()) {
-        ask(&client, &endpoint, live.key.as_deref(), first, *mode)
-            .await
-            .map_err(|e| anyhow::anyhow!("--live {}: {e}", live.url))?;
-    }
+    // thousands. Its answer is the first mode's first.
+    let mut probe = match (texts.first(), modes.first()) {
+        (Some(first), Some(mode)) => Some(
+            ask(&client, &endpoint, live.key.as_deref(), first, *mode)
+                .await
+                .map_err(|e| anyhow::anyhow!("--live {}: {e}", live.url))?,
+        ),
+        _ => None,
+    };
     let mut all = Vec::with_capacity(modes.len());
     for &mode in modes {
-        let answers: Vec<(usize, Answer)> = futures::stream::iter(texts.iter().enumerate())
-            .map(|(i, text)| {
-                let (client, endpoint) = (&client, &endpoint);
-                async move {
-                    (
-                        i,
-                        ask(client, endpoint, live.key.as_deref(), text, mode).await,
-                    )
-                }
-            })
-            .buffer_unordered(live.concurrency.max(1))
+        let done: Vec<Answer> = probe.take().map(Ok).into_iter().collect();
+        let rest: Vec<Answer> = futures::stream::iter(&texts[done.len()..])
+            .map(|text| ask(&client, &endpoint, live.key.as_deref(), text, mode))
+            .buffered(live.concurrency.max(1))
             .collect()
             .await;
-        let mut ordered: Vec<Option<Answer>> = (0..texts.len()).map(|_| None).collect();
-        for (i, a) in answers {
-            ordered[i] = Some(a);
-        }
-        all.push(
-            ordered
-                .into_iter()
-                .map(|a| a.unwrap_or_else(|| Err("not sent".to_owned())))
-                .collect(),
-        );
+        all.push(done.into_iter().chain(rest).collect());
     }
     Ok(all)
 }
