@@ -52,6 +52,11 @@ pub struct RoutingRequest {
     pub strategy: Strategy,
     /// What the key's budget holds for the request.
     pub charge: Charge,
+    /// The front door may call the model before the prompt is scored (a model named with no
+    /// fallback, no trace asked for): the engine then decides without the encoder when nothing
+    /// in the decision needs predictions ([`RoutingEngine::can_pass_through`]), and the
+    /// features and predictions for the log are made afterwards.
+    pub pass_through: bool,
 }
 
 /// What a request holds against its key's budget while it runs.
@@ -113,6 +118,7 @@ impl RoutingRequest {
             reachable: None,
             strategy: Strategy::Route,
             charge: Charge::Predicted,
+            pass_through: false,
         }
     }
 }
@@ -329,6 +335,118 @@ impl RoutingEngine {
         request: &RoutingRequest,
     ) -> Result<RouteOutcome, RouteError> {
         let started = Instant::now();
+        let scoring = self.score(request).await?;
+        self.decide_and_charge(request_id, request, scoring, started)
+    }
+
+    /// Whether `request` can be decided before its prompt is scored: its front door allows it
+    /// ([`RoutingRequest::pass_through`]), it names the only model it allows, and nothing in
+    /// the decision compares predictions (a cost or latency limit without the answer's length
+    /// given, or a key whose budget caps predicted costs).
+    pub fn can_pass_through(&self, request: &RoutingRequest) -> bool {
+        let Some(model) = &request.pinned else {
+            return false;
+        };
+        let prefs = &request.preferences;
+        let predicted_limits = prefs.expected_output_tokens.is_none()
+            && (prefs.max_cost_usd.is_some() || prefs.max_latency_ms.is_some());
+        let capped_by_prediction = request.charge == Charge::Predicted
+            && request.caller.key.as_ref().is_some_and(|k| k.has_limits());
+        request.pass_through
+            && request.strategy == Strategy::Route
+            && prefs.allowed_models.len() == 1
+            && prefs.allowed_models[0] == *model
+            && !predicted_limits
+            && !capped_by_prediction
+    }
+
+    /// Decides a request that [`can pass through`](Self::can_pass_through) without the
+    /// encoder: permissions, capabilities, the context window, health and budgets are checked
+    /// and charged as for any request, but no prediction is made (the candidates' predicted
+    /// quality reads 0, their cost counts the input alone). [`Self::describe`] fills the
+    /// predictions in afterwards, off the request path.
+    pub fn pass_through(
+        &self,
+        request_id: &str,
+        request: &RoutingRequest,
+    ) -> Result<RouteOutcome, RouteError> {
+        let started = Instant::now();
+        let input = EncoderInput::from_conversation(&request.conversation);
+        let text_tokens = self
+            .count_tokens(&input.primary)
+            .saturating_add(self.count_tokens(&input.context));
+        let policy = self.policy.load_full();
+        let unknown = Prediction {
+            quality: 0.0,
+            output_tokens: 0.0,
+        };
+        let mut predictions: HashMap<String, Prediction> = policy
+            .model_names()
+            .map(|m| (m.to_owned(), unknown))
+            .collect();
+        for spec in self.catalog.models() {
+            if let Some(from) = &spec.prior_from
+                && predictions.contains_key(from)
+            {
+                predictions.entry(spec.name.clone()).or_insert(unknown);
+            }
+        }
+        let scoring = Scoring {
+            predictions,
+            policy,
+            input_tokens: PromptStats::new(&request.conversation, text_tokens).input_tokens,
+            trust: 1.0,
+            familiarity: None,
+            base_quality: Vec::new(),
+            features: Vec::new(),
+            cache: CacheUse::Off,
+            encoded: started,
+        };
+        self.decide_and_charge(request_id, request, scoring, started)
+    }
+
+    /// A passed-through decision (`passed`) with what it lacked, once the encoder has embedded
+    /// the prompt: the features, the policy's predictions for every candidate, familiarity. The
+    /// decision stays as made (the caller named its model); the time the encoder took here is
+    /// not the request's.
+    pub async fn describe(
+        &self,
+        request_id: &str,
+        request: &RoutingRequest,
+        passed: &RouteOutcome,
+    ) -> Result<RouteOutcome, RouteError> {
+        let scoring = self.score(request).await?;
+        let mut outcome = passed.clone();
+        let input = f64::from(scoring.input_tokens);
+        for c in &mut outcome.decision.candidates {
+            let (Some(p), Some(spec)) = (
+                scoring.predictions.get(&c.model),
+                self.catalog.get(&c.model),
+            ) else {
+                continue;
+            };
+            let output = request
+                .preferences
+                .expected_output_tokens
+                .map_or(p.output_tokens, f64::from);
+            c.quality = p.quality;
+            c.output_tokens = output;
+            c.cost_usd = spec.cost_usd(input, output);
+            c.latency_ms = spec.latency_ms(output);
+        }
+        outcome.policy_version = scoring.policy.version().to_owned();
+        outcome.input_tokens = scoring.input_tokens;
+        outcome.features = scoring.features;
+        outcome.familiarity = scoring.familiarity;
+        outcome.trust = scoring.trust;
+        outcome.cache = scoring.cache;
+        self.recent.insert(request_id, &scoring.base_quality);
+        outcome.base_quality = scoring.base_quality;
+        Ok(outcome)
+    }
+
+    /// The prompt's embedding, features and (online-corrected) predictions.
+    async fn score(&self, request: &RoutingRequest) -> Result<Scoring, RouteError> {
         let input = EncoderInput::from_conversation(&request.conversation);
         let (entry, cache) = self.embed(input).await?;
         let encoded = Instant::now();
@@ -365,40 +483,108 @@ impl RoutingEngine {
             .map(|(m, p)| ((*m).to_owned(), p.quality))
             .collect();
         self.learner.correct(&mut predictions);
+        let predictions = predictions
+            .into_iter()
+            .map(|(m, p)| (m.to_owned(), p))
+            .collect();
+        Ok(Scoring {
+            predictions,
+            input_tokens: stats.input_tokens,
+            policy,
+            trust,
+            familiarity,
+            base_quality,
+            features: x,
+            cache,
+            encoded,
+        })
+    }
 
-        let now_utc = chrono::Utc::now();
-        // Deciding reads the key's remaining budget; charging it reserves the chosen model's
-        // predicted cost atomically. A concurrent request may spend the remainder in between:
-        // then the reservation fails and the request is decided again against what is left.
-        let mut tries = 0;
-        let (
-            Chosen {
-                decision,
-                draw,
-                sticky,
-            },
+    /// Decides on `scoring`'s predictions under the key's current budget and charges the
+    /// choice.
+    fn decide_and_charge(
+        &self,
+        request_id: &str,
+        request: &RoutingRequest,
+        scoring: Scoring,
+        started: Instant,
+    ) -> Result<RouteOutcome, RouteError> {
+        let Reserved {
+            chosen:
+                Chosen {
+                    decision,
+                    draw,
+                    sticky,
+                },
             drafts,
             held,
             fired_alerts,
-        ) = loop {
-            tries += 1;
+        } = self.reserve(request_id, request, &scoring)?;
+        let policy = &scoring.policy;
+        let mut decision = decision;
+        if let Some(drafts) = &drafts {
+            let said = describe(drafts, &decision.chosen().model);
+            decision.explanation = format!("{}; {said}", decision.explanation);
+        }
+        let finished = Instant::now();
+        if !scoring.base_quality.is_empty() {
+            self.recent.insert(request_id, &scoring.base_quality);
+        }
+        Ok(RouteOutcome {
+            decision,
+            policy_version: policy.version().to_owned(),
+            input_tokens: scoring.input_tokens,
+            encoder_us: micros(scoring.encoded - started),
+            policy_us: micros(finished - scoring.encoded),
+            features: scoring.features,
+            propensity: draw.propensity,
+            explored: draw.explored,
+            familiarity: scoring.familiarity,
+            trust: scoring.trust,
+            base_quality: scoring.base_quality,
+            sticky,
+            cache: scoring.cache,
+            fired_alerts,
+            drafts,
+            held,
+        })
+    }
+
+    /// A decision on `scoring`'s predictions with its cost reserved against the key's budget.
+    /// Deciding reads the key's remaining budget; charging it reserves the chosen model's
+    /// predicted cost atomically. A concurrent request may spend the remainder in between: then
+    /// the reservation fails and the request is decided again against what is left.
+    fn reserve(
+        &self,
+        request_id: &str,
+        request: &RoutingRequest,
+        scoring: &Scoring,
+    ) -> Result<Reserved, RouteError> {
+        let predictions: HashMap<&str, Prediction> = scoring
+            .predictions
+            .iter()
+            .map(|(m, p)| (m.as_str(), *p))
+            .collect();
+        let policy = &scoring.policy;
+        let now_utc = chrono::Utc::now();
+        for _ in 0..MAX_RESERVATION_TRIES {
             let chosen = self.choose(
                 request,
                 &predictions,
-                &policy,
+                policy,
                 Prompt {
-                    input_tokens: stats.input_tokens,
-                    trust,
+                    input_tokens: scoring.input_tokens,
+                    trust: scoring.trust,
                 },
                 now_utc,
             )?;
             let drafts = (request.strategy == Strategy::Verify)
-                .then(|| plan_drafts(&policy, &chosen.decision));
+                .then(|| plan_drafts(policy, &chosen.decision));
             let held = self.worst_case(
                 request,
                 &chosen.decision,
                 &drafts,
-                stats.input_tokens,
+                scoring.input_tokens,
                 now_utc,
             )?;
             let picked = chosen.decision.chosen();
@@ -410,45 +596,23 @@ impl RoutingEngine {
             let hold = held
                 .as_ref()
                 .map_or(picked.cost_usd + drafts_cost, WorstCase::total_usd);
-            let reserved = self.controls.routed(
+            if let Some(fired_alerts) = self.controls.routed(
                 request_id,
                 &request.session_id,
                 &request.caller,
                 &picked.model,
                 hold,
                 now_utc,
-            );
-            match reserved {
-                Some(fired) => break (chosen, drafts, held, fired),
-                None if tries < MAX_RESERVATION_TRIES => {}
-                None => return Err(Controls::raced_budget(&request.caller)),
+            ) {
+                return Ok(Reserved {
+                    chosen,
+                    drafts,
+                    held,
+                    fired_alerts,
+                });
             }
-        };
-        let mut decision = decision;
-        if let Some(drafts) = &drafts {
-            let said = describe(drafts, &decision.chosen().model);
-            decision.explanation = format!("{}; {said}", decision.explanation);
         }
-        let finished = Instant::now();
-        self.recent.insert(request_id, &base_quality);
-        Ok(RouteOutcome {
-            decision,
-            policy_version: policy.version().to_owned(),
-            input_tokens: stats.input_tokens,
-            encoder_us: micros(encoded - started),
-            policy_us: micros(finished - encoded),
-            features: x,
-            propensity: draw.propensity,
-            explored: draw.explored,
-            familiarity,
-            trust,
-            base_quality,
-            sticky,
-            cache,
-            fired_alerts,
-            drafts,
-            held,
-        })
+        Err(Controls::raced_budget(&request.caller))
     }
 
     /// The worst case a [`Charge::WorstCase`] request's planned calls may cost (the chosen
@@ -565,6 +729,23 @@ impl RoutingEngine {
     }
 }
 
+/// A prompt's predictions and what produced them, before anything is decided or charged.
+struct Scoring {
+    /// Online-corrected predictions per scored model (priors included).
+    predictions: HashMap<String, Prediction>,
+    /// The policy that made them.
+    policy: Arc<Policy>,
+    input_tokens: u32,
+    trust: f64,
+    familiarity: Option<f64>,
+    /// Predicted quality before online corrections.
+    base_quality: Vec<(String, f64)>,
+    features: Vec<f32>,
+    cache: CacheUse,
+    /// When the embedding was ready.
+    encoded: Instant,
+}
+
 /// What the decision needs to know of the prompt besides its predictions.
 #[derive(Clone, Copy)]
 struct Prompt {
@@ -572,6 +753,14 @@ struct Prompt {
     input_tokens: u32,
     /// How far the policy trusted its prompt-specific predictions (exploration rises as it falls).
     trust: f64,
+}
+
+/// A decision whose cost is reserved, with its drafts and the worst case held.
+struct Reserved {
+    chosen: Chosen,
+    drafts: Option<Result<PlannedDrafts, Direct>>,
+    held: Option<WorstCase>,
+    fired_alerts: Vec<FiredAlert>,
 }
 
 /// A decision before it is charged.

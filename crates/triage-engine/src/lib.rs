@@ -23,6 +23,7 @@ mod error;
 pub mod feedback;
 pub mod listener;
 pub mod metrics;
+mod passes;
 mod recent;
 mod reload;
 mod scrape;

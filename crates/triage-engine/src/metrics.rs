@@ -157,6 +157,11 @@ pub struct Metrics {
     pub verifications: Family<VerifyLabels, Counter>,
     /// Requests the bandit explored.
     pub explorations: Counter,
+    /// Requests for a named model forwarded before their prompt was scored.
+    pub passed_through: Counter,
+    /// Passed-through decisions whose record could not be completed and written (their
+    /// features and outcomes are missing from the log).
+    pub unrecorded_passes: Counter,
     /// Exact-repeat embedding cache lookups by result.
     pub encoder_cache: Family<CacheLabel, Counter>,
     /// Entries the embedding cache evicted to make room.
@@ -210,6 +215,8 @@ impl Metrics {
             cost_alerts: Family::default(),
             verifications: Family::default(),
             explorations: Counter::default(),
+            passed_through: Counter::default(),
+            unrecorded_passes: Counter::default(),
             encoder_cache: Family::default(),
             encoder_cache_evictions: Counter::default(),
             upstream_requests: Family::default(),
@@ -288,6 +295,16 @@ impl Metrics {
             "explorations",
             "Requests routed by exploration",
             m.explorations.clone(),
+        );
+        registry.register(
+            "passed_through",
+            "Requests for a named model forwarded before their prompt was scored",
+            m.passed_through.clone(),
+        );
+        registry.register(
+            "unrecorded_passes",
+            "Passed-through decisions whose record could not be completed and written",
+            m.unrecorded_passes.clone(),
         );
         registry.register(
             "encoder_cache_requests",

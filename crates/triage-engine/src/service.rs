@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use triage_core::catalog::ModelSpec;
 use triage_core::request::RequestLimits;
+use triage_encoder::EncodeError;
 use triage_guard::{AccessControl, Caller, FiredAlert, Override};
 use triage_log::{
     DecisionRecord, EventStore, FeedbackAck, FeedbackRecord, LogError, LoggedCandidate, Reserved,
@@ -22,6 +23,15 @@ use crate::error::RouteError;
 use crate::metrics::{
     AlertLabels, CacheLabel, FeedbackLabels, Metrics, ModelLabel, RouteLabels, StageLabel,
 };
+use crate::passes::Passes;
+
+/// Passed-through decisions that may wait for the encoder at once; past it, named requests
+/// wait for the encoder like any other (and are shed with them when it is overloaded).
+const MAX_PASSES_WAITING: usize = 4096;
+
+/// How long a passed-through decision waits for a busy encoder before it is given up (and
+/// counted in `triage_unrecorded_passes_total`).
+const PASS_PATIENCE: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Longest operator reason for marking a model down.
 pub const MAX_HEALTH_REASON_BYTES: usize = 1024;
@@ -89,6 +99,8 @@ pub struct Service {
     max_reported_cost_usd: f64,
     /// What the last retrain inside `serve` did (for `/readyz`).
     last_retrain: Arc<std::sync::Mutex<Option<serde_json::Value>>>,
+    /// Passed-through requests whose decision is not in the log yet.
+    passes: Arc<Passes>,
 }
 
 impl Service {
@@ -114,6 +126,7 @@ impl Service {
             metrics,
             max_reported_cost_usd,
             last_retrain: Arc::default(),
+            passes: Arc::new(Passes::new(MAX_PASSES_WAITING)),
         }
     }
 
@@ -159,8 +172,13 @@ impl Service {
         self.log.failure()
     }
 
-    /// Writes what the log still has queued (before the process ends).
+    /// Writes what the log still has queued (before the process ends), after the decisions of
+    /// passed-through requests still being described (they take the encoder's milliseconds).
     pub async fn close_log(&self) -> Result<(), RouteError> {
+        let deadline = Instant::now() + std::time::Duration::from_secs(5);
+        while self.passes.len() > 0 && Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
         Ok(self.log.close().await?)
     }
 
@@ -174,7 +192,9 @@ impl Service {
         Ok(self.access.authenticate(authorization)?)
     }
 
-    /// Decides, logs the decision and counts it.
+    /// Decides, logs the decision and counts it. A request that can pass through is decided
+    /// without the encoder, and its decision is logged once its prompt is described, off the
+    /// request path (see [`crate::passes`]).
     pub async fn route(&self, routing: &RoutingRequest) -> Result<Routed, RouteError> {
         // A decision that cannot be logged cannot take feedback: refuse before charging budgets.
         if let Some(why) = self.log.refuses_decisions() {
@@ -184,7 +204,12 @@ impl Service {
         // UUIDv7: its first bits are the time, so feedback for an id past the log's retention
         // is told "expired" rather than "unknown".
         let request_id = uuid::Uuid::now_v7().to_string();
-        let outcome = self.engine.route(&request_id, routing).await?;
+        let passing = self.engine.can_pass_through(routing) && self.passes.has_room();
+        let outcome = if passing {
+            self.engine.pass_through(&request_id, routing)?
+        } else {
+            self.engine.route(&request_id, routing).await?
+        };
         let record = decision_record(&request_id, routing, &outcome, self.store_prompts);
         let shared = match self
             .reserve_shared(
@@ -201,7 +226,16 @@ impl Service {
                 return Err(e);
             }
         };
-        if let Err(e) = self.log.record_decision(record) {
+        if passing {
+            self.passes.open(&request_id);
+            let (service, id, request) = (self.clone(), request_id.clone(), routing.clone());
+            let passed = outcome.clone();
+            tokio::spawn(async move {
+                service
+                    .record_passed(&id, &request, &passed, record.time_ms)
+                    .await;
+            });
+        } else if let Err(e) = self.log.record_decision(record) {
             // Not served: no charge stays behind, here or in the budgets replicas share.
             self.engine.controls().release(&request_id);
             if let Some(reservation) = shared
@@ -213,13 +247,14 @@ impl Service {
             return Err(e.into());
         }
         let total_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
-        self.count_route(routing.caller.name(), &outcome, total_us);
+        self.count_route(routing.caller.name(), &outcome, total_us, passing);
         tracing::debug!(
             %request_id,
             model = %outcome.decision.chosen().model,
             key = routing.caller.name(),
             encoder_us = outcome.encoder_us,
             policy_us = outcome.policy_us,
+            passing,
             "routed"
         );
         Ok(Routed {
@@ -227,6 +262,74 @@ impl Service {
             outcome,
             total_us,
         })
+    }
+
+    /// Logs a passed-through decision, decided at `time_ms`, once its prompt is described,
+    /// then the reports that waited for it. A decision that cannot be described or written is
+    /// counted and warned about; its reports still teach budgets and breakers.
+    async fn record_passed(
+        &self,
+        request_id: &str,
+        routing: &RoutingRequest,
+        passed: &RouteOutcome,
+        time_ms: u64,
+    ) {
+        let written = match self.describe_passed(request_id, routing, passed).await {
+            Ok(outcome) => {
+                let mut record = decision_record(request_id, routing, &outcome, self.store_prompts);
+                record.time_ms = time_ms;
+                self.log
+                    .record_decision(record)
+                    .map(drop)
+                    .map_err(RouteError::from)
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = &written {
+            self.metrics.unrecorded_passes.inc();
+            tracing::warn!(error = %e, %request_id,
+                "a passed-through request's decision could not be logged; its calls are \
+                 learned from but not logged");
+        }
+        self.passes.written(request_id, |record| {
+            let learn = match &written {
+                Err(_) => true,
+                Ok(()) => match self.log.record_attempt(record.clone()) {
+                    Ok(stored) => stored,
+                    Err(e) => {
+                        tracing::warn!(error = %e, %request_id, "a call's record was refused");
+                        false
+                    }
+                },
+            };
+            if learn {
+                self.learn(&record);
+            }
+        });
+    }
+
+    /// The passed-through decision with its prompt's features and predictions. The encoder
+    /// may be busy with routed requests: this waits its turn (they have a client waiting)
+    /// for up to [`PASS_PATIENCE`].
+    async fn describe_passed(
+        &self,
+        request_id: &str,
+        routing: &RoutingRequest,
+        passed: &RouteOutcome,
+    ) -> Result<RouteOutcome, RouteError> {
+        let give_up = Instant::now() + PASS_PATIENCE;
+        let mut pause = std::time::Duration::from_millis(10);
+        loop {
+            match self.engine.describe(request_id, routing, passed).await {
+                Err(RouteError::Encode(
+                    EncodeError::QueueFull { .. } | EncodeError::Overloaded { .. },
+                )) if Instant::now() < give_up => {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(std::time::Duration::from_secs(1));
+                }
+                described => return described,
+            }
+        }
     }
 
     /// Reserves what the engine's ledger has held for a request in the store's shared budgets
@@ -305,7 +408,7 @@ impl Service {
         }
     }
 
-    fn count_route(&self, key: &str, outcome: &RouteOutcome, total_us: u64) {
+    fn count_route(&self, key: &str, outcome: &RouteOutcome, total_us: u64, passed: bool) {
         let m = &self.metrics;
         let chosen = outcome.decision.chosen();
         let mode = outcome.decision.rule.name().to_owned();
@@ -321,11 +424,16 @@ impl Service {
                 model: chosen.model.clone(),
             })
             .inc_by(chosen.cost_usd);
+        if passed {
+            m.passed_through.inc();
+        }
         for (stage, us) in [
-            ("encoder", outcome.encoder_us),
-            ("policy", outcome.policy_us),
-            ("total", total_us),
+            // A passed-through request did not wait for the encoder.
+            ("encoder", (!passed).then_some(outcome.encoder_us)),
+            ("policy", Some(outcome.policy_us)),
+            ("total", Some(total_us)),
         ] {
+            let Some(us) = us else { continue };
             m.decision_seconds
                 .get_or_create(&StageLabel {
                     stage: stage.into(),
@@ -390,6 +498,8 @@ impl Service {
         record.api_key = caller.key_name().map(str::to_owned);
         crate::feedback::check(&record, self.max_reported_cost_usd)?;
         crate::feedback::check_caller_id(&record)?;
+        // A report on a passed-through request comes after its decision.
+        self.passes.wait(&record.request_id).await;
         // Storing and learning happen on their own task, whatever the caller does: a client
         // that gives up (its deadline, a dropped connection) before then would otherwise leave
         // a stored report that breakers, budgets and the learner never see, since its retry is
@@ -519,6 +629,10 @@ impl Service {
     ) -> Result<(), RouteError> {
         record.api_key = caller.key_name().map(str::to_owned);
         crate::feedback::check(&record, self.max_reported_cost_usd)?;
+        // Written behind its decision when that is still being described.
+        let Some(record) = self.passes.hold(record) else {
+            return Ok(());
+        };
         if self.log.record_attempt(record.clone())? {
             self.learn(&record);
         }

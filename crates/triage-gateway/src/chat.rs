@@ -245,8 +245,9 @@ fn time_headers(
         .gateway_overhead_seconds
         .observe(overhead.as_secs_f64());
     let timing = format!(
-        "encoder;dur={:.3}, route;dur={:.3}, upstream;dur={:.3}",
+        "encoder;dur={:.3}, policy;dur={:.3}, route;dur={:.3}, upstream;dur={:.3}",
         routed.outcome.encoder_us as f64 / 1e3,
+        routed.outcome.policy_us as f64 / 1e3,
         routed.total_us as f64 / 1e3,
         upstream_time.as_secs_f64() * 1e3,
     );
@@ -309,6 +310,8 @@ fn routing_request(
             max_output_tokens: request.max_output_tokens(),
             max_input_tokens: request.max_input_tokens,
         },
+        // A trace shows the predictions, so a request that asks for one waits for them.
+        pass_through: !request.options.explain,
     })
 }
 

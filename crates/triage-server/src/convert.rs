@@ -59,6 +59,8 @@ pub fn routing_request(
         strategy,
         // A gRPC caller calls the model and reports its cost: the prediction is held.
         charge: triage_engine::Charge::Predicted,
+        // Route answers with the decision and its predictions: nothing passes through.
+        pass_through: false,
     })
 }
 
