@@ -1,10 +1,12 @@
 //! The HTTP gateway's own cost, measured against the same local upstream called directly, in
 //! one run:
 //!
-//! 1. **Overhead** (non-streaming, ~16-token prompts, calls interleaved so machine noise hits
-//!    both paths alike): per pair, gateway end-to-end − its encoder time (Server-Timing) − the
-//!    direct call. Printed as p50 / p99, beside the raw figures.
-//! 2. **Time to first chunk** (streaming): gateway − encoder − direct, p50 / p99.
+//! 1. **Overhead** (non-streaming, a new ~16-token prompt each pair, the exact-repeat cache
+//!    off, calls interleaved so machine noise hits both paths alike), for a catalog model named
+//!    directly (forwarded before the encoder runs: gateway end-to-end − the direct call) and for
+//!    `model="triage"` (gateway end-to-end − its encoder time (Server-Timing) − the direct
+//!    call). Printed as p50 / p99, beside the raw figures.
+//! 2. **Time to first chunk** (streaming): the same two subtractions, p50 / p99.
 //! 3. **`triage-verify`, drafts accepted**: both drafts answer the same recorded text, so the
 //!    acceptor returns one; the gateway's cost beyond the encoder and one direct call (the
 //!    drafts run in parallel): two upstream calls, the verdict, three log records.
@@ -13,7 +15,10 @@
 //!    the peak, the process's threads and resident memory after each wave (flat memory and a
 //!    constant thread count mean no per-request threads and nothing retained).
 //!
+//! `--chunk-ms N` spaces the upstream's streamed chunks (default 0: all at once).
+//!
 //!     cargo run --release -p triage-benches --bin gateway -- [--calls N] [--streams N] [--waves N]
+//!         [--chunk-ms N]
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -34,24 +39,29 @@ async fn main() -> anyhow::Result<()> {
     let streams = flag("--streams")?.unwrap_or(1000);
     let waves = flag("--waves")?.unwrap_or(3);
 
-    let fast = LocalUpstream::start(Behaviour::default()).await?;
+    let chunk_ms = flag("--chunk-ms")?.unwrap_or(0);
+    let fast = LocalUpstream::start(Behaviour {
+        chunk_delay: Duration::from_millis(chunk_ms as u64),
+        ..Behaviour::default()
+    })
+    .await?;
     // Every pair repeats its prompt: the encoder runs each time, as for new prompts.
     let (gateway, _keep) = router(&fast.base_url(), streams, false).await?;
     let client = reqwest::Client::builder().tcp_nodelay(true).build()?;
     let prompt = triage_benches::prompt_of(16);
     let model = chosen_model(&client, &gateway, &prompt).await?;
-    println!("16-token prompt routed to {model}; {calls} interleaved pairs per figure\n");
+    println!("16-token prompts routed to {model}; {calls} interleaved pairs per figure\n");
     for stream in [false, true] {
-        compare(
-            &client,
-            &gateway,
-            &fast.base_url(),
-            &model,
-            &prompt,
-            calls,
-            stream,
-        )
-        .await?;
+        for named in [true, false] {
+            let pair = Pair {
+                gateway: &gateway,
+                upstream: &fast.base_url(),
+                model: &model,
+                named,
+                stream,
+            };
+            compare(&client, &pair, &prompt, calls).await?;
+        }
     }
 
     verify_overhead(&client, &gateway, &fast.base_url(), &prompt, calls).await?;
@@ -142,10 +152,13 @@ fn pct(v: &mut [f64], p: f64) -> f64 {
 /// One call's times, µs.
 #[derive(Clone, Copy)]
 struct Timed {
+    /// To the response's headers.
+    headers: f64,
     first_chunk: f64,
     total: f64,
     /// From the gateway's Server-Timing (0 for direct calls).
     encoder: f64,
+    policy: f64,
     route: f64,
     upstream: f64,
 }
@@ -154,8 +167,10 @@ struct Timed {
 async fn timed(c: &reqwest::Client, url: &str, body: &Value) -> anyhow::Result<Timed> {
     let t = Instant::now();
     let mut r = c.post(url).json(body).send().await?;
-    let (encoder, route, upstream) = (
+    let headers = t.elapsed().as_secs_f64() * 1e6;
+    let (encoder, policy, route, upstream) = (
         timing_us(&r, "encoder"),
+        timing_us(&r, "policy"),
         timing_us(&r, "route"),
         timing_us(&r, "upstream"),
     );
@@ -164,39 +179,52 @@ async fn timed(c: &reqwest::Client, url: &str, body: &Value) -> anyhow::Result<T
     while r.chunk().await?.is_some() {}
     let total = t.elapsed().as_secs_f64() * 1e6;
     Ok(Timed {
+        headers,
         first_chunk,
         total,
         encoder,
+        policy,
         route,
         upstream,
     })
 }
 
-/// Interleaved pairs of direct and gateway calls: the gateway's cost beyond the encoder and
-/// the upstream, to the whole answer (non-streaming) or to the first chunk (streaming).
+/// One figure's two sides: the upstream called directly, and the gateway with `model` named
+/// (`named`) or `model="triage"` (which routes to `model`).
+struct Pair<'a> {
+    gateway: &'a str,
+    upstream: &'a str,
+    model: &'a str,
+    named: bool,
+    stream: bool,
+}
+
+/// Interleaved pairs of direct and gateway calls, each pair on a new prompt: the gateway's cost
+/// beyond the upstream (and the encoder, when it routes), to the whole answer (non-streaming)
+/// or to the first chunk (streaming).
 async fn compare(
     c: &reqwest::Client,
-    gateway: &str,
-    upstream: &str,
-    model: &str,
+    pair: &Pair<'_>,
     prompt: &str,
     calls: usize,
-    stream: bool,
 ) -> anyhow::Result<()> {
     let (mut over, mut gw, mut direct, mut enc) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let (mut decide, mut leg) = (Vec::new(), Vec::new());
-    let pick = |t: Timed| if stream { t.first_chunk } else { t.total };
+    let (mut decide, mut leg, mut policy) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut gw_headers, mut direct_headers) = (Vec::new(), Vec::new());
+    let pick = |t: Timed| if pair.stream { t.first_chunk } else { t.total };
+    let asked = if pair.named { pair.model } else { "triage" };
     for i in 0..calls + 20 {
+        let prompt = format!("{prompt} (case {i})");
         let d = timed(
             c,
-            &format!("{upstream}/chat/completions"),
-            &body(model, prompt, stream),
+            &format!("{}/chat/completions", pair.upstream),
+            &body(pair.model, &prompt, pair.stream),
         )
         .await?;
         let g = timed(
             c,
-            &format!("{gateway}/chat/completions"),
-            &body("triage", prompt, stream),
+            &format!("{}/chat/completions", pair.gateway),
+            &body(asked, &prompt, pair.stream),
         )
         .await?;
         if i >= 20 {
@@ -205,24 +233,37 @@ async fn compare(
             direct.push(pick(d));
             enc.push(g.encoder);
             decide.push(g.route - g.encoder);
+            policy.push(g.policy);
+            gw_headers.push(g.headers);
+            direct_headers.push(d.headers);
             leg.push(g.upstream);
         }
     }
-    let what = if stream {
-        "streaming, time to first chunk"
-    } else {
-        "non-streaming, whole answer"
+    let what = match (pair.stream, pair.named) {
+        (false, true) => "model named, non-streaming, whole answer",
+        (false, false) => "model=\"triage\", non-streaming, whole answer",
+        (true, true) => "model named, streaming, time to first chunk",
+        (true, false) => "model=\"triage\", streaming, time to first chunk",
     };
-    println!("{what}, µs          p50       p99");
+    let overhead = if pair.named {
+        "OVERHEAD (gw − direct)"
+    } else {
+        "OVERHEAD (gw − enc − direct)"
+    };
+    println!("{what}, µs");
+    println!("  {:<34} {:>9} {:>9}", "", "p50", "p99");
     for (name, v) in [
         ("gateway end-to-end", &mut gw),
+        ("  its response headers", &mut gw_headers),
         ("its encoder stage", &mut enc),
         ("  route beyond the encoder", &mut decide),
+        ("    of which the engine's decision", &mut policy),
         ("  upstream leg, from the gateway", &mut leg),
         ("upstream directly", &mut direct),
-        ("OVERHEAD (gw − enc − direct)", &mut over),
+        ("  its response headers", &mut direct_headers),
+        (overhead, &mut over),
     ] {
-        println!("  {name:<30} {:>9.0} {:>9.0}", pct(v, 0.5), pct(v, 0.99));
+        println!("  {name:<34} {:>9.0} {:>9.0}", pct(v, 0.5), pct(v, 0.99));
     }
     println!();
     Ok(())
