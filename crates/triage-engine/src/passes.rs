@@ -106,25 +106,7 @@ mod tests {
     use super::*;
 
     fn report(id: &str, attempt: u32) -> FeedbackRecord {
-        FeedbackRecord {
-            request_id: id.into(),
-            feedback_id: format!("attempt-{attempt}"),
-            time_ms: 0,
-            model: "m".into(),
-            quality: None,
-            input_tokens: 1,
-            output_tokens: 1,
-            cost_usd: 0.0,
-            latency_ms: 1,
-            error: triage_log::ErrorKind::None,
-            retry_after_ms: None,
-            first_byte_ms: None,
-            tokens_estimated: false,
-            api_key: None,
-            hold_usd: None,
-            source: Default::default(),
-            judged: None,
-        }
+        triage_testkit::records::report(id, &format!("attempt-{attempt}"), "m", 0.0)
     }
 
     #[test]

@@ -37,13 +37,7 @@ async fn a_named_model_is_answered_first_and_its_decision_logged_in_full_before_
     // A score sent the moment the answer arrives joins the decision: it waits for it.
     let score =
         json!({"request_id": request_id, "feedback_id": "s", "model": MINI, "quality": 0.7});
-    let r = router
-        .http
-        .post(router.url("/v1/feedback"))
-        .json(&score)
-        .send()
-        .await
-        .expect("answers");
+    let r = router.feedback(score).await;
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
     assert_eq!(router.service.log_counts(), (1, 2));
     assert!(router.metrics().contains("triage_passed_through_total 1"));
@@ -56,36 +50,16 @@ async fn a_named_model_is_answered_first_and_its_decision_logged_in_full_before_
     // An acknowledged report is durable, and so is everything logged before it.
     let score = json!({"request_id": header(&r, "x-triage-request-id"), "feedback_id": "s",
         "model": header(&r, "x-triage-model"), "quality": 0.7});
-    let r = router
-        .http
-        .post(router.url("/v1/feedback"))
-        .json(&score)
-        .send()
-        .await
-        .expect("answers");
+    let r = router.feedback(score).await;
     assert_eq!(r.status(), 200);
     let (records, _) = read_log(&dir).expect("log reads");
     let kinds: Vec<&str> = records
         .iter()
-        .filter(|r| match r {
-            LogRecord::Decision(d) => d.request_id == request_id,
-            LogRecord::Feedback(f) => f.request_id == request_id,
-            LogRecord::Verification(v) => v.request_id == request_id,
-        })
-        .map(|r| match r {
-            LogRecord::Decision(_) => "decision",
-            LogRecord::Feedback(_) => "feedback",
-            LogRecord::Verification(_) => "verification",
-        })
+        .filter(|r| r.request_id() == request_id)
+        .map(LogRecord::kind)
         .collect();
     assert_eq!(kinds, ["decision", "feedback", "feedback"]);
-    let decisions: Vec<_> = records
-        .iter()
-        .filter_map(|r| match r {
-            LogRecord::Decision(d) => Some(d),
-            LogRecord::Feedback(_) | LogRecord::Verification(_) => None,
-        })
-        .collect();
+    let decisions: Vec<_> = records.iter().filter_map(LogRecord::as_decision).collect();
     assert_eq!(decisions.len(), 2, "{records:#?}");
     let (passed, routed) = (decisions[0], decisions[1]);
     assert_eq!(passed.chosen, MINI);

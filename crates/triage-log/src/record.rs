@@ -17,6 +17,32 @@ pub enum LogRecord {
 }
 
 impl LogRecord {
+    /// The request it is about.
+    pub fn request_id(&self) -> &str {
+        match self {
+            LogRecord::Decision(d) => &d.request_id,
+            LogRecord::Feedback(f) => &f.request_id,
+            LogRecord::Verification(v) => &v.request_id,
+        }
+    }
+
+    /// `decision`, `feedback` or `verification`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            LogRecord::Decision(_) => "decision",
+            LogRecord::Feedback(_) => "feedback",
+            LogRecord::Verification(_) => "verification",
+        }
+    }
+
+    /// The decision, when it is one.
+    pub fn as_decision(&self) -> Option<&DecisionRecord> {
+        match self {
+            LogRecord::Decision(d) => Some(d),
+            LogRecord::Feedback(_) | LogRecord::Verification(_) => None,
+        }
+    }
+
     /// When it was written, ms since the epoch.
     pub fn time_ms(&self) -> u64 {
         match self {

@@ -120,14 +120,7 @@ async fn two_replicas_share_decisions_reports_and_retries() {
         .history(None, &mut |r| seen.push(r))
         .await
         .expect("reads");
-    let kinds: Vec<&str> = seen
-        .iter()
-        .map(|r| match r {
-            LogRecord::Decision(_) => "decision",
-            LogRecord::Feedback(_) => "feedback",
-            LogRecord::Verification(_) => "verification",
-        })
-        .collect();
+    let kinds: Vec<&str> = seen.iter().map(LogRecord::kind).collect();
     assert_eq!(kinds, ["decision", "feedback", "feedback"]);
     match &seen[0] {
         LogRecord::Decision(d) => {

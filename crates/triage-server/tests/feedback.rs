@@ -138,13 +138,7 @@ async fn feedback_is_validated_stored_once_and_joined_to_its_decision() {
 
     let (records, report) = read_log(&dir).expect("log reads");
     assert_eq!(report.torn_bytes, 0);
-    let decisions: Vec<_> = records
-        .iter()
-        .filter_map(|r| match r {
-            LogRecord::Decision(d) => Some(d),
-            LogRecord::Feedback(_) | LogRecord::Verification(_) => None,
-        })
-        .collect();
+    let decisions: Vec<_> = records.iter().filter_map(LogRecord::as_decision).collect();
     let feedback: Vec<_> = records
         .iter()
         .filter_map(|r| match r {

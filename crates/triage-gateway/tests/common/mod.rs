@@ -67,6 +67,16 @@ impl Router {
             .expect("gateway answers")
     }
 
+    /// `POST /v1/feedback` with `body`.
+    pub async fn feedback(&self, body: Value) -> reqwest::Response {
+        self.http
+            .post(self.url("/v1/feedback"))
+            .json(&body)
+            .send()
+            .await
+            .expect("gateway answers")
+    }
+
     /// Queues faults for `model` at the upstream.
     pub async fn script(&self, model: &str, faults: Value) {
         let r = self
