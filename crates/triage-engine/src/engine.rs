@@ -689,7 +689,14 @@ impl RoutingEngine {
         );
         let mut decision = match decided {
             Ok(d) => d,
-            Err(e) => return Err(refusal(e, cap)),
+            Err(e) => {
+                // A request that allows one model hears why that model, not every other.
+                let only = match preferences.allowed_models.as_slice() {
+                    [model] => Some(model.as_str()),
+                    _ => None,
+                };
+                return Err(refusal(e, cap, only));
+            }
         };
         if let Some(model) = &request.pinned {
             pin(&mut decision, model)?;
@@ -775,8 +782,12 @@ struct Chosen {
 const MAX_RESERVATION_TRIES: usize = 3;
 
 /// Why no model could be chosen: every allowed model down, the key's budget, or the request's
-/// own constraints.
-fn refusal(e: triage_policy::DecisionError, cap: Option<BudgetCap>) -> RouteError {
+/// own constraints (those that excluded `only`, when it was the one model allowed).
+fn refusal(
+    e: triage_policy::DecisionError,
+    cap: Option<BudgetCap>,
+    only: Option<&str>,
+) -> RouteError {
     let unavailable: Vec<String> = e
         .exclusions
         .iter()
@@ -795,7 +806,13 @@ fn refusal(e: triage_policy::DecisionError, cap: Option<BudgetCap>) -> RouteErro
             unavailable.join("; ")
         )),
         (Some(cap), true) if over_budget => Controls::budget_refusal(cap),
-        _ => RouteError::NoEligibleModel(e),
+        _ => match only.and_then(|m| e.exclusions.iter().find(|(x, _)| x == m)) {
+            Some((model, why)) => RouteError::ModelExcluded {
+                model: model.clone(),
+                reason: why.to_string(),
+            },
+            None => RouteError::NoEligibleModel(e),
+        },
     }
 }
 

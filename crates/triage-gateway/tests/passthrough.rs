@@ -102,18 +102,26 @@ async fn a_named_model_still_meets_every_constraint_and_a_trace_waits_for_the_sc
         .await;
     assert_eq!(r.status(), 400);
     let body: Value = r.json().await.expect("json");
+    assert_eq!(body["error"]["code"], "model_excluded", "{body}");
     assert!(
         body["error"]["message"]
             .as_str()
-            .is_some_and(|m| m.contains("tools")),
-        "{body}"
+            .is_some_and(|m| m.contains("lacks capability tools") && !m.contains("gpt-4o")),
+        "only the model asked for, and why: {body}"
     );
     assert_eq!(router.calls("Qwen2-72B-Instruct").await, 0);
     // The context window counts the prompt without the encoder.
     let r = router
         .chat(json!({"model": MINI, "messages": user(FRANCE), "max_tokens": 200_000}))
         .await;
-    assert_eq!(r.status(), 400, "{}", r.text().await.unwrap_or_default());
+    assert_eq!(r.status(), 400);
+    let body: Value = r.json().await.expect("json");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("context too small")),
+        "{body}"
+    );
     // A trace shows predictions, so it is scored first.
     let r = router
         .chat(json!({"model": MINI, "messages": user(FRANCE), "triage": {"explain": true}}))
