@@ -16,7 +16,8 @@ use triage_encoder::{
 use triage_guard::{Caller, FiredAlert};
 use triage_log::{FeedbackRecord, LogRecord};
 use triage_policy::{
-    Availability, Decision, Exclusion, OnlineLearner, Policy, Prediction, apply_priors, decide_with,
+    Availability, Decision, Exclusion, OnlineLearner, Policy, Prediction, apply_priors,
+    decide_with, expected_call,
 };
 
 use crate::cache::{CacheUse, CachedInput, EmbeddingCache};
@@ -363,8 +364,8 @@ impl RoutingEngine {
     /// Decides a request that [`can pass through`](Self::can_pass_through) without the
     /// encoder: permissions, capabilities, the context window, health and budgets are checked
     /// and charged as for any request, but no prediction is made (the candidates' predicted
-    /// quality reads 0, their cost counts the input alone). [`Self::describe`] fills the
-    /// predictions in afterwards, off the request path.
+    /// quality reads 0 or next to it, their cost counts the input alone). [`Self::describe`]
+    /// fills the predictions in afterwards, off the request path.
     pub fn pass_through(
         &self,
         request_id: &str,
@@ -376,23 +377,24 @@ impl RoutingEngine {
             .count_tokens(&input.primary)
             .saturating_add(self.count_tokens(&input.context));
         let policy = self.policy.load_full();
-        let unknown = Prediction {
-            quality: 0.0,
-            output_tokens: 0.0,
-        };
-        let mut predictions: HashMap<String, Prediction> = policy
+        // Every model the policy scores, and those resting on a prior, as scoring would cover
+        // them; nothing is predicted (a prior on nothing is nothing).
+        let mut predictions: HashMap<&str, Prediction> = policy
             .model_names()
-            .map(|m| (m.to_owned(), unknown))
+            .map(|m| {
+                let unknown = Prediction {
+                    quality: 0.0,
+                    output_tokens: 0.0,
+                };
+                (m, unknown)
+            })
             .collect();
-        for spec in self.catalog.models() {
-            if let Some(from) = &spec.prior_from
-                && predictions.contains_key(from)
-            {
-                predictions.entry(spec.name.clone()).or_insert(unknown);
-            }
-        }
+        apply_priors(&self.catalog, &mut predictions);
         let scoring = Scoring {
-            predictions,
+            predictions: predictions
+                .into_iter()
+                .map(|(m, p)| (m.to_owned(), p))
+                .collect(),
             policy,
             input_tokens: PromptStats::new(&request.conversation, text_tokens).input_tokens,
             trust: 1.0,
@@ -417,7 +419,6 @@ impl RoutingEngine {
     ) -> Result<RouteOutcome, RouteError> {
         let scoring = self.score(request).await?;
         let mut outcome = passed.clone();
-        let input = f64::from(scoring.input_tokens);
         for c in &mut outcome.decision.candidates {
             let (Some(p), Some(spec)) = (
                 scoring.predictions.get(&c.model),
@@ -425,14 +426,11 @@ impl RoutingEngine {
             ) else {
                 continue;
             };
-            let output = request
-                .preferences
-                .expected_output_tokens
-                .map_or(p.output_tokens, f64::from);
+            let call = expected_call(spec, Some(p), &request.preferences, scoring.input_tokens);
             c.quality = p.quality;
-            c.output_tokens = output;
-            c.cost_usd = spec.cost_usd(input, output);
-            c.latency_ms = spec.latency_ms(output);
+            c.output_tokens = call.output_tokens;
+            c.cost_usd = call.cost_usd;
+            c.latency_ms = call.latency_ms;
         }
         outcome.policy_version = scoring.policy.version().to_owned();
         outcome.input_tokens = scoring.input_tokens;

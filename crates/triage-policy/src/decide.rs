@@ -250,6 +250,37 @@ pub fn decide(
     )
 }
 
+/// What one call to a model is expected to produce, cost and take.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ExpectedCall {
+    /// Answer length: the request's `expected_output_tokens`, else the prediction's, else 0.
+    pub output_tokens: f64,
+    /// Its cost at the catalog's prices, USD.
+    pub cost_usd: f64,
+    /// Its latency by the catalog's latency model, ms.
+    pub latency_ms: f64,
+}
+
+/// The expected call to `spec` for a prompt of `input_tokens` under `prefs`, with the policy's
+/// `prediction` for it (if any): how every candidate is priced.
+pub fn expected_call(
+    spec: &ModelSpec,
+    prediction: Option<&Prediction>,
+    prefs: &Preferences,
+    input_tokens: u32,
+) -> ExpectedCall {
+    let output_tokens = match (prefs.expected_output_tokens, prediction) {
+        (Some(t), _) => f64::from(t),
+        (None, Some(p)) => p.output_tokens,
+        (None, None) => 0.0,
+    };
+    ExpectedCall {
+        output_tokens,
+        cost_usd: spec.cost_usd(f64::from(input_tokens), output_tokens),
+        latency_ms: spec.latency_ms(output_tokens),
+    }
+}
+
 /// [`decide`], with API-key permissions and model health as further exclusions.
 pub fn decide_with(
     catalog: &Catalog,
@@ -263,13 +294,11 @@ pub fn decide_with(
     let mut excluded = Vec::new();
     for spec in catalog.models() {
         let prediction = predictions.get(spec.name.as_str());
-        let output_tokens = match (prefs.expected_output_tokens, prediction) {
-            (Some(t), _) => f64::from(t),
-            (None, Some(p)) => p.output_tokens,
-            (None, None) => 0.0,
-        };
-        let cost_usd = spec.cost_usd(f64::from(input_tokens), output_tokens);
-        let latency_ms = spec.latency_ms(output_tokens);
+        let ExpectedCall {
+            output_tokens,
+            cost_usd,
+            latency_ms,
+        } = expected_call(spec, prediction, prefs, input_tokens);
         let exclusion = exclusion(
             spec,
             prediction.is_some(),

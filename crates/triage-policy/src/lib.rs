@@ -33,7 +33,7 @@ pub mod verify;
 pub use acceptor::{Acceptor, CascadeSetting, DraftEvidence, DraftPlan, ModeSettings};
 pub use decide::{
     Availability, BALANCED_QUALITY_DROP, COST_QUALITY_DROP, Candidate, Decision, DecisionError,
-    Exclusion, Rule, decide, decide_with,
+    Exclusion, ExpectedCall, Rule, decide, decide_with, expected_call,
 };
 pub use familiarity::{FAMILIARITY_NEIGHBOURS, Familiarity, TrustCurve};
 pub use file::{
